@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# MechanisticProbe on GPT-2 models finetuned on the k-th smallest task.
+# MODELS and DATA_DIRS are space-separated lists, one data folder per model (k is read from its meta.json):
+#   MODELS="runs/finetune_gpt2_k0/best runs/finetune_gpt2_k1/best" DATA_DIRS="data/ksmallest/min00 data/ksmallest/min01" bash run_probing_gpt2.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+
+MODELS=${MODELS:-runs/finetune_gpt2_k1/best}  # finetuned model folders
+DATA_DIRS=${DATA_DIRS:-data/ksmallest/min01}  # dataset of each model, same order
+PRETRAINED=${PRETRAINED:-}                    # optional pretrained-not-finetuned folder (second reference)
+OUT_DIR=${OUT_DIR:-runs/probing_gpt2}
+N_EXAMPLES=${N_EXAMPLES:-1024}                # test lists probed
+SEEDS=${SEEDS:-"0 1 2"}                       # random-init controls and fold splits
+FOLDS=${FOLDS:-2}                             # cross-validation folds grouped by example
+NORMALIZE=${NORMALIZE:-max}                   # max (divide each example by its max, as the paper) | none
+DEVICE=${DEVICE:-cpu}
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+python -m mechprobe.probing_gpt2 --models $MODELS --data-dirs $DATA_DIRS ${PRETRAINED:+--pretrained "$PRETRAINED"} \
+  --out-dir "$OUT_DIR" --n-examples "$N_EXAMPLES" --seeds $SEEDS --folds "$FOLDS" --normalize "$NORMALIZE" --device "$DEVICE"
+echo "outputs: $OUT_DIR (probe_results.json, config.json, probe_by_layer.png, probe_by_k.png)"

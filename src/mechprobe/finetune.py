@@ -1,0 +1,217 @@
+"""Finetune (or train from scratch) a GPT-2 on the k-th smallest task.
+
+Loss: cross-entropy of the logits at the last input position against the answer token,
+    L = -log softmax(z_T)[answer]      (z_T: logits at the last position, shape (B, V))
+AdamW, linear warm-up then linear decay, validation every `eval_every` steps, best
+checkpoint (by validation accuracy) kept with save_pretrained. The run resumes from
+`<out>/checkpoint.pt` (model, optimizer, scheduler, step, best) after an interruption.
+"""
+import argparse
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import ksmallest as ks
+from .models import _check_dir, load_model, load_tokenizer, scratch_gpt2
+from .utils import MechprobeError, atomic_path, get_logger, read_json, run_main, seed_everything, write_json
+
+log = get_logger()
+
+
+def select_trainable(model, tuning):
+    """all | attn | mlp | ln : which parameters train."""
+    keys = {"attn": ("attn", "self_attn"), "mlp": ("mlp",), "ln": ("ln_", "norm")}
+    if tuning not in ("all", *keys):
+        raise MechprobeError(f"TUNING={tuning!r}: expected one of all, attn, mlp, ln")
+    for name, p in model.named_parameters():
+        p.requires_grad = tuning == "all" or any(k in name for k in keys[tuning])
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if n == 0:
+        raise MechprobeError(f"TUNING={tuning}: no parameter of {type(model).__name__} matches")
+    return n
+
+
+@torch.no_grad()
+def accuracy(model, ids, answers, batch_size=512):
+    """Share of lists whose argmax next-token prediction at the last position is the answer token."""
+    model.eval()
+    dev = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(ids), batch_size):
+        logits = model(input_ids=ids[i:i + batch_size].to(dev)).logits[:, -1]  # (B, V)
+        correct += (logits.argmax(-1).cpu() == answers[i:i + batch_size]).sum().item()
+    return correct / len(ids)
+
+
+def save_pretrained_atomic(model, tok, path):
+    path = Path(path)
+    tmp = path.with_name("." + path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+def ensure_data(data_dir, model_arg, k, vocab_size, seed, sizes, tok=None):
+    """Generate the dataset when `data_dir` holds none yet (and say so)."""
+    if (Path(data_dir) / "meta.json").exists():
+        return ks.load_meta(data_dir)
+    log.info("data directory %s has no dataset yet: generating it (k=%d, %d numbers, sizes %s)", data_dir, k, vocab_size, sizes)
+    if model_arg == "scratch":
+        vocab, source = list(range(vocab_size)), "range"
+    else:
+        vocab, source = ks.single_token_numbers(tok, vocab_size), f"single-token numbers of {model_arg}"
+    return ks.write_dataset(data_dir, vocab, k, sizes=sizes, seed=seed, source=source)
+
+
+def plot_curves(history, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .utils import save_figure
+
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].plot([h[0] for h in history["train"]], [h[1] for h in history["train"]], lw=0.8)
+    ax[0].set(xlabel="step", ylabel="train loss", yscale="log", title="training loss")
+    ax[1].plot([h[0] for h in history["val"]], [h[1] for h in history["val"]], marker="o", ms=3)
+    ax[1].set(xlabel="step", ylabel="validation accuracy", ylim=(0, 1.02), title="validation accuracy")
+    save_figure(fig, path)
+
+
+def train(a):
+    seed_everything(a.seed)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    out = Path(a.out_dir)
+    scratch = a.model == "scratch"
+    tok = None if scratch else load_tokenizer(_check_dir(a.model, "model"))
+    meta = ensure_data(a.data_dir, a.model, a.k, a.vocab_size, a.seed, tuple(a.sizes), tok)
+    if meta["k"] != a.k:
+        raise MechprobeError(f"{a.data_dir}/meta.json: dataset has k={meta['k']} but K={a.k} was asked")
+    if scratch:
+        tok = ks.build_word_tokenizer(meta["vocab"])
+        model = scratch_gpt2(len(tok), n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd)
+        lr = a.lr or 1e-3
+    else:
+        ks.check_vocab_tokens(tok, meta["vocab"], f"{a.data_dir}/meta.json vocabulary with tokenizer {a.model}")
+        model = load_model(a.model)
+        lr = a.lr or 2e-5
+    dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(dev)
+    n_train = select_trainable(model, a.tuning)
+    train_ids, train_ans = ks.encode_records(tok, ks.load_split(a.data_dir, "train"))
+    val_ids, val_ans = ks.encode_records(tok, ks.load_split(a.data_dir, "val"))
+    test_ids, test_ans = ks.encode_records(tok, ks.load_split(a.data_dir, "test"))
+    steps_per_epoch = math.ceil(len(train_ids) / a.batch_size)
+    total = a.max_steps or a.epochs * steps_per_epoch
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=a.weight_decay)
+    warm = min(a.warmup, total // 10 + 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
+    config = {**vars(a), "lr": lr, "total_steps": total, "steps_per_epoch": steps_per_epoch, "trainable_params": n_train,
+              "params": sum(p.numel() for p in model.parameters()), "device": dev, "model_config": model.config.to_dict()}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "config.json", config)
+
+    ckpt = out / "checkpoint.pt"
+    step, best, history, elapsed = 0, -1.0, {"train": [], "val": []}, 0.0
+    if ckpt.exists() and not a.restart:
+        st = torch.load(ckpt, map_location=dev, weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        step, best, history, elapsed = st["step"], st["best"], st["history"], st["elapsed"]
+        torch.set_rng_state(st["rng"])
+        log.info("resuming from %s at step %d/%d (best val acc %.4f)", ckpt, step, total, best)
+
+    def checkpoint():
+        with atomic_path(ckpt) as tmp:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step,
+                        "best": best, "history": history, "elapsed": elapsed, "rng": torch.get_rng_state()}, tmp)
+
+    t0 = time.time() - elapsed
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    while step < total:
+        epoch, within = divmod(step, steps_per_epoch)
+        perm = torch.from_numpy(np.random.default_rng(a.seed * 1000 + epoch).permutation(len(train_ids)))
+        idx = perm[within * a.batch_size:(within + 1) * a.batch_size]
+        model.train()
+        logits = model(input_ids=train_ids[idx].to(dev)).logits[:, -1]  # (B, V)
+        loss = F.cross_entropy(logits, train_ans[idx].to(dev))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        step += 1
+        history["train"].append((step, loss.item()))
+        bar.update(1)
+        if step % a.eval_every == 0 or step == total:
+            acc = accuracy(model, val_ids, val_ans)
+            history["val"].append((step, acc))
+            bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{acc:.4f}")
+            if acc > best:
+                best = acc
+                save_pretrained_atomic(model, tok, out / "best")
+            elapsed = time.time() - t0
+            checkpoint()
+            if a.target_acc and acc >= a.target_acc:
+                log.info("validation accuracy %.4f reached the target %.4f at step %d: stopping early", acc, a.target_acc, step)
+                break
+    bar.close()
+    elapsed = time.time() - t0
+    save_pretrained_atomic(model, tok, out / "last")
+    res = {"test_acc_last": accuracy(model, test_ids, test_ans), "val_acc_best": best, "steps": step, "total_steps": total,
+           "train_seconds": round(elapsed, 1), "lr": lr, "k": a.k}
+    best_model = load_model(out / "best", device=dev)
+    res["test_acc_best"] = accuracy(best_model, test_ids, test_ans)
+    write_json(out / "results.json", res)
+    plot_curves(history, out / "curves.png")
+    log.info("test accuracy: last %.4f, best %.4f; %d steps in %.0f s", res["test_acc_last"], res["test_acc_best"], step, elapsed)
+    return res
+
+
+def parser():
+    p = argparse.ArgumentParser(description="Finetune GPT-2 (or train the embedded scratch GPT-2) on the k-th smallest task.")
+    p.add_argument("--model", default="scratch", help="local pretrained GPT-2 folder, or 'scratch' for the embedded default")
+    p.add_argument("--k", type=int, default=1)
+    p.add_argument("--data-dir", required=True, help="dataset folder; generated first when it holds no dataset")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: epochs decide)")
+    p.add_argument("--lr", type=float, default=None, help="default 1e-3 from scratch, 2e-5 for a pretrained model")
+    p.add_argument("--weight-decay", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--target-acc", type=float, default=0.0, help="stop early once validation accuracy reaches this (0: never)")
+    p.add_argument("--tuning", default="all", help="all | attn | mlp | ln")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vocab-size", type=int, default=512, help="numbers in the vocabulary when the data must be generated")
+    p.add_argument("--sizes", type=int, nargs=3, default=[100000, 2000, 2000], metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--n-layer", type=int, default=4, help="scratch model only")
+    p.add_argument("--n-head", type=int, default=4, help="scratch model only")
+    p.add_argument("--n-embd", type=int, default=128, help="scratch model only")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    return p
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
+    if not 0 <= a.k < 16 and not (Path(a.data_dir) / "meta.json").exists():
+        raise MechprobeError(f"K={a.k} is outside the list: expected 0 <= K < 16")
+    return train(a)
+
+
+if __name__ == "__main__":
+    run_main(main)

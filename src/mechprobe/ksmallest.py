@@ -1,0 +1,205 @@
+"""Task A: find the k-th smallest of a list of numbers (data, gold trees, tokenization).
+
+A record is a list x_0..x_{n-1} of numbers and k (0-indexed). The answer is
+sorted(x)[k]. Gold tree, with duplicates handled explicitly: order positions by
+(value, position) -- a stable sort, so of two equal values the earlier position
+ranks first. The first k+1 positions in that order are *useful*; the step of a
+useful position is its rank r in 0..k (leaves first, the answer is step k, the
+root). Every other position has step -1. Thus the useful values are exactly
+sorted(x)[:k+1], each position is used once, and the tree is unique.
+
+CLI:  python -m mechprobe.ksmallest --out data/ksmallest/min01 --k 1
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from .utils import MechprobeError, get_logger, iter_jsonl, read_json, run_main, write_json, write_jsonl
+
+SPECIALS = ["<pad>", "<unk>"]
+
+
+def gold_tree(numbers, k):
+    """Return (useful, step) lists for one list; see the module docstring for the definition."""
+    n = len(numbers)
+    if not 0 <= k < n:
+        raise MechprobeError(f"k={k} is outside the list: expected 0 <= k < {n}")
+    order = sorted(range(n), key=lambda i: (numbers[i], i))  # stable: ties by position
+    step = [-1] * n
+    for r, i in enumerate(order[: k + 1]):
+        step[i] = r
+    return [s >= 0 for s in step], step
+
+
+def make_record(numbers, k):
+    useful, step = gold_tree(numbers, k)
+    return {"numbers": [int(x) for x in numbers], "k": k, "answer": int(sorted(numbers)[k]), "useful": useful, "step": step}
+
+
+def generate(vocab, n_items, length, k, duplicates, rng):
+    """Draw `n_items` lists of `length` numbers from `vocab` (with replacement iff duplicates)."""
+    vocab = np.asarray(vocab)
+    if not duplicates and len(vocab) < length:
+        raise MechprobeError(f"a list of {length} distinct numbers needs at least {length} numbers in the vocabulary, got {len(vocab)}")
+    out = []
+    for _ in range(n_items):
+        if duplicates:
+            nums = rng.choice(vocab, size=length, replace=True)
+        else:
+            nums = rng.choice(vocab, size=length, replace=False)
+        out.append(make_record(nums.tolist(), k))
+    return out
+
+
+# ---------------------------------------------------------------- tokenization
+
+def single_token_numbers(tokenizer, n, max_number=100000):
+    """The first `n` non-negative integers that are one token both with and without a leading space."""
+    found = []
+    for x in range(max_number):
+        a = tokenizer(str(x), add_special_tokens=False)["input_ids"]
+        b = tokenizer(" " + str(x), add_special_tokens=False)["input_ids"]
+        if len(a) == 1 and len(b) == 1:
+            found.append(x)
+            if len(found) == n:
+                return found
+    raise MechprobeError(f"the tokenizer has only {len(found)} integers below {max_number} that are one token with and without a leading space; {n} were asked for")
+
+
+def check_vocab_tokens(tokenizer, vocab, source="vocabulary"):
+    """Raise naming the offenders when some number of `vocab` is not a single token both ways."""
+    bad = []
+    for x in vocab:
+        a = tokenizer(str(x), add_special_tokens=False)["input_ids"]
+        b = tokenizer(" " + str(x), add_special_tokens=False)["input_ids"]
+        if len(a) != 1 or len(b) != 1:
+            bad.append(x)
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        raise MechprobeError(f"{source}: {len(bad)} numbers are not a single token with and without a leading space: {shown}")
+
+
+def build_word_tokenizer(vocab):
+    """A word-level tokenizer whose tokens are the numbers of `vocab` (plus <pad>, <unk>).
+
+    Saved with `save_pretrained` next to a model, `AutoTokenizer.from_pretrained(dir)` loads it.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = SPECIALS + [str(int(x)) for x in vocab]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with single spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<pad>")
+
+
+def prompt_text(numbers):
+    """The prompt is the numbers separated by single spaces, nothing else."""
+    return " ".join(str(x) for x in numbers)
+
+
+def answer_token_id(tokenizer, number):
+    ids = tokenizer(" " + str(number), add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise MechprobeError(f"answer {number} is not a single token (got {len(ids)} tokens)")
+    return ids[0]
+
+
+def encode_records(tokenizer, records):
+    """Token ids (N, n) of the prompts and the answer ids (N,); each number must be one token."""
+    import torch
+
+    texts = [prompt_text(r["numbers"]) for r in records]
+    enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    n = len(records[0]["numbers"])
+    for i, ids in enumerate(enc):
+        if len(ids) != len(records[i]["numbers"]) or len(ids) != n:
+            raise MechprobeError(f"record {i}: {len(records[i]['numbers'])} numbers became {len(ids)} tokens; every number must be one token and every list must have length {n}")
+    cache = {}
+    ans = []
+    for r in records:
+        a = r["answer"]
+        if a not in cache:
+            cache[a] = answer_token_id(tokenizer, a)
+        ans.append(cache[a])
+    return torch.tensor(enc, dtype=torch.long), torch.tensor(ans, dtype=torch.long)
+
+
+# ---------------------------------------------------------------- files
+
+def load_split(data_dir, split):
+    """Read `<data_dir>/<split>.jsonl`, checking every record's fields."""
+    path = Path(data_dir) / f"{split}.jsonl"
+    if not Path(data_dir).is_dir():
+        raise MechprobeError(f"{data_dir}: data directory not found (generate it with python -m mechprobe.ksmallest --out {data_dir})")
+    rows = []
+    for line, r in iter_jsonl(path):
+        if not isinstance(r, dict):
+            raise MechprobeError(f"{path}:{line}: expected a JSON object")
+        for key in ("numbers", "k", "answer"):
+            if key not in r:
+                raise MechprobeError(f"{path}:{line}: missing field '{key}'; expected numbers, k, answer, useful, step")
+        nums, k = r["numbers"], r["k"]
+        if not isinstance(nums, list) or not nums or not all(isinstance(x, int) for x in nums):
+            raise MechprobeError(f"{path}:{line}: field 'numbers' must be a non-empty list of integers")
+        if not isinstance(k, int) or not 0 <= k < len(nums):
+            raise MechprobeError(f"{path}:{line}: k={k} is outside the list of {len(nums)} numbers")
+        if r["answer"] != sorted(nums)[k]:
+            raise MechprobeError(f"{path}:{line}: answer {r['answer']} is not the k-th smallest ({sorted(nums)[k]})")
+        useful, step = gold_tree(nums, k)
+        r["useful"], r["step"] = useful, step
+        rows.append(r)
+    if not rows:
+        raise MechprobeError(f"{path}: no records")
+    return rows
+
+
+def load_meta(data_dir):
+    return read_json(Path(data_dir) / "meta.json", "dataset meta.json")
+
+
+def write_dataset(out, vocab, k, length=16, duplicates=True, seed=0, sizes=(100000, 2000, 2000), source="range"):
+    """Generate and write train/val/test JSONL and meta.json into `out` (atomically per file)."""
+    out = Path(out)
+    if not 0 <= k < length:
+        raise MechprobeError(f"k={k} is outside the list: expected 0 <= k < {length}")
+    rng = np.random.default_rng(seed)
+    for split, n in zip(("train", "val", "test"), sizes):
+        write_jsonl(out / f"{split}.jsonl", generate(vocab, n, length, k, duplicates, rng))
+    meta = {"k": k, "length": length, "duplicates": duplicates, "seed": seed, "sizes": dict(zip(("train", "val", "test"), sizes)),
+            "vocab_source": source, "vocab": [int(x) for x in vocab],
+            "tree": "useful = k+1 smallest by (value, position); step = rank; others step -1"}
+    write_json(out / "meta.json", meta)  # written last: its presence marks a complete dataset
+    return meta
+
+
+def vocab_for(tokenizer_dir, vocab_size):
+    """Numbers 0..N-1 for the embedded word-level tokenizer, or the single-token numbers of a real one."""
+    if tokenizer_dir in (None, "", "scratch"):
+        return list(range(vocab_size)), "range"
+    from .models import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    return single_token_numbers(tok, vocab_size), f"single-token numbers of {tokenizer_dir}"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Generate the k-th smallest number dataset (train/val/test JSONL + meta.json).")
+    p.add_argument("--out", required=True, help="output folder, e.g. data/ksmallest/min01")
+    p.add_argument("--k", type=int, default=1, help="0-indexed rank of the answer (1 = second smallest, the paper's min01)")
+    p.add_argument("--length", type=int, default=16, help="numbers per list")
+    p.add_argument("--vocab-size", type=int, default=512, help="how many numbers to draw from")
+    p.add_argument("--tokenizer", default="scratch", help="a local tokenizer/model folder whose single-token numbers form the vocabulary, or 'scratch' for 0..N-1")
+    p.add_argument("--no-duplicates", action="store_true", help="draw without replacement")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sizes", type=int, nargs=3, default=[100000, 2000, 2000], metavar=("TRAIN", "VAL", "TEST"))
+    a = p.parse_args(argv)
+    vocab, source = vocab_for(a.tokenizer, a.vocab_size)
+    meta = write_dataset(a.out, vocab, a.k, a.length, not a.no_duplicates, a.seed, tuple(a.sizes), source)
+    get_logger().info("wrote %s (train/val/test = %s, k=%d, %d numbers)", a.out, meta["sizes"], a.k, len(vocab))
+
+
+if __name__ == "__main__":
+    run_main(main)

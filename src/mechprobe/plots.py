@@ -1,0 +1,152 @@
+"""All figures. Each function takes plain numbers (the same ones written to JSON) and a path."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .utils import save_figure  # noqa: E402
+
+
+def _mean_std(summaries):
+    m = np.array([s.get("mean", np.nan) for s in summaries], dtype=float)
+    sd = np.array([s.get("std", 0.0) for s in summaries], dtype=float)
+    return m, sd
+
+
+def probe_curves(results, path, label_key="k", label_fmt="k={}"):
+    """S_P1 / S_P2 per layer (each layer alone, and layers 0..l), one line per result."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    for r in results:
+        for row, mode in enumerate(("single", "cumulative")):
+            for col, key in enumerate(("s_p1", "s_p2")):
+                m, sd = _mean_std(r["curves"][mode][key])
+                x = np.arange(len(m))
+                ax = axes[row, col]
+                ax.plot(x, m, marker="o", ms=3, label=label_fmt.format(r[label_key]))
+                ax.fill_between(x, m - sd, m + sd, alpha=0.2)
+    for row, mode in enumerate(("layer l alone", "layers 0..l")):
+        for col, key in enumerate(("S_P1 (useful?)", "S_P2 (which step?)")):
+            axes[row, col].set(title=f"{key}, {mode}", ylabel="probing score S", ylim=(-0.2, 1.05))
+            axes[row, col].axhline(0, color="grey", lw=0.5)
+    for ax in axes[1]:
+        ax.set_xlabel("layer")
+    axes[0, 0].legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def probe_by_k(results, path, label_key="k", xlabel="k (0-indexed rank of the answer)"):
+    """Bars of S_P1 and S_P2 (mean ± std over seeds) per result; undefined scores are marked."""
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(results) + 2), 3.5))
+    x = np.arange(len(results))
+    for j, key in enumerate(("s_p1", "s_p2")):
+        m, sd = _mean_std([r[key] for r in results])
+        ax.bar(x + (j - 0.5) * 0.38, np.nan_to_num(m), 0.38, yerr=sd, capsize=3, label=key.upper().replace("S_P", "S_P"))
+        for i, v in enumerate(m):
+            if np.isnan(v):
+                ax.text(x[i] + (j - 0.5) * 0.38, 0.02, "undef.", ha="center", rotation=90, fontsize=8)
+    ax.set_xticks(x, [str(r[label_key]) for r in results])
+    ax.set(xlabel=xlabel, ylabel="probing score S", ylim=(min(0, ax.get_ylim()[0]), 1.05))
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def heatmap_grid(mats, titles, path, ylabels, xlabel="layer", ylabel="", suptitle="", vmin=None, vmax=None, fmt=".2f", pdf=False, cmap="viridis"):
+    """Side-by-side heatmaps with one shared colour scale; mats: list of (rows, cols) arrays."""
+    mats = [np.asarray(m, dtype=float) for m in mats]
+    vmin = min(m.min() for m in mats) if vmin is None else vmin
+    vmax = max(m.max() for m in mats) if vmax is None else vmax
+    n = len(mats)
+    rows, cols = mats[0].shape
+    fig, axes = plt.subplots(1, n, figsize=(0.45 * cols * n + 2.5, 0.32 * rows + 1.8), squeeze=False)
+    im = None
+    for ax, m, t in zip(axes[0], mats, titles):
+        im = ax.imshow(m, aspect="auto", vmin=vmin, vmax=vmax, cmap=cmap)
+        ax.set_title(t, fontsize=9)
+        ax.set_xticks(range(m.shape[1]))
+        ax.set_yticks(range(m.shape[0]), ylabels if ylabels is not None else range(m.shape[0]), fontsize=7)
+        ax.set_xlabel(xlabel)
+        if m.size <= 400:
+            for i in range(m.shape[0]):
+                for j in range(m.shape[1]):
+                    ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=5.5,
+                            color="white" if m[i, j] < (vmin + vmax) / 2 else "black")
+    axes[0, 0].set_ylabel(ylabel)
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    save_figure(fig, path, pdf=pdf)
+
+
+def pruning_curves(pruning, path, title=""):
+    """Accuracy against share of heads masked: random (mean ± std band), low- and high-entropy first."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    r = pruning["random"]
+    x = np.array([p["share"] for p in r])
+    m = np.array([p["mean"] for p in r])
+    sd = np.array([p["std"] for p in r])
+    ax.plot(x, m, marker="o", ms=3, label="random heads (mean ± std)")
+    ax.fill_between(x, m - sd, m + sd, alpha=0.25)
+    for key, lab in (("low_entropy_first", "lowest entropy first"), ("high_entropy_first", "highest entropy first")):
+        ax.plot([p["share"] for p in pruning[key]], [p["accuracy"] for p in pruning[key]], marker="s", ms=3, label=lab)
+    ax.set(xlabel="share of heads masked", ylabel="test accuracy", ylim=(-0.02, 1.02), title=title)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def attention_flow(layers_att, useful, path, title="", tokens=None):
+    """Lines from each query token to each earlier key, per layer; alpha = weight.
+
+    layers_att: (L, T, T) attention (averaged over the kept heads); useful: positions to colour.
+    """
+    A = np.asarray(layers_att)
+    L, T, _ = A.shape
+    fig, ax = plt.subplots(figsize=(0.45 * T + 2, 0.6 * L + 1.5))
+    mx = A.max() if A.max() > 0 else 1.0
+    for l in range(L):
+        for q in range(T):
+            for k in range(q + 1):
+                w = A[l, q, k] / mx
+                if w < 0.02:
+                    continue
+                c = "tab:red" if k in useful else "tab:blue"
+                ax.plot([k, q], [l, l + 1], color=c, alpha=float(min(1.0, w)), lw=1.2)
+    for l in range(L + 1):
+        ax.scatter(range(T), [l] * T, s=8, c=["tab:red" if t in useful else "grey" for t in range(T)], zorder=3)
+    ax.set_yticks(range(L + 1), ["input"] + [f"layer {l}" for l in range(L)], fontsize=7)
+    ax.set_xticks(range(T), tokens if tokens is not None else range(T), fontsize=7, rotation=90 if tokens is not None else 0)
+    ax.set(title=title, xlabel="position (red: useful numbers)")
+    save_figure(fig, path)
+
+
+def tree_figure(values, gold_step, pred_step, att, path, title=""):
+    """One example: gold tree vs the probe's predicted tree, with the attention per layer.
+
+    values: statement labels; gold_step / pred_step: step per statement (-1 = not useful);
+    att: (S, L) attention each statement receives per layer.
+    """
+    att = np.asarray(att)
+    S, L = att.shape
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.3 * S + 2), gridspec_kw={"width_ratios": [1, 1, 1.4]})
+    for ax, steps, name in ((axes[0], gold_step, "gold tree"), (axes[1], pred_step, "probe's tree")):
+        used = [i for i in range(S) if steps[i] >= 0]
+        by_step = {}
+        for i in used:
+            by_step.setdefault(steps[i], []).append(i)
+        for s, items in sorted(by_step.items()):
+            for j, i in enumerate(items):
+                ax.scatter(j, s, s=500, c="tab:red" if s == max(by_step) else "tab:orange", zorder=3)
+                ax.text(j, s, str(values[i]), ha="center", va="center", fontsize=8, zorder=4)
+        for s in sorted(by_step)[:-1]:
+            for j, _ in enumerate(by_step[s]):
+                ax.annotate("", xy=(0, s + 1 - 0.15), xytext=(j, s + 0.15), arrowprops=dict(arrowstyle="->", color="grey"))
+        ax.set(title=name, ylabel="step (0 = used first)", xlim=(-1, 3), ylim=(-0.7, max(list(by_step) + [0]) + 0.7))
+        ax.set_xticks([])
+        ax.text(0.02, -0.12, "not useful: " + ", ".join(str(values[i]) for i in range(S) if steps[i] < 0)[:80], transform=ax.transAxes, fontsize=7)
+    im = axes[2].imshow(att, aspect="auto", cmap="viridis")
+    axes[2].set_yticks(range(S), [f"{values[i]}{' *' if gold_step[i] >= 0 else ''}" for i in range(S)], fontsize=7)
+    axes[2].set(xlabel="layer", title="attention received (* = useful)")
+    fig.colorbar(im, ax=axes[2])
+    fig.suptitle(title)
+    save_figure(fig, path)

@@ -1,0 +1,123 @@
+"""Probe GPT-2 models finetuned on the k-th smallest task (run_probing_gpt2.sh).
+
+For each (model, dataset) pair: capture the last input token's attention to every position
+on N test lists, build each number's feature (its attention over layers, head-averaged,
+each example divided by its max), and run the two kNN probes against random-init controls
+of the same architecture (one per seed) and, when given, the pretrained model.
+"""
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import ksmallest as ks
+from . import plots
+from .capture import capture
+from .features import statement_features
+from .models import load_model, load_tokenizer, model_device, random_control
+from .probe import ProbeData, run_probe
+from .utils import MechprobeError, get_logger, run_main, seed_everything, write_json
+
+log = get_logger()
+
+
+@torch.no_grad()
+def last_token_attention(model, ids, batch_size=128, desc=None):
+    """Attention of the last token of every list: rows (N, L, H, T) and accuracy logits (N, V)."""
+    from tqdm import tqdm
+
+    rows, logits = [], []
+    it = range(0, len(ids), batch_size)
+    for s in (tqdm(it, desc=desc, unit="batch", dynamic_ncols=True, leave=False) if desc else it):
+        b = ids[s:s + batch_size]
+        mask = torch.ones_like(b)
+        qp = torch.full((len(b), 1), b.shape[1] - 1, dtype=torch.long)
+        r, lg = capture(model, b, mask, qp, return_logits=True)  # (b, L, H, 1, T), (b, V)
+        rows.append(r[:, :, :, 0])
+        logits.append(lg)
+    return torch.cat(rows), torch.cat(logits)
+
+
+def features_from_rows(rows, normalize="max", per_head=False):
+    """rows (N, L, H, T) of a one-token-per-number prompt -> list of (T, L, H') features."""
+    T = rows.shape[-1]
+    spans = [(i, i + 1) for i in range(T)]
+    return [statement_features(r[:, :, None], spans, "last", per_head, normalize).numpy() for r in rows]
+
+
+def probe_inputs(model, ids, records, batch_size, normalize, per_head, desc):
+    rows, logits = last_token_attention(model, ids, batch_size, desc)
+    data = ProbeData(features_from_rows(rows, normalize, per_head), [r["useful"] for r in records], [r["step"] for r in records])
+    return data, rows, logits
+
+
+def probe_one(model_dir, data_dir, a, pretrained=None):
+    tok = load_tokenizer(model_dir)
+    model = load_model(model_dir, device=a.device)
+    meta = ks.load_meta(data_dir)
+    records = ks.load_split(data_dir, a.split)[: a.n_examples]
+    ids, answers = ks.encode_records(tok, records)
+    data, rows, logits = probe_inputs(model, ids, records, a.batch_size, a.normalize, a.per_head, f"capture {Path(model_dir).name}")
+    acc = float((logits.argmax(-1) == answers).float().mean())
+    controls = []
+    for seed in a.seeds:
+        ctl = random_control(model, seed=seed)
+        controls.append(probe_inputs(ctl, ids, records, a.batch_size, a.normalize, a.per_head, None)[0])
+        del ctl
+    ref = None
+    if pretrained:
+        pm = load_model(pretrained, device=a.device)
+        ref = probe_inputs(pm, ids, records, a.batch_size, a.normalize, a.per_head, "capture pretrained")[0]
+        del pm
+    res = run_probe(data, controls, a.seeds, a.folds, ref)
+    head_avg = rows.mean(2)  # (N, L, T)
+    res.update({"model": str(model_dir), "data_dir": str(data_dir), "k": meta["k"], "accuracy": acc,
+                "sink_attention_first_position": head_avg[:, :, 0].mean(0).tolist(),
+                "attention_to_useful": (head_avg * torch.tensor([r["useful"] for r in records], dtype=torch.float)[:, None]).sum(-1).mean(0).tolist(),
+                "layers": int(rows.shape[1]), "heads": int(rows.shape[2])})
+    return res
+
+
+def fmt(s):
+    return f"{s['mean']:.3f} ± {s['std']:.3f}" if "mean" in s else f"undefined ({s['undefined']})"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="MechanisticProbe on GPT-2 models finetuned on the k-th smallest task.")
+    p.add_argument("--models", nargs="+", required=True, help="finetuned model folders (one per k)")
+    p.add_argument("--data-dirs", nargs="+", required=True, help="dataset folder of each model (same order); k is read from its meta.json")
+    p.add_argument("--pretrained", default="", help="optional pretrained-not-finetuned model folder (second reference)")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--n-examples", type=int, default=1024, help="test lists to probe")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the random-init controls and the folds")
+    p.add_argument("--folds", type=int, default=2, help="cross-validation folds, grouped by example")
+    p.add_argument("--normalize", default="max", choices=["max", "none"], help="divide each example's matrix by its max (as the paper)")
+    p.add_argument("--per-head", action="store_true", help="per-head features instead of the head average")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    if len(a.models) != len(a.data_dirs):
+        raise MechprobeError(f"{len(a.models)} models but {len(a.data_dirs)} data directories: give one data directory per model")
+    seed_everything(a.seeds[0])
+    out = Path(a.out_dir)
+    t0 = time.time()
+    results = []
+    for m, d in zip(a.models, a.data_dirs):
+        log.info("probing %s on %s", m, d)
+        r = probe_one(m, d, a, a.pretrained or None)
+        results.append(r)
+        log.info("k=%d acc=%.4f  S_P1=%s  S_P2=%s  (F1 model %s / control %s)", r["k"], r["accuracy"], fmt(r["s_p1"]), fmt(r["s_p2"]),
+                 fmt(r["f1_p1"]), fmt(r["control_f1_p1"]))
+    write_json(out / "config.json", vars(a))
+    write_json(out / "probe_results.json", {"models": results, "seconds": round(time.time() - t0, 1)})
+    plots.probe_curves(results, out / "probe_by_layer.png")
+    plots.probe_by_k(results, out / "probe_by_k.png")
+    print(f"results: {out / 'probe_results.json'}  plots: {out / 'probe_by_layer.png'}, {out / 'probe_by_k.png'}")
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main)

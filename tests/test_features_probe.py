@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import torch
+
+from mechprobe.features import statement_features, token_spans
+from mechprobe.probe import ProbeData, group_folds, knn_f1, run_probe, score
+from mechprobe.utils import MechprobeError
+
+
+def test_token_spans_from_offsets():
+    #          "ab cd ef": tokens "ab" (0,2) " cd" (2,5) " ef" (5,8), plus a special (0,0)
+    offsets = [(0, 0), (0, 2), (2, 5), (5, 8)]
+    assert token_spans(offsets, [(0, 2), (3, 8)]) == [(1, 2), (2, 4)]
+    with pytest.raises(MechprobeError, match="statement 0 .*maps to no token"):
+        token_spans([(0, 0), (0, 2)], [(5, 6)], text="ab    x")
+
+
+def test_statement_features_hand_computed():
+    # L=1, H=2, Q=2, T=4
+    rows = torch.tensor([[[[0.1, 0.2, 0.3, 0.4], [0.0, 0.5, 0.5, 0.0]],
+                          [[0.3, 0.2, 0.1, 0.4], [0.2, 0.2, 0.2, 0.4]]]])
+    spans = [(0, 1), (1, 3)]
+    f = statement_features(rows, spans, "last")
+    # last query, head mean: [0.1, 0.35, 0.35, 0.2] -> s0 = 0.1, s1 = 0.35
+    torch.testing.assert_close(f[:, 0, 0], torch.tensor([0.1, 0.35]))
+    f = statement_features(rows, spans, "mean")
+    # head mean per query: q0 [0.2,0.2,0.2,0.4], q1 [0.1,0.35,0.35,0.2]; mean: [0.15,0.275,0.275,0.3]
+    torch.testing.assert_close(f[:, 0, 0], torch.tensor([0.15, 0.275]))
+    f = statement_features(rows, spans, "max", normalize="max")
+    # max over q of head means... pooled per head first: h0 max [0.1,0.5,0.5,0.4], h1 [0.3,0.2,0.2,0.4]; mean [0.2,0.35,0.35,0.4]
+    torch.testing.assert_close(f[:, 0, 0], torch.tensor([0.2, 0.35]) / 0.35)
+    f = statement_features(rows, spans, "last", per_head=True)
+    torch.testing.assert_close(f[:, 0], torch.tensor([[0.0, 0.2], [0.5, 0.2]]))
+
+
+def test_group_folds_keep_examples_whole():
+    groups = np.repeat(np.arange(10), 5)
+    folds = group_folds(groups, 2, seed=3)
+    for g in range(10):
+        assert len(set(folds[groups == g])) == 1
+    assert set(folds) == {0, 1}
+
+
+def test_knn_perfect_and_chance():
+    rng = np.random.default_rng(0)
+    n = 400
+    y = rng.integers(0, 2, n)
+    groups = np.arange(n) // 4
+    X = np.c_[y + 0.01 * rng.standard_normal(n)]
+    assert knn_f1(X, y, groups) == 1.0
+    Xr = rng.standard_normal((n, 3))
+    assert abs(knn_f1(Xr, y, groups) - 0.5) < 0.1
+    assert knn_f1(X, np.zeros(n, int), groups) is None
+
+
+def test_score_formula():
+    assert score(0.9, 0.6) == pytest.approx(0.75)
+    assert score(None, 0.5) is None and score(0.7, 1.0) is None
+
+
+def test_run_probe_undefined_p2_no_nan():
+    rng = np.random.default_rng(0)
+    feats, useful, steps, ctl = [], [], [], []
+    for _ in range(40):
+        u = np.zeros(6, int)
+        u[rng.integers(6)] = 1
+        feats.append(np.c_[u + 0.05 * rng.standard_normal(6), rng.standard_normal(6)][:, :, None])
+        ctl.append(rng.standard_normal((6, 2, 1)))
+        useful.append(u)
+        steps.append(np.where(u == 1, 0, -1))  # k = 0: every useful statement is step 0
+    res = run_probe(ProbeData(feats, useful, steps), [ProbeData(ctl, useful, steps)], [0])
+    assert res["s_p1"]["mean"] > 0.5
+    assert "undefined" in res["s_p2"] and "single class" in res["s_p2"]["undefined"]
+    assert len(res["curves"]["single"]["s_p1"]) == 2
+    assert res["n_examples"] == 40

@@ -1,0 +1,104 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mechprobe import finetune, ksmallest as ks
+from mechprobe.models import load_model
+from mechprobe.utils import MechprobeError
+
+from .conftest import shared_path
+
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--vocab-size", "20", "--sizes", "64", "8", "8",
+        "--batch-size", "8", "--warmup", "1", "--lr", "3e-3", "--threads", "1"]
+
+
+def args(tmp_path, out="run", *extra):
+    return ["--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / out), *TINY, *extra]
+
+
+def test_one_step_lowers_loss():
+    torch.manual_seed(0)
+    tok = ks.build_word_tokenizer(range(20))
+    from mechprobe.models import scratch_gpt2
+
+    model = scratch_gpt2(len(tok), n_layer=1, n_head=2, n_embd=16)
+    recs = ks.generate(list(range(20)), 32, 16, 1, True, __import__("numpy").random.default_rng(0))
+    x, y = ks.encode_records(tok, recs)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    loss0 = F.cross_entropy(model(input_ids=x).logits[:, -1], y)
+    loss0.backward()
+    opt.step()
+    loss1 = F.cross_entropy(model(input_ids=x).logits[:, -1], y)
+    assert loss1.item() < loss0.item()
+
+
+def test_train_writes_outputs_and_generates_data(tmp_path, caplog):
+    res = finetune.main(args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2"))
+    out = tmp_path / "run"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == res and saved["steps"] == 4
+    for key in ("test_acc_last", "test_acc_best", "train_seconds", "steps"):
+        assert key in saved
+    assert (out / "curves.png").stat().st_size > 1000
+    assert json.loads((out / "config.json").read_text())["k"] == 1
+    assert (tmp_path / "data" / "meta.json").exists()
+    m = load_model(out / "best")
+    assert m.config.n_layer == 1 and m.training is False
+
+
+def test_resume_continues_from_saved_step(tmp_path, monkeypatch):
+    finetune.main(args(tmp_path, "ref", "--max-steps", "4", "--eval-every", "2"))
+    calls = {"n": 0}
+    real = F.cross_entropy
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(finetune.F, "cross_entropy", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        finetune.main(args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2"))
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert not (tmp_path / "run" / "results.json").exists()
+    monkeypatch.setattr(finetune.F, "cross_entropy", real)
+    res = finetune.main(args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2"))
+    assert res["steps"] == 4
+    a = load_model(tmp_path / "ref" / "last").state_dict()
+    b = load_model(tmp_path / "run" / "last").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])  # resumed run == uninterrupted run
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(MechprobeError, match="nope: model directory not found"):
+        finetune.main(args(tmp_path, "r", "--model", str(tmp_path / "nope")))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{oops")
+    with pytest.raises(MechprobeError, match=r"config\.json: line 1: malformed config\.json"):
+        finetune.main(args(tmp_path, "r", "--model", str(bad)))
+    (bad / "config.json").write_text("{}")
+    with pytest.raises(MechprobeError, match="no weights"):
+        finetune.main(args(tmp_path, "r", "--model", str(bad)))
+    with pytest.raises(MechprobeError, match="K=16 is outside the list"):
+        finetune.main(args(tmp_path, "r", "--k", "16"))
+    with pytest.raises(MechprobeError, match="TUNING='heads'"):
+        finetune.main(args(tmp_path, "r", "--tuning", "heads", "--max-steps", "1"))
+    assert not (tmp_path / "r" / "results.json").exists()
+
+
+def test_vocab_not_single_token_named(tmp_path):
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(shared_path("tokenizers", "gpt2"))
+    mdir = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=1, n_head=2, n_embd=16)).save_pretrained(mdir)
+    tok.save_pretrained(mdir)
+    ks.write_dataset(tmp_path / "data", [1, 2, 2999, 4] * 4, 1, sizes=(4, 4, 4))
+    with pytest.raises(MechprobeError, match="not a single token.*2999"):
+        finetune.main(["--model", str(mdir), "--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "r")])
