@@ -150,3 +150,17 @@ def tree_figure(values, gold_step, pred_step, att, path, title=""):
     fig.colorbar(im, ax=axes[2])
     fig.suptitle(title)
     save_figure(fig, path)
+
+
+def accuracy_bars(labels, accs, counts, path, xlabel="", title="", chance=None):
+    """In-context accuracy per subset, with the number of items on each bar."""
+    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(labels) + 2), 3.5))
+    x = np.arange(len(labels))
+    ax.bar(x, accs, color="tab:blue")
+    for i, (a, n) in enumerate(zip(accs, counts)):
+        ax.text(i, a + 0.01, f"n={n}", ha="center", fontsize=7)
+    if chance is not None:
+        ax.axhline(chance, color="grey", ls="--", lw=0.8, label="chance")
+    ax.set_xticks(x, labels)
+    ax.set(xlabel=xlabel, ylabel="accuracy", ylim=(0, 1.05), title=title)
+    save_figure(fig, path)

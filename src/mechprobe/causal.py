@@ -1,0 +1,171 @@
+"""Causal analysis on the k-th smallest task (run_causal_gpt2.sh).
+
+Head entropy. For layer l, head h, let a_n(t) be the last token's attention to position t
+in list n (t = 0..T-1, sum_t a_n(t) = 1). The list-averaged distribution in position order is
+p(t) = mean_n a_n(t); in rank order p(r) = mean_n a_n(pi_n(r)), pi_n(r) the position of the
+r-th smallest number of list n. The normalised entropy of a head is
+    E = -(1/log T) sum_t p(t) log p(t)      in [0, 1]
+(0: always the same position / rank; 1: uniform). We also report the mean over lists of each
+list's own entropy (order-free).
+
+Pruning: mask a growing share of heads (hooks, see masking.py) at random (several seeds),
+lowest-entropy first, or highest-entropy first, and measure test accuracy.
+"""
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import ksmallest as ks
+from . import plots
+from .capture import capture
+from .masking import mask_heads
+from .models import load_model, load_tokenizer
+from .probing_gpt2 import last_token_attention
+from .utils import MechprobeError, get_logger, run_main, seed_everything, write_json
+
+log = get_logger()
+
+
+def normalized_entropy(p, dim=-1, eps=1e-12):
+    """-(sum p log p) / log(n) along `dim` (n = size of that dim)."""
+    n = p.shape[dim]
+    return -(p * (p + eps).log()).sum(dim) / np.log(n)
+
+
+def rank_order(rows, records):
+    """Reorder the key axis of rows (N, ..., T) from position order to value-rank order."""
+    perm = torch.tensor([sorted(range(len(r["numbers"])), key=lambda i: (r["numbers"][i], i)) for r in records])  # (N, T)
+    idx = perm.view(perm.shape[0], *([1] * (rows.dim() - 2)), perm.shape[1]).expand_as(rows)
+    return torch.gather(rows, -1, idx)
+
+
+def head_entropy(rows, records):
+    """rows (N, L, H, T) -> dict of (L, H) arrays: position, rank, per_list."""
+    return {"position": normalized_entropy(rows.mean(0)).numpy(),
+            "rank": normalized_entropy(rank_order(rows, records).mean(0)).numpy(),
+            "per_list": normalized_entropy(rows).mean(0).numpy()}
+
+
+@torch.no_grad()
+def accuracy_masked(model, ids, answers, heads, batch_size=256):
+    correct = 0
+    with mask_heads(model, heads):
+        for s in range(0, len(ids), batch_size):
+            logits = model(input_ids=ids[s:s + batch_size]).logits[:, -1]
+            correct += (logits.argmax(-1) == answers[s:s + batch_size]).sum().item()
+    return correct / len(ids)
+
+
+def pruning_curves(model, ids, answers, entropy, shares, seeds):
+    L, H = entropy.shape
+    flat = [(l, h) for l in range(L) for h in range(H)]
+    order = np.argsort(entropy.ravel(), kind="stable")
+    res = {"random": [], "low_entropy_first": [], "high_entropy_first": []}
+    for share in shares:
+        n = int(round(share * L * H))
+        accs = []
+        for s in seeds:
+            pick = np.random.default_rng(s).choice(L * H, n, replace=False)
+            accs.append(accuracy_masked(model, ids, answers, [flat[i] for i in pick]))
+        res["random"].append({"share": share, "n_heads": n, "mean": float(np.mean(accs)), "std": float(np.std(accs)), "per_seed": accs})
+        res["low_entropy_first"].append({"share": share, "n_heads": n, "accuracy": accuracy_masked(model, ids, answers, [flat[i] for i in order[:n]])})
+        res["high_entropy_first"].append({"share": share, "n_heads": n, "accuracy": accuracy_masked(model, ids, answers, [flat[i] for i in order[::-1][:n]])})
+        log.info("share %.1f: random %.3f ± %.3f, low-entropy-first %.3f, high-entropy-first %.3f", share, res["random"][-1]["mean"],
+                 res["random"][-1]["std"], res["low_entropy_first"][-1]["accuracy"], res["high_entropy_first"][-1]["accuracy"])
+    return res
+
+
+def placed_lists(vocab, length, k, positions, n, seed):
+    """Lists whose k+1 smallest numbers (distinct) sit at `positions` (in rank order)."""
+    if len(positions) != k + 1 or any(not 0 <= p < length for p in positions) or len(set(positions)) != len(positions):
+        raise MechprobeError(f"FLOW_POSITIONS={positions}: expected {k + 1} distinct positions in 0..{length - 1} (one per useful number)")
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        vals = np.sort(rng.choice(vocab, length, replace=False))
+        rest = list(vals[k + 1:])
+        rng.shuffle(rest)
+        nums = [None] * length
+        for r, p in enumerate(positions):
+            nums[p] = int(vals[r])
+        it = iter(rest)
+        nums = [x if x is not None else int(next(it)) for x in nums]
+        out.append(ks.make_record(nums, k))
+    return out
+
+
+@torch.no_grad()
+def flow_attention(model, ids, masked):
+    """Attention (L, T, T) averaged over lists and over the heads NOT in `masked`, with them masked."""
+    N, T = ids.shape
+    with mask_heads(model, masked):
+        rows = capture(model, ids, torch.ones_like(ids), torch.arange(T).expand(N, T))  # (N, L, H, T, T)
+    L, H = rows.shape[1:3]
+    keep = torch.ones(L, H, dtype=torch.bool)
+    for l, h in masked:
+        keep[l, h] = False
+    m = rows.mean(0)  # (L, H, T, T)
+    return torch.stack([m[l, keep[l]].mean(0) if keep[l].any() else torch.zeros(T, T) for l in range(L)])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Head entropy, head pruning and attention flow on the k-th smallest task.")
+    p.add_argument("--model", required=True, help="finetuned model folder")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--n-examples", type=int, default=1000, help="test lists")
+    p.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds of random masking")
+    p.add_argument("--entropy-order", default="rank", choices=["rank", "position", "per_list"], help="which entropy ranks heads for pruning")
+    p.add_argument("--flow-mask-share", type=float, default=0.4, help="share of lowest-entropy heads masked in the flow case study")
+    p.add_argument("--flow-positions", type=int, nargs="+", default=None, help="positions of the k+1 useful numbers (rank order); default: spread over the list")
+    p.add_argument("--flow-lists", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    seed_everything(a.seed)
+    t0 = time.time()
+    out = Path(a.out_dir)
+    tok = load_tokenizer(a.model)
+    model = load_model(a.model, device=a.device)
+    meta = ks.load_meta(a.data_dir)
+    records = ks.load_split(a.data_dir, "test")[: a.n_examples]
+    ids, answers = ks.encode_records(tok, records)
+    rows, logits = last_token_attention(model, ids, desc="capture")
+    L, H, T = rows.shape[1:]
+    ent = head_entropy(rows, records)
+    base_acc = float((logits.argmax(-1) == answers).float().mean())
+    log.info("accuracy %.4f; %d layers x %d heads; heads with rank entropy < 0.5: %d; position entropy < 0.2: %d",
+             base_acc, L, H, int((ent["rank"] < 0.5).sum()), int((ent["position"] < 0.2).sum()))
+    plots.heatmap_grid([ent["position"].T, ent["rank"].T], ["position order", "rank order"], out / "head_entropy.png",
+                       ylabels=[f"h{h}" for h in range(H)], ylabel="head", vmin=0, vmax=1, suptitle="normalised entropy of the last token's attention (averaged over lists)")
+    pruning = pruning_curves(model, ids, answers, ent[a.entropy_order], a.shares, a.seeds)
+    plots.pruning_curves(pruning, out / "pruning.png", title=f"head masking (entropy: {a.entropy_order} order)")
+    k = meta["k"]
+    positions = a.flow_positions or [int(x) for x in np.linspace(2, T - 3, k + 1)]
+    flows = placed_lists(meta["vocab"], T, k, positions, a.flow_lists, a.seed)
+    fids, fans = ks.encode_records(tok, flows)
+    order = np.argsort(ent[a.entropy_order].ravel(), kind="stable")
+    n_mask = int(round(a.flow_mask_share * L * H))
+    masked = [(int(i) // H, int(i) % H) for i in order[:n_mask]]
+    flow = flow_attention(model, fids, masked)
+    flow_acc = accuracy_masked(model, fids, fans, masked)
+    plots.attention_flow(flow.numpy(), set(positions), out / "attention_flow.png",
+                         title=f"attention flow, {n_mask} lowest-entropy heads masked (acc {flow_acc:.2f}); useful at {positions}")
+    res = {"model": a.model, "k": k, "accuracy": base_acc, "layers": L, "heads": H, "list_length": T,
+           "entropy": ent[a.entropy_order].tolist(), "entropy_order": a.entropy_order,
+           "entropy_position": ent["position"].tolist(), "entropy_rank": ent["rank"].tolist(), "entropy_per_list": ent["per_list"].tolist(),
+           "pruning": pruning,
+           "flow": {"positions": positions, "masked_heads": masked, "accuracy_masked": flow_acc, "attention": flow.tolist()},
+           "seconds": round(time.time() - t0, 1)}
+    write_json(out / "config.json", vars(a))
+    write_json(out / "causal_results.json", res)
+    print(f"results: {out / 'causal_results.json'}  plots: {out}/head_entropy.png, pruning.png, attention_flow.png")
+    return res
+
+
+if __name__ == "__main__":
+    run_main(main)

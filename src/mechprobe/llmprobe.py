@@ -1,0 +1,122 @@
+"""The probe on in-context statement items (ProofWriter, ARC): shared driver and CLI options.
+
+For each item the queries are the question's tokens and the keys each statement's tokens
+(features: see features.py). Accuracy compares the next-token scores of the answer words.
+Results are given for all items, per group (number of statements) and per proof depth.
+"""
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import plots
+from .incontext import answer_ids, encode_items, run_items
+from .models import attention_modules, load_model, load_tokenizer, random_control
+from .probe import ProbeData, run_probe
+from .utils import MechprobeError, get_logger, write_json
+
+log = get_logger()
+
+
+def add_model_args(p):
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, help="local causal LM folder (LLaMA, Mistral, Qwen, GPT-2, ...), or 'tiny' for a tiny random LLaMA (CPU check)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (shard over all visible GPUs)")
+    g.add_argument("--load-in-8bit", action="store_true", help="8-bit weights via bitsandbytes")
+    g.add_argument("--trust-remote-code", action="store_true")
+    g.add_argument("--control-layers", type=int, default=0, help="build the random-init control with only this many layers and compare only those layers (0: all)")
+    g = p.add_argument_group("probe")
+    g.add_argument("--n-demos", type=int, default=4, help="in-context demonstrations")
+    g.add_argument("--limit", type=int, default=0, help="use only the first N items (0: all) - try a few first")
+    g.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="random-init controls, fold splits, demonstrations")
+    g.add_argument("--folds", type=int, default=2)
+    g.add_argument("--query-pool", default="mean", choices=["mean", "max", "last"], help="pooling over the question tokens (same for model and control)")
+    g.add_argument("--normalize", default="none", choices=["none", "max"])
+    g.add_argument("--batch-size", type=int, default=0, help="prompts per batch (0: sized to the free memory)")
+    g.add_argument("--out-dir", required=True)
+    return p
+
+
+def load(a, texts_for_tiny, out):
+    if a.model == "tiny":
+        from .tiny import tiny_llama_dir
+
+        path = tiny_llama_dir(Path(out) / "tiny_llama", texts_for_tiny)
+        log.info("using a tiny random LLaMA built in %s (a pipeline check: its scores are near chance)", path)
+    else:
+        path = a.model
+    return load_tokenizer(path), load_model(path, a.dtype, a.device, a.load_in_8bit, a.trust_remote_code), str(path)
+
+
+def _probe_subset(feats, ctl_feats, items, idx, seeds, folds):
+    data = ProbeData([feats[i] for i in idx], [items[i]["useful"] for i in idx], [items[i]["step"] for i in idx])
+    ctls = [ProbeData([cf[i] for i in idx], [items[i]["useful"] for i in idx], [items[i]["step"] for i in idx]) for cf in ctl_feats]
+    return run_probe(data, ctls, seeds, folds)
+
+
+def probe_items(a, tok, model, items, demos, builder, words, source, by=("group", "depth")):
+    """Accuracy and probing results over all items and per group / depth / (group, depth)."""
+    t0 = time.time()
+    wid = answer_ids(tok, words)
+    enc = encode_items(tok, items, demos, builder, source)
+    L = len(attention_modules(model))
+    layers = list(range(a.control_layers)) if a.control_layers else None
+    if a.control_layers and a.control_layers > L:
+        raise MechprobeError(f"--control-layers {a.control_layers} exceeds the model's {L} layers")
+    log.info("%d prompts, %d-%d tokens", len(enc), min(len(e["ids"]) for e in enc), max(len(e["ids"]) for e in enc))
+    feats, scores = run_items(model, enc, wid, a.batch_size, a.query_pool, a.normalize, layers=layers, desc="model")
+    gold = np.array([words.index(it["answer"]) if it["answer"] in words else -1 for it in items])
+    correct = scores.argmax(1) == gold
+    res = {"n_items": len(items), "answer_words": words, "answer_token_ids": wid, "accuracy": float(correct[gold >= 0].mean()),
+           "prompt_tokens": {"min": min(len(e["ids"]) for e in enc), "max": max(len(e["ids"]) for e in enc)}}
+    has_tree = all(it.get("useful") is not None for it in items)
+    if not has_tree:
+        res["probe"] = {"undefined": f"{source} has no proof trees: the probe needs the useful statements and their steps (use the original ProofWriter release or generated data)"}
+        log.info(res["probe"]["undefined"])
+    ctl_feats = []
+    if has_tree:
+        for s in a.seeds:
+            ctl = random_control(model, seed=s, num_layers=a.control_layers or None)
+            ctl_feats.append(run_items(ctl, enc, wid, a.batch_size, a.query_pool, a.normalize, desc=f"control seed {s}")[0])
+            del ctl
+    groups = {"all": list(range(len(items)))}
+    for key in by:
+        for v in sorted({it[key] for it in items if it.get(key) is not None}):
+            groups[f"{key}={v}"] = [i for i, it in enumerate(items) if it.get(key) == v]
+    if len(by) == 2:
+        for g in sorted({it[by[0]] for it in items}):
+            for d in sorted({it[by[1]] for it in items if it[by[0]] == g}):
+                groups[f"{by[0]}={g},{by[1]}={d}"] = [i for i, it in enumerate(items) if it[by[0]] == g and it[by[1]] == d]
+    res["subsets"] = {}
+    for name, idx in groups.items():
+        sub = {"n_items": len(idx), "accuracy": float(correct[idx].mean())}
+        if has_tree and len(idx) >= 4:
+            sub.update(_probe_subset(feats, ctl_feats, items, idx, a.seeds, a.folds))
+        elif has_tree:
+            sub["probe"] = {"undefined": f"only {len(idx)} items"}
+        res["subsets"][name] = sub
+    res["seconds"] = round(time.time() - t0, 1)
+    return res, feats, scores
+
+
+def fmt(s):
+    if not isinstance(s, dict):
+        return "-"
+    return f"{s['mean']:.3f}±{s['std']:.3f}" if "mean" in s else "undef."
+
+
+def report(res, out, title, key="group"):
+    """Log a table, write plots of accuracy and S_P1/S_P2 by `key` and by depth."""
+    for name, sub in res["subsets"].items():
+        log.info("%-22s n=%-5d acc=%.3f  S_P1=%s  S_P2=%s", name, sub["n_items"], sub["accuracy"], fmt(sub.get("s_p1")), fmt(sub.get("s_p2")))
+    for by in (key, "depth"):
+        subs = [(n.split("=", 1)[1], s) for n, s in res["subsets"].items() if n.startswith(by + "=") and "," not in n]
+        if subs and "s_p1" in subs[0][1]:
+            plots.probe_by_k([{**s, "label": v} for v, s in subs], Path(out) / f"probe_by_{by}.png", label_key="label", xlabel=by)
+        if subs:
+            plots.accuracy_bars([v for v, _ in subs], [s["accuracy"] for _, s in subs], [s["n_items"] for _, s in subs],
+                                Path(out) / f"accuracy_by_{by}.png", xlabel=by, title=title)
+    if "s_p1" in res["subsets"]["all"]:
+        plots.probe_curves([{**res["subsets"]["all"], "label": "all"}], Path(out) / "probe_by_layer.png", label_key="label", label_fmt="{}")

@@ -1,0 +1,88 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mechprobe import ksmallest as ks
+from mechprobe.causal import head_entropy, normalized_entropy, placed_lists, rank_order
+from mechprobe.masking import mask_heads
+from mechprobe.utils import MechprobeError
+
+from .conftest import tiny_gpt2, tiny_llama
+
+
+def test_entropy_hand_computed():
+    p = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.25] * 4, [1.0, 0, 0, 0]])
+    e = normalized_entropy(p)
+    torch.testing.assert_close(e, torch.tensor([math.log(2) / math.log(4), 1.0, 0.0]), atol=1e-6, rtol=0)
+
+
+def test_rank_vs_position_entropy():
+    # two lists; the head always looks at the smallest number, which sits at different positions
+    recs = [ks.make_record([5, 1, 9, 7], 1), ks.make_record([2, 8, 6, 9], 1)]
+    rows = torch.zeros(2, 1, 1, 4)
+    rows[0, 0, 0, 1] = 1.0
+    rows[1, 0, 0, 0] = 1.0
+    torch.testing.assert_close(rank_order(rows, recs)[:, 0, 0, 0], torch.ones(2))
+    e = head_entropy(rows, recs)
+    assert e["rank"][0, 0] == pytest.approx(0.0, abs=1e-6)
+    assert e["position"][0, 0] == pytest.approx(0.5, abs=1e-6)  # mean is (.5, .5, 0, 0): log2/log4
+    assert e["per_list"][0, 0] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("make", [tiny_gpt2, tiny_llama])
+def test_head_masking(make):
+    model = make()
+    ids = torch.randint(3, 30, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        base = model(input_ids=ids).logits
+        with mask_heads(model, {}):
+            same = model(input_ids=ids).logits
+        torch.testing.assert_close(same, base, atol=0, rtol=0)
+        H = model.config.num_attention_heads
+        with mask_heads(model, {0: list(range(H))}):
+            changed = model(input_ids=ids).logits
+        assert (changed - base).abs().max() > 1e-4
+        assert all(not m._forward_pre_hooks for m in model.modules())  # hooks removed
+
+
+def test_masking_one_head_changes_only_its_slice():
+    """Masking head h of the last layer changes exactly the output-projection input slice of h."""
+    model = tiny_gpt2(n_layer=1, n_head=2, n_embd=16)
+    ids = torch.randint(3, 30, (1, 6), generator=torch.Generator().manual_seed(2))
+    seen = {}
+    proj = model.transformer.h[0].attn.c_proj
+    proj.register_forward_hook(lambda m, a, o: seen.__setitem__("x", a[0].clone()))
+    with torch.no_grad():
+        model(input_ids=ids)
+        x0 = seen["x"]
+        with mask_heads(model, [(0, 1)]):
+            out_masked = model(input_ids=ids).logits
+        x1 = seen["x"]
+    torch.testing.assert_close(x1[..., :8], x0[..., :8], atol=0, rtol=0)  # head 0 untouched
+    assert x1[..., 8:].abs().sum() == 0  # head 1 zeroed
+    # and the output equals W_O applied to the masked concatenation
+    h = model.transformer.h[0]
+    with torch.no_grad():
+        z = x0.clone()
+        z[..., 8:] = 0
+        manual = proj(z)
+        assert not torch.allclose(manual, proj(x0))
+    assert out_masked.shape[-1] == model.config.vocab_size
+
+
+def test_masking_bad_head_errors():
+    model = tiny_gpt2()
+    with pytest.raises(MechprobeError, match="heads \\[5\\] do not exist"):
+        with mask_heads(model, {0: [5]}):
+            pass
+
+
+def test_placed_lists():
+    recs = placed_lists(list(range(100)), 16, 1, [3, 10], 5, seed=0)
+    for r in recs:
+        assert r["step"][3] == 0 and r["step"][10] == 1
+    with pytest.raises(MechprobeError, match="expected 2 distinct positions"):
+        placed_lists(list(range(100)), 16, 1, [3], 5, 0)

@@ -1,0 +1,139 @@
+import json
+import re
+
+import pytest
+
+from mechprobe import proofwriter as pw
+from mechprobe.proofwriter_gen import generate, proof_string
+from mechprobe.utils import MechprobeError
+
+from .conftest import shared_path
+
+
+def test_parse_real_format_proofs():
+    assert pw.parse_proof("[(triple3)]") == [("fact", "triple3")]
+    t = pw.parse_proof("[(((triple1) -> rule2))]")[0]
+    assert t == ("rule", "rule2", [("fact", "triple1")], None)
+    t = pw.parse_proof("[(((((triple1) -> rule1) triple2) -> rule3))]")[0]
+    steps, edges = pw.tree_steps(t)
+    assert steps == {"triple1": 0, "rule1": 1, "triple2": 0, "rule3": 2}
+    assert set(edges) == {("triple1", "rule1"), ("rule1", "rule3"), ("triple2", "rule3")}
+    t = pw.parse_proof("[(((triple1 triple2) -> (rule1 % int1)))]")[0]
+    assert t == ("rule", "rule1", [("fact", "triple1"), ("fact", "triple2")], "int1")
+    assert len(pw.parse_proof("[(triple1) OR (((triple2) -> rule1))]")) == 2
+
+
+@pytest.mark.parametrize("bad,msg", [("[(((triple1) rule2))]", "expected ->"), ("[(triple1 NAF)]", "NAF"),
+                                      ("[@1: The dog chases the dog.[CWA. Example of deepest failure = (rule3 <- FAIL)]]", "closed-world failure"),
+                                      ("[(triple1)] x", "unexpected")])
+def test_parse_errors(bad, msg):
+    with pytest.raises(pw.ProofSyntaxError, match=msg):
+        pw.parse_proof(bad)
+
+
+def theory_line(proofs="[(((triple1) -> rule1))]", qdep=1, qlen=2):
+    return {"id": "T1", "triples": {"triple1": {"text": "The cat is red."}, "triple2": {"text": "The dog is big."}},
+            "rules": {"rule1": {"text": "If someone is red then they are kind."}},
+            "questions": {"Q1": {"question": "The cat is kind.", "answer": True, "QDep": qdep, "QLen": qlen, "strategy": "proof", "proofs": proofs},
+                          "Q2": {"question": "The cat is big.", "answer": False, "QDep": 0, "QLen": "", "strategy": "random",
+                                 "proofs": "[@0: The cat is big.[CWA. Example of deepest failure = (FAIL)]]"}}}
+
+
+def test_read_meta_filters_and_trees(tmp_path):
+    f = tmp_path / "meta-test.jsonl"
+    f.write_text(json.dumps(theory_line()) + "\n")
+    items = pw.read_meta(f)
+    assert len(items) == 1  # Q2 has no proof (empty QLen)
+    it = items[0]
+    assert it["statements"] == ["The cat is red.", "The dog is big.", "If someone is red then they are kind."]
+    assert it["useful"] == [True, False, True] and it["step"] == [0, -1, 1] and it["answer"] == "True"
+    assert it["group"] == 3 and it["depth"] == 1
+
+
+def test_read_meta_errors_name_file_line_question(tmp_path):
+    f = tmp_path / "meta-test.jsonl"
+    f.write_text(json.dumps(theory_line()) + "\n" + json.dumps(theory_line("[(((triple1) => rule1))]")) + "\n")
+    with pytest.raises(MechprobeError, match=r"meta-test\.jsonl:2: question Q1: expected ->"):
+        pw.read_meta(f)
+    assert len(pw.read_meta(f, skip_bad=True)) == 1
+    f.write_text(json.dumps(theory_line("[(((triple9) -> rule1))]")) + "\n")
+    with pytest.raises(MechprobeError, match=r":1: question Q1: proof names \['triple9'\]"):
+        pw.read_meta(f)
+    f.write_text("{}\n")
+    with pytest.raises(MechprobeError, match=r"meta-test\.jsonl:1: missing field 'triples'"):
+        pw.read_meta(f)
+
+
+# ---- an independent forward-chaining solver over the generated *texts*
+FACT = re.compile(r"^(.+) is (not )?(\w+)\.$")
+RULE = re.compile(r"^If someone is (.+) then they are (\w+)\.$")
+
+
+def solve(triples, rules):
+    facts = set()
+    for t in triples.values():
+        e, neg, a = FACT.match(t["text"]).groups()
+        assert not neg
+        facts.add((e, a))
+    parsed = {}
+    for rid, r in rules.items():
+        conds, concl = RULE.match(r["text"]).groups()
+        parsed[rid] = (conds.split(" and "), concl)
+    ents = {e for e, _ in facts}
+    while True:
+        new = {(e, c) for conds, c in parsed.values() for e in ents if all((e, x) in facts for x in conds)} - facts
+        if not new:
+            return facts, parsed
+        facts |= new
+
+
+def check_proof(node, triples, parsed, facts_text):
+    """Return the (entity, attr) a proof tree concludes, checking every step."""
+    if node[0] == "fact":
+        e, _, a = FACT.match(triples[node[1]]["text"]).groups()
+        return e, a
+    _, rid, prem, _ = node
+    concl = [check_proof(p, triples, parsed, facts_text) for p in prem]
+    conds, c = parsed[rid]
+    ents = {e for e, _ in concl}
+    assert len(ents) == 1 and sorted(a for _, a in concl) == sorted(conds)
+    return ents.pop(), c
+
+
+def test_generated_theories_are_correct(tmp_path):
+    folder = generate(tmp_path, max_depth=2, sizes=(0, 0, 40), seed=3)
+    n_checked = 0
+    for line in (folder / "meta-test.jsonl").read_text().splitlines():
+        th = json.loads(line)
+        closure, parsed = solve(th["triples"], th["rules"])
+        for q in th["questions"].values():
+            e, neg, a = FACT.match(q["question"]).groups()
+            derivable = (e, a) in closure
+            assert q["answer"] == (derivable != bool(neg))  # closed world
+            if q["QLen"] != "" and "NAF" not in q["proofs"]:
+                tree, = pw.parse_proof(q["proofs"])
+                assert check_proof(tree, th["triples"], parsed, None) == (e, a)
+                assert max(pw.tree_steps(tree)[0].values()) == q["QDep"] <= 2
+                assert proof_string(tree) == q["proofs"]
+                n_checked += 1
+            else:
+                assert not derivable or neg
+    assert n_checked > 50
+    items = pw.read_meta(folder / "meta-test.jsonl", depths=(0, 1, 2))
+    assert {it["depth"] for it in items} == {0, 1, 2}
+
+
+def test_logic_llm_reader():
+    items = pw.read_logic_llm(shared_path("data", "proofwriter", "processed", "logic_llm", "dev.json"))
+    assert len(items) == 600
+    assert {it["answer"] for it in items} == {"True", "False", "Unknown"}
+    it = items[0]
+    assert it["useful"] is None and it["statements"][0].endswith(".")
+    assert not it["question"].startswith("Based on")
+
+
+def test_logic_llm_reader_errors(tmp_path):
+    f = tmp_path / "x.json"
+    f.write_text('[{"id": "a", "context": "A.", "question": "q", "answer": "D"}]')
+    with pytest.raises(MechprobeError, match="item a: answer 'D'"):
+        pw.read_logic_llm(f)
