@@ -1,3 +1,20 @@
 #!/usr/bin/env bash
-echo "run_attnvisual_gpt2.sh: not implemented yet" >&2
-exit 2
+# Heatmaps of the last token's attention to each number per layer (rank and position order),
+# for the pretrained model (if any), the finetuned models and a random-init control,
+# and one test list drawn as its gold tree next to the probe's tree.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+MODELS=${MODELS:-runs/finetune_gpt2_k1/best}  # finetuned model folders (space-separated)
+PRETRAINED=${PRETRAINED:-}                    # optional pretrained-not-finetuned folder
+DATA_DIR=${DATA_DIR:-data/ksmallest/min01}
+OUT_DIR=${OUT_DIR:-runs/attnvisual_gpt2}
+N_EXAMPLES=${N_EXAMPLES:-1000}                # test lists averaged
+EXAMPLE=${EXAMPLE:-0}                         # test list drawn as a tree
+DEVICE=${DEVICE:-cpu}
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+python -m mechprobe.attnvisual --models $MODELS ${PRETRAINED:+--pretrained "$PRETRAINED"} --data-dir "$DATA_DIR" \
+  --out-dir "$OUT_DIR" --n-examples "$N_EXAMPLES" --example "$EXAMPLE" --device "$DEVICE"
+echo "outputs: $OUT_DIR (attention_rank.png/.pdf, attention_position.png/.pdf, tree_example.png, attention_matrices.json, config.json)"

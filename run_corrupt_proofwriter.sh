@@ -1,3 +1,34 @@
 #!/usr/bin/env bash
-echo "run_corrupt_proofwriter.sh: not implemented yet" >&2
-exit 2
+# Robustness: corrupted ProofWriter prompts, accuracy change against the probing score S_P2.
+# CPU check (default): a tiny random LLaMA on generated theories.
+# Real run (GPU): MODEL=/models/llama-2-7b DATA=/data/proofwriter-dataset-V2020.12.3 GENERATE=0 DEVICE=cuda DTYPE=bfloat16 LIMIT=0 \
+#                 N_SUBSETS=1000 SUBSET_SIZE=128 bash run_corrupt_proofwriter.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+
+MODEL=${MODEL:-tiny}
+DATA=${DATA:-data/proofwriter/synthetic}
+GENERATE=${GENERATE:-1}
+SPLIT=${SPLIT:-test}
+DEPTHS=${DEPTHS:-1}                                  # S_P2 needs depth >= 1
+CORRUPTIONS=${CORRUPTIONS:-"negate_unused negate_used shuffle insert_irrelevant"}
+NEGATION=${NEGATION:-grammatical}                    # grammatical ("X is not a.") | that ("That x is false.")
+N_SUBSETS=${N_SUBSETS:-200}                          # random subsets of questions
+SUBSET_SIZE=${SUBSET_SIZE:-32}                       # questions per subset
+BINS=${BINS:-5}                                      # S_P2 bins
+N_DEMOS=${N_DEMOS:-4}
+LIMIT=${LIMIT:-200}
+SEEDS=${SEEDS:-"0 1"}
+DTYPE=${DTYPE:-float32}
+DEVICE=${DEVICE:-cpu}
+BATCH_SIZE=${BATCH_SIZE:-0}
+OUT_DIR=${OUT_DIR:-runs/corrupt_proofwriter}
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+flags=()
+[ "$GENERATE" = 1 ] && flags+=(--generate)
+python -m mechprobe.corrupt --data "$DATA" --split "$SPLIT" --depths $DEPTHS --corruptions $CORRUPTIONS --negation "$NEGATION" \
+  --n-subsets "$N_SUBSETS" --subset-size "$SUBSET_SIZE" --bins "$BINS" --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" \
+  --seeds $SEEDS --dtype "$DTYPE" --device "$DEVICE" --batch-size "$BATCH_SIZE" --out-dir "$OUT_DIR" "${flags[@]}"
+echo "outputs: $OUT_DIR (corrupt_results.json, config.json, corrupt_<corruption>.png)"

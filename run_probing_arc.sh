@@ -1,3 +1,31 @@
 #!/usr/bin/env bash
-echo "run_probing_arc.sh: not implemented yet" >&2
-exit 2
+# ARC reasoning trees (EntailmentBank task_1/task_2, or STREET's reasoning_annotated_*.jsonl) probed on a causal LM.
+# CPU check (default): a tiny random LLaMA on the EntailmentBank task_2 dev file in ../shared.
+# Real run (GPU): MODEL=/models/llama-2-7b DEVICE=cuda DTYPE=bfloat16 bash run_probing_arc.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+
+MODEL=${MODEL:-tiny}                                            # local model folder, or "tiny"
+DATA=${DATA:-../shared/data/entailment_bank/task_2/dev.jsonl}   # task_2 adds distractors (P1 needs them)
+DEMO_DATA=${DEMO_DATA:-}                                        # demonstrations from another file (default: same file, never the item)
+MAX_DEPTH=${MAX_DEPTH:-2}                                       # proof depth kept
+N_DEMOS=${N_DEMOS:-4}
+LIMIT=${LIMIT:-0}
+SEEDS=${SEEDS:-"0 1 2"}
+QUERY_POOL=${QUERY_POOL:-mean}
+DTYPE=${DTYPE:-float32}
+DEVICE=${DEVICE:-cpu}
+LOAD_IN_8BIT=${LOAD_IN_8BIT:-0}
+CONTROL_LAYERS=${CONTROL_LAYERS:-0}
+BATCH_SIZE=${BATCH_SIZE:-0}
+OUT_DIR=${OUT_DIR:-runs/probing_arc}
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+flags=()
+[ "$LOAD_IN_8BIT" = 1 ] && flags+=(--load-in-8bit)
+[ -n "$DEMO_DATA" ] && flags+=(--demo-data "$DEMO_DATA")
+python -m mechprobe.probing_arc --data "$DATA" --max-depth "$MAX_DEPTH" --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" \
+  --seeds $SEEDS --query-pool "$QUERY_POOL" --dtype "$DTYPE" --device "$DEVICE" --control-layers "$CONTROL_LAYERS" \
+  --batch-size "$BATCH_SIZE" --out-dir "$OUT_DIR" "${flags[@]}"
+echo "outputs: $OUT_DIR (probe_results.json, config.json, probe_by_depth.png, probe_by_layer.png)"

@@ -1,3 +1,34 @@
 #!/usr/bin/env bash
-echo "run_probing_proofwriter.sh: not implemented yet" >&2
-exit 2
+# ProofWriter in context: accuracy and the MechanisticProbe on a causal LM.
+# CPU check (default): a tiny random LLaMA on generated theories.
+# Real run (GPU): MODEL=/models/llama-2-7b DATA=/data/proofwriter-dataset-V2020.12.3 GENERATE=0 \
+#                 DEVICE=cuda DTYPE=bfloat16 LIMIT=0 bash run_probing_proofwriter.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+
+MODEL=${MODEL:-tiny}                      # local model folder, or "tiny"
+DATA=${DATA:-data/proofwriter/synthetic}  # ProofWriter folder (CWA/depth-N/meta-*.jsonl), a meta-*.jsonl, or Logic-LLM's dev.json
+GENERATE=${GENERATE:-1}                   # 1: write synthetic theories into DATA when it holds none
+SPLIT=${SPLIT:-test}
+DEPTHS=${DEPTHS:-"0 1"}                   # question depths kept (the paper: 0 and 1)
+MAX_PER_GROUP=${MAX_PER_GROUP:-1024}      # questions per number of statements
+N_DEMOS=${N_DEMOS:-4}
+LIMIT=${LIMIT:-300}                       # first N questions (0: all)
+SEEDS=${SEEDS:-"0 1 2"}
+QUERY_POOL=${QUERY_POOL:-mean}            # pooling over question tokens: mean | max | last
+DTYPE=${DTYPE:-float32}                   # float32 | bfloat16 | float16
+DEVICE=${DEVICE:-cpu}                     # cpu | cuda | auto (shard over all GPUs)
+LOAD_IN_8BIT=${LOAD_IN_8BIT:-0}
+CONTROL_LAYERS=${CONTROL_LAYERS:-0}       # 0: the control has all the model's layers
+BATCH_SIZE=${BATCH_SIZE:-0}               # 0: sized to the free memory
+OUT_DIR=${OUT_DIR:-runs/probing_proofwriter}
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+flags=()
+[ "$GENERATE" = 1 ] && flags+=(--generate)
+[ "$LOAD_IN_8BIT" = 1 ] && flags+=(--load-in-8bit)
+python -m mechprobe.probing_proofwriter --data "$DATA" --split "$SPLIT" --depths $DEPTHS --max-per-group "$MAX_PER_GROUP" \
+  --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" --seeds $SEEDS --query-pool "$QUERY_POOL" --dtype "$DTYPE" \
+  --device "$DEVICE" --control-layers "$CONTROL_LAYERS" --batch-size "$BATCH_SIZE" --out-dir "$OUT_DIR" "${flags[@]}"
+echo "outputs: $OUT_DIR (probe_results.json, config.json, accuracy_by_group.png, probe_by_group.png, probe_by_depth.png, probe_by_layer.png)"

@@ -44,7 +44,7 @@ def accuracy(model, ids, answers, batch_size=512):
     dev = next(model.parameters()).device
     correct = 0
     for i in range(0, len(ids), batch_size):
-        logits = model(input_ids=ids[i:i + batch_size].to(dev)).logits[:, -1]  # (B, V)
+        logits = model(input_ids=ids[i:i + batch_size].to(dev), logits_to_keep=1).logits[:, -1]  # (B, V)
         correct += (logits.argmax(-1).cpu() == answers[i:i + batch_size]).sum().item()
     return correct / len(ids)
 
@@ -144,7 +144,7 @@ def train(a):
         perm = torch.from_numpy(np.random.default_rng(a.seed * 1000 + epoch).permutation(len(train_ids)))
         idx = perm[within * a.batch_size:(within + 1) * a.batch_size]
         model.train()
-        logits = model(input_ids=train_ids[idx].to(dev)).logits[:, -1]  # (B, V)
+        logits = model(input_ids=train_ids[idx].to(dev), logits_to_keep=1).logits[:, -1]  # (B, V)
         loss = F.cross_entropy(logits, train_ans[idx].to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -68,8 +68,13 @@ def probe_items(a, tok, model, items, demos, builder, words, source, by=("group"
     log.info("%d prompts, %d-%d tokens", len(enc), min(len(e["ids"]) for e in enc), max(len(e["ids"]) for e in enc))
     feats, scores = run_items(model, enc, wid, a.batch_size, a.query_pool, a.normalize, layers=layers, desc="model")
     gold = np.array([words.index(it["answer"]) if it["answer"] in words else -1 for it in items])
-    correct = scores.argmax(1) == gold
-    res = {"n_items": len(items), "answer_words": words, "answer_token_ids": wid, "accuracy": float(correct[gold >= 0].mean()),
+    correct = (scores.argmax(1) == gold) if words else None
+
+    def acc(idx):
+        ok = [i for i in idx if gold[i] >= 0]
+        return float(correct[ok].mean()) if words and ok else None
+
+    res = {"n_items": len(items), "answer_words": words, "answer_token_ids": wid, "accuracy": acc(range(len(items))),
            "prompt_tokens": {"min": min(len(e["ids"]) for e in enc), "max": max(len(e["ids"]) for e in enc)}}
     has_tree = all(it.get("useful") is not None for it in items)
     if not has_tree:
@@ -91,7 +96,7 @@ def probe_items(a, tok, model, items, demos, builder, words, source, by=("group"
                 groups[f"{by[0]}={g},{by[1]}={d}"] = [i for i, it in enumerate(items) if it[by[0]] == g and it[by[1]] == d]
     res["subsets"] = {}
     for name, idx in groups.items():
-        sub = {"n_items": len(idx), "accuracy": float(correct[idx].mean())}
+        sub = {"n_items": len(idx), "accuracy": acc(idx)}
         if has_tree and len(idx) >= 4:
             sub.update(_probe_subset(feats, ctl_feats, items, idx, a.seeds, a.folds))
         elif has_tree:
@@ -110,12 +115,13 @@ def fmt(s):
 def report(res, out, title, key="group"):
     """Log a table, write plots of accuracy and S_P1/S_P2 by `key` and by depth."""
     for name, sub in res["subsets"].items():
-        log.info("%-22s n=%-5d acc=%.3f  S_P1=%s  S_P2=%s", name, sub["n_items"], sub["accuracy"], fmt(sub.get("s_p1")), fmt(sub.get("s_p2")))
+        acc = "-" if sub["accuracy"] is None else f"{sub['accuracy']:.3f}"
+        log.info("%-22s n=%-5d acc=%s  S_P1=%s  S_P2=%s", name, sub["n_items"], acc, fmt(sub.get("s_p1")), fmt(sub.get("s_p2")))
     for by in (key, "depth"):
         subs = [(n.split("=", 1)[1], s) for n, s in res["subsets"].items() if n.startswith(by + "=") and "," not in n]
         if subs and "s_p1" in subs[0][1]:
             plots.probe_by_k([{**s, "label": v} for v, s in subs], Path(out) / f"probe_by_{by}.png", label_key="label", xlabel=by)
-        if subs:
+        if subs and subs[0][1]["accuracy"] is not None:
             plots.accuracy_bars([v for v, _ in subs], [s["accuracy"] for _, s in subs], [s["n_items"] for _, s in subs],
                                 Path(out) / f"accuracy_by_{by}.png", xlabel=by, title=title)
     if "s_p1" in res["subsets"]["all"]:

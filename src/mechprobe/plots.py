@@ -164,3 +164,20 @@ def accuracy_bars(labels, accs, counts, path, xlabel="", title="", chance=None):
     ax.set_xticks(x, labels)
     ax.set(xlabel=xlabel, ylabel="accuracy", ylim=(0, 1.05), title=title)
     save_figure(fig, path)
+
+
+def corruption_figure(study, name, path):
+    """Accuracy change (corrupted - clean) against S_P2 per subset, with binned means and r."""
+    x = np.array([r["s_p2"] for r in study["subsets"]])
+    d = np.array([r["acc_corrupted"] - r["acc_clean"] for r in study["subsets"]])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(x, d, s=8, alpha=0.4, label="random subsets")
+    b = study["bins"]
+    ax.errorbar([(r["s_p2_low"] + r["s_p2_high"]) / 2 for r in b], [r["delta_acc_mean"] for r in b], yerr=[r["delta_acc_std"] for r in b],
+                color="tab:red", marker="o", capsize=3, label="binned mean ± std")
+    c = study["correlation"]
+    r = "undefined" if c["r"] is None else f"r = {c['r']:.2f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}]"
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set(xlabel="S_P2 of the clean subset", ylabel="accuracy change (corrupted - clean)", title=f"{name}: {r}")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)

@@ -4,7 +4,8 @@ A theory has entities ("The cat", "Bob"), facts "The cat is red." (tripleN) and 
 "If someone is red then they are big." / "If someone is red and kind then they are big."
 (ruleN). Forward chaining (rounds of rule application) gives every derivable fact with a
 proof of minimal depth. Questions, closed-world (CWA):
-  * "E is a."      derivable  -> True,  strategy proof,     QDep = proof depth, proof string
+  * "E is a."      derivable  -> True,  strategy proof,     QDep = depth of the shortest proof;
+                   every well-founded proof is listed, joined by OR (as in the release)
   * "E is not a."  derivable  -> False, strategy inv-proof, the same proof
   * "E is a."      not derivable -> False, CWA failure, QLen ""  (dropped by the paper's filter)
   * "E is not a."  not derivable -> True by negation as failure (NAF; dropped by the filter)
@@ -12,12 +13,14 @@ proof of minimal depth. Questions, closed-world (CWA):
 CLI:  python -m mechprobe.proofwriter_gen --out data/proofwriter/synthetic --max-depth 1
 """
 import argparse
+import re
 from pathlib import Path
 
 import numpy as np
 
 from .utils import get_logger, run_main, write_jsonl
 
+_FACT_Q = re.compile(r"^(.+) is (?:not )?(\w+)\.$")
 ENTITIES = ["The cat", "The dog", "The bear", "The mouse", "The lion", "The rabbit", "Bob", "Anne", "Charlie", "Dave", "Erin", "Fiona"]
 ATTRS = ["red", "big", "kind", "cold", "round", "young", "blue", "green", "rough", "nice", "quiet", "smart", "furry", "white"]
 
@@ -30,13 +33,32 @@ def rule_text(conds, concl):
     return f"If someone is {' and '.join(conds)} then they are {concl}."
 
 
-def proof_string(node):
-    """Serialise a proof tree in ProofWriter's syntax (see proofwriter.parse_proof)."""
+def proof_string(nodes):
+    """Serialise proof trees (alternatives joined by OR) in ProofWriter's syntax (see proofwriter.parse_proof)."""
     def prem(n):
         if n[0] == "fact":
             return n[1]
         return "((" + " ".join(prem(p) for p in n[2]) + f") -> {n[1]})"
-    return f"[({prem(node)})]"
+    nodes = nodes if isinstance(nodes, list) else [nodes]
+    return "[" + " OR ".join(f"({prem(n)})" for n in nodes) + "]"
+
+
+def all_proofs(fa, facts, rules, known, visiting=frozenset(), cap=4):
+    """Every well-founded proof of fact `fa` (up to `cap`): a triple, or a rule whose conditions
+    have proofs that do not go through `fa` itself."""
+    from itertools import product
+
+    e, a = fa
+    out = [("fact", facts[fa])] if fa in facts else []
+    for rid, conds, concl in rules:
+        if concl != a or any((e, c) not in known or (e, c) in visiting or (e, c) == fa for c in conds):
+            continue
+        subs = [all_proofs((e, c), facts, rules, known, visiting | {fa}, cap) for c in conds]
+        for combo in product(*subs):
+            out.append(("rule", rid, list(combo), None))
+            if len(out) >= cap:
+                return out
+    return out
 
 
 def closure(facts, rules, entities):
@@ -104,7 +126,10 @@ def make_theory(rng, tid, n_statements, max_depth, n_questions=8):
     chosen += [cands[i] for i in rng.permutation(len(cands))[: n_questions - len(chosen)]]
     for j, (text, ans, strat, d, node) in enumerate(chosen):
         if node is not None:
-            q = {"question": text, "answer": ans, "QDep": d, "QLen": tree_size(node), "strategy": strat, "proofs": proof_string(node)}
+            m = _FACT_Q.match(text)
+            alts = all_proofs((m.group(1), m.group(2)), facts, rules, known)
+            alts = [node] + [x for x in alts if x != node]  # the shortest first; several proofs are joined by OR
+            q = {"question": text, "answer": ans, "QDep": d, "QLen": tree_size(node), "strategy": strat, "proofs": proof_string(alts)}
         elif ans:
             q = {"question": text, "answer": ans, "QDep": 0, "QLen": 1, "strategy": strat, "proofs": f"[(({text[:-1]}) NAF)]"}
         else:

@@ -1,0 +1,233 @@
+"""Corruptions of ProofWriter items and the robustness experiment (run_corrupt_proofwriter.sh).
+
+Each corruption maps an item to a new item (or None when it does not apply) and updates the
+gold tree; the statement to change is drawn with the given rng (the original always took the
+first sentence because its loop never ran).
+
+* negate_unused: negate a statement NOT in the proof. Positive derivability is monotone in
+  the statements and the proof does not use this one, so the answer does not change.
+* negate_used:   negate a statement IN the proof. Items kept by the paper's filter have one
+  proof (no OR), so the proved fact becomes unprovable: under the closed world it is False, so
+  the gold answer flips (True <-> False). The tree no longer holds: tree_valid = False.
+* shuffle:       permute the statements (labels move with them); the answer does not change.
+* insert_irrelevant: add a fact about an entity the theory does not mention, not useful.
+
+Experiment: over random subsets of questions, the change of accuracy (corrupted - clean)
+against the probing score S_P2 of the clean subset, binned, with Pearson's r and its 95%
+interval (Fisher z; subsets overlap, so the interval is optimistic).
+"""
+import argparse
+import re
+from pathlib import Path
+
+import numpy as np
+
+from . import plots
+from .incontext import PromptBuilder, answer_ids, encode_items, pick_demos, run_items
+from .probe import ProbeData, probe_f1, score
+from .utils import MechprobeError, get_logger, run_main, seed_everything, write_json
+
+log = get_logger()
+_FACT = re.compile(r"^(.+?) is (\w+)\.$")
+NEW_ENTITIES = ["The tiger", "The squirrel", "Gary", "Harry", "The cow", "The bald eagle", "Ivy", "The zebra"]
+
+
+def negate_text(s, style="grammatical"):
+    """'X is a.' -> 'X is not a.' (grammatical); anything else, or style='that': 'That x is false.'"""
+    m = _FACT.match(s)
+    if style == "grammatical" and m and " not " not in s:
+        return f"{m.group(1)} is not {m.group(2)}."
+    body = s.rstrip(".")
+    return f"That {body[0].lower() + body[1:]} is false."
+
+
+def _copy(it, **kw):
+    new = {**it, **kw}
+    for key in ("statements", "useful", "step"):
+        new[key] = list(new[key])
+    return new
+
+
+def negate_unused(it, rng, style="grammatical"):
+    cand = [i for i, u in enumerate(it["useful"]) if not u]
+    if not cand:
+        return None
+    i = int(rng.choice(cand))
+    new = _copy(it, corruption="negate_unused", corrupted_index=i)
+    new["statements"][i] = negate_text(new["statements"][i], style)
+    return new
+
+
+def negate_used(it, rng, style="grammatical"):
+    cand = [i for i, u in enumerate(it["useful"]) if u]
+    if not cand or it["answer"] not in ("True", "False"):
+        return None
+    i = int(rng.choice(cand))
+    new = _copy(it, corruption="negate_used", corrupted_index=i, tree_valid=False,
+                answer={"True": "False", "False": "True"}[it["answer"]])
+    new["statements"][i] = negate_text(new["statements"][i], style)
+    return new
+
+
+def shuffle(it, rng, style=None):
+    perm = rng.permutation(len(it["statements"]))
+    new = _copy(it, corruption="shuffle", permutation=perm.tolist())
+    for key in ("statements", "useful", "step"):
+        new[key] = [it[key][j] for j in perm]
+    return new
+
+
+def insert_irrelevant(it, rng, style=None):
+    text = " ".join(it["statements"] + [it["question"]])
+    ents = [e for e in NEW_ENTITIES if e.lower() not in text.lower()]
+    if not ents:
+        return None
+    m = [_FACT.match(s) for s in it["statements"]]
+    attrs = [x.group(2) for x in m if x] or ["red"]
+    fact = f"{rng.choice(ents)} is {rng.choice(attrs)}."
+    i = int(rng.integers(len(it["statements"]) + 1))
+    new = _copy(it, corruption="insert_irrelevant", corrupted_index=i)
+    new["statements"].insert(i, fact)
+    new["useful"].insert(i, False)
+    new["step"].insert(i, -1)
+    new["group"] = len(new["statements"])
+    return new
+
+
+CORRUPTIONS = {"negate_unused": negate_unused, "negate_used": negate_used, "shuffle": shuffle, "insert_irrelevant": insert_irrelevant}
+
+
+def corrupt_all(items, name, seed, style="grammatical"):
+    """(kept indices, corrupted items) for one corruption; items it cannot apply to are counted."""
+    rng = np.random.default_rng(seed)
+    fn = CORRUPTIONS[name]
+    keep, out = [], []
+    for i, it in enumerate(items):
+        c = fn(it, rng, style)
+        if c is not None:
+            keep.append(i)
+            out.append(c)
+    if len(keep) < len(items):
+        log.info("%s: %d of %d items cannot be corrupted this way (skipped)", name, len(items) - len(keep), len(items))
+    return keep, out
+
+
+def pearson_ci(x, y, z=1.959964):
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = len(x)
+    if n < 4 or x.std() == 0 or y.std() == 0:
+        return {"r": None, "ci95": None, "n": n, "note": "undefined (fewer than 4 subsets or no variation)"}
+    r = float(np.corrcoef(x, y)[0, 1])
+    zr, se = np.arctanh(np.clip(r, -0.999999, 0.999999)), 1 / np.sqrt(n - 3)
+    return {"r": r, "ci95": [float(np.tanh(zr - z * se)), float(np.tanh(zr + z * se))], "n": n}
+
+
+def binned(x, y, n_bins):
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, n_bins + 1)))
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (x >= lo) & ((x <= hi) if hi == edges[-1] else (x < hi))
+        if m.any():
+            out.append({"s_p2_low": float(lo), "s_p2_high": float(hi), "n": int(m.sum()), "delta_acc_mean": float(y[m].mean()),
+                        "delta_acc_std": float(y[m].std())})
+    return out
+
+
+def subset_study(items, feats, ctl_feats, correct_clean, correct_corr, keep, n_subsets, size, seed, folds, n_bins):
+    """S_P2 of random clean subsets (of the kept items) against their accuracy change."""
+    rng = np.random.default_rng(seed)
+    keep = np.asarray(keep)
+    if len(keep) < size:
+        raise MechprobeError(f"subset size {size} exceeds the {len(keep)} items this corruption applies to; lower SUBSET_SIZE or raise LIMIT")
+    rows = []
+    for s in range(n_subsets):
+        j = rng.choice(len(keep), size, replace=False)  # positions within keep
+        idx = keep[j]
+        lab = ([items[i]["useful"] for i in idx], [items[i]["step"] for i in idx])
+        L = feats[idx[0]].shape[1]
+        _, f_m = probe_f1(ProbeData([feats[i] for i in idx], *lab), list(range(L)), folds, seed + s)
+        ctl = [probe_f1(ProbeData([cf[i] for i in idx], *lab), list(range(L)), folds, seed + s)[1] for cf in ctl_feats]
+        s_p2 = [score(f_m, c) for c in ctl]
+        s_p2 = [v for v in s_p2 if v is not None]
+        if not s_p2:
+            continue
+        rows.append({"s_p2": float(np.mean(s_p2)), "acc_clean": float(correct_clean[idx].mean()),
+                     "acc_corrupted": float(correct_corr[j].mean())})
+    if not rows:
+        raise MechprobeError("S_P2 is undefined on every subset (all useful statements share one step: use depth >= 1 questions)")
+    x = [r["s_p2"] for r in rows]
+    d = [r["acc_corrupted"] - r["acc_clean"] for r in rows]
+    return {"subsets": rows, "correlation": pearson_ci(x, d), "bins": binned(x, d, n_bins)}
+
+
+def main(argv=None):
+    from .llmprobe import add_model_args, load
+    from .models import random_control
+    from .probing_proofwriter import load_items
+
+    p = argparse.ArgumentParser(description="Corrupted ProofWriter: accuracy change against the probing score S_P2.")
+    p.add_argument("--data", required=True, help="ProofWriter folder (CWA/depth-N/) or a meta-*.jsonl; needs proofs")
+    p.add_argument("--generate", action="store_true")
+    p.add_argument("--setting", default="CWA", choices=["CWA", "OWA"])
+    p.add_argument("--split", default="test")
+    p.add_argument("--depth-folder", type=int, default=None)
+    p.add_argument("--depths", type=int, nargs="+", default=[1], help="question depths kept (S_P2 needs >= 1)")
+    p.add_argument("--groups", type=int, nargs="*", default=None)
+    p.add_argument("--max-per-group", type=int, default=1024)
+    p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=list(CORRUPTIONS))
+    p.add_argument("--negation", default="grammatical", choices=["grammatical", "that"], help="'X is not a.' or 'That x is false.'")
+    p.add_argument("--n-subsets", type=int, default=200)
+    p.add_argument("--subset-size", type=int, default=64)
+    p.add_argument("--bins", type=int, default=5)
+    add_model_args(p)
+    a = p.parse_args(argv)
+    seed_everything(a.seeds[0])
+    out = Path(a.out_dir)
+    items, pool, words, source = load_items(a)
+    if words != ["True", "False"] or items[0]["useful"] is None:
+        raise MechprobeError(f"{source}: the robustness study needs ProofWriter items with proofs and True/False answers")
+    if a.limit:
+        items = items[: a.limit]
+    demos = pick_demos(items, a.n_demos, a.seeds[0], pool)
+    texts = [s for it in items + pool for s in it["statements"] + [it["question"]]] + [" ".join(NEW_ENTITIES) + " not That is false"]
+    tok, model, mpath = load(a, texts, out)
+    builder = PromptBuilder()
+    wid = answer_ids(tok, words)
+    gold = lambda its: np.array([words.index(it["answer"]) for it in its])  # noqa: E731
+    enc = encode_items(tok, items, demos, builder, source)
+    feats, scores = run_items(model, enc, wid, a.batch_size, a.query_pool, a.normalize, desc="clean")
+    correct_clean = scores.argmax(1) == gold(items)
+    ctl_feats = []
+    for s in a.seeds:
+        ctl = random_control(model, seed=s)
+        ctl_feats.append(run_items(ctl, enc, wid, a.batch_size, a.query_pool, a.normalize, desc=f"control seed {s}")[0])
+        del ctl
+    res = {"model": mpath, "data": source, "n_items": len(items), "accuracy_clean": float(correct_clean.mean()), "corruptions": {}}
+    for name in a.corruptions:
+        keep, cor = corrupt_all(items, name, a.seeds[0], a.negation)
+        if not keep:
+            res["corruptions"][name] = {"undefined": "applies to no item"}
+            continue
+        cenc = encode_items(tok, cor, [demos[i] for i in keep], builder, f"{source} ({name})")
+        _, cscores = run_items(model, cenc, wid, a.batch_size, desc=name)
+        correct_corr = cscores.argmax(1) == gold(cor)
+        study = subset_study(items, feats, ctl_feats, correct_clean, correct_corr, keep, a.n_subsets, min(a.subset_size, len(keep)),
+                             a.seeds[0], a.folds, a.bins)
+        answer_changed = float(np.mean([c["answer"] != items[i]["answer"] for i, c in zip(keep, cor)]))
+        res["corruptions"][name] = {"n_items": len(keep), "accuracy_clean": float(correct_clean[keep].mean()),
+                                    "accuracy_corrupted": float(correct_corr.mean()), "gold_answer_changed": answer_changed,
+                                    "prediction_changed": float(np.mean(cscores.argmax(1) != scores[keep].argmax(1))), **study}
+        c = study["correlation"]
+        log.info("%-18s acc clean %.3f -> corrupted %.3f; r(S_P2, delta acc) = %s", name, res["corruptions"][name]["accuracy_clean"],
+                 res["corruptions"][name]["accuracy_corrupted"], "undefined" if c["r"] is None else f"{c['r']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]")
+        plots.corruption_figure(study, name, out / f"corrupt_{name}.png")
+    write_json(out / "config.json", vars(a))
+    write_json(out / "corrupt_results.json", res)
+    print(f"results: {out / 'corrupt_results.json'}  plots: {out}/corrupt_<corruption>.png")
+    return res
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,94 @@
+import json
+
+import numpy as np
+import pytest
+
+from mechprobe import corrupt
+from mechprobe import proofwriter as pw
+from mechprobe.proofwriter_gen import generate
+
+from .test_proofwriter import FACT, solve
+
+
+@pytest.fixture(scope="module")
+def items(tmp_path_factory):
+    folder = generate(tmp_path_factory.mktemp("pw"), max_depth=1, sizes=(0, 0, 30), seed=1)
+    return pw.read_meta(folder / "meta-test.jsonl", depths=(0, 1))
+
+
+def closed_world_answer(statements, question):
+    """Answer of `question` over statements (facts may be negated: a negated fact is not a positive fact)."""
+    triples = {f"t{i}": {"text": s} for i, s in enumerate(statements) if FACT.match(s) and " not " not in s and not s.startswith("That")}
+    rules = {f"r{i}": {"text": s} for i, s in enumerate(statements) if s.startswith("If ")}
+    closure, _ = solve(triples, rules)
+    e, neg, a = FACT.match(question).groups()
+    return ((e, a) in closure) != bool(neg)
+
+
+def test_negate_text():
+    assert corrupt.negate_text("The cat is red.") == "The cat is not red."
+    assert corrupt.negate_text("The cat is red.", "that") == "That the cat is red is false."
+    assert corrupt.negate_text("If someone is red then they are big.") == "That if someone is red then they are big is false."
+
+
+def test_negate_unused_keeps_answer(items):
+    rng = np.random.default_rng(0)
+    idx = []
+    for it in items:
+        assert closed_world_answer(it["statements"], it["question"]) == (it["answer"] == "True")
+        c = corrupt.negate_unused(it, rng)
+        if c is None:
+            continue
+        i = c["corrupted_index"]
+        assert not it["useful"][i] and c["statements"][i] != it["statements"][i]
+        assert c["answer"] == it["answer"]
+        assert closed_world_answer(c["statements"], c["question"]) == (c["answer"] == "True")
+        idx.append(i)
+    assert len(set(idx)) > 1  # not always the first sentence (the original's bug)
+
+
+def test_negate_used_flips_answer_under_closed_world(items):
+    rng = np.random.default_rng(0)
+    for it in items:
+        c = corrupt.negate_used(it, rng, "that")
+        assert it["useful"][c["corrupted_index"]]
+        assert c["answer"] != it["answer"] and c["tree_valid"] is False
+        assert closed_world_answer(c["statements"], c["question"]) == (c["answer"] == "True")
+
+
+def test_shuffle_and_insert(items):
+    rng = np.random.default_rng(0)
+    it = items[0]
+    s = corrupt.shuffle(it, rng)
+    assert sorted(s["statements"]) == sorted(it["statements"])
+    for j, p in enumerate(s["permutation"]):
+        assert (s["statements"][j], s["useful"][j], s["step"][j]) == (it["statements"][p], it["useful"][p], it["step"][p])
+    n = corrupt.insert_irrelevant(it, rng)
+    i = n["corrupted_index"]
+    assert len(n["statements"]) == len(it["statements"]) + 1 and n["useful"][i] is False and n["step"][i] == -1
+    ent = FACT.match(n["statements"][i]).group(1)
+    assert ent.lower() not in " ".join(it["statements"] + [it["question"]]).lower()
+    assert closed_world_answer(n["statements"], n["question"]) == (n["answer"] == "True")
+
+
+def test_pearson_ci_and_bins():
+    x = np.arange(20.0)
+    c = corrupt.pearson_ci(x, 2 * x + 1)
+    assert c["r"] == pytest.approx(1.0) and c["ci95"][0] > 0.99
+    c = corrupt.pearson_ci(x, np.r_[x[:10], -x[10:]])
+    assert -1 < c["ci95"][0] < c["r"] < c["ci95"][1] < 1
+    assert corrupt.pearson_ci(x, np.zeros(20))["r"] is None
+    b = corrupt.binned(x, x, 4)
+    assert sum(r["n"] for r in b) == 20 and b[0]["delta_acc_mean"] < b[-1]["delta_acc_mean"]
+
+
+def test_corrupt_experiment_end_to_end(tmp_path):
+    res = corrupt.main(["--data", str(tmp_path / "pw"), "--generate", "--model", "tiny", "--out-dir", str(tmp_path / "o"),
+                        "--limit", "40", "--seeds", "0", "--n-demos", "1", "--n-subsets", "10", "--subset-size", "12",
+                        "--corruptions", "negate_used", "shuffle"])
+    saved = json.loads((tmp_path / "o" / "corrupt_results.json").read_text())
+    assert set(saved["corruptions"]) == {"negate_used", "shuffle"}
+    nu = saved["corruptions"]["negate_used"]
+    assert nu["gold_answer_changed"] == 1.0 and len(nu["subsets"]) == 10
+    assert saved["corruptions"]["shuffle"]["gold_answer_changed"] == 0.0
+    assert (tmp_path / "o" / "corrupt_shuffle.png").stat().st_size > 1000
