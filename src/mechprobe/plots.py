@@ -40,7 +40,7 @@ def probe_by_k(results, path, label_key="k", xlabel="k (0-indexed rank of the an
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(results) + 2), 3.5))
     x = np.arange(len(results))
     for j, key in enumerate(("s_p1", "s_p2")):
-        m, sd = _mean_std([r[key] for r in results])
+        m, sd = _mean_std([r.get(key, {}) for r in results])
         ax.bar(x + (j - 0.5) * 0.38, np.nan_to_num(m), 0.38, yerr=sd, capsize=3, label=key.upper().replace("S_P", "S_P"))
         for i, v in enumerate(m):
             if np.isnan(v):
