@@ -12,7 +12,7 @@ DATA_DIR=${DATA_DIR:-data/ksmallest/min0${K}}  # generated here first when it ho
 OUT_DIR=${OUT_DIR:-runs/finetune_gpt2_k${K}}
 EPOCHS=${EPOCHS:-2}
 MAX_STEPS=${MAX_STEPS:-2400}                   # 0 = let EPOCHS decide
-LR=${LR:-}                                     # empty: 1e-3 from scratch, 2e-5 for a pretrained model
+LR=${LR:-}                                     # empty: 2e-3 from scratch, 2e-5 for a pretrained model
 BATCH_SIZE=${BATCH_SIZE:-256}
 WARMUP=${WARMUP:-200}
 EVAL_EVERY=${EVAL_EVERY:-200}

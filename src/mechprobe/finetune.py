@@ -38,6 +38,24 @@ def select_trainable(model, tuning):
 
 
 @torch.no_grad()
+def numeric_init(model, tok, vocab, n_freq=6, scale=0.5):
+    """Add a value encoding to the input/output embeddings of the number tokens (scratch model only).
+
+    For the number of rank i among the N numbers, v = i / (N - 1) and the first 1 + 2*n_freq
+    dimensions get scale * [v - 1/2, sin(pi 2^j v), cos(pi 2^j v) for j < n_freq]. This gives
+    the untrained model the numeracy a pretrained GPT-2 brings (which number is bigger), so it
+    only has to learn the comparison circuit; it changes the initialisation, not the architecture.
+    """
+    order = sorted(int(x) for x in vocab)
+    N = len(order)
+    wte = model.get_input_embeddings().weight
+    for i, x in enumerate(order):
+        v = i / max(1, N - 1)
+        enc = [v - 0.5] + [f(torch.pi * 2 ** j * v) for j in range(n_freq) for f in (math.sin, math.cos)]
+        wte[ks.answer_token_id(tok, x), : len(enc)] += scale * torch.tensor(enc)
+
+
+@torch.no_grad()
 def accuracy(model, ids, answers, batch_size=512):
     """Share of lists whose argmax next-token prediction at the last position is the answer token."""
     model.eval()
@@ -100,7 +118,9 @@ def train(a):
     if scratch:
         tok = ks.build_word_tokenizer(meta["vocab"])
         model = scratch_gpt2(len(tok), n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd)
-        lr = a.lr or 1e-3
+        if a.numeric_init:
+            numeric_init(model, tok, meta["vocab"])
+        lr = a.lr or 2e-3
     else:
         ks.check_vocab_tokens(tok, meta["vocab"], f"{a.data_dir}/meta.json vocabulary with tokenizer {a.model}")
         model = load_model(a.model)
@@ -187,7 +207,7 @@ def parser():
     p.add_argument("--out-dir", required=True)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: epochs decide)")
-    p.add_argument("--lr", type=float, default=None, help="default 1e-3 from scratch, 2e-5 for a pretrained model")
+    p.add_argument("--lr", type=float, default=None, help="default 2e-3 from scratch, 2e-5 for a pretrained model")
     p.add_argument("--weight-decay", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--warmup", type=int, default=500)
@@ -200,6 +220,7 @@ def parser():
     p.add_argument("--n-layer", type=int, default=4, help="scratch model only")
     p.add_argument("--n-head", type=int, default=4, help="scratch model only")
     p.add_argument("--n-embd", type=int, default=128, help="scratch model only")
+    p.add_argument("--numeric-init", type=int, default=1, help="scratch model only: 1 = start the number embeddings from a value encoding, 0 = plain random init")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")

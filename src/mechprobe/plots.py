@@ -31,6 +31,7 @@ def probe_curves(results, path, label_key="k", label_fmt="k={}"):
             axes[row, col].axhline(0, color="grey", lw=0.5)
     for ax in axes[1]:
         ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes[0, 0].legend(fontsize=8)
     save_figure(fig, path)
 
@@ -39,14 +40,17 @@ def probe_by_k(results, path, label_key="k", xlabel="k (0-indexed rank of the an
     """Bars of S_P1 and S_P2 (mean ± std over seeds) per result; undefined scores are marked."""
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(results) + 2), 3.5))
     x = np.arange(len(results))
+    low = 0.0
     for j, key in enumerate(("s_p1", "s_p2")):
         m, sd = _mean_std([r.get(key, {}) for r in results])
+        if np.isfinite(m).any():
+            low = min(low, np.nanmin(m - sd))
         ax.bar(x + (j - 0.5) * 0.38, np.nan_to_num(m), 0.38, yerr=sd, capsize=3, label=key.upper().replace("S_P", "S_P"))
         for i, v in enumerate(m):
             if np.isnan(v):
                 ax.text(x[i] + (j - 0.5) * 0.38, 0.02, "undef.", ha="center", rotation=90, fontsize=8)
     ax.set_xticks(x, [str(r[label_key]) for r in results])
-    ax.set(xlabel=xlabel, ylabel="probing score S", ylim=(min(0, ax.get_ylim()[0]), 1.05))
+    ax.set(xlabel=xlabel, ylabel="probing score S", ylim=(min(0.0, low - 0.05), 1.05))
     ax.axhline(0, color="grey", lw=0.5)
     ax.legend()
     save_figure(fig, path)
