@@ -11,11 +11,11 @@ VOCAB_SIZE=${VOCAB_SIZE:-512}                  # numbers to draw from (used when
 DATA_DIR=${DATA_DIR:-data/ksmallest/min0${K}}  # generated here first when it holds no dataset
 OUT_DIR=${OUT_DIR:-runs/finetune_gpt2_k${K}}
 EPOCHS=${EPOCHS:-2}
-MAX_STEPS=${MAX_STEPS:-2400}                   # 0 = let EPOCHS decide
+MAX_STEPS=${MAX_STEPS:-3000}                   # 0 = let EPOCHS decide
 LR=${LR:-}                                     # empty: 2e-3 from scratch, 2e-5 for a pretrained model
 BATCH_SIZE=${BATCH_SIZE:-256}
 WARMUP=${WARMUP:-200}
-EVAL_EVERY=${EVAL_EVERY:-200}
+EVAL_EVERY=${EVAL_EVERY:-250}
 TARGET_ACC=${TARGET_ACC:-0.99}                 # stop once validation accuracy reaches this (0 = never)
 TUNING=${TUNING:-all}                          # all | attn | mlp | ln
 SEED=${SEED:-0}

@@ -24,6 +24,13 @@ from .utils import MechprobeError, atomic_path, get_logger, read_json, run_main,
 log = get_logger()
 
 
+def bf16_fast(dev):
+    """bf16 autocast pays off on CUDA and on CPUs with native bf16 (AVX512-BF16); weights stay fp32."""
+    if str(dev).startswith("cuda"):
+        return torch.cuda.is_bf16_supported()
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
 def select_trainable(model, tuning):
     """all | attn | mlp | ln : which parameters train."""
     keys = {"attn": ("attn", "self_attn"), "mlp": ("mlp",), "ln": ("ln_", "norm")}
@@ -128,6 +135,7 @@ def train(a):
     dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev)
     n_train = select_trainable(model, a.tuning)
+    use_bf16 = a.autocast == "bf16" or (a.autocast == "auto" and bf16_fast(dev))
     train_ids, train_ans = ks.encode_records(tok, ks.load_split(a.data_dir, "train"))
     val_ids, val_ans = ks.encode_records(tok, ks.load_split(a.data_dir, "val"))
     test_ids, test_ans = ks.encode_records(tok, ks.load_split(a.data_dir, "test"))
@@ -136,7 +144,7 @@ def train(a):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=a.weight_decay)
     warm = min(a.warmup, total // 10 + 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
-    config = {**vars(a), "lr": lr, "total_steps": total, "steps_per_epoch": steps_per_epoch, "trainable_params": n_train,
+    config = {**vars(a), "lr": lr, "bf16_autocast": use_bf16, "total_steps": total, "steps_per_epoch": steps_per_epoch, "trainable_params": n_train,
               "params": sum(p.numel() for p in model.parameters()), "device": dev, "model_config": model.config.to_dict()}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", config)
@@ -164,8 +172,9 @@ def train(a):
         perm = torch.from_numpy(np.random.default_rng(a.seed * 1000 + epoch).permutation(len(train_ids)))
         idx = perm[within * a.batch_size:(within + 1) * a.batch_size]
         model.train()
-        logits = model(input_ids=train_ids[idx].to(dev), logits_to_keep=1).logits[:, -1]  # (B, V)
-        loss = F.cross_entropy(logits, train_ans[idx].to(dev))
+        with torch.autocast(torch.device(dev).type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(input_ids=train_ids[idx].to(dev), logits_to_keep=1).logits[:, -1]  # (B, V)
+        loss = F.cross_entropy(logits.float(), train_ans[idx].to(dev))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -221,6 +230,8 @@ def parser():
     p.add_argument("--n-head", type=int, default=4, help="scratch model only")
     p.add_argument("--n-embd", type=int, default=128, help="scratch model only")
     p.add_argument("--numeric-init", type=int, default=1, help="scratch model only: 1 = start the number embeddings from a value encoding, 0 = plain random init")
+    p.add_argument("--autocast", default="auto", choices=["auto", "bf16", "none"],
+                   help="bf16 autocast for the training forward (auto: when the device computes bf16 natively); weights and evaluation stay fp32")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")

@@ -63,13 +63,14 @@ def heatmap_grid(mats, titles, path, ylabels, xlabel="layer", ylabel="", suptitl
     vmax = max(m.max() for m in mats) if vmax is None else vmax
     n = len(mats)
     rows, cols = mats[0].shape
-    fig, axes = plt.subplots(1, n, figsize=(0.45 * cols * n + 2.5, 0.32 * rows + 1.8), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(max(0.45 * cols, 2.2) * n + 2.5, 0.32 * rows + 1.8), squeeze=False, sharey=True)
     im = None
-    for ax, m, t in zip(axes[0], mats, titles):
+    for i, (ax, m, t) in enumerate(zip(axes[0], mats, titles)):
         im = ax.imshow(m, aspect="auto", vmin=vmin, vmax=vmax, cmap=cmap)
         ax.set_title(t, fontsize=9)
         ax.set_xticks(range(m.shape[1]))
-        ax.set_yticks(range(m.shape[0]), ylabels if ylabels is not None else range(m.shape[0]), fontsize=7)
+        if i == 0:
+            ax.set_yticks(range(m.shape[0]), ylabels if ylabels is not None else range(m.shape[0]), fontsize=7)
         ax.set_xlabel(xlabel)
         if m.size <= 400:
             for i in range(m.shape[0]):
@@ -145,9 +146,8 @@ def tree_figure(values, gold_step, pred_step, att, path, title=""):
         for s in sorted(by_step)[:-1]:
             for j, _ in enumerate(by_step[s]):
                 ax.annotate("", xy=(0, s + 1 - 0.15), xytext=(j, s + 0.15), arrowprops=dict(arrowstyle="->", color="grey"))
-        ax.set(title=name, ylabel="step (0 = used first)", xlim=(-1, 3), ylim=(-0.7, max(list(by_step) + [0]) + 0.7))
+        ax.set(title=f"{name} ({len(used)} of {S} useful)", ylabel="step (0 = used first)", xlim=(-1, 3), ylim=(-0.7, max(list(by_step) + [0]) + 0.7))
         ax.set_xticks([])
-        ax.text(0.02, -0.12, "not useful: " + ", ".join(str(values[i]) for i in range(S) if steps[i] < 0)[:80], transform=ax.transAxes, fontsize=7)
     im = axes[2].imshow(att, aspect="auto", cmap="viridis")
     axes[2].set_yticks(range(S), [f"{values[i]}{' *' if gold_step[i] >= 0 else ''}" for i in range(S)], fontsize=7)
     axes[2].set(xlabel="layer", title="attention received (* = useful)")

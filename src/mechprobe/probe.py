@@ -82,9 +82,12 @@ def summarize(values, reason="labels have a single class"):
     return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "n_seeds": len(vals)}
 
 
-def _why(data):
-    if len(np.unique(data.useful)) < 2:
-        return "P1 labels have a single class"
+def _why(data, key):
+    """Why a probe is undefined on `data` (the key says which probe)."""
+    if "p1" in key:
+        return "P1 labels have a single class (every statement is useful, or none is)"
+    if not data.useful.any():
+        return "P2 has no useful statement"
     return "P2 labels have a single class (every useful statement has the same step, e.g. k = 0)"
 
 
@@ -117,10 +120,9 @@ def run_probe(model_data, control_data, seeds, n_folds=2, reference_data=None):
                 b1, b2 = probe_f1(ctl, sel, n_folds, seed)
                 curves[mode]["s_p1"][l].append(score(a1, b1))
                 curves[mode]["s_p2"][l].append(score(a2, b2))
-    why = _why(model_data)
     for key, vals in rows.items():
-        out[key] = summarize(vals, why)
-    out["curves"] = {m: {c: [summarize(v, why) for v in per] for c, per in d.items()} for m, d in curves.items()}
+        out[key] = summarize(vals, _why(model_data, key))
+    out["curves"] = {m: {c: [summarize(v, _why(model_data, c)) for v in per] for c, per in d.items()} for m, d in curves.items()}
     out["n_statements"] = int(len(model_data.useful))
     out["n_examples"] = int(len(np.unique(model_data.group)))
     out["n_useful"] = int(model_data.useful.sum())
