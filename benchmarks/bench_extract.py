@@ -4,10 +4,11 @@ Part 1 (speed): a GPT-2-small-size config (12 layers, 12 heads, 768 wide, random
 256 lists of 16 numbers; the last token's rows of every layer.
   naive    : one prompt at a time, output_attentions=True, rows taken afterwards (the original)
   capture  : mechprobe.capture (hooks, batched)
-  forward  : the same batches through the same eager model, no attention output, no hooks
-Part 2 (memory): a LLaMA-architecture config, one 2,048-token prompt, 8 query rows; peak
-resident memory of the forward (each variant in a fresh process) with output_attentions=True
-against capture.
+  forward  : the same batches through the same eager model, no attention output, no hooks, the
+             LM head on the last position only (as capture does; the original computed every position)
+Part 2 (memory): a LLaMA-architecture config, one 2,048-token prompt, 8 query rows; growth of
+the peak resident memory (VmHWM, reset before the forward) during the forward, each variant in
+a fresh process, with output_attentions=True against capture.
 Last line: speedup_vs_naive=<x> overhead_vs_forward=<y> memory_ratio=<z>
 """
 import argparse
@@ -61,7 +62,7 @@ def speed(n_lists, batch_size, repeat):
 
     def forward():
         for s in range(0, n_lists, batch_size):
-            model(input_ids=ids[s:s + batch_size], attention_mask=mask)
+            model(input_ids=ids[s:s + batch_size], attention_mask=mask, logits_to_keep=1)
 
     a, b = naive(), ours()  # warm-up, and the two must agree
     assert torch.allclose(a, b, atol=1e-5), "capture differs from output_attentions"
@@ -74,6 +75,23 @@ def speed(n_lists, batch_size, repeat):
 def rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_rss_mb():
+    """VmHWM: the peak resident set of this process image (unlike ru_maxrss, not inherited across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass
 
 
 @torch.no_grad()
@@ -89,20 +107,21 @@ def memory_child(mode, T, layers, heads, hidden):
     model = LlamaForCausalLM._from_config(cfg, attn_implementation="eager").eval()
     ids = torch.randint(0, 1000, (1, T))
     model(input_ids=ids[:, :8])
+    reset_peak()
     base = rss_mb()
     q = torch.arange(T - 8, T)[None]
     if mode == "output_attentions":
         att = model(input_ids=ids, output_attentions=True).attentions
         rows = torch.stack([a[0][:, q[0]] for a in att])
     else:
-        rows = capture(model, ids, torch.ones_like(ids), q)[0]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rows = capture(model, ids, torch.ones_like(ids), q, method="hooks" if mode == "hooks" else "auto")[0]
+    peak = peak_rss_mb()
     print(json.dumps({"delta_mb": peak - base, "shape": list(rows.shape)}))
 
 
 def memory(T, layers, heads, hidden):
     res = {}
-    for mode in ("output_attentions", "capture"):
+    for mode in ("output_attentions", "capture", "hooks"):
         out = subprocess.run([sys.executable, __file__, "--memory-child", mode, "--T", str(T), "--layers", str(layers),
                               "--heads", str(heads), "--hidden", str(hidden)], capture_output=True, text=True, check=True)
         res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -127,7 +146,8 @@ def main():
     print(f"GPT-2 small, {a.lists} lists x 16 tokens: naive loop {t_naive:.2f} s, capture {t_ours:.2f} s, plain forward {t_fwd:.2f} s")
     mem = memory(a.T, a.layers, a.heads, a.hidden)
     print(f"LLaMA config ({a.layers} layers, {a.heads} heads, {a.hidden} wide), {a.T} tokens, 8 query rows: "
-          f"peak growth output_attentions {mem['output_attentions']['delta_mb']:.0f} MiB, capture {mem['capture']['delta_mb']:.0f} MiB")
+          f"peak growth output_attentions {mem['output_attentions']['delta_mb']:.0f} MiB, capture {mem['capture']['delta_mb']:.0f} MiB "
+          f"(hooks method: {mem['hooks']['delta_mb']:.0f} MiB)")
     print(f"speedup_vs_naive={t_naive / t_ours:.2f} overhead_vs_forward={t_ours / t_fwd:.2f} "
           f"memory_ratio={mem['capture']['delta_mb'] / mem['output_attentions']['delta_mb']:.3f}")
 

@@ -14,14 +14,16 @@ def reference_rows(model, ids, queries):
     return torch.stack([a[0][:, queries] for a in att])
 
 
+@pytest.mark.parametrize("method", ["rows", "hooks"])
 @pytest.mark.parametrize("make", [tiny_gpt2, tiny_llama])
-def test_capture_equals_output_attentions_padded_batch(make):
+def test_capture_equals_output_attentions_padded_batch(make, method):
     model = make()
     g = torch.Generator().manual_seed(0)
     seqs = [torch.randint(3, 30, (n,), generator=g).tolist() for n in (7, 12, 4)]
     queries = [[6, 2], [11, 5, 0], [3]]
     ids, mask = pad_batch(seqs, pad_id=0)
-    rows = capture(model, ids, mask, pad_queries(queries))  # (B, L, H, Q, T)
+    rows = capture(model, ids, mask, pad_queries(queries), method=method)  # (B, L, H, Q, T)
+    assert model.config._attn_implementation == "eager"  # restored
     assert rows.shape[:3] == (3, model.config.num_hidden_layers, model.config.num_attention_heads)
     for b, (s, q) in enumerate(zip(seqs, queries)):
         ref = reference_rows(model, s, q)
@@ -41,12 +43,17 @@ def test_capture_layer_subset_and_hooks_removed(gpt2_tiny):
     assert all(not m._forward_hooks for m in gpt2_tiny.modules())
 
 
-def test_non_eager_model_gives_clear_error():
+def test_non_eager_model_gives_clear_error_with_hooks():
     model = tiny_gpt2()
     model.set_attn_implementation("sdpa")
     ids, mask = pad_batch([[1, 2, 3]], 0)
     with pytest.raises(MechprobeError, match="returned no attention weights.*eager"):
-        capture(model, ids, mask, [[2]])
+        capture(model, ids, mask, [[2]], method="hooks")
+    # the rows method computes the rows itself, so an sdpa-loaded model works, and is restored
+    rows = capture(model, ids, mask, [[2]], method="rows")
+    assert model.config._attn_implementation == "sdpa"
+    model.set_attn_implementation("eager")
+    torch.testing.assert_close(rows, capture(model, ids, mask, [[2]], method="hooks"), atol=1e-6, rtol=0)
     assert all(not m._forward_hooks for m in model.modules())
 
 

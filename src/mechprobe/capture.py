@@ -6,14 +6,79 @@ i.e. row q_{b,i} of layer l, head h's attention matrix. A forward hook on every 
 module slices those rows out of the (B, H, T, T) weights as each layer runs, so the full matrices
 of all layers are never held at once (output_attentions=True keeps all L of them).
 
+Two ways to get the rows, the same numbers:
+  * "rows" (default where it works): for the duration of the forward the model's attention
+    implementation is switched to `mechprobe_rows`, registered with transformers'
+    AttentionInterface. It computes each layer's output with scaled_dot_product_attention
+    and, apart, only the Q wanted rows: softmax(q_rows k^T * scale + mask_rows). No (T, T)
+    weight matrix is materialised at all.
+  * "hooks": forward hooks on the eager attention modules slice the rows out of each layer's
+    (B, H, T, T) weights as it runs (one layer's matrix at a time). Used for models whose
+    attention does not go through the interface, or has logit soft-capping.
+
 Batches are right-padded: real tokens keep their positions, and under the causal mask a real
 query never sees a pad key, so a padded batch gives the same rows as one prompt at a time.
-Requires eager attention (the only implementation that materialises the weights).
 """
 import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from .models import attention_modules, model_device
 from .utils import MechprobeError
+
+ROWS_IMPL = "mechprobe_rows"
+_ACTIVE = []  # the recorder of the forward in progress (rows method)
+
+
+def _repeat_kv(x, n):
+    return x if n == 1 else x.repeat_interleave(n, dim=1)
+
+
+def rows_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Attention output via SDPA; the recorder's query rows of the weights computed apart.
+
+    query (B, H, T, D); key, value (B, Hkv, T, D); attention_mask additive (B, 1, T, T) or None.
+    """
+    n = query.shape[1] // key.shape[1]
+    k, v = _repeat_kv(key, n), _repeat_kv(value, n)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    mask = attention_mask[:, :, :, : k.shape[-2]] if attention_mask is not None else None
+    out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask, dropout_p=dropout, scale=scale,
+                                         is_causal=mask is None and query.shape[2] > 1)
+    if _ACTIVE:
+        rec = _ACTIVE[-1]
+        layer = getattr(module, "layer_idx", None)
+        if layer in rec.wanted:
+            qp = rec.query_positions.to(query.device)  # (B, Q)
+            B, H, T, D = query.shape
+            idx = qp.clamp(min=0)[:, None, :, None]
+            q_rows = torch.gather(query, 2, idx.expand(B, H, qp.shape[1], D))  # (B, H, Q, D)
+            sc = torch.matmul(q_rows.float(), k.float().transpose(-1, -2)) * scale  # (B, H, Q, T)
+            if mask is not None:
+                m = mask.expand(B, 1, T, k.shape[-2])
+                sc = sc + torch.gather(m, 2, idx.expand(B, 1, qp.shape[1], k.shape[-2])).float()
+            else:
+                causal = torch.arange(k.shape[-2], device=sc.device)[None, None, None, :] > qp[:, None, :, None]
+                sc = sc.masked_fill(causal, float("-inf"))
+            r = torch.softmax(sc, -1) * (qp >= 0)[:, None, :, None]
+            rec.rows[layer] = r.cpu() if rec.to_cpu else r
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ROWS_IMPL, rows_attention)
+AttentionMaskInterface.register(ROWS_IMPL, eager_mask)
+
+
+def rows_supported(model):
+    """The rows method needs layer indices on the attention modules and no logit soft-capping."""
+    cfg = model.config
+    if getattr(cfg, "attn_logit_softcapping", None) or getattr(cfg, "is_encoder_decoder", False):
+        return False
+    try:
+        return all(getattr(m, "layer_idx", None) is not None for _, m in attention_modules(model))
+    except MechprobeError:
+        return False
 
 
 class AttentionRecorder:
@@ -85,9 +150,37 @@ def pad_queries(queries):
     return out
 
 
+class RowsRecorder:
+    """Context manager for the rows method: switches the attention implementation and back."""
+
+    def __init__(self, model, layers=None, to_cpu=True):
+        self.model = model
+        n = len(attention_modules(model))
+        self.layers = list(range(n)) if layers is None else list(layers)
+        self.wanted = set(self.layers)
+        self.to_cpu = to_cpu
+        self.query_positions = None
+        self.rows = {}
+
+    def __enter__(self):
+        self.old = self.model.config._attn_implementation
+        self.model.set_attn_implementation(ROWS_IMPL)
+        _ACTIVE.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _ACTIVE.remove(self)
+        self.model.set_attn_implementation(self.old)
+
+    stacked = AttentionRecorder.stacked
+
+
 @torch.no_grad()
-def capture(model, input_ids, attention_mask, query_positions, layers=None, return_logits=False):
-    """One batch: attention rows (B, L, H, Q, T) (and the logits at each prompt's last token, (B, V), when asked)."""
+def capture(model, input_ids, attention_mask, query_positions, layers=None, return_logits=False, method="auto"):
+    """One batch: attention rows (B, L, H, Q, T) (and the logits at each prompt's last token, (B, V), when asked).
+
+    method: "rows", "hooks", or "auto" (rows where supported, else hooks).
+    """
     qp = torch.as_tensor(query_positions, dtype=torch.long)
     if qp.dim() != 2 or qp.shape[0] != input_ids.shape[0]:
         raise MechprobeError(f"query_positions must have shape (B, Q) with B={input_ids.shape[0]}, got {tuple(qp.shape)}")
@@ -95,14 +188,34 @@ def capture(model, input_ids, attention_mask, query_positions, layers=None, retu
     if (qp >= lengths[:, None]).any():
         raise MechprobeError("a query position lies beyond its prompt's length")
     dev = model_device(model)
-    with AttentionRecorder(model, layers) as rec:
+    if method not in ("auto", "rows", "hooks"):
+        raise MechprobeError(f"capture method {method!r}: expected auto, rows or hooks")
+    use_rows = method == "rows" or (method == "auto" and rows_supported(model))
+    last = lengths - 1
+    kw = {}
+    if _accepts_logits_to_keep(model):
+        keep = torch.unique(last)  # the LM head runs on these positions only
+        kw["logits_to_keep"] = keep.to(dev)
+    with (RowsRecorder if use_rows else AttentionRecorder)(model, layers) as rec:
         rec.query_positions = qp
-        out = model(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev))
-        rows = rec.stacked()
+        out = model(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev), **kw)
+        if use_rows and len(rec.rows) != len(rec.layers) and method == "auto":
+            use_rows = None  # this model's attention does not use the interface: fall back below
+        else:
+            rows = rec.stacked()
+    if use_rows is None:
+        return capture(model, input_ids, attention_mask, query_positions, layers, return_logits, "hooks")
     if not return_logits:
         return rows
-    last = out.logits[torch.arange(len(lengths), device=out.logits.device), lengths.to(out.logits.device) - 1]  # (B, V)
-    return rows, last.float().cpu()
+    col = torch.searchsorted(kw["logits_to_keep"].cpu(), last) if kw else last
+    logits = out.logits[torch.arange(len(last), device=out.logits.device), col.to(out.logits.device)]  # (B, V)
+    return rows, logits.float().cpu()
+
+
+def _accepts_logits_to_keep(model):
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def capture_prompts(model, token_lists, queries, pad_id, batch_size=32, layers=None, progress=None, on_batch=None):
