@@ -64,7 +64,7 @@ def main(argv=None):
     named = ([("pretrained", a.pretrained)] if a.pretrained else []) + [(Path(m).parent.name if Path(m).name in ("best", "last") else Path(m).name, m) for m in a.models]
     mats, tree = {}, None
     for name, path in named:
-        tok, model = load_tokenizer(path), load_model(path, device=a.device)
+        model, tok = load_model(path, device=a.device), load_tokenizer(path)
         ids, answers = ks.encode_records(tok, records)
         todo = [(name, model)] + ([("random-init control", random_control(model, a.seed))] if not a.no_control and name != "pretrained" and "random-init control" not in mats else [])
         for nm, m in todo:

@@ -129,8 +129,8 @@ def main(argv=None):
     seed_everything(a.seed)
     t0 = time.time()
     out = Path(a.out_dir)
-    tok = load_tokenizer(a.model)
     model = load_model(a.model, device=a.device)
+    tok = load_tokenizer(a.model)
     meta = ks.load_meta(a.data_dir)
     records = ks.load_split(a.data_dir, "test")[: a.n_examples]
     ids, answers = ks.encode_records(tok, records)

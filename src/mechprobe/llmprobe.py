@@ -47,7 +47,8 @@ def load(a, texts_for_tiny, out):
         log.info("using a tiny random LLaMA built in %s (a pipeline check: its scores are near chance)", path)
     else:
         path = a.model
-    return load_tokenizer(path), load_model(path, a.dtype, a.device, a.load_in_8bit, a.trust_remote_code), str(path)
+    model = load_model(path, a.dtype, a.device, a.load_in_8bit, a.trust_remote_code)
+    return load_tokenizer(path), model, str(path)
 
 
 def _probe_subset(feats, ctl_feats, items, idx, seeds, folds):

@@ -54,8 +54,8 @@ def probe_inputs(model, ids, records, batch_size, normalize, per_head, desc):
 
 
 def probe_one(model_dir, data_dir, a, pretrained=None):
-    tok = load_tokenizer(model_dir)
     model = load_model(model_dir, device=a.device)
+    tok = load_tokenizer(model_dir)
     meta = ks.load_meta(data_dir)
     records = ks.load_split(data_dir, a.split)[: a.n_examples]
     ids, answers = ks.encode_records(tok, records)
