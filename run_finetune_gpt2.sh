@@ -8,6 +8,7 @@ cd "$(dirname "$0")"
 MODEL=${MODEL:-scratch}                        # local pretrained GPT-2 folder, or "scratch" (embedded default)
 K=${K:-1}                                      # 0-indexed rank of the answer: 1 = second smallest (paper's min01)
 VOCAB_SIZE=${VOCAB_SIZE:-512}                  # numbers to draw from (used when the data must be generated)
+LENGTH=${LENGTH:-16}                           # numbers per list (used when the data must be generated)
 DATA_DIR=${DATA_DIR:-data/ksmallest/min0${K}}  # generated here first when it holds no dataset
 OUT_DIR=${OUT_DIR:-runs/finetune_gpt2_k${K}}
 EPOCHS=${EPOCHS:-2}
@@ -24,7 +25,7 @@ DEVICE=${DEVICE:-auto}
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
-python -m mechprobe.finetune --model "$MODEL" --k "$K" --vocab-size "$VOCAB_SIZE" --data-dir "$DATA_DIR" \
+python -m mechprobe.finetune --model "$MODEL" --k "$K" --vocab-size "$VOCAB_SIZE" --length "$LENGTH" --data-dir "$DATA_DIR" \
   --out-dir "$OUT_DIR" --epochs "$EPOCHS" --max-steps "$MAX_STEPS" ${LR:+--lr "$LR"} --batch-size "$BATCH_SIZE" \
   --warmup "$WARMUP" --eval-every "$EVAL_EVERY" --target-acc "$TARGET_ACC" --tuning "$TUNING" --seed "$SEED" \
   --sizes $SIZES --device "$DEVICE"

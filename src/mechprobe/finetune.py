@@ -84,7 +84,7 @@ def save_pretrained_atomic(model, tok, path):
     tmp.rename(path)
 
 
-def ensure_data(data_dir, model_arg, k, vocab_size, seed, sizes, tok=None):
+def ensure_data(data_dir, model_arg, k, vocab_size, seed, sizes, tok=None, length=16):
     """Generate the dataset when `data_dir` holds none yet (and say so)."""
     if (Path(data_dir) / "meta.json").exists():
         return ks.load_meta(data_dir)
@@ -93,7 +93,7 @@ def ensure_data(data_dir, model_arg, k, vocab_size, seed, sizes, tok=None):
         vocab, source = list(range(vocab_size)), "range"
     else:
         vocab, source = ks.single_token_numbers(tok, vocab_size), f"single-token numbers of {model_arg}"
-    return ks.write_dataset(data_dir, vocab, k, sizes=sizes, seed=seed, source=source)
+    return ks.write_dataset(data_dir, vocab, k, length=length, sizes=sizes, seed=seed, source=source)
 
 
 def plot_curves(history, path):
@@ -119,12 +119,12 @@ def train(a):
     out = Path(a.out_dir)
     scratch = a.model == "scratch"
     tok = None if scratch else load_tokenizer(_check_dir(a.model, "model"))
-    meta = ensure_data(a.data_dir, a.model, a.k, a.vocab_size, a.seed, tuple(a.sizes), tok)
+    meta = ensure_data(a.data_dir, a.model, a.k, a.vocab_size, a.seed, tuple(a.sizes), tok, a.length)
     if meta["k"] != a.k:
         raise MechprobeError(f"{a.data_dir}/meta.json: dataset has k={meta['k']} but K={a.k} was asked")
     if scratch:
         tok = ks.build_word_tokenizer(meta["vocab"])
-        model = scratch_gpt2(len(tok), n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd)
+        model = scratch_gpt2(len(tok), n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, n_positions=max(64, meta["length"]))
         if a.numeric_init:
             numeric_init(model, tok, meta["vocab"])
         lr = a.lr or 2e-3
@@ -225,6 +225,7 @@ def parser():
     p.add_argument("--tuning", default="all", help="all | attn | mlp | ln")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vocab-size", type=int, default=512, help="numbers in the vocabulary when the data must be generated")
+    p.add_argument("--length", type=int, default=16, help="numbers per list when the data must be generated")
     p.add_argument("--sizes", type=int, nargs=3, default=[100000, 2000, 2000], metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--n-layer", type=int, default=4, help="scratch model only")
     p.add_argument("--n-head", type=int, default=4, help="scratch model only")
@@ -240,8 +241,8 @@ def parser():
 
 def main(argv=None):
     a = parser().parse_args(argv)
-    if not 0 <= a.k < 16 and not (Path(a.data_dir) / "meta.json").exists():
-        raise MechprobeError(f"K={a.k} is outside the list: expected 0 <= K < 16")
+    if not 0 <= a.k < a.length and not (Path(a.data_dir) / "meta.json").exists():
+        raise MechprobeError(f"K={a.k} is outside the list: expected 0 <= K < {a.length}")
     return train(a)
 
 
