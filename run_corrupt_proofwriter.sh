@@ -10,6 +10,7 @@ MODEL=${MODEL:-tiny}
 DATA=${DATA:-data/proofwriter/synthetic}
 GENERATE=${GENERATE:-1}
 SPLIT=${SPLIT:-test}
+DEPTH_FOLDER=${DEPTH_FOLDER:-}                       # which CWA/depth-N/ folder to read (empty: the first found)
 DEPTHS=${DEPTHS:-1}                                  # S_P2 needs depth >= 1
 CORRUPTIONS=${CORRUPTIONS:-"negate_unused negate_used shuffle insert_irrelevant"}
 NEGATION=${NEGATION:-grammatical}                    # grammatical ("X is not a.") | that ("That x is false.")
@@ -28,6 +29,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 flags=()
 [ "$GENERATE" = 1 ] && flags+=(--generate)
+[ -n "$DEPTH_FOLDER" ] && flags+=(--depth-folder "$DEPTH_FOLDER")
 python -m mechprobe.corrupt --data "$DATA" --split "$SPLIT" --depths $DEPTHS --corruptions $CORRUPTIONS --negation "$NEGATION" \
   --n-subsets "$N_SUBSETS" --subset-size "$SUBSET_SIZE" --bins "$BINS" --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" \
   --seeds $SEEDS --dtype "$DTYPE" --device "$DEVICE" --batch-size "$BATCH_SIZE" --out-dir "$OUT_DIR" "${flags[@]}"

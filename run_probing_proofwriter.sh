@@ -10,6 +10,7 @@ MODEL=${MODEL:-tiny}                      # local model folder, or "tiny"
 DATA=${DATA:-data/proofwriter/synthetic}  # ProofWriter folder (CWA/depth-N/meta-*.jsonl), a meta-*.jsonl, or Logic-LLM's dev.json
 GENERATE=${GENERATE:-1}                   # 1: write synthetic theories into DATA when it holds none
 SPLIT=${SPLIT:-test}
+DEPTH_FOLDER=${DEPTH_FOLDER:-}            # which CWA/depth-N/ folder to read (empty: the first found)
 DEPTHS=${DEPTHS:-"0 1"}                   # question depths kept (the paper: 0 and 1)
 MAX_PER_GROUP=${MAX_PER_GROUP:-1024}      # questions per number of statements
 N_DEMOS=${N_DEMOS:-4}
@@ -28,6 +29,7 @@ export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 flags=()
 [ "$GENERATE" = 1 ] && flags+=(--generate)
 [ "$LOAD_IN_8BIT" = 1 ] && flags+=(--load-in-8bit)
+[ -n "$DEPTH_FOLDER" ] && flags+=(--depth-folder "$DEPTH_FOLDER")
 python -m mechprobe.probing_proofwriter --data "$DATA" --split "$SPLIT" --depths $DEPTHS --max-per-group "$MAX_PER_GROUP" \
   --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" --seeds $SEEDS --query-pool "$QUERY_POOL" --dtype "$DTYPE" \
   --device "$DEVICE" --control-layers "$CONTROL_LAYERS" --batch-size "$BATCH_SIZE" --out-dir "$OUT_DIR" "${flags[@]}"

@@ -125,3 +125,10 @@ def test_probing_proofwriter_missing_data(tmp_path):
 
     with pytest.raises(MechprobeError, match="no CWA/depth-N/ folder.*GENERATE=1"):
         probing_proofwriter.main(["--data", str(tmp_path / "none"), "--model", "tiny", "--out-dir", str(tmp_path / "o")])
+
+
+def test_statement_not_found_names_file_line_question():
+    tok = word_tokenizer(["The cat is red ."])
+    item = dict(ITEMS[0], statements=["The cat is red.", ""], useful=[True, False], step=[0, -1], line=7)
+    with pytest.raises(MechprobeError, match=r"meta-test\.jsonl:7: question i0: statement 1 .*maps to no token"):
+        encode_items(tok, [item], [[]], PromptBuilder(), "meta-test.jsonl")

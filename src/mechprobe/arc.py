@@ -110,7 +110,7 @@ def read_entailment_bank(path, max_depth=None, report=True):
             continue
         items.append({"id": f"{qid}@{line}", "statements": [sents[s] for s in sids], "statement_ids": sids, "question": r["question"],
                       "answer": r["answer"], "useful": [s in step for s in sids], "step": [step.get(s, -1) for s in sids],
-                      "depth": depth, "group": len(sids), "proof": r["proof"]})
+                      "depth": depth, "group": len(sids), "proof": r["proof"], "line": line})
     if dups and report:
         log.info("%s: duplicate question ids (kept, told apart by line): %s", path, ", ".join(dups))
     if dangling and report:
@@ -155,7 +155,7 @@ def read_street(path, max_depth=None):
             continue
         items.append({"id": f"{r.get('id', line)}", "statements": [tlus[k] for k in premises], "statement_ids": premises,
                       "question": question, "answer": answer, "options": options, "useful": [k in step for k in premises],
-                      "step": [step.get(k, -1) for k in premises], "depth": depth, "group": len(premises)})
+                      "step": [step.get(k, -1) for k in premises], "depth": depth, "group": len(premises), "line": line})
     if not items:
         raise MechprobeError(f"{path}: no item left (max depth {max_depth})")
     return items

@@ -230,7 +230,7 @@ def parser():
     p.add_argument("--n-layer", type=int, default=4, help="scratch model only")
     p.add_argument("--n-head", type=int, default=4, help="scratch model only")
     p.add_argument("--n-embd", type=int, default=128, help="scratch model only")
-    p.add_argument("--numeric-init", type=int, default=1, help="scratch model only: 1 = start the number embeddings from a value encoding, 0 = plain random init")
+    p.add_argument("--numeric-init", type=int, default=0, help="scratch model only: 1 = start the number embeddings from a value encoding (see numeric_init), 0 = plain random init")
     p.add_argument("--autocast", default="auto", choices=["auto", "bf16", "none"],
                    help="bf16 autocast for the training forward (auto: when the device computes bf16 natively); weights and evaluation stay fp32")
     p.add_argument("--device", default="auto")

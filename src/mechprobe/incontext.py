@@ -87,7 +87,7 @@ def encode_items(tokenizer, items, demos, builder, source="items"):
     for it, ds in zip(items, demos):
         text, spans, qspan = builder.build(it, ds)
         e = tokenizer(text, return_offsets_mapping=True)
-        where = f"{source}: item {it['id']}"
+        where = f"{source}:{it['line']}: question {it['id']}" if "line" in it else f"{source}: question {it['id']}"
         st = token_spans(e["offset_mapping"], spans, text, where)
         (q0, q1), = token_spans(e["offset_mapping"], [qspan], text, where + " (question)")
         enc.append({"ids": e["input_ids"], "spans": st, "query": list(range(q0, q1)), "text": text})

@@ -177,6 +177,7 @@ def read_meta(path, depths=(0, 1), max_per_group=1024, skip_bad=False, allow_or=
                     if int(q["QDep"]) not in depths:
                         continue
                     it = item_from_question(th, qid, q, where)
+                    it["line"] = line
                 except (ProofSyntaxError, KeyError, ValueError) as e:
                     what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
                     if skip_bad:
