@@ -83,7 +83,7 @@ def test_pearson_ci_and_bins():
 
 
 def test_corrupt_experiment_end_to_end(tmp_path):
-    res = corrupt.main(["--data", str(tmp_path / "pw"), "--generate", "--model", "tiny", "--out-dir", str(tmp_path / "o"),
+    corrupt.main(["--data", str(tmp_path / "pw"), "--generate", "--model", "tiny", "--out-dir", str(tmp_path / "o"),
                         "--limit", "40", "--seeds", "0", "--n-demos", "1", "--n-subsets", "10", "--subset-size", "12",
                         "--corruptions", "negate_used", "shuffle"])
     saved = json.loads((tmp_path / "o" / "corrupt_results.json").read_text())

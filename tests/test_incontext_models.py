@@ -102,7 +102,7 @@ def test_load_model_errors(tmp_path):
 def test_probing_proofwriter_end_to_end(tmp_path):
     from mechprobe import probing_proofwriter
 
-    res = probing_proofwriter.main(["--data", str(tmp_path / "pw"), "--generate", "--model", "tiny", "--out-dir", str(tmp_path / "out"),
+    probing_proofwriter.main(["--data", str(tmp_path / "pw"), "--generate", "--model", "tiny", "--out-dir", str(tmp_path / "out"),
                                     "--limit", "40", "--seeds", "0", "--n-demos", "1"])
     saved = json.loads((tmp_path / "out" / "probe_results.json").read_text())
     assert saved["n_items"] == 40 and 0 <= saved["accuracy"] <= 1

@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from mechprobe import ksmallest as ks
 from mechprobe.utils import MechprobeError

@@ -216,23 +216,3 @@ def _accepts_logits_to_keep(model):
     import inspect
 
     return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
-def capture_prompts(model, token_lists, queries, pad_id, batch_size=32, layers=None, progress=None, on_batch=None):
-    """Capture over many prompts in batches of similar length.
-
-    token_lists: list of id lists; queries: list of query-position lists.
-    on_batch(indices, rows, last_logits) is called per batch with rows (b, L, H, Q, T_b), last_logits (b, V);
-    returns nothing (the caller reduces rows as it goes, so memory stays bounded).
-    """
-    order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
-    it = range(0, len(order), batch_size)
-    if progress is not None:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc=progress, unit="batch", dynamic_ncols=True)
-    for s in it:
-        idx = order[s:s + batch_size]
-        ids, mask = pad_batch([token_lists[i] for i in idx], pad_id)
-        rows, logits = capture(model, ids, mask, pad_queries([queries[i] for i in idx]), layers, return_logits=True)
-        on_batch(idx, rows, logits)

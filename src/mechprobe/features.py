@@ -34,12 +34,6 @@ def token_spans(offsets, char_spans, text=None, where="prompt"):
     return spans
 
 
-def tokenize_with_spans(tokenizer, text, char_spans, where="prompt", add_special_tokens=True):
-    """Token ids of `text` and the token span of each statement."""
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
-    return enc["input_ids"], token_spans(enc["offset_mapping"], char_spans, text, where)
-
-
 def pool_queries(rows, query_pool, n_queries=None):
     """rows (L, H, Q, T) -> (L, H, T), pooling over the first n_queries query rows."""
     if n_queries is not None:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import ksmallest as ks
 from .models import _check_dir, load_model, load_tokenizer, scratch_gpt2
-from .utils import MechprobeError, atomic_path, get_logger, read_json, run_main, seed_everything, write_json
+from .utils import MechprobeError, atomic_path, get_logger, run_main, seed_everything, write_json
 
 log = get_logger()
 

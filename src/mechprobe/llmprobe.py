@@ -4,7 +4,6 @@ For each item the queries are the question's tokens and the keys each statement'
 (features: see features.py). Accuracy compares the next-token scores of the answer words.
 Results are given for all items, per group (number of statements) and per proof depth.
 """
-import argparse
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from . import plots
 from .incontext import answer_ids, encode_items, run_items
 from .models import attention_modules, load_model, load_tokenizer, random_control
 from .probe import ProbeData, run_probe
-from .utils import MechprobeError, get_logger, write_json
+from .utils import MechprobeError, get_logger
 
 log = get_logger()
 

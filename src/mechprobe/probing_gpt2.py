@@ -9,14 +9,13 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import ksmallest as ks
 from . import plots
 from .capture import capture
 from .features import statement_features
-from .models import load_model, load_tokenizer, model_device, random_control
+from .models import load_model, load_tokenizer, random_control
 from .probe import ProbeData, run_probe
 from .utils import MechprobeError, get_logger, run_main, seed_everything, write_json
 
