@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1"}
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1",
+       "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}  # scripts call this python
 MODULES = ["ksmallest", "finetune", "probing_gpt2", "attnvisual", "causal", "probing_proofwriter", "probing_arc", "corrupt", "proofwriter_gen"]
 
 
