@@ -87,7 +87,9 @@ def save_pretrained_atomic(model, tok, path):
 def ensure_data(data_dir, model_arg, k, vocab_size, seed, sizes, tok=None, length=16):
     """Generate the dataset when `data_dir` holds none yet (and say so)."""
     if (Path(data_dir) / "meta.json").exists():
-        return ks.load_meta(data_dir)
+        meta = ks.load_meta(data_dir)
+        log.info("using the existing dataset in %s (sizes %s; delete it to regenerate)", data_dir, meta.get("sizes"))
+        return meta
     log.info("data directory %s has no dataset yet: generating it (k=%d, %d numbers, sizes %s)", data_dir, k, vocab_size, sizes)
     if model_arg == "scratch":
         vocab, source = list(range(vocab_size)), "range"
