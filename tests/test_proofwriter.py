@@ -56,6 +56,10 @@ def test_read_meta_errors_name_file_line_question(tmp_path):
     with pytest.raises(MechprobeError, match=r"meta-test\.jsonl:2: question Q1: expected ->"):
         pw.read_meta(f)
     assert len(pw.read_meta(f, skip_bad=True)) == 1
+    f.write_text(json.dumps(theory_line()) + "\n{broken\n")
+    with pytest.raises(MechprobeError, match=r"meta-test\.jsonl:2: malformed JSON line"):
+        pw.read_meta(f)
+    assert len(pw.read_meta(f, skip_bad=True)) == 1  # skipped and counted in the log
     f.write_text(json.dumps(theory_line("[(((triple9) -> rule1))]")) + "\n")
     with pytest.raises(MechprobeError, match=r":1: question Q1: proof names \['triple9'\]"):
         pw.read_meta(f)

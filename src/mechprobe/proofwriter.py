@@ -156,7 +156,10 @@ def read_meta(path, depths=(0, 1), max_per_group=1024, skip_bad=False, allow_or=
     """
     path = Path(path)
     items, counts, skipped = [], {}, {}
-    for line, th in iter_jsonl(path):
+    def bad_line(line, msg):
+        skipped["malformed line"] = skipped.get("malformed line", 0) + 1
+
+    for line, th in iter_jsonl(path, bad_line if skip_bad else None):
         for key in ("triples", "rules", "questions"):
             if not isinstance(th, dict) or key not in th:
                 msg = f"{path}:{line}: missing field '{key}'; expected a ProofWriter theory (triples, rules, questions)"

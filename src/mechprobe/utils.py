@@ -86,8 +86,9 @@ def read_json(path, what="JSON file"):
         raise MechprobeError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
 
 
-def iter_jsonl(path):
-    """Yield (line_number, object) for each non-blank line; a bad line raises naming file and line."""
+def iter_jsonl(path, on_error=None):
+    """Yield (line_number, object) for each non-blank line; a bad line raises naming file and line,
+    or, given on_error(line_number, message), is reported to it and skipped."""
     path = Path(path)
     if not path.exists():
         raise MechprobeError(f"{path}: file not found")
@@ -98,7 +99,10 @@ def iter_jsonl(path):
             try:
                 yield i, json.loads(line)
             except json.JSONDecodeError as e:
-                raise MechprobeError(f"{path}:{i}: malformed JSON line ({e.msg}); expected one JSON object per line") from None
+                msg = f"{path}:{i}: malformed JSON line ({e.msg}); expected one JSON object per line"
+                if on_error is None:
+                    raise MechprobeError(msg) from None
+                on_error(i, msg)
 
 
 def save_figure(fig, path, pdf=False):
