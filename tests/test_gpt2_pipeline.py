@@ -83,3 +83,26 @@ def test_causal_outputs(trained, tmp_path):
     for f in ("head_entropy.png", "pruning.png", "attention_flow.png"):
         assert (tmp_path / f).stat().st_size > 1000
     assert res["layers"] == L
+
+
+def test_real_gpt2_tokenizer_path_end_to_end(tmp_path):
+    """A local 'pretrained' GPT-2 folder with the real GPT-2 tokenizer: data generated from its
+    single-token numbers, finetuned a few steps (lr default 2e-5 path), then probed."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from .conftest import shared_path
+
+    tok = AutoTokenizer.from_pretrained(shared_path("tokenizers", "gpt2"))
+    mdir = tmp_path / "gpt2"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=2, n_head=2, n_embd=16)).save_pretrained(mdir)
+    tok.save_pretrained(mdir)
+    res = finetune.main(["--model", str(mdir), "--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "run"),
+                         "--vocab-size", "64", "--sizes", "32", "8", "8", "--batch-size", "8", "--max-steps", "2", "--eval-every", "1",
+                         "--threads", "1"])
+    meta = json.loads((tmp_path / "data" / "meta.json").read_text())
+    assert meta["vocab"] == ks.single_token_numbers(tok, 64) and "single-token numbers" in meta["vocab_source"]
+    assert res["lr"] == 2e-5 and res["steps"] == 2
+    out = probing_gpt2.main(["--models", str(tmp_path / "run" / "best"), "--data-dirs", str(tmp_path / "data"),
+                             "--pretrained", str(mdir), "--out-dir", str(tmp_path / "probe"), "--n-examples", "8", "--seeds", "0"])[0]
+    assert "reference_s_p1" in out and out["layers"] == 2
