@@ -108,6 +108,10 @@ def random_control(model, seed=0, num_layers=None):
                 setattr(cfg, key, num_layers)
     torch.manual_seed(seed)
     dtype = next(model.parameters()).dtype
+    if not dtype.is_floating_point:  # an 8-bit model: its control is built in float16
+        dtype = torch.float16
+    if getattr(cfg, "quantization_config", None) is not None:
+        del cfg.quantization_config  # the control is a plain model
     ctl = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=dtype)
     return ctl.to(model_device(model)).eval()
 
