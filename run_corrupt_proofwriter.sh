@@ -22,6 +22,8 @@ LIMIT=${LIMIT:-200}
 SEEDS=${SEEDS:-"0 1"}
 DTYPE=${DTYPE:-float32}
 DEVICE=${DEVICE:-cpu}
+LOAD_IN_8BIT=${LOAD_IN_8BIT:-0}
+CONTROL_LAYERS=${CONTROL_LAYERS:-0}                  # 0: the control has all the model's layers
 BATCH_SIZE=${BATCH_SIZE:-0}
 OUT_DIR=${OUT_DIR:-runs/corrupt_proofwriter}
 
@@ -29,8 +31,9 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 flags=()
 [ "$GENERATE" = 1 ] && flags+=(--generate)
+[ "$LOAD_IN_8BIT" = 1 ] && flags+=(--load-in-8bit)
 [ -n "$DEPTH_FOLDER" ] && flags+=(--depth-folder "$DEPTH_FOLDER")
 python -m mechprobe.corrupt --data "$DATA" --split "$SPLIT" --depths $DEPTHS --corruptions $CORRUPTIONS --negation "$NEGATION" \
   --n-subsets "$N_SUBSETS" --subset-size "$SUBSET_SIZE" --bins "$BINS" --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" \
-  --seeds $SEEDS --dtype "$DTYPE" --device "$DEVICE" --batch-size "$BATCH_SIZE" --out-dir "$OUT_DIR" "${flags[@]}"
+  --seeds $SEEDS --dtype "$DTYPE" --device "$DEVICE" --control-layers "$CONTROL_LAYERS" --batch-size "$BATCH_SIZE" --out-dir "$OUT_DIR" "${flags[@]}"
 echo "outputs: $OUT_DIR (corrupt_results.json, config.json, corrupt_<corruption>.png)"

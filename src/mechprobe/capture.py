@@ -2,9 +2,8 @@
 
 For a batch of prompts and query positions q_{b,1..Q}, returns
     A[b, l, h, i, t] = softmax_t(q_{b,i} . k_t / sqrt(d) + mask)    shape (B, L, H, Q, T)
-i.e. row q_{b,i} of layer l, head h's attention matrix. A forward hook on every self-attention
-module slices those rows out of the (B, H, T, T) weights as each layer runs, so the full matrices
-of all layers are never held at once (output_attentions=True keeps all L of them).
+i.e. row q_{b,i} of layer l, head h's attention matrix, taken inside the forward pass, so the
+full matrices of all layers are never held at once (output_attentions=True keeps all L of them).
 
 Two ways to get the rows, the same numbers:
   * "rows" (default where it works): for the duration of the forward the model's attention

@@ -21,6 +21,7 @@ import torch
 from . import ksmallest as ks
 from . import plots
 from .capture import capture
+from .finetune import accuracy
 from .masking import mask_heads
 from .models import load_model, load_tokenizer
 from .probing_gpt2 import last_token_attention
@@ -49,14 +50,10 @@ def head_entropy(rows, records):
             "per_list": normalized_entropy(rows).mean(0).numpy()}
 
 
-@torch.no_grad()
-def accuracy_masked(model, ids, answers, heads, batch_size=256):
-    correct = 0
+def accuracy_masked(model, ids, answers, heads):
+    """Test accuracy with `heads` masked (see masking.py)."""
     with mask_heads(model, heads):
-        for s in range(0, len(ids), batch_size):
-            logits = model(input_ids=ids[s:s + batch_size]).logits[:, -1]
-            correct += (logits.argmax(-1) == answers[s:s + batch_size]).sum().item()
-    return correct / len(ids)
+        return accuracy(model, ids, answers)
 
 
 def pruning_curves(model, ids, answers, entropy, shares, seeds):

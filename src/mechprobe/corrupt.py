@@ -162,8 +162,7 @@ def subset_study(items, feats, ctl_feats, correct_clean, correct_corr, keep, n_s
 
 
 def main(argv=None):
-    from .llmprobe import add_model_args, load
-    from .models import random_control
+    from .llmprobe import add_model_args, compared_layers, control_features, load
     from .probing_proofwriter import load_items
 
     p = argparse.ArgumentParser(description="Corrupted ProofWriter: accuracy change against the probing score S_P2.")
@@ -197,13 +196,9 @@ def main(argv=None):
     wid = answer_ids(tok, words)
     gold = lambda its: np.array([words.index(it["answer"]) for it in its])  # noqa: E731
     enc = encode_items(tok, items, demos, builder, source)
-    feats, scores = run_items(model, enc, wid, a.batch_size, a.query_pool, a.normalize, desc="clean")
+    feats, scores = run_items(model, enc, wid, a.batch_size, a.query_pool, a.normalize, layers=compared_layers(a, model), desc="clean")
     correct_clean = scores.argmax(1) == gold(items)
-    ctl_feats = []
-    for s in a.seeds:
-        ctl = random_control(model, seed=s)
-        ctl_feats.append(run_items(ctl, enc, wid, a.batch_size, a.query_pool, a.normalize, desc=f"control seed {s}")[0])
-        del ctl
+    ctl_feats = control_features(a, model, enc, wid)
     res = {"model": mpath, "data": source, "n_items": len(items), "accuracy_clean": float(correct_clean.mean()), "corruptions": {}}
     for name in a.corruptions:
         keep, cor = corrupt_all(items, name, a.seeds[0], a.negation)

@@ -50,6 +50,27 @@ def load(a, texts_for_tiny, out):
     return load_tokenizer(path), model, str(path)
 
 
+def compared_layers(a, model):
+    """Layers the model is probed on: all (None), or the first --control-layers ones."""
+    if not a.control_layers:
+        return None
+    L = len(attention_modules(model))
+    if a.control_layers > L:
+        raise MechprobeError(f"--control-layers {a.control_layers} exceeds the model's {L} layers")
+    return list(range(a.control_layers))
+
+
+def control_features(a, model, enc, word_ids):
+    """Features of the prompts under one random-init control per seed (same architecture,
+    first --control-layers layers only when set)."""
+    feats = []
+    for s in a.seeds:
+        ctl = random_control(model, seed=s, num_layers=a.control_layers or None)
+        feats.append(run_items(ctl, enc, word_ids, a.batch_size, a.query_pool, a.normalize, desc=f"control seed {s}")[0])
+        del ctl
+    return feats
+
+
 def _probe_subset(feats, ctl_feats, items, idx, seeds, folds):
     data = ProbeData([feats[i] for i in idx], [items[i]["useful"] for i in idx], [items[i]["step"] for i in idx])
     ctls = [ProbeData([cf[i] for i in idx], [items[i]["useful"] for i in idx], [items[i]["step"] for i in idx]) for cf in ctl_feats]
@@ -61,10 +82,7 @@ def probe_items(a, tok, model, items, demos, builder, words, source, by=("group"
     t0 = time.time()
     wid = answer_ids(tok, words)
     enc = encode_items(tok, items, demos, builder, source)
-    L = len(attention_modules(model))
-    layers = list(range(a.control_layers)) if a.control_layers else None
-    if a.control_layers and a.control_layers > L:
-        raise MechprobeError(f"--control-layers {a.control_layers} exceeds the model's {L} layers")
+    layers = compared_layers(a, model)
     log.info("%d prompts, %d-%d tokens", len(enc), min(len(e["ids"]) for e in enc), max(len(e["ids"]) for e in enc))
     feats, scores = run_items(model, enc, wid, a.batch_size, a.query_pool, a.normalize, layers=layers, desc="model")
     gold = np.array([words.index(it["answer"]) if it["answer"] in words else -1 for it in items])
@@ -80,12 +98,7 @@ def probe_items(a, tok, model, items, demos, builder, words, source, by=("group"
     if not has_tree:
         res["probe"] = {"undefined": f"{source} has no proof trees: the probe needs the useful statements and their steps (use the original ProofWriter release or generated data)"}
         log.info(res["probe"]["undefined"])
-    ctl_feats = []
-    if has_tree:
-        for s in a.seeds:
-            ctl = random_control(model, seed=s, num_layers=a.control_layers or None)
-            ctl_feats.append(run_items(ctl, enc, wid, a.batch_size, a.query_pool, a.normalize, desc=f"control seed {s}")[0])
-            del ctl
+    ctl_feats = control_features(a, model, enc, wid) if has_tree else []
     groups = {"all": list(range(len(items)))}
     for key in by:
         for v in sorted({it[key] for it in items if it.get(key) is not None}):
