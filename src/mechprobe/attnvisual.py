@@ -10,13 +10,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from sklearn.neighbors import KNeighborsClassifier
 
 from . import ksmallest as ks
 from . import plots
 from .causal import rank_order
 from .models import load_model, load_tokenizer, random_control
-from .probe import N_NEIGHBORS
+from .knn import knn_predict
 from .probing_gpt2 import features_from_rows, last_token_attention
 from .utils import get_logger, run_main, seed_everything, write_json
 
@@ -35,12 +34,12 @@ def predicted_tree(feats, records, idx):
     useful = np.concatenate([r["useful"] for i, r in enumerate(records) if i != idx]).astype(int)
     step = np.concatenate([r["step"] for i, r in enumerate(records) if i != idx])
     x = feats[idx].reshape(len(feats[idx]), -1)
-    p1 = KNeighborsClassifier(N_NEIGHBORS, weights="distance").fit(X, useful).predict(x)
+    p1 = knn_predict(X, useful, x)
     pred = np.full(len(x), -1)
     if p1.any():
         u = useful == 1
         if len(np.unique(step[u])) > 1:
-            pred[p1 == 1] = KNeighborsClassifier(N_NEIGHBORS, weights="distance").fit(X[u], step[u]).predict(x[p1 == 1])
+            pred[p1 == 1] = knn_predict(X[u], step[u], x[p1 == 1])
         else:
             pred[p1 == 1] = step[u][0]
     return pred.tolist()

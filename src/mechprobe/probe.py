@@ -3,7 +3,8 @@
 P1 predicts useful vs not for every statement; P2, trained only on useful statements,
 predicts the reasoning step. Both are kNN (k=8, distance-weighted) scored with macro F1
 on out-of-fold predictions of a cross-validation grouped by example (the statements of
-one example are never split between train and test).
+one example are never split between train and test). The kNN itself is knn.py (exact, equal
+to sklearn's KNeighborsClassifier(8, weights="distance"), fast enough for per-layer curves).
 
 The probing score normalises against the same probe on a randomly initialised model:
     S = (F1_model - F1_random) / (1 - F1_random)
@@ -11,18 +12,28 @@ A probe whose labels have a single class (P2 when k = 0) is undefined: it report
 {"undefined": reason} instead of a number.
 """
 import numpy as np
-from sklearn.metrics import f1_score
-from sklearn.neighbors import KNeighborsClassifier
 
-N_NEIGHBORS = 8
+from .knn import N_NEIGHBORS, fold_curves, macro_f1
+from .utils import MechprobeError
+
+P2_LABELS = ("rank", "answer")
 
 
 class ProbeData:
-    """Stacked statements: X (N, L, H'), useful (N,), step (N,), group (N,) = example index."""
+    """Stacked statements: X (N, L, H'), useful (N,), step (N,), group (N,) = example index.
 
-    def __init__(self, feats, useful, steps):
+    p2_labels: "rank" keeps each useful statement's step as its P2 label; "answer" labels the
+    statement of the last step of its example 1 and the other useful statements 0 (the
+    original's two classes for the k-th smallest: the answer vs the smaller numbers).
+    """
+
+    def __init__(self, feats, useful, steps, p2_labels="rank"):
+        if p2_labels not in P2_LABELS:
+            raise MechprobeError(f"P2_LABELS={p2_labels!r}: expected one of {', '.join(P2_LABELS)}")
         self.X = np.concatenate([np.asarray(f, dtype=np.float64) for f in feats])
         self.useful = np.concatenate([np.asarray(u, dtype=int) for u in useful])
+        if p2_labels == "answer":
+            steps = [np.where(np.asarray(s) < 0, -1, (np.asarray(s) == np.max(s)).astype(int)) for s in steps]
         self.step = np.concatenate([np.asarray(s, dtype=int) for s in steps])
         self.group = np.concatenate([np.full(len(f), i) for i, f in enumerate(feats)])
 
@@ -33,37 +44,53 @@ class ProbeData:
 
 def group_folds(groups, n_folds, seed):
     """Assign every example (group) to one of n_folds folds at random (seeded)."""
+    if n_folds < 2:
+        raise MechprobeError(f"FOLDS={n_folds}: cross-validation needs at least 2 folds")
     uniq = np.unique(groups)
     perm = np.random.default_rng(seed).permutation(uniq)
     fold_of = {g: i % n_folds for i, g in enumerate(perm)}
     return np.array([fold_of[g] for g in groups])
 
 
-def knn_f1(X, y, groups, n_folds=2, seed=0, k=N_NEIGHBORS):
-    """Macro F1 of out-of-fold kNN predictions; None (undefined) when y has one class."""
+def curve_f1(X, y, groups, n_folds=2, seed=0, curves=True, device="cpu", k=N_NEIGHBORS):
+    """Macro F1 of out-of-fold kNN predictions: {"all": f1, "single": [f1 per layer],
+    "cumulative": [f1 of layers 0..l]}; every value None (undefined) when y has one class."""
     classes = np.unique(y)
+    L = X.shape[1]
     if len(classes) < 2:
-        return None
+        return {"all": None, "single": [None] * L, "cumulative": [None] * L}
     folds = group_folds(groups, n_folds, seed)
-    pred = np.empty_like(y)
-    for f in range(n_folds):
-        tr, te = folds != f, folds == f
-        if not te.any():
-            continue
-        if not tr.any():
-            raise ValueError("a fold left no training data")
-        clf = KNeighborsClassifier(n_neighbors=min(k, int(tr.sum())), weights="distance")
-        clf.fit(X[tr], y[tr])
-        pred[te] = clf.predict(X[te])
-    return float(f1_score(y, pred, average="macro", labels=classes))
+    pred = fold_curves(X, y, folds, k, device, curves)
+    out = {"all": macro_f1(y, pred["cumulative"][-1], classes)}
+    if curves:
+        for mode in ("single", "cumulative"):
+            out[mode] = [macro_f1(y, p, classes) for p in pred[mode]]
+    return out
 
 
-def probe_f1(data, sel, n_folds=2, seed=0):
+def knn_f1(X, y, groups, n_folds=2, seed=0, k=N_NEIGHBORS, device="cpu"):
+    """Macro F1 of out-of-fold kNN predictions on X (N, F); None (undefined) when y has one class."""
+    return curve_f1(np.asarray(X)[:, None, :], y, groups, n_folds, seed, False, device, k)["all"]
+
+
+def probe_curves(data, n_folds=2, seed=0, curves=True, device="cpu"):
+    """(P1, P2) curve_f1 results; P2 on the useful statements only."""
+    p1 = curve_f1(data.X, data.useful, data.group, n_folds, seed, curves, device)
+    u = data.useful == 1
+    if u.any():
+        p2 = curve_f1(data.X[u], data.step[u], data.group[u], n_folds, seed, curves, device)
+    else:
+        L = data.X.shape[1]
+        p2 = {"all": None, "single": [None] * L, "cumulative": [None] * L}
+    return p1, p2
+
+
+def probe_f1(data, sel, n_folds=2, seed=0, device="cpu"):
     """(F1_P1, F1_P2) on the chosen layers. P2 uses useful statements only."""
     X = data.layers(sel)
-    f1 = knn_f1(X, data.useful, data.group, n_folds, seed)
+    f1 = knn_f1(X, data.useful, data.group, n_folds, seed, device=device)
     u = data.useful == 1
-    f2 = knn_f1(X[u], data.step[u], data.group[u], n_folds, seed) if u.any() else None
+    f2 = knn_f1(X[u], data.step[u], data.group[u], n_folds, seed, device=device) if u.any() else None
     return f1, f2
 
 
@@ -79,7 +106,7 @@ def summarize(values, reason="labels have a single class"):
     vals = [v for v in values if v is not None]
     if not vals:
         return {"undefined": reason, "n_seeds": len(values)}
-    return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "n_seeds": len(vals)}
+    return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "n_seeds": len(vals), "per_seed": [float(v) for v in vals]}
 
 
 def _why(data, key):
@@ -91,38 +118,39 @@ def _why(data, key):
     return "P2 labels have a single class (every useful statement has the same step, e.g. k = 0)"
 
 
-def run_probe(model_data, control_data, seeds, n_folds=2, reference_data=None):
+def run_probe(model_data, control_data, seeds, n_folds=2, reference_data=None, curves=True, device="cpu"):
     """Probe a model against its random-init controls (one ProbeData per seed).
 
-    Returns F1s and scores over seeds, plus per-layer curves (each layer alone; layers 0..l).
+    Returns F1s and scores over seeds (each seed's value kept in "per_seed"), plus per-layer
+    curves (each layer alone; layers 0..l) when `curves`.
     """
+    if len(set(seeds)) != len(seeds):
+        raise MechprobeError(f"SEEDS={' '.join(map(str, seeds))}: a seed is repeated; give distinct seeds")
     L = model_data.X.shape[1]
-    allL = list(range(L))
     out = {}
     rows = {"f1_p1": [], "f1_p2": [], "control_f1_p1": [], "control_f1_p2": [], "s_p1": [], "s_p2": []}
     if reference_data is not None:
         rows.update({"reference_f1_p1": [], "reference_f1_p2": [], "reference_s_p1": [], "reference_s_p2": []})
-    curves = {m: {c: [[] for _ in allL] for c in ("s_p1", "s_p2")} for m in ("single", "cumulative")}
+    curve = {m: {c: [[] for _ in range(L)] for c in ("s_p1", "s_p2")} for m in ("single", "cumulative")}
     for seed, ctl in zip(seeds, control_data):
-        m1, m2 = probe_f1(model_data, allL, n_folds, seed)
-        c1, c2 = probe_f1(ctl, allL, n_folds, seed)
-        rows["f1_p1"].append(m1), rows["f1_p2"].append(m2)
-        rows["control_f1_p1"].append(c1), rows["control_f1_p2"].append(c2)
-        rows["s_p1"].append(score(m1, c1)), rows["s_p2"].append(score(m2, c2))
+        m1, m2 = probe_curves(model_data, n_folds, seed, curves, device)
+        c1, c2 = probe_curves(ctl, n_folds, seed, curves, device)
+        rows["f1_p1"].append(m1["all"]), rows["f1_p2"].append(m2["all"])
+        rows["control_f1_p1"].append(c1["all"]), rows["control_f1_p2"].append(c2["all"])
+        rows["s_p1"].append(score(m1["all"], c1["all"])), rows["s_p2"].append(score(m2["all"], c2["all"]))
         if reference_data is not None:
-            r1, r2 = probe_f1(reference_data, allL, n_folds, seed)
-            rows["reference_f1_p1"].append(r1), rows["reference_f1_p2"].append(r2)
-            rows["reference_s_p1"].append(score(r1, c1)), rows["reference_s_p2"].append(score(r2, c2))
-        for mode in ("single", "cumulative"):
-            for l in allL:
-                sel = [l] if mode == "single" else list(range(l + 1))
-                a1, a2 = probe_f1(model_data, sel, n_folds, seed)
-                b1, b2 = probe_f1(ctl, sel, n_folds, seed)
-                curves[mode]["s_p1"][l].append(score(a1, b1))
-                curves[mode]["s_p2"][l].append(score(a2, b2))
+            r1, r2 = probe_curves(reference_data, n_folds, seed, False, device)
+            rows["reference_f1_p1"].append(r1["all"]), rows["reference_f1_p2"].append(r2["all"])
+            rows["reference_s_p1"].append(score(r1["all"], c1["all"])), rows["reference_s_p2"].append(score(r2["all"], c2["all"]))
+        if curves:
+            for mode in ("single", "cumulative"):
+                for l in range(L):
+                    curve[mode]["s_p1"][l].append(score(m1[mode][l], c1[mode][l]))
+                    curve[mode]["s_p2"][l].append(score(m2[mode][l], c2[mode][l]))
     for key, vals in rows.items():
         out[key] = summarize(vals, _why(model_data, key))
-    out["curves"] = {m: {c: [summarize(v, _why(model_data, c)) for v in per] for c, per in d.items()} for m, d in curves.items()}
+    if curves:
+        out["curves"] = {m: {c: [summarize(v, _why(model_data, c)) for v in per] for c, per in d.items()} for m, d in curve.items()}
     out["n_statements"] = int(len(model_data.useful))
     out["n_examples"] = int(len(np.unique(model_data.group)))
     out["n_useful"] = int(model_data.useful.sum())

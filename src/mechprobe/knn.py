@@ -1,0 +1,214 @@
+"""Exact k-nearest-neighbour classification for the probe, with per-layer curves that scale.
+
+Prediction rule (the same as sklearn's KNeighborsClassifier(n_neighbors=k, weights="distance")):
+the k training rows nearest in Euclidean distance vote with weight 1/d; when a query has
+training rows at distance 0, those vote with weight 1 and the others 0; the class with the
+largest total wins, the smallest class index on a tie.
+
+Features come layer by layer: X (N, L, D) (D = 1 head-averaged, or H per head). Two curves:
+  * single:     layer l alone. With D = 1 this is a one-dimensional search: sort the training
+                values once; the k nearest of a query lie among the k values on either side of
+                its insertion point, so a window of 2k candidates is exact. O(n log n + m k).
+  * cumulative: layers 0..l. The squared distance is additive over layers,
+                    d2_l(i, j) = d2_{l-1}(i, j) + ||x_il - x_jl||^2      (non-decreasing in l),
+                so each query keeps C candidates (its C nearest at the prefix where they were
+                chosen, l0) and a bound tau: every other row had d2_{l0} >= tau, hence
+                d2_l >= tau for all l >= l0. While the k-th nearest candidate has d2_l <= tau,
+                the candidates' top k is the exact top k; only the queries whose bound fails are
+                searched again in full (a matrix product over the prefix). The all-layers probe
+                is the last point of this curve.
+Full searches use ||b||^2 - 2 a.b in float32 to choose candidates, with a margin on tau for
+its rounding; the candidates' distances are then computed exactly from differences.
+Everything runs in torch on the given device (a GPU when the model is on one), in blocks of
+queries so memory stays bounded; torch spreads the work over the machine's cores.
+"""
+import numpy as np
+import torch
+
+N_NEIGHBORS = 8
+_MARGIN = 1e-6  # relative rounding margin of the float32 dot-product search, per dimension
+
+
+def vote(d, lab, n_classes):
+    """Distance-weighted vote. d (m, k) distances, lab (m, k) class indices -> (m,) class index."""
+    zero = d == 0
+    w = torch.where(zero.any(1, keepdim=True), zero.to(d.dtype), 1.0 / d)
+    scores = torch.zeros(d.shape[0], n_classes, dtype=d.dtype, device=d.device).scatter_add_(1, lab, w)
+    return scores.argmax(1)  # first maximum: the smallest class index on a tie
+
+
+def _block(m, per_query, budget=1 << 23):
+    """Queries per block so that the largest per-block tensor (float64) stays around 64 MiB."""
+    return int(max(1, min(m, budget // max(1, per_query))))
+
+
+class _Prefix:
+    """Training rows flattened over layers, with cumulative squared norms per layer prefix.
+
+    Rows are centred on the training mean (distances do not change; the dot-product search
+    loses less to rounding). The search runs in float32, the exact distances in float64.
+    """
+
+    def __init__(self, tr):  # tr (n, L, D)
+        self.n, self.L, self.D = tr.shape
+        self.mean = tr.mean(0, keepdim=True)
+        tr = tr - self.mean
+        self.flat = tr.reshape(self.n, -1)  # (n, L*D) float64
+        self.flat32 = self.flat.float()
+        self.sq = (tr * tr).sum(2).cumsum(1)  # (n, L): ||x_{0..l}||^2
+
+    def center(self, te):
+        """Queries (m, L, D) -> centred and flattened (m, L*D)."""
+        return (te - self.mean).reshape(te.shape[0], -1)
+
+    def search(self, te_flat, lo, hi, c):
+        """Candidates among all rows for centred queries te_flat (b, L*D) on layers [lo, hi):
+        (idx (b, c), tau (b,)): every row outside idx has squared distance >= tau.
+
+        Ranks rows by ||x||^2 - 2 q.x (the query's own ||q||^2 is a constant of its row)."""
+        a, b = lo * self.D, hi * self.D
+        tr_sq = self.sq[:, hi - 1] - (self.sq[:, lo - 1] if lo > 0 else 0)
+        q = te_flat[:, a:b]
+        q_sq = (q * q).sum(1)
+        if c >= self.n:
+            idx = torch.arange(self.n, device=q.device).expand(q.shape[0], self.n)
+            return idx, torch.full((q.shape[0],), float("inf"), dtype=q.dtype, device=q.device)
+        part = torch.addmm(tr_sq.float()[None, :], q.float(), self.flat32[:, a:b].T, alpha=-2)  # (b, n)
+        vals, idx = torch.topk(part, c, dim=1, largest=False, sorted=False)
+        tau = vals.max(1).values.double() + q_sq - _MARGIN * (q_sq + tr_sq.max()) * (b - a + 2)
+        return idx, tau
+
+    def exact(self, te_flat, idx, lo, hi):
+        """Exact squared distances (b, c) from each query to its candidates on layers [lo, hi)."""
+        a, b = lo * self.D, hi * self.D
+        diff = te_flat[:, None, a:b] - self.flat[idx, a:b]
+        return (diff * diff).sum(-1)
+
+
+def _finish(d2, idx, y, k, n_classes):
+    """Top k of the candidates' squared distances -> predicted class per query."""
+    top, j = torch.topk(d2, k, dim=1, largest=False)
+    return vote(top.sqrt(), y[idx.gather(1, j)], n_classes)
+
+
+def _cumulative(tr, y, te, k, n_classes, n_cand):
+    """Predictions (L, m) for every prefix of layers 0..l."""
+    P = _Prefix(tr)
+    m, L, _ = te.shape
+    k = min(k, P.n)
+    c = min(P.n, max(n_cand, 2 * k))
+    out = torch.empty(L, m, dtype=torch.long, device=te.device)
+    bs = _block(m, max(P.n, c * P.D * L))
+    for r0 in range(0, m, bs):
+        q = P.center(te[r0:r0 + bs])
+        idx, tau = P.search(q, 0, 1, c)
+        d2 = P.exact(q, idx, 0, 1)
+        for l in range(L):
+            if l > 0:
+                d2 += P.exact(q, idx, l, l + 1)
+            bad = torch.kthvalue(d2, k, dim=1).values > tau
+            if bad.any():  # the bound failed: search these queries again over layers 0..l
+                rows = bad.nonzero().squeeze(1)
+                i2, t2 = P.search(q[rows], 0, l + 1, c)
+                idx[rows], tau[rows] = i2, t2
+                d2[rows] = P.exact(q[rows], i2, 0, l + 1)
+            out[l, r0:r0 + bs] = _finish(d2, idx, y, k, n_classes)
+    return out
+
+
+def _general(tr, y, te, k, n_classes):
+    """Predictions (m,) on all features of tr (n, F), te (m, F): full search then exact check."""
+    P = _Prefix(tr[:, None, :])
+    k = min(k, P.n)
+    c = min(P.n, 4 * k)
+    out = torch.empty(te.shape[0], dtype=torch.long, device=te.device)
+    bs = _block(te.shape[0], max(P.n, c * P.D))
+    for r0 in range(0, te.shape[0], bs):
+        q = P.center(te[r0:r0 + bs, None, :])
+        idx, tau = P.search(q, 0, 1, c)
+        d2 = P.exact(q, idx, 0, 1)
+        bad = torch.kthvalue(d2, k, dim=1).values > tau
+        if bad.any():  # rounding put a true neighbour outside the candidates: take every row
+            rows = bad.nonzero().squeeze(1)
+            idx_all, _ = P.search(q[rows], 0, 1, P.n)
+            sub = _finish(P.exact(q[rows], idx_all, 0, 1), idx_all, y, k, n_classes)
+            pred = _finish(d2, idx, y, k, n_classes)
+            pred[rows] = sub
+            out[r0:r0 + bs] = pred
+        else:
+            out[r0:r0 + bs] = _finish(d2, idx, y, k, n_classes)
+    return out
+
+
+def _one_dim(tr, y, te, k, n_classes):
+    """Predictions (m,) for one-dimensional features tr (n,), te (m,): sort and window."""
+    n = tr.shape[0]
+    k = min(k, n)
+    s, order = torch.sort(tr)
+    ys = y[order]
+    pos = torch.searchsorted(s, te)  # (m,)
+    win = pos[:, None] + torch.arange(-k, k, device=te.device)[None, :]  # (m, 2k)
+    valid = (win >= 0) & (win < n)
+    win = win.clamp(0, n - 1)
+    d = (s[win] - te[:, None]).abs().masked_fill(~valid, float("inf"))
+    top, j = torch.topk(d, k, dim=1, largest=False)
+    return vote(top, ys[win.gather(1, j)], n_classes)
+
+
+def knn_predict(X_train, y_train, X_test, k=N_NEIGHBORS, device="cpu"):
+    """Class predictions for X_test (m, F) from X_train (n, F), labels y_train (n,) (any values)."""
+    classes, yi = np.unique(np.asarray(y_train), return_inverse=True)
+    tr = torch.as_tensor(np.asarray(X_train, dtype=np.float64), device=device)
+    te = torch.as_tensor(np.asarray(X_test, dtype=np.float64), device=device)
+    pred = _general(tr.reshape(len(tr), -1), torch.as_tensor(yi, device=device), te.reshape(len(te), -1), k, len(classes))
+    return classes[pred.cpu().numpy()]
+
+
+def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64):
+    """Out-of-fold predictions for every layer selection.
+
+    X (N, L, D) features, y (N,) labels, folds (N,) fold of each row. Returns a dict of
+    (L, N) arrays of predicted labels: "cumulative"[l] from layers 0..l (the last row is the
+    all-layers probe) and, when curves, "single"[l] from layer l alone. Without curves,
+    "cumulative" holds the all-layers row only.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 2:
+        X = X[:, :, None]
+    classes, yi = np.unique(np.asarray(y), return_inverse=True)
+    N, L, D = X.shape
+    Xt = torch.as_tensor(X, device=device)
+    yt = torch.as_tensor(yi, device=device)
+    cum = np.zeros((L, N), dtype=np.int64)
+    single = np.empty((L, N), dtype=np.int64) if curves else None
+    for f in np.unique(folds):
+        te_m, tr_m = folds == f, folds != f
+        if not tr_m.any():
+            raise ValueError("a fold left no training data")
+        tr, te, ytr = Xt[torch.as_tensor(tr_m, device=device)], Xt[torch.as_tensor(te_m, device=device)], yt[torch.as_tensor(tr_m, device=device)]
+        if curves:
+            cum[:, te_m] = _cumulative(tr, ytr, te, k, len(classes), n_cand).cpu().numpy()
+            for l in range(L):
+                if D == 1:
+                    p = _one_dim(tr[:, l, 0].contiguous(), ytr, te[:, l, 0].contiguous(), k, len(classes))
+                else:
+                    p = _general(tr[:, l].contiguous(), ytr, te[:, l].contiguous(), k, len(classes))
+                single[l, te_m] = p.cpu().numpy()
+        else:
+            cum[L - 1, te_m] = _general(tr.reshape(len(tr), -1), ytr, te.reshape(len(te), -1), k, len(classes)).cpu().numpy()
+    out = {"cumulative": classes[cum] if curves else classes[cum[-1:]]}
+    if curves:
+        out["single"] = classes[single]
+    return out
+
+
+def macro_f1(y, pred, labels):
+    """Macro F1 over `labels` (as sklearn's f1_score(average="macro", labels=labels), zero_division=0)."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    f1 = []
+    for c in labels:
+        tp = np.sum((pred == c) & (y == c))
+        fp = np.sum((pred == c) & (y != c))
+        fn = np.sum((pred != c) & (y == c))
+        f1.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1))

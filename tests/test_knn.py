@@ -1,0 +1,83 @@
+"""The probe's kNN against sklearn's KNeighborsClassifier(8, weights="distance"), point by point."""
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score
+from sklearn.neighbors import KNeighborsClassifier
+
+from mechprobe import knn
+from mechprobe.probe import ProbeData, curve_f1, group_folds
+
+
+def sklearn_curves(X, y, folds):
+    out = {"single": [], "cumulative": []}
+    N, L, _ = X.shape
+    for mode in out:
+        for l in range(L):
+            sel = [l] if mode == "single" else list(range(l + 1))
+            pred = np.empty_like(y)
+            for f in np.unique(folds):
+                tr, te = folds != f, folds == f
+                clf = KNeighborsClassifier(n_neighbors=min(8, int(tr.sum())), weights="distance")
+                clf.fit(X[tr][:, sel].reshape(int(tr.sum()), -1), y[tr])
+                pred[te] = clf.predict(X[te][:, sel].reshape(int(te.sum()), -1))
+            out[mode].append(pred)
+    return out
+
+
+@pytest.mark.parametrize("kind,N,L,D", [("structured", 1500, 6, 1), ("uniform", 1500, 5, 1), ("structured", 800, 4, 3), ("uniform", 30, 3, 1)])
+def test_predictions_equal_sklearn(kind, N, L, D):
+    rng = np.random.default_rng(N + L + D)
+    y = rng.integers(0, 3, N)
+    if kind == "structured":  # correlated over layers, with a class signal and an offset
+        X = np.cumsum(rng.standard_normal((N, L, D)) * 0.3, axis=1) + 0.2 * y[:, None, None] + 5.0
+    else:
+        X = rng.random((N, L, D))
+    folds = rng.integers(0, 2, N)
+    ours = knn.fold_curves(X, y, folds)
+    ref = sklearn_curves(X, y, folds)
+    for mode in ("single", "cumulative"):
+        for l in range(L):
+            np.testing.assert_array_equal(ours[mode][l], ref[mode][l], err_msg=f"{mode} layer {l}")
+            assert abs(knn.macro_f1(y, ours[mode][l], [0, 1, 2]) - f1_score(y, ref[mode][l], average="macro")) < 1e-9
+
+
+def test_small_candidate_sets_still_exact():
+    """With 8 candidates per query the bound fails at almost every layer: the searches again must keep it exact."""
+    rng = np.random.default_rng(5)
+    N, L = 600, 8
+    y = rng.integers(0, 2, N)
+    X = rng.random((N, L, 1))
+    tr, te = torch.as_tensor(X[:300]), torch.as_tensor(X[300:])
+    got = knn._cumulative(tr, torch.as_tensor(y[:300]), te, 8, 2, n_cand=8)
+    for l in range(L):
+        clf = KNeighborsClassifier(8, weights="distance").fit(X[:300, : l + 1, 0], y[:300])
+        np.testing.assert_array_equal(got[l].numpy(), clf.predict(X[300:, : l + 1, 0]))
+
+
+def test_vote_hand_computed():
+    d = torch.tensor([[0.0, 0.5, 0.5], [1.0, 0.5, 2.0], [1.0, 1.0, 4.0], [1.0, 1.0, 9.0]], dtype=torch.float64)
+    lab = torch.tensor([[1, 0, 0], [1, 0, 1], [1, 0, 0], [1, 0, 2]])
+    # row 0: the zero-distance neighbour alone -> 1; row 1: class 0 has 2, class 1 has 1 + 0.5 -> 0;
+    # row 2: class 1 has 1, class 0 has 1 + 0.25 -> 0; row 3: classes 0 and 1 tie at 1 -> 0 (smaller)
+    assert knn.vote(d, lab, 3).tolist() == [1, 0, 0, 0]
+
+
+def test_knn_predict_labels_and_fewer_rows_than_k():
+    X = np.array([[0.0], [1.0], [10.0]])
+    y = np.array(["a", "a", "b"])
+    # k = 3: at 0.2, a: 1/0.2 + 1/0.8, b: 1/9.8; at 9.0, b: 1/1 beats a: 1/8 + 1/9
+    assert knn.knn_predict(X, y, np.array([[0.2], [9.0]])).tolist() == ["a", "b"]
+    assert knn.knn_predict(X, y, np.array([[10.0]])).tolist() == ["b"]  # exact match
+
+
+def test_curve_f1_matches_probe_on_folds_grouped_by_example():
+    rng = np.random.default_rng(0)
+    feats = [rng.random((6, 3, 1)) for _ in range(50)]
+    useful = [rng.integers(0, 2, 6) for _ in range(50)]
+    data = ProbeData(feats, useful, [np.where(u, 0, -1) for u in useful])
+    res = curve_f1(data.X, data.useful, data.group, 2, seed=3)
+    folds = group_folds(data.group, 2, 3)
+    ref = sklearn_curves(data.X, data.useful, folds)
+    assert res["all"] == pytest.approx(f1_score(data.useful, ref["cumulative"][-1], average="macro"), abs=1e-9)
+    assert res["single"][1] == pytest.approx(f1_score(data.useful, ref["single"][1], average="macro"), abs=1e-9)
