@@ -45,3 +45,29 @@ def gpt2_tiny():
 @pytest.fixture
 def llama_tiny():
     return tiny_llama()
+
+
+def tiny_decoder(kind, seed=0, sharpen=1.0):
+    """Tiny eager decoders of the architectures the capture covers: llama (GQA), mistral (sliding
+    window of 4, shorter than the test prompts), qwen2, gpt_oss (attention sinks, set non-zero).
+    sharpen scales the query and key weights (logits by sharpen^2) so that attention is far from uniform."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=512)
+    cfg, cls = {
+        "llama": (tf.LlamaConfig(**common), tf.LlamaForCausalLM),
+        "mistral": (tf.MistralConfig(**common, sliding_window=4), tf.MistralForCausalLM),
+        "qwen2": (tf.Qwen2Config(**common), tf.Qwen2ForCausalLM),
+        "gpt_oss": (tf.GptOssConfig(**{**common, "intermediate_size": 32}, head_dim=8, num_local_experts=4, num_experts_per_tok=2,
+                                    sliding_window=4), tf.GptOssForCausalLM),
+    }[kind]
+    model = cls._from_config(cfg, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(sharpen)
+            if name.endswith("sinks"):
+                p.copy_(torch.randn_like(p) * 2)
+    return model

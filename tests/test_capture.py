@@ -71,3 +71,39 @@ def test_recorder_logits_match_plain_forward(llama_tiny):
     torch.testing.assert_close(last, plain)
     with AttentionRecorder(llama_tiny) as rec:
         assert len(rec.mods) == 2
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "gpt_oss"])
+@pytest.mark.parametrize("method", ["auto", "hooks"])
+def test_capture_sharpened_architectures(kind, method):
+    """Sharp attention (query and key weights x 20), GQA, a sliding window shorter than the prompt,
+    attention sinks: the rows equal output_attentions and the logits equal a plain forward."""
+    from .conftest import tiny_decoder
+
+    model = tiny_decoder(kind, sharpen=20.0)
+    g = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(3, 60, (n,), generator=g).tolist() for n in (11, 7)]
+    queries = [[10, 6, 2], [6, 1]]
+    ids, mask = pad_batch(seqs, pad_id=0)
+    rows, logits = capture(model, ids, mask, pad_queries(queries), method=method, return_logits=True)
+    for b, (s, q) in enumerate(zip(seqs, queries)):
+        ref = reference_rows(model, s, q)
+        assert ref.max() > 0.9  # sharpened: some rows put nearly all their weight on one key
+        torch.testing.assert_close(rows[b, :, :, : len(q), : len(s)], ref, atol=1e-5, rtol=0)
+        with torch.no_grad():
+            plain = model(input_ids=torch.tensor([s])).logits[0, -1]
+        torch.testing.assert_close(logits[b], plain, atol=1e-4, rtol=0)
+    if kind == "mistral":  # the window: the query at position 10 sees positions 7..10 only
+        assert rows[0, :, :, 0, :7].abs().max() == 0
+    if kind == "gpt_oss":  # sinks take weight: a row sums to less than 1
+        assert rows[0, :, :, 0, :11].sum(-1).min() < 0.99
+
+
+def test_rows_method_refuses_attention_sinks():
+    from .conftest import tiny_decoder
+
+    model = tiny_decoder("gpt_oss")
+    ids, mask = pad_batch([[5, 6, 7, 8]], 0)
+    with pytest.raises(MechprobeError, match="cannot reproduce this attention.*s_aux"):
+        capture(model, ids, mask, [[3]], method="rows")
+    assert model.config._attn_implementation == "eager"

@@ -82,3 +82,22 @@ def test_placed_lists():
         assert r["step"][3] == 0 and r["step"][10] == 1
     with pytest.raises(MechprobeError, match="expected 2 distinct positions"):
         placed_lists(list(range(100)), 16, 1, [3], 5, 0)
+
+
+def test_masking_one_head_on_a_gqa_model():
+    """LLaMA with 4 query heads sharing 2 key/value heads: masking query head 2 zeroes exactly its
+    slice (head_dim 8) of o_proj's input; the others are untouched."""
+    model = tiny_llama(layers=1, heads=4, kv_heads=2, hidden=32)
+    ids = torch.randint(3, 30, (1, 6), generator=torch.Generator().manual_seed(3))
+    seen = {}
+    model.model.layers[0].self_attn.o_proj.register_forward_hook(lambda m, a, o: seen.update(x=a[0].clone()))
+    with torch.no_grad():
+        base = model(input_ids=ids).logits
+        x0 = seen["x"]
+        with mask_heads(model, [(0, 2)]):
+            masked = model(input_ids=ids).logits
+    x1 = seen["x"]
+    assert x1[..., 16:24].abs().sum() == 0
+    torch.testing.assert_close(x1[..., :16], x0[..., :16], atol=0, rtol=0)
+    torch.testing.assert_close(x1[..., 24:], x0[..., 24:], atol=0, rtol=0)
+    assert (masked - base).abs().max() > 1e-5

@@ -28,6 +28,16 @@ from .utils import MechprobeError
 
 ROWS_IMPL = "mechprobe_rows"
 _ACTIVE = []  # the recorder of the forward in progress (rows method)
+# Keyword arguments that the rows function may ignore: the mask already encodes them (sliding
+# window), or they do not touch the attention weights. Any other argument that is not None
+# (e.g. gpt-oss's attention sinks `s_aux`, Gemma's `softcap`) changes the weights in a way the
+# rows function does not implement, so the model goes to the hook method instead.
+IGNORED_KWARGS = {"position_ids", "use_cache", "sliding_window", "output_router_logits", "output_attentions",
+                  "cache_position", "past_key_values", "is_causal"}
+
+
+class RowsUnsupported(Exception):
+    """Raised inside the forward when the attention uses an argument the rows function lacks."""
 
 
 def _repeat_kv(x, n):
@@ -39,6 +49,9 @@ def rows_attention(module, query, key, value, attention_mask, scaling=None, drop
 
     query (B, H, T, D); key, value (B, Hkv, T, D); attention_mask additive (B, 1, T, T) or None.
     """
+    extra = sorted(k for k, v in kwargs.items() if v is not None and k not in IGNORED_KWARGS)
+    if extra:
+        raise RowsUnsupported(f"{type(module).__name__} passes {', '.join(extra)} to its attention")
     n = query.shape[1] // key.shape[1]
     k, v = _repeat_kv(key, n), _repeat_kv(value, n)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
@@ -195,13 +208,18 @@ def capture(model, input_ids, attention_mask, query_positions, layers=None, retu
     if _accepts_logits_to_keep(model):
         keep = torch.unique(last)  # the LM head runs on these positions only
         kw["logits_to_keep"] = keep.to(dev)
-    with (RowsRecorder if use_rows else AttentionRecorder)(model, layers) as rec:
-        rec.query_positions = qp
-        out = model(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev), **kw)
-        if use_rows and len(rec.rows) != len(rec.layers) and method == "auto":
-            use_rows = None  # this model's attention does not use the interface: fall back below
-        else:
-            rows = rec.stacked()
+    try:
+        with (RowsRecorder if use_rows else AttentionRecorder)(model, layers) as rec:
+            rec.query_positions = qp
+            out = model(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev), **kw)
+            if use_rows and len(rec.rows) != len(rec.layers) and method == "auto":
+                use_rows = None  # this model's attention does not use the interface: fall back below
+            else:
+                rows = rec.stacked()
+    except RowsUnsupported as e:
+        if method == "rows":
+            raise MechprobeError(f"capture method 'rows' cannot reproduce this attention ({e}); use method 'hooks' or 'auto'") from None
+        use_rows = None
     if use_rows is None:
         return capture(model, input_ids, attention_mask, query_positions, layers, return_logits, "hooks")
     if not return_logits:
