@@ -10,7 +10,7 @@ MODEL=${MODEL:-tiny}
 DATA=${DATA:-data/proofwriter/synthetic}
 GENERATE=${GENERATE:-1}
 SPLIT=${SPLIT:-test}
-DEPTH_FOLDER=${DEPTH_FOLDER:-}                       # which CWA/depth-N/ folder to read (empty: the first found)
+DEPTH_FOLDER=${DEPTH_FOLDER:-}                       # read only this CWA/depth-N/ folder (empty: every one, pooled)
 DEPTHS=${DEPTHS:-1}                                  # S_P2 needs depth >= 1
 CORRUPTIONS=${CORRUPTIONS:-"negate_unused negate_used shuffle insert_irrelevant"}
 NEGATION=${NEGATION:-grammatical}                    # grammatical ("X is not a.") | that ("That x is false.")

@@ -86,10 +86,18 @@ def test_street_fixture(tmp_path):
     f.write_text(json.dumps(STREET) + "\n")
     it, = arc.read_street(f)
     assert it["statements"] == ["a is b", "b is c", "d is e"]
-    assert it["useful"] == [True, True, False] and it["step"] == [0, 0, -1] and it["depth"] == 2
+    # one inference (1 & 2 -> 4); the edge 4 -> "The answer is A) c" is no level of its own
+    assert it["useful"] == [True, True, False] and it["step"] == [0, 0, -1] and it["depth"] == 1
     assert it["answer"] == "A" and it["options"] == ["c", "e"]
+    assert len(arc.read_street(f, max_depth=1)) == 1  # MAX_DEPTH=1 keeps one-inference trees
     with pytest.raises(MechprobeError, match="no item left"):
-        arc.read_street(f, max_depth=1)
+        arc.read_street(f, max_depth=0)
+    two = dict(STREET, textual_logical_units={**STREET["textual_logical_units"], "6": "so a is d"},
+               reasoning_graph_edges=[{"antecedents": ["1", "2"], "consequent": "4"}, {"antecedents": ["4", "3"], "consequent": "6"},
+                                      {"antecedents": ["6"], "consequent": "5"}])
+    f.write_text(json.dumps(two) + "\n")
+    it, = arc.read_street(f)
+    assert it["depth"] == 2 and it["step"] == [0, 0, 1]
     bad = dict(STREET, reasoning_graph_edges=[{"antecedents": ["9"], "consequent": "5"}])
     f.write_text(json.dumps(bad) + "\n")
     with pytest.raises(MechprobeError, match=r"reasoning_annotated_dev\.jsonl:1: edge premise 9"):

@@ -144,3 +144,45 @@ def test_logic_llm_reader_errors(tmp_path):
     f.write_text('[{"id": "a", "context": "A.", "question": "q", "answer": "D"}]')
     with pytest.raises(MechprobeError, match="item a: answer 'D'"):
         pw.read_logic_llm(f)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """A miniature release: CWA/depth-0, depth-1 and depth-2 folders of different theories."""
+    root = tmp_path_factory.mktemp("release")
+    for d in (0, 1, 2):
+        generate(root, max_depth=d, sizes=(12, 0, 24), seed=10 + d)
+    return root
+
+
+def test_every_depth_folder_is_read_and_capped_per_group_and_depth(release):
+    from collections import Counter
+    from pathlib import Path
+
+    metas = pw.find_metas(release, "test")
+    assert [m.parent.name for m in metas] == ["depth-0", "depth-1", "depth-2"]
+    assert [m.parent.name for m in pw.find_metas(release, "test", depth=2)] == ["depth-2"]
+    items = pw.read_meta(metas, depths=(0, 1))
+    assert {it["depth"] for it in items} == {0, 1}
+    assert {Path(it["file"]).parent.name for it in items if it["depth"] == 1} == {"depth-1", "depth-2"}  # pooled
+    capped = pw.read_meta(metas, depths=(0, 1), max_per_group=2)
+    per = Counter((it["group"], it["depth"]) for it in capped)
+    assert max(per.values()) == 2
+    for g in {it["group"] for it in items}:  # depth-0 questions never use up a group's depth-1 quota
+        n1 = sum(1 for it in items if it["group"] == g and it["depth"] == 1)
+        assert per[(g, 1)] == min(2, n1)
+
+
+def test_probing_reads_the_release_layout_and_never_pools_depths(release, tmp_path):
+    from mechprobe import probing_proofwriter
+
+    res = probing_proofwriter.main(["--data", str(release), "--model", "tiny", "--out-dir", str(tmp_path / "o"), "--limit", "0",
+                                    "--seeds", "0", "--n-demos", "0", "--max-per-group", "12"])
+    subs = res["subsets"]
+    assert "mean" in subs["depth=1"]["s_p2"]  # depth-1 questions were read: S_P2 is defined
+    assert "undefined" in subs["depth=0"]["s_p2"]
+    assert not [n for n in subs if n.startswith("group=") and ",depth=" not in n]  # groups are per depth
+    for n, s in subs.items():
+        if n.startswith("group=") and n.endswith(",depth=0"):
+            assert "mean" not in s.get("s_p2", {})
+    assert (tmp_path / "o" / "probe_by_group.png").stat().st_size > 1000

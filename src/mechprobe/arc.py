@@ -125,7 +125,13 @@ def read_entailment_bank(path, max_depth=None, report=True):
 
 def read_street(path, max_depth=None):
     """Items from STREET's reasoning_annotated_*.jsonl (ARC): premises = TLUs that no edge concludes,
-    minus the one that states the answer; the tree comes from reasoning_graph_edges."""
+    minus the one that states the answer; the tree comes from reasoning_graph_edges.
+
+    The answer unit ("The answer is A) ...") ends every tree, but the edge into it restates the
+    last conclusion as an option letter: it is not an inference, so it does not count as a level
+    (as in the original, which dropped edges into the answer unit). A tree "1 & 2 -> 4 -> answer"
+    has depth 1. Steps are unchanged: a premise is used at level(conclusion) - 1, so a premise
+    that enters the answer unit directly is used at the last step."""
     path = Path(path)
     items = []
     for line, r in iter_jsonl(path):
@@ -149,6 +155,8 @@ def read_street(path, max_depth=None):
                     if x not in tlus:
                         raise ValueError(f"edge premise {x} is not a textual logical unit")
             step, depth = steps_from_edges(edges, set(premises), root)
+            if root in answer_tlu:  # the unit "The answer is ..." restates the conclusion: no inference of its own
+                depth -= 1
         except ValueError as e:
             raise MechprobeError(f"{where}: {e}") from None
         if max_depth is not None and depth > max_depth:

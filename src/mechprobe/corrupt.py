@@ -170,7 +170,7 @@ def main(argv=None):
     p.add_argument("--generate", action="store_true")
     p.add_argument("--setting", default="CWA", choices=["CWA", "OWA"])
     p.add_argument("--split", default="test")
-    p.add_argument("--depth-folder", type=int, default=None)
+    p.add_argument("--depth-folder", type=int, default=None, help="read only this depth-N folder (default: every one, pooled)")
     p.add_argument("--depths", type=int, nargs="+", default=[1], help="question depths kept (S_P2 needs >= 1)")
     p.add_argument("--groups", type=int, nargs="*", default=None)
     p.add_argument("--max-per-group", type=int, default=1024)

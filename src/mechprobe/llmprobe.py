@@ -100,13 +100,16 @@ def probe_items(a, tok, model, items, demos, builder, words, source, by=("group"
         log.info(res["probe"]["undefined"])
     ctl_feats = control_features(a, model, enc, wid) if has_tree else []
     groups = {"all": list(range(len(items)))}
-    for key in by:
-        for v in sorted({it[key] for it in items if it.get(key) is not None}):
-            groups[f"{key}={v}"] = [i for i, it in enumerate(items) if it.get(key) == v]
-    if len(by) == 2:
-        for g in sorted({it[by[0]] for it in items}):
-            for d in sorted({it[by[1]] for it in items if it[by[0]] == g}):
+    if len(by) == 2:  # (group, depth): groups are never pooled over depths
+        known = [it for it in items if it.get(by[1]) is not None]
+        for d in sorted({it[by[1]] for it in known}):
+            groups[f"{by[1]}={d}"] = [i for i, it in enumerate(items) if it.get(by[1]) == d]
+        for g in sorted({it[by[0]] for it in known}):
+            for d in sorted({it[by[1]] for it in known if it[by[0]] == g}):
                 groups[f"{by[0]}={g},{by[1]}={d}"] = [i for i, it in enumerate(items) if it[by[0]] == g and it[by[1]] == d]
+    else:
+        for v in sorted({it[by[0]] for it in items if it.get(by[0]) is not None}):
+            groups[f"{by[0]}={v}"] = [i for i, it in enumerate(items) if it.get(by[0]) == v]
     res["subsets"] = {}
     for name, idx in groups.items():
         sub = {"n_items": len(idx), "accuracy": acc(idx)}
@@ -126,16 +129,22 @@ def fmt(s):
 
 
 def report(res, out, title, key="group"):
-    """Log a table, write plots of accuracy and S_P1/S_P2 by `key` and by depth."""
+    """Log a table, write plots of accuracy and S_P1/S_P2 by depth and by `key` for each depth."""
     for name, sub in res["subsets"].items():
         acc = "-" if sub["accuracy"] is None else f"{sub['accuracy']:.3f}"
         log.info("%-22s n=%-5d acc=%s  S_P1=%s  S_P2=%s", name, sub["n_items"], acc, fmt(sub.get("s_p1")), fmt(sub.get("s_p2")))
-    for by in (key, "depth"):
-        subs = [(n.split("=", 1)[1], s) for n, s in res["subsets"].items() if n.startswith(by + "=") and "," not in n]
-        if subs and "s_p1" in subs[0][1]:
-            plots.probe_by_k([{**s, "label": v} for v, s in subs], Path(out) / f"probe_by_{by}.png", label_key="label", xlabel=by)
-        if subs and subs[0][1]["accuracy"] is not None:
-            plots.accuracy_bars([v for v, _ in subs], [s["accuracy"] for _, s in subs], [s["n_items"] for _, s in subs],
-                                Path(out) / f"accuracy_by_{by}.png", xlabel=by, title=title)
+    subs = [(n.split("=", 1)[1], s) for n, s in res["subsets"].items() if n.startswith("depth=") and "," not in n]
+    if subs and "s_p1" in subs[0][1]:
+        plots.probe_by_k([{**s, "label": v} for v, s in subs], Path(out) / "probe_by_depth.png", label_key="label", xlabel="depth")
+    if subs and subs[0][1]["accuracy"] is not None:
+        plots.accuracy_bars([v for v, _ in subs], [s["accuracy"] for _, s in subs], [s["n_items"] for _, s in subs],
+                            Path(out) / "accuracy_by_depth.png", xlabel="depth", title=title)
+    per = {}  # depth -> [(group, subset)]
+    for n, s in res["subsets"].items():
+        if n.startswith(key + "=") and ",depth=" in n:
+            g, d = n[len(key) + 1:].split(",depth=")
+            per.setdefault(int(d), []).append((int(g), s))
+    if per:
+        plots.by_group_per_depth(per, Path(out) / f"probe_by_{key}.png", Path(out) / f"accuracy_by_{key}.png", key, title)
     if "s_p1" in res["subsets"]["all"]:
         plots.probe_curves([{**res["subsets"]["all"], "label": "all"}], Path(out) / "probe_by_layer.png", label_key="label", label_fmt="{}")

@@ -185,3 +185,33 @@ def corruption_figure(study, name, path):
     ax.set(xlabel="S_P2 of the clean subset", ylabel="accuracy change (corrupted - clean)", title=f"{name}: {r}")
     ax.legend(fontsize=8)
     save_figure(fig, path)
+
+
+def by_group_per_depth(per, probe_path, acc_path, key="group", title=""):
+    """per = {depth: [(group, subset result)]}: one line per depth of S_P1, S_P2 (depth >= 1 only:
+    at depth 0 every useful statement is step 0) and accuracy against the group."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for d, rows in sorted(per.items()):
+        rows = sorted(rows)
+        x = np.array([g for g, _ in rows])
+        for ax, metric in zip(axes, ("s_p1", "s_p2")):
+            if metric == "s_p2" and d == 0:
+                continue
+            m, sd = _mean_std([s.get(metric, {}) for _, s in rows])
+            ax.errorbar(x, m, yerr=sd, marker="o", ms=3, capsize=3, label=f"depth {d}")
+    for ax, t in zip(axes, ("S_P1 (useful?)", "S_P2 (which step?), depth >= 1")):
+        ax.set(title=t, xlabel=f"{key} (number of statements)", ylim=(-0.2, 1.05))
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("probing score S")
+    save_figure(fig, probe_path)
+    if all(s["accuracy"] is None for rows in per.values() for _, s in rows):
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for d, rows in sorted(per.items()):
+        rows = sorted(rows)
+        ax.plot([g for g, _ in rows], [np.nan if s["accuracy"] is None else s["accuracy"] for _, s in rows], marker="o", label=f"depth {d}")
+    ax.set(xlabel=f"{key} (number of statements)", ylabel="accuracy", ylim=(0, 1.05), title=title)
+    ax.axhline(0.5, color="grey", ls="--", lw=0.8)
+    ax.legend(fontsize=8)
+    save_figure(fig, acc_path)

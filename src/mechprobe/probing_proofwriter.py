@@ -24,7 +24,7 @@ def load_items(a):
         words = ["True", "False", "Unknown"] if any(it["answer"] == "Unknown" for it in items) else ["True", "False"]
         return items, items, words, str(path)
     if path.suffix == ".jsonl":
-        meta, train = path, None
+        metas, trains = [path], []
     else:
         if not (path / a.setting).is_dir():
             if not a.generate:
@@ -33,13 +33,13 @@ def load_items(a):
 
             log.info("%s holds no ProofWriter data: generating synthetic theories (max depth %d)", path, max(a.depths))
             generate(path, max(a.depths), seed=a.seeds[0])
-        meta = pw.find_meta(path, a.split, a.setting, a.depth_folder)
-        train = meta.with_name("meta-train.jsonl")
-    items = pw.read_meta(meta, tuple(a.depths), a.max_per_group, a.skip_bad, groups=a.groups)
-    pool = items
-    if train is not None and train.exists() and train != meta:
-        pool = pw.read_meta(train, tuple(a.depths), a.max_per_group, True, groups=a.groups)
-    return items, pool, ["True", "False"], str(meta)
+        metas = pw.find_metas(path, a.split, a.setting, a.depth_folder)
+        trains = [m.with_name("meta-train.jsonl") for m in metas if m.name != "meta-train.jsonl"]
+        trains = [t for t in trains if t.exists()]
+    items = pw.read_meta(metas, tuple(a.depths), a.max_per_group, a.skip_bad, groups=a.groups)
+    log.info("read %d questions from %s", len(items), ", ".join(str(m) for m in metas))
+    pool = pw.read_meta(trains, tuple(a.depths), a.max_per_group, True, groups=a.groups) if trains else items
+    return items, pool, ["True", "False"], ", ".join(str(m) for m in metas)
 
 
 def main(argv=None):
@@ -48,7 +48,7 @@ def main(argv=None):
     p.add_argument("--generate", action="store_true", help="write synthetic theories into --data when it holds none")
     p.add_argument("--setting", default="CWA", choices=["CWA", "OWA"])
     p.add_argument("--split", default="test")
-    p.add_argument("--depth-folder", type=int, default=None, help="which depth-N folder (default: the first found)")
+    p.add_argument("--depth-folder", type=int, default=None, help="read only this depth-N folder (default: every depth-N folder of the split, pooled)")
     p.add_argument("--depths", type=int, nargs="+", default=[0, 1], help="question depths (QDep) kept")
     p.add_argument("--groups", type=int, nargs="*", default=None, help="numbers of statements kept (default: all)")
     p.add_argument("--max-per-group", type=int, default=1024)

@@ -140,76 +140,106 @@ def item_from_question(theory, qid, q, where):
     if unknown:
         raise MechprobeError(f"{where}: question {qid}: proof names {unknown}, which are not statements of the theory")
     ans = q["answer"]
+    if ans not in (True, False, "Unknown") or isinstance(ans, (int, float)) and not isinstance(ans, bool):
+        raise ValueError(f"answer {ans!r}: expected true, false or \"Unknown\"")
     word = {True: "True", False: "False"}.get(ans, str(ans))
     return {"id": f"{theory.get('id', '?')}/{qid}", "statements": texts, "statement_ids": sids, "question": q["question"],
             "answer": word, "useful": [s in steps for s in sids], "step": [steps.get(s, -1) for s in sids],
             "depth": int(q["QDep"]), "group": len(sids), "proof": q["proofs"], "edges": edges}
 
 
-def read_meta(path, depths=(0, 1), max_per_group=1024, skip_bad=False, allow_or=False, groups=None):
-    """Read a meta-*.jsonl file with the paper's filtering.
+def read_meta(paths, depths=(0, 1), max_per_group=1024, skip_bad=False, allow_or=False, groups=None):
+    """Read one or several meta-*.jsonl files (e.g. every depth-N folder of a split) with the
+    paper's filtering.
 
     Kept: questions with a non-empty QLen, no NAF, a single proof (no OR), QDep in `depths`;
-    at most `max_per_group` per number of statements (and only the `groups` listed, if any).
-    Bad lines / questions raise an error naming file, line and question id, or with
-    skip_bad=True are skipped and counted in the log.
+    at most `max_per_group` per (number of statements, question depth) over all the files
+    (and only the `groups` listed, if any). Bad lines / questions raise an error naming file,
+    line and question id, or with skip_bad=True are skipped and counted in the log.
     """
-    path = Path(path)
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
     items, counts, skipped = [], {}, {}
-    def bad_line(line, msg):
-        skipped["malformed line"] = skipped.get("malformed line", 0) + 1
 
-    for line, th in iter_jsonl(path, bad_line if skip_bad else None):
-        for key in ("triples", "rules", "questions"):
-            if not isinstance(th, dict) or key not in th:
-                msg = f"{path}:{line}: missing field '{key}'; expected a ProofWriter theory (triples, rules, questions)"
+    def skip(why):
+        skipped[why] = skipped.get(why, 0) + 1
+
+    for path in paths:
+        for line, th in iter_jsonl(path, (lambda line, msg: skip("malformed line")) if skip_bad else None):
+            where = f"{path}:{line}"
+            problem = _theory_problem(th)
+            if problem:
                 if skip_bad:
-                    skipped["malformed line"] = skipped.get("malformed line", 0) + 1
-                    break
-                raise MechprobeError(msg)
-        else:
+                    skip("malformed theory")
+                    continue
+                raise MechprobeError(f"{where}: {problem}")
             for qid, q in th["questions"].items():
-                where = f"{path}:{line}"
                 try:
+                    if not isinstance(q, dict):
+                        raise ValueError(f"expected an object with question, answer, QDep, QLen, proofs; got {type(q).__name__}")
                     if q.get("QLen", "") in ("", None) or "NAF" in q.get("proofs", ""):
-                        skipped["no proof / NAF"] = skipped.get("no proof / NAF", 0) + 1
+                        skip("no proof / NAF")
                         continue
                     if " OR " in q["proofs"] and not allow_or:
-                        skipped["OR proof"] = skipped.get("OR proof", 0) + 1
+                        skip("OR proof")
                         continue
                     if int(q["QDep"]) not in depths:
                         continue
                     it = item_from_question(th, qid, q, where)
                     it["line"] = line
-                except (ProofSyntaxError, KeyError, ValueError) as e:
-                    what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+                    it["file"] = str(path)
+                except (ProofSyntaxError, KeyError, ValueError, TypeError, MechprobeError) as e:
                     if skip_bad:
-                        skipped["bad question"] = skipped.get("bad question", 0) + 1
+                        skip("bad question")
                         continue
+                    if isinstance(e, MechprobeError):
+                        raise
+                    what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
                     raise MechprobeError(f"{where}: question {qid}: {what}") from None
-                g = it["group"]
-                if groups and g not in groups:
+                g = (it["group"], it["depth"])
+                if groups and it["group"] not in groups:
                     continue
                 if counts.get(g, 0) >= max_per_group:
                     continue
                 counts[g] = counts.get(g, 0) + 1
                 items.append(it)
+    names = ", ".join(str(p) for p in paths)
     if skipped:
-        log.info("%s: skipped %s", path, ", ".join(f"{v} ({k})" for k, v in skipped.items()))
+        log.info("%s: skipped %s", names, ", ".join(f"{v} ({k})" for k, v in skipped.items()))
     if not items:
-        raise MechprobeError(f"{path}: no question left after filtering (depths {list(depths)}, groups {groups or 'all'})")
+        raise MechprobeError(f"{names}: no question left after filtering (depths {list(depths)}, groups {groups or 'all'})")
     return items
 
 
-def find_meta(data_dir, split, setting="CWA", depth=None):
-    """`<data_dir>/<setting>/depth-N/meta-<split>.jsonl` (N = `depth`, or the first found)."""
+def _theory_problem(th):
+    """Why a theory line is malformed, or None."""
+    if not isinstance(th, dict):
+        return f"expected a ProofWriter theory object (triples, rules, questions), got {type(th).__name__}"
+    for key in ("triples", "rules", "questions"):
+        if key not in th:
+            return f"missing field '{key}'; expected a ProofWriter theory (triples, rules, questions)"
+        if not isinstance(th[key], dict):
+            return f"field '{key}' must be an object keyed by id, got {type(th[key]).__name__}"
+    return None
+
+
+def find_metas(data_dir, split, setting="CWA", depth=None):
+    """Every `<data_dir>/<setting>/depth-N/meta-<split>.jsonl`, by N (only N = `depth` when given).
+
+    The release's depth-N folders hold different theories (N is the theories' maximum depth);
+    questions of a given QDep appear in every folder whose N is at least that depth, and the
+    original pooled them.
+    """
     base = Path(data_dir) / setting
     if not base.is_dir():
         raise MechprobeError(f"{data_dir}: no {setting}/ folder; expected the ProofWriter layout {setting}/depth-N/meta-{split}.jsonl")
-    cands = sorted(base.glob(f"depth-{depth if depth is not None else '*'}/meta-{split}.jsonl"))
-    if not cands:
+    found = []
+    for f in base.glob(f"depth-*/meta-{split}.jsonl"):
+        m = re.fullmatch(r"depth-(\d+)", f.parent.name)
+        if m and (depth is None or int(m.group(1)) == depth):
+            found.append((int(m.group(1)), f))
+    if not found:
         raise MechprobeError(f"{base}: no depth-{depth if depth is not None else 'N'}/meta-{split}.jsonl found")
-    return cands[0]
+    return [f for _, f in sorted(found)]
 
 
 # ------------------------------------------------------------- processed variant (no proofs)
