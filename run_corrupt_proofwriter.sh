@@ -9,6 +9,7 @@ cd "$(dirname "$0")"
 MODEL=${MODEL:-tiny}
 DATA=${DATA:-data/proofwriter/synthetic}
 GENERATE=${GENERATE:-1}
+NAF=${NAF:-0}                                        # 1: generated theories get rules with negated conditions (NAF)
 SPLIT=${SPLIT:-test}
 DEPTH_FOLDER=${DEPTH_FOLDER:-}                       # read only this CWA/depth-N/ folder (empty: every one, pooled)
 DEPTHS=${DEPTHS:-1}                                  # S_P2 needs depth >= 1
@@ -31,6 +32,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 flags=()
 [ "$GENERATE" = 1 ] && flags+=(--generate)
+[ "$NAF" = 1 ] && flags+=(--naf)
 [ "$LOAD_IN_8BIT" = 1 ] && flags+=(--load-in-8bit)
 [ -n "$DEPTH_FOLDER" ] && flags+=(--depth-folder "$DEPTH_FOLDER")
 python -m mechprobe.corrupt --data "$DATA" --split "$SPLIT" --depths $DEPTHS --corruptions $CORRUPTIONS --negation "$NEGATION" \

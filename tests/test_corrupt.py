@@ -17,11 +17,12 @@ def items(tmp_path_factory):
 
 
 def closed_world_answer(statements, question):
-    """Answer of `question` over statements (facts may be negated: a negated fact is not a positive fact)."""
-    triples = {f"t{i}": {"text": s} for i, s in enumerate(statements) if FACT.match(s) and " not " not in s and not s.startswith("That")}
+    """Answer of `question` over statements (facts may be negated: a negated fact is not a positive
+    fact; a rule said to be false, "That if ... is false.", is no rule)."""
+    triples = {f"t{i}": {"text": s} for i, s in enumerate(statements) if FACT.match(s) and " not " not in s and not s.startswith(("That", "If "))}
     rules = {f"r{i}": {"text": s} for i, s in enumerate(statements) if s.startswith("If ")}
-    closure, _ = solve(triples, rules)
     e, neg, a = FACT.match(question).groups()
+    closure, _ = solve(triples, rules, [e])
     return ((e, a) in closure) != bool(neg)
 
 
@@ -47,13 +48,49 @@ def test_negate_unused_keeps_answer(items):
     assert len(set(idx)) > 1  # not always the first sentence (the original's bug)
 
 
-def test_negate_used_flips_answer_under_closed_world(items):
-    rng = np.random.default_rng(0)
-    for it in items:
-        c = corrupt.negate_used(it, rng, "that")
-        assert it["useful"][c["corrupted_index"]]
-        assert c["answer"] != it["answer"] and c["tree_valid"] is False
+def test_negate_used_without_naf_flips_every_answer(items):
+    """Without NAF rules a filtered (single) proof is the only one: negating a fact it uses makes
+    the proved fact unprovable, so every derived gold answer flips; checked by the test's solver."""
+    keep, cor, skipped = corrupt.corrupt_all(items, "negate_used", 0, "that")
+    assert len(keep) == len(items) and not skipped
+    for i, c in zip(keep, cor):
+        assert items[i]["useful"][c["corrupted_index"]] and c["tree_valid"] is False
+        assert c["answer"] != items[i]["answer"] and c["answer_changed"]
         assert closed_world_answer(c["statements"], c["question"]) == (c["answer"] == "True")
+
+
+@pytest.fixture(scope="module")
+def naf_items(tmp_path_factory):
+    folder = generate(tmp_path_factory.mktemp("naf"), max_depth=1, sizes=(0, 0, 80), seed=4, naf=True)
+    return pw.read_meta(folder / "meta-test.jsonl", depths=(0, 1))
+
+
+@pytest.mark.parametrize("name", ["negate_used", "negate_unused", "insert_irrelevant"])
+def test_derived_answers_under_naf_match_an_independent_solver(naf_items, name):
+    keep, cor, _ = corrupt.corrupt_all(naf_items, name, 0)
+    assert len(keep) > 20
+    for c in cor:
+        assert closed_world_answer(c["statements"], c["question"]) == (c["answer"] == "True")
+    if name == "negate_used":  # a negated fact can be re-derived through "If someone is not x ...": not every answer flips
+        changed = [c["answer_changed"] for c in cor]
+        assert 0 < sum(changed) < len(changed)
+
+
+def test_negate_used_rederived_by_naf_by_hand():
+    it = {"id": "h", "statements": ["The cat is big.", "If someone is big then they are red.", "If someone is not big then they are red."],
+          "question": "The cat is red.", "answer": "True", "useful": [True, True, False], "step": [0, 1, -1], "depth": 1, "group": 3}
+    keep, cor, _ = corrupt.corrupt_all([it] * 8, "negate_used", 0)
+    for c in cor:
+        if c["corrupted_index"] == 0:  # "The cat is not big." -> the NAF rule fires: still True
+            assert c["answer"] == "True" and not c["answer_changed"]
+        else:  # the rule "big -> red" said false: "not big" fails (the cat is big), nothing else derives red
+            assert c["answer"] == "False"
+    assert {c["corrupted_index"] for c in cor} == {0, 1}
+    from mechprobe import logic
+
+    assert logic.answer(["The cat is not big.", "If someone is big then they are red."], "The cat is red.", "OWA") == "Unknown"
+    assert logic.answer(["The cat is big.", "If someone is big then they are red."], "The cat is not red.", "OWA") == "False"
+    assert logic.answer(["The cat eats the dog."], "The cat is red.") is None  # relations: not guessed
 
 
 def test_shuffle_and_insert(items):

@@ -3,6 +3,7 @@ import re
 
 import pytest
 
+from mechprobe import logic
 from mechprobe import proofwriter as pw
 from mechprobe.proofwriter_gen import generate, proof_string
 from mechprobe.utils import MechprobeError
@@ -73,7 +74,10 @@ FACT = re.compile(r"^(.+) is (not )?(\w+)\.$")
 RULE = re.compile(r"^If someone is (.+) then they are (\w+)\.$")
 
 
-def solve(triples, rules):
+def solve(triples, rules, entities=()):
+    """Closed-world closure over the facts' entities and `entities` (those of the questions). A
+    negated condition "not x" may only name an attribute that no rule concludes (the generator's
+    stratification); it holds when x is not a fact of the entity."""
     facts = set()
     for t in triples.values():
         e, neg, a = FACT.match(t["text"]).groups()
@@ -83,9 +87,17 @@ def solve(triples, rules):
     for rid, r in rules.items():
         conds, concl = RULE.match(r["text"]).groups()
         parsed[rid] = (conds.split(" and "), concl)
-    ents = {e for e, _ in facts}
+    concluded = {c for _, c in parsed.values()}
+    base = set(facts)
+    for conds, _ in parsed.values():
+        assert not any(x.startswith("not ") and x[4:] in concluded for x in conds)  # stratified
+
+    def holds(e, x, have):
+        return (e, x[4:]) not in base if x.startswith("not ") else (e, x) in have
+
+    ents = {e for e, _ in facts} | set(entities)
     while True:
-        new = {(e, c) for conds, c in parsed.values() for e in ents if all((e, x) in facts for x in conds)} - facts
+        new = {(e, c) for conds, c in parsed.values() for e in ents if all(holds(e, x, facts) for x in conds)} - facts
         if not new:
             return facts, parsed
         facts |= new
@@ -104,16 +116,19 @@ def check_proof(node, triples, parsed, facts_text):
     return ents.pop(), c
 
 
-def test_generated_theories_are_correct(tmp_path):
-    folder = generate(tmp_path, max_depth=2, sizes=(0, 0, 40), seed=3)
+@pytest.mark.parametrize("naf", [False, True])
+def test_generated_theories_are_correct(tmp_path, naf):
+    folder = generate(tmp_path, max_depth=2, sizes=(0, 0, 40), seed=3, naf=naf)
     n_checked = n_or = 0
     for line in (folder / "meta-test.jsonl").read_text().splitlines():
         th = json.loads(line)
-        closure, parsed = solve(th["triples"], th["rules"])
+        closure, parsed = solve(th["triples"], th["rules"], [FACT.match(q["question"]).group(1) for q in th["questions"].values()])
         for q in th["questions"].values():
             e, neg, a = FACT.match(q["question"]).groups()
             derivable = (e, a) in closure
             assert q["answer"] == (derivable != bool(neg))  # closed world
+            texts = [t["text"] for t in th["triples"].values()] + [r["text"] for r in th["rules"].values()]
+            assert logic.answer(texts, q["question"]) == str(q["answer"])  # the library's solver agrees
             if q["QLen"] != "" and "NAF" not in q["proofs"]:
                 trees = pw.parse_proof(q["proofs"])
                 for tree in trees:
@@ -124,7 +139,7 @@ def test_generated_theories_are_correct(tmp_path):
                 n_checked += 1
                 n_or += len(trees) > 1
             else:
-                assert not derivable or neg
+                assert not derivable or neg or "NAF" in q["proofs"]  # derived through a negated condition
     assert n_checked > 50 and n_or > 0
     items = pw.read_meta(folder / "meta-test.jsonl", depths=(0, 1, 2))
     assert {it["depth"] for it in items} == {0, 1, 2}

@@ -4,13 +4,18 @@ Each corruption maps an item to a new item (or None when it does not apply) and 
 gold tree; the statement to change is drawn with the given rng (the original always took the
 first sentence because its loop never ran).
 
-* negate_unused: negate a statement NOT in the proof. Positive derivability is monotone in
-  the statements and the proof does not use this one, so the answer does not change.
-* negate_used:   negate a statement IN the proof. Items kept by the paper's filter have one
-  proof (no OR), so the proved fact becomes unprovable: under the closed world it is False, so
-  the gold answer flips (True <-> False). The tree no longer holds: tree_valid = False.
-* shuffle:       permute the statements (labels move with them); the answer does not change.
+* negate_unused: negate a statement NOT in the proof.
+* negate_used:   negate a statement IN the proof; the tree no longer holds (tree_valid = False).
+* shuffle:       permute the statements (labels move with them).
 * insert_irrelevant: add a fact about an entity the theory does not mention, not useful.
+
+No corruption assumes its effect on the answer: the gold answer of every corrupted item is
+derived again by logic.answer under the run's setting (CWA with negation as failure, or OWA).
+Negating a used fact need not flip it (a rule "If someone is not x then ..." can re-derive the
+conclusion; under OWA it becomes Unknown), and negating an unused fact can change it through
+such a rule. Items the solver cannot read (e.g. relational sentences), whose clean answer it
+does not reproduce, or whose new answer is not an answer word of the prompt are skipped and
+counted; results report how many gold answers actually changed.
 
 Experiment: over random subsets of questions, the change of accuracy (corrupted - clean)
 against the probing score S_P2 of the clean subset, binned, with Pearson's r and its 95%
@@ -22,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import plots
+from . import logic, plots
 from .incontext import PromptBuilder, answer_ids, encode_items, pick_demos, run_items
 from .probe import ProbeData, probe_f1, score
 from .utils import MechprobeError, get_logger, run_main, seed_everything, write_json
@@ -60,11 +65,10 @@ def negate_unused(it, rng, style="grammatical"):
 
 def negate_used(it, rng, style="grammatical"):
     cand = [i for i, u in enumerate(it["useful"]) if u]
-    if not cand or it["answer"] not in ("True", "False"):
+    if not cand:
         return None
     i = int(rng.choice(cand))
-    new = _copy(it, corruption="negate_used", corrupted_index=i, tree_valid=False,
-                answer={"True": "False", "False": "True"}[it["answer"]])
+    new = _copy(it, corruption="negate_used", corrupted_index=i, tree_valid=False)
     new["statements"][i] = negate_text(new["statements"][i], style)
     return new
 
@@ -97,19 +101,39 @@ def insert_irrelevant(it, rng, style=None):
 CORRUPTIONS = {"negate_unused": negate_unused, "negate_used": negate_used, "shuffle": shuffle, "insert_irrelevant": insert_irrelevant}
 
 
-def corrupt_all(items, name, seed, style="grammatical"):
-    """(kept indices, corrupted items) for one corruption; items it cannot apply to are counted."""
+def corrupt_all(items, name, seed, style="grammatical", world="CWA", words=("True", "False")):
+    """(kept indices, corrupted items, skipped counts) for one corruption.
+
+    Every corrupted item's answer is derived by logic.answer (see the module docstring); items
+    it cannot apply to, or whose answer cannot be derived, are skipped and counted."""
     rng = np.random.default_rng(seed)
     fn = CORRUPTIONS[name]
-    keep, out = [], []
+    keep, out, skipped = [], [], {}
+
+    def skip(why):
+        skipped[why] = skipped.get(why, 0) + 1
+
     for i, it in enumerate(items):
         c = fn(it, rng, style)
-        if c is not None:
-            keep.append(i)
-            out.append(c)
-    if len(keep) < len(items):
-        log.info("%s: %d of %d items cannot be corrupted this way (skipped)", name, len(items) - len(keep), len(items))
-    return keep, out
+        if c is None:
+            skip("not applicable")
+            continue
+        if logic.answer(it["statements"], it["question"], world) != it["answer"]:
+            skip(f"the solver does not reproduce the clean answer ({world})")
+            continue
+        gold = logic.answer(c["statements"], c["question"], world)
+        if gold is None:
+            skip("the solver cannot read a statement")
+            continue
+        if gold not in words:
+            skip(f"the corrupted answer is {gold}, not one of {'/'.join(words)}")
+            continue
+        c["answer"], c["answer_changed"] = gold, gold != it["answer"]
+        keep.append(i)
+        out.append(c)
+    if skipped:
+        log.info("%s: %d of %d items skipped: %s", name, len(items) - len(keep), len(items), ", ".join(f"{v} ({k})" for k, v in skipped.items()))
+    return keep, out, skipped
 
 
 def pearson_ci(x, y, z=1.959964):
@@ -138,8 +162,9 @@ def subset_study(items, feats, ctl_feats, correct_clean, correct_corr, keep, n_s
     """S_P2 of random clean subsets (of the kept items) against their accuracy change."""
     rng = np.random.default_rng(seed)
     keep = np.asarray(keep)
-    if len(keep) < size:
-        raise MechprobeError(f"subset size {size} exceeds the {len(keep)} items this corruption applies to; lower SUBSET_SIZE or raise LIMIT")
+    if size < 2 or size >= len(keep):
+        raise MechprobeError(f"SUBSET_SIZE={size}: subsets must hold at least 2 and fewer than the {len(keep)} items this corruption "
+                             "applies to (otherwise every subset is the same set); lower SUBSET_SIZE or raise LIMIT")
     rows = []
     for s in range(n_subsets):
         j = rng.choice(len(keep), size, replace=False)  # positions within keep
@@ -167,7 +192,8 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description="Corrupted ProofWriter: accuracy change against the probing score S_P2.")
     p.add_argument("--data", required=True, help="ProofWriter folder (CWA/depth-N/) or a meta-*.jsonl; needs proofs")
-    p.add_argument("--generate", action="store_true")
+    p.add_argument("--generate", action="store_true", help="write synthetic theories into --data when it holds none")
+    p.add_argument("--naf", action="store_true", help="generated theories get rules with negated conditions (negation as failure)")
     p.add_argument("--setting", default="CWA", choices=["CWA", "OWA"])
     p.add_argument("--split", default="test")
     p.add_argument("--depth-folder", type=int, default=None, help="read only this depth-N folder (default: every one, pooled)")
@@ -201,22 +227,23 @@ def main(argv=None):
     ctl_feats = control_features(a, model, enc, wid)
     res = {"model": mpath, "data": source, "n_items": len(items), "accuracy_clean": float(correct_clean.mean()), "corruptions": {}}
     for name in a.corruptions:
-        keep, cor = corrupt_all(items, name, a.seeds[0], a.negation)
+        keep, cor, skipped = corrupt_all(items, name, a.seeds[0], a.negation, a.setting, words)
         if not keep:
-            res["corruptions"][name] = {"undefined": "applies to no item"}
+            res["corruptions"][name] = {"undefined": "applies to no item", "skipped": skipped}
             continue
         cenc = encode_items(tok, cor, [demos[i] for i in keep], builder, f"{source} ({name})")
         _, cscores = run_items(model, cenc, wid, a.batch_size, desc=name)
         correct_corr = cscores.argmax(1) == gold(cor)
-        study = subset_study(items, feats, ctl_feats, correct_clean, correct_corr, keep, a.n_subsets, min(a.subset_size, len(keep)),
+        study = subset_study(items, feats, ctl_feats, correct_clean, correct_corr, keep, a.n_subsets, a.subset_size,
                              a.seeds[0], a.folds, a.bins)
-        answer_changed = float(np.mean([c["answer"] != items[i]["answer"] for i, c in zip(keep, cor)]))
-        res["corruptions"][name] = {"n_items": len(keep), "accuracy_clean": float(correct_clean[keep].mean()),
-                                    "accuracy_corrupted": float(correct_corr.mean()), "gold_answer_changed": answer_changed,
+        n_changed = int(sum(c["answer_changed"] for c in cor))
+        res["corruptions"][name] = {"n_items": len(keep), "skipped": skipped, "accuracy_clean": float(correct_clean[keep].mean()),
+                                    "accuracy_corrupted": float(correct_corr.mean()), "gold_answer_changed": n_changed / len(keep),
+                                    "n_gold_answers_changed": n_changed,
                                     "prediction_changed": float(np.mean(cscores.argmax(1) != scores[keep].argmax(1))), **study}
         c = study["correlation"]
-        log.info("%-18s acc clean %.3f -> corrupted %.3f; r(S_P2, delta acc) = %s", name, res["corruptions"][name]["accuracy_clean"],
-                 res["corruptions"][name]["accuracy_corrupted"], "undefined" if c["r"] is None else f"{c['r']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]")
+        log.info("%-18s gold answers changed %d/%d; acc clean %.3f -> corrupted %.3f; r(S_P2, delta acc) = %s", name, n_changed,
+                 len(keep), res["corruptions"][name]["accuracy_clean"], res["corruptions"][name]["accuracy_corrupted"], "undefined" if c["r"] is None else f"{c['r']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]")
         plots.corruption_figure(study, name, out / f"corrupt_{name}.png")
     write_json(out / "config.json", vars(a))
     write_json(out / "corrupt_results.json", res)

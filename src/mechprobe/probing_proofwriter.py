@@ -32,7 +32,7 @@ def load_items(a):
             from .proofwriter_gen import generate
 
             log.info("%s holds no ProofWriter data: generating synthetic theories (max depth %d)", path, max(a.depths))
-            generate(path, max(a.depths), seed=a.seeds[0])
+            generate(path, max(a.depths), seed=a.seeds[0], naf=getattr(a, "naf", False))
         metas = pw.find_metas(path, a.split, a.setting, a.depth_folder)
         trains = [m.with_name("meta-train.jsonl") for m in metas if m.name != "meta-train.jsonl"]
         trains = [t for t in trains if t.exists()]

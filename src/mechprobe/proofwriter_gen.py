@@ -9,6 +9,11 @@ proof of minimal depth. Questions, closed-world (CWA):
   * "E is not a."  derivable  -> False, strategy inv-proof, the same proof
   * "E is a."      not derivable -> False, CWA failure, QLen ""  (dropped by the paper's filter)
   * "E is not a."  not derivable -> True by negation as failure (NAF; dropped by the filter)
+With naf=True some rules have a negated condition, "If someone is not x then they are y." (x an
+attribute that no rule concludes, so negation is stratified): it fires for every entity of
+which x is not a fact. Proofs through such a condition contain NAF (dropped by the paper's
+filter); half of these rules mirror a positive rule with the same conclusion, so negating a
+fact a proof uses can re-derive the conclusion (see logic.py).
 
 CLI:  python -m mechprobe.proofwriter_gen --out data/proofwriter/synthetic --max-depth 1
 """
@@ -33,11 +38,24 @@ def rule_text(conds, concl):
     return f"If someone is {' and '.join(conds)} then they are {concl}."
 
 
+def _neg(c):
+    """The attribute of a negated condition "not x", else None."""
+    return c[4:] if c.startswith("not ") else None
+
+
+def _holds(e, c, known):
+    """Condition c ("x" or "not x") of entity e; a negated x is never concluded by a rule."""
+    x = _neg(c)
+    return (e, x) not in known if x else (e, c) in known
+
+
 def proof_string(nodes):
     """Serialise proof trees (alternatives joined by OR) in ProofWriter's syntax (see proofwriter.parse_proof)."""
     def prem(n):
         if n[0] == "fact":
             return n[1]
+        if n[0] == "naf":
+            return "NAF"
         return "((" + " ".join(prem(p) for p in n[2]) + f") -> {n[1]})"
     nodes = nodes if isinstance(nodes, list) else [nodes]
     return "[" + " OR ".join(f"({prem(n)})" for n in nodes) + "]"
@@ -51,9 +69,9 @@ def all_proofs(fa, facts, rules, known, visiting=frozenset(), cap=4):
     e, a = fa
     out = [("fact", facts[fa])] if fa in facts else []
     for rid, conds, concl in rules:
-        if concl != a or any((e, c) not in known or (e, c) in visiting or (e, c) == fa for c in conds):
+        if concl != a or any(not _holds(e, c, known) or (e, c) in visiting or (e, c) == fa for c in conds):
             continue
-        subs = [all_proofs((e, c), facts, rules, known, visiting | {fa}, cap) for c in conds]
+        subs = [[("naf", _neg(c))] if _neg(c) else all_proofs((e, c), facts, rules, known, visiting | {fa}, cap) for c in conds]
         for combo in product(*subs):
             out.append(("rule", rid, list(combo), None))
             if len(out) >= cap:
@@ -73,8 +91,8 @@ def closure(facts, rules, entities):
         new = {}
         for rid, conds, concl in rules:
             for e in entities:
-                if all((e, c) in known for c in conds) and (e, concl) not in known and (e, concl) not in new:
-                    prem = [known[(e, c)] for c in conds]
+                if all(_holds(e, c, known) for c in conds) and (e, concl) not in known and (e, concl) not in new:
+                    prem = [known[(e, c)] if not _neg(c) else (0, ("naf", _neg(c))) for c in conds]
                     new[(e, concl)] = (1 + max(d for d, _ in prem), ("rule", rid, [p for _, p in prem], None))
         if new:
             known.update(new)
@@ -83,10 +101,26 @@ def closure(facts, rules, entities):
 
 
 def tree_size(node):
-    return 1 if node[0] == "fact" else 1 + sum(tree_size(p) for p in node[2])
+    return 1 if node[0] in ("fact", "naf") else 1 + sum(tree_size(p) for p in node[2])
 
 
-def make_theory(rng, tid, n_statements, max_depth, n_questions=8):
+def _add_naf(rng, rules, attrs):
+    """Give about half the rules a negated condition on an attribute no rule concludes (see the docstring)."""
+    base = [a for a in attrs if a not in {c for _, _, c in rules}]
+    for j, (rid, conds, concl) in enumerate(rules):
+        if not base or rng.random() < 0.5:
+            continue
+        mirror = [c for c in conds if c in base]
+        if mirror and rng.random() < 0.5:  # "if x then y" becomes also "if not x then y" (a new rule replaces it)
+            rules[j] = (rid, [f"not {mirror[0]}"], concl)
+            rules.append((f"rule{len(rules) + 1}", conds, concl))
+        else:
+            x = str(rng.choice([a for a in base if a != concl and a not in conds] or base))
+            rules[j] = (rid, conds[: int(rng.integers(0, len(conds) + 1))] + [f"not {x}"], concl)
+    return rules
+
+
+def make_theory(rng, tid, n_statements, max_depth, n_questions=8, naf=False):
     n_rules = max(1, n_statements // 3) if n_statements > 1 else 0
     n_facts = n_statements - n_rules
     n_attr = min(len(ATTRS), max(4, n_statements // 2 + 2))
@@ -105,6 +139,8 @@ def make_theory(rng, tid, n_statements, max_depth, n_questions=8):
         conds = list(rng.choice(have, min(nc, len(have)), replace=False)) if have and rng.random() < 0.7 else list(rng.choice(attrs, nc, replace=False))
         rest = [a for a in attrs if a not in conds]
         rules.append((f"rule{j + 1}", conds, str(rng.choice(rest))))
+    if naf:
+        rules = _add_naf(rng, rules, attrs)
     known = closure(facts, rules, ents)
     if max(d for d, _ in known.values()) > max_depth:
         return None
@@ -140,14 +176,14 @@ def make_theory(rng, tid, n_statements, max_depth, n_questions=8):
     return th
 
 
-def generate(out, max_depth=1, sizes=(400, 100, 100), groups=(2, 4, 8, 12, 16, 20, 24), seed=0, n_questions=8):
+def generate(out, max_depth=1, sizes=(400, 100, 100), groups=(2, 4, 8, 12, 16, 20, 24), seed=0, n_questions=8, naf=False):
     """Write `<out>/CWA/depth-<max_depth>/meta-{train,dev,test}.jsonl`; returns the folder."""
     rng = np.random.default_rng(seed)
     folder = Path(out) / "CWA" / f"depth-{max_depth}"
     for split, n in zip(("train", "dev", "test"), sizes):
         rows, tid = [], 0
         while len(rows) < n:
-            th = make_theory(rng, f"{split}{tid}", int(groups[len(rows) % len(groups)]), max_depth, n_questions)
+            th = make_theory(rng, f"{split}{tid}", int(groups[len(rows) % len(groups)]), max_depth, n_questions, naf)
             tid += 1
             if th is not None:
                 rows.append(th)
@@ -163,8 +199,9 @@ def main(argv=None):
     p.add_argument("--groups", type=int, nargs="+", default=[2, 4, 8, 12, 16, 20, 24], help="numbers of statements per theory")
     p.add_argument("--questions", type=int, default=8, help="questions per theory")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--naf", action="store_true", help="rules with negated conditions (negation as failure)")
     a = p.parse_args(argv)
-    folder = generate(a.out, a.max_depth, tuple(a.sizes), tuple(a.groups), a.seed, a.questions)
+    folder = generate(a.out, a.max_depth, tuple(a.sizes), tuple(a.groups), a.seed, a.questions, a.naf)
     get_logger().info("wrote %s", folder)
 
 
