@@ -25,7 +25,6 @@ def test_probing_gpt2_outputs(trained, tmp_path):
     saved = json.loads((tmp_path / "probe_results.json").read_text())["models"][0]
     for key in ("f1_p1", "f1_p2", "control_f1_p1", "control_f1_p2", "s_p1", "s_p2"):
         assert saved[key]["n_seeds"] == 2 and set(saved[key]) >= {"mean", "std", "n_seeds"}
-    s = [saved["s_p1"]["mean"]]
     assert saved["k"] == 1 and len(saved["curves"]["single"]["s_p1"]) == 2 and len(saved["sink_attention_first_position"]) == 2
     # the score is the formula applied per seed: check seed means are consistent with the F1s when one seed
     res1 = probing_gpt2.main(["--models", str(trained / "run" / "best"), "--data-dirs", str(trained / "data"), "--out-dir", str(tmp_path / "one"),
@@ -34,7 +33,11 @@ def test_probing_gpt2_outputs(trained, tmp_path):
     assert res1["s_p1"]["mean"] == pytest.approx((fm - fc) / (1 - fc))
     for f in ("probe_by_layer.png", "probe_by_k.png", "config.json"):
         assert (tmp_path / f).stat().st_size > 100
-    assert s[0] == res[0]["s_p1"]["mean"]
+    for i in range(2):  # per seed: S is the formula applied to that seed's F1s; the mean is their mean
+        fm, fc = saved["f1_p2"]["per_seed"][i], saved["control_f1_p2"]["per_seed"][i]
+        assert saved["s_p2"]["per_seed"][i] == pytest.approx((fm - fc) / (1 - fc))
+    assert saved["s_p2"]["mean"] == pytest.approx(np.mean(saved["s_p2"]["per_seed"]))
+    assert res[0]["accuracy"] == saved["accuracy"]
 
 
 def test_probing_gpt2_k0_undefined(tmp_path):
@@ -69,16 +72,29 @@ def test_attnvisual_json_holds_drawn_numbers(trained, tmp_path):
 
 def test_causal_outputs(trained, tmp_path):
     res = causal.main(["--model", str(trained / "run" / "best"), "--data-dir", str(trained / "data"), "--out-dir", str(tmp_path),
-                       "--n-examples", "8", "--shares", "0", "0.5", "1.0", "--seeds", "0", "1", "--flow-lists", "4"])
+                       "--n-examples", "8", "--shares", "0", "0.25", "0.5", "1.0", "--seeds", "0", "1", "--flow-lists", "4"])
     saved = json.loads((tmp_path / "causal_results.json").read_text())
     L, H = 2, 2
     assert np.array(saved["entropy"]).shape == (L, H)
     assert all(0 <= e <= 1 + 1e-6 for row in saved["entropy"] for e in row)
     pr = saved["pruning"]
-    assert [p["share"] for p in pr["random"]] == [0, 0.5, 1.0]
+    assert [p["share"] for p in pr["random"]] == [0, 0.25, 0.5, 1.0]
     assert pr["random"][0]["mean"] == pytest.approx(saved["accuracy"]) and pr["random"][0]["std"] == 0
-    assert pr["low_entropy_first"][2]["n_heads"] == L * H
-    assert pr["low_entropy_first"][2]["accuracy"] == pytest.approx(pr["high_entropy_first"][2]["accuracy"])  # all heads masked either way
+    for order in ("rank", "position"):  # both entropies order the heads; the ones masked first are the extremes
+        ent = np.array(saved[f"entropy_{order}"]).ravel()
+        for key, pick in (("low_entropy_first", np.argmin), ("high_entropy_first", np.argmax)):
+            for p in pr[order][key]:
+                masked = sorted(l * H + h for l, h in p["heads"])
+                assert len(masked) == p["n_heads"] == round(p["share"] * L * H)
+                rest = np.setdiff1d(np.arange(L * H), masked)
+                if len(masked) and len(rest):
+                    if key == "low_entropy_first":
+                        assert ent[masked].max() <= ent[rest].min()
+                    else:
+                        assert ent[masked].min() >= ent[rest].max()
+                one = [pp for pp in pr[order][key] if pp["n_heads"] == 1]
+                if one:
+                    assert one[0]["heads"] == [[int(pick(ent)) // H, int(pick(ent)) % H]]
     assert len(saved["flow"]["masked_heads"]) == round(0.4 * L * H)
     for f in ("head_entropy.png", "pruning.png", "attention_flow.png"):
         assert (tmp_path / f).stat().st_size > 1000

@@ -9,7 +9,8 @@ r-th smallest number of list n. The normalised entropy of a head is
 list's own entropy (order-free).
 
 Pruning: mask a growing share of heads (hooks, see masking.py) at random (several seeds),
-lowest-entropy first, or highest-entropy first, and measure test accuracy.
+lowest-entropy first, or highest-entropy first, with heads ordered by rank-order entropy and,
+separately, by position-order entropy (the original used both), and measure test accuracy.
 """
 import argparse
 import time
@@ -28,6 +29,7 @@ from .probing_gpt2 import last_token_attention
 from .utils import MechprobeError, get_logger, run_main, seed_everything, write_json
 
 log = get_logger()
+PRUNING_ORDERS = ("rank", "position")  # the original pruned by both entropies
 
 
 def normalized_entropy(p, dim=-1, eps=1e-12):
@@ -56,11 +58,13 @@ def accuracy_masked(model, ids, answers, heads):
         return accuracy(model, ids, answers)
 
 
-def pruning_curves(model, ids, answers, entropy, shares, seeds):
-    L, H = entropy.shape
+def pruning_curves(model, ids, answers, entropies, shares, seeds):
+    """Accuracy with a growing share of heads masked: at random (one draw per seed), and for each
+    entropy order in `entropies` ({name: (L, H) array}) lowest-entropy first and highest first.
+    Every point records the heads it masked."""
+    L, H = next(iter(entropies.values())).shape
     flat = [(l, h) for l in range(L) for h in range(H)]
-    order = np.argsort(entropy.ravel(), kind="stable")
-    res = {"random": [], "low_entropy_first": [], "high_entropy_first": []}
+    res = {"random": [], **{o: {"low_entropy_first": [], "high_entropy_first": []} for o in entropies}}
     for share in shares:
         n = int(round(share * L * H))
         accs = []
@@ -68,10 +72,14 @@ def pruning_curves(model, ids, answers, entropy, shares, seeds):
             pick = np.random.default_rng(s).choice(L * H, n, replace=False)
             accs.append(accuracy_masked(model, ids, answers, [flat[i] for i in pick]))
         res["random"].append({"share": share, "n_heads": n, "mean": float(np.mean(accs)), "std": float(np.std(accs)), "per_seed": accs})
-        res["low_entropy_first"].append({"share": share, "n_heads": n, "accuracy": accuracy_masked(model, ids, answers, [flat[i] for i in order[:n]])})
-        res["high_entropy_first"].append({"share": share, "n_heads": n, "accuracy": accuracy_masked(model, ids, answers, [flat[i] for i in order[::-1][:n]])})
-        log.info("share %.1f: random %.3f ± %.3f, low-entropy-first %.3f, high-entropy-first %.3f", share, res["random"][-1]["mean"],
-                 res["random"][-1]["std"], res["low_entropy_first"][-1]["accuracy"], res["high_entropy_first"][-1]["accuracy"])
+        line = [f"share {share:.1f}: random {res['random'][-1]['mean']:.3f} ± {res['random'][-1]['std']:.3f}"]
+        for o, ent in entropies.items():
+            order = np.argsort(ent.ravel(), kind="stable")
+            for key, idx in (("low_entropy_first", order[:n]), ("high_entropy_first", order[::-1][:n])):
+                heads = [flat[i] for i in idx]
+                res[o][key].append({"share": share, "n_heads": n, "heads": heads, "accuracy": accuracy_masked(model, ids, answers, heads)})
+            line.append(f"{o}: low-first {res[o]['low_entropy_first'][-1]['accuracy']:.3f}, high-first {res[o]['high_entropy_first'][-1]['accuracy']:.3f}")
+        log.info("; ".join(line))
     return res
 
 
@@ -116,7 +124,8 @@ def main(argv=None):
     p.add_argument("--n-examples", type=int, default=1000, help="test lists")
     p.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds of random masking")
-    p.add_argument("--entropy-order", default="rank", choices=["rank", "position", "per_list"], help="which entropy ranks heads for pruning")
+    p.add_argument("--entropy-order", default="rank", choices=["rank", "position", "per_list"],
+                   help="which entropy picks the heads masked in the flow case study (pruning is run for rank and position order)")
     p.add_argument("--flow-mask-share", type=float, default=0.4, help="share of lowest-entropy heads masked in the flow case study")
     p.add_argument("--flow-positions", type=int, nargs="+", default=None, help="positions of the k+1 useful numbers (rank order); default: spread over the list")
     p.add_argument("--flow-lists", type=int, default=64)
@@ -139,8 +148,8 @@ def main(argv=None):
              base_acc, L, H, int((ent["rank"] < 0.5).sum()), int((ent["position"] < 0.2).sum()))
     plots.heatmap_grid([ent["position"].T, ent["rank"].T], ["position order", "rank order"], out / "head_entropy.png",
                        ylabels=[f"h{h}" for h in range(H)], ylabel="head", vmin=0, vmax=1, suptitle="normalised entropy of the last token's attention (averaged over lists)")
-    pruning = pruning_curves(model, ids, answers, ent[a.entropy_order], a.shares, a.seeds)
-    plots.pruning_curves(pruning, out / "pruning.png", title=f"head masking (entropy: {a.entropy_order} order)")
+    pruning = pruning_curves(model, ids, answers, {o: ent[o] for o in PRUNING_ORDERS}, a.shares, a.seeds)
+    plots.pruning_curves(pruning, out / "pruning.png", orders=PRUNING_ORDERS, title="head masking: random, and by entropy (rank and position order)")
     k = meta["k"]
     positions = a.flow_positions or [int(x) for x in np.linspace(2, T - 3, k + 1)]
     flows = placed_lists(meta["vocab"], T, k, positions, a.flow_lists, a.seed)

@@ -84,19 +84,22 @@ def heatmap_grid(mats, titles, path, ylabels, xlabel="layer", ylabel="", suptitl
     save_figure(fig, path, pdf=pdf)
 
 
-def pruning_curves(pruning, path, title=""):
-    """Accuracy against share of heads masked: random (mean ± std band), low- and high-entropy first."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+def pruning_curves(pruning, path, orders=("rank",), title=""):
+    """Accuracy against share of heads masked: random (mean ± std band), and for each entropy
+    order lowest- and highest-entropy first."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
     r = pruning["random"]
     x = np.array([p["share"] for p in r])
     m = np.array([p["mean"] for p in r])
     sd = np.array([p["std"] for p in r])
-    ax.plot(x, m, marker="o", ms=3, label="random heads (mean ± std)")
-    ax.fill_between(x, m - sd, m + sd, alpha=0.25)
-    for key, lab in (("low_entropy_first", "lowest entropy first"), ("high_entropy_first", "highest entropy first")):
-        ax.plot([p["share"] for p in pruning[key]], [p["accuracy"] for p in pruning[key]], marker="s", ms=3, label=lab)
+    ax.plot(x, m, marker="o", ms=3, color="black", label="random heads (mean ± std)")
+    ax.fill_between(x, m - sd, m + sd, color="grey", alpha=0.25)
+    for o, ls in zip(orders, ("-", "--", ":")):
+        for key, lab, c in (("low_entropy_first", "lowest entropy first", "tab:blue"), ("high_entropy_first", "highest entropy first", "tab:red")):
+            ax.plot([p["share"] for p in pruning[o][key]], [p["accuracy"] for p in pruning[o][key]], marker="s", ms=3, ls=ls, color=c,
+                    label=f"{lab} ({o} entropy)")
     ax.set(xlabel="share of heads masked", ylabel="test accuracy", ylim=(-0.02, 1.02), title=title)
-    ax.legend()
+    ax.legend(fontsize=7)
     save_figure(fig, path)
 
 

@@ -46,9 +46,9 @@ def features_from_rows(rows, normalize="max", per_head=False):
     return [statement_features(r[:, :, None], spans, "last", per_head, normalize).numpy() for r in rows]
 
 
-def probe_inputs(model, ids, records, batch_size, normalize, per_head, desc):
+def probe_inputs(model, ids, records, batch_size, normalize, per_head, desc, p2_labels="answer"):
     rows, logits = last_token_attention(model, ids, batch_size, desc)
-    data = ProbeData(features_from_rows(rows, normalize, per_head), [r["useful"] for r in records], [r["step"] for r in records])
+    data = ProbeData(features_from_rows(rows, normalize, per_head), [r["useful"] for r in records], [r["step"] for r in records], p2_labels)
     return data, rows, logits
 
 
@@ -58,21 +58,21 @@ def probe_one(model_dir, data_dir, a, pretrained=None):
     meta = ks.load_meta(data_dir)
     records = ks.load_split(data_dir, a.split)[: a.n_examples]
     ids, answers = ks.encode_records(tok, records)
-    data, rows, logits = probe_inputs(model, ids, records, a.batch_size, a.normalize, a.per_head, f"capture {Path(model_dir).name}")
+    data, rows, logits = probe_inputs(model, ids, records, a.batch_size, a.normalize, a.per_head, f"capture {Path(model_dir).name}", a.p2_labels)
     acc = float((logits.argmax(-1) == answers).float().mean())
     controls = []
     for seed in a.seeds:
         ctl = random_control(model, seed=seed)
-        controls.append(probe_inputs(ctl, ids, records, a.batch_size, a.normalize, a.per_head, None)[0])
+        controls.append(probe_inputs(ctl, ids, records, a.batch_size, a.normalize, a.per_head, None, a.p2_labels)[0])
         del ctl
     ref = None
     if pretrained:
         pm = load_model(pretrained, device=a.device)
-        ref = probe_inputs(pm, ids, records, a.batch_size, a.normalize, a.per_head, "capture pretrained")[0]
+        ref = probe_inputs(pm, ids, records, a.batch_size, a.normalize, a.per_head, "capture pretrained", a.p2_labels)[0]
         del pm
-    res = run_probe(data, controls, a.seeds, a.folds, ref)
+    res = run_probe(data, controls, a.seeds, a.folds, ref, device=a.device)
     head_avg = rows.mean(2)  # (N, L, T)
-    res.update({"model": str(model_dir), "data_dir": str(data_dir), "k": meta["k"], "accuracy": acc,
+    res.update({"model": str(model_dir), "data_dir": str(data_dir), "k": meta["k"], "accuracy": acc, "p2_labels": a.p2_labels,
                 "sink_attention_first_position": head_avg[:, :, 0].mean(0).tolist(),
                 "attention_to_useful": (head_avg * torch.tensor([r["useful"] for r in records], dtype=torch.float)[:, None]).sum(-1).mean(0).tolist(),
                 "layers": int(rows.shape[1]), "heads": int(rows.shape[2])})
@@ -95,6 +95,8 @@ def main(argv=None):
     p.add_argument("--folds", type=int, default=2, help="cross-validation folds, grouped by example")
     p.add_argument("--normalize", default="max", choices=["max", "none"], help="divide each example's matrix by its max (as the paper)")
     p.add_argument("--per-head", action="store_true", help="per-head features instead of the head average")
+    p.add_argument("--p2-labels", default="answer", choices=["answer", "rank"],
+                   help="P2 classes: answer = the answer vs the other useful numbers (the original's two classes); rank = each useful number's rank (k+1 classes); the same at k = 1")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
