@@ -12,9 +12,10 @@ OUT_DIR=${OUT_DIR:-runs/attnvisual_gpt2}
 N_EXAMPLES=${N_EXAMPLES:-1000}                # test lists averaged
 EXAMPLE=${EXAMPLE:-0}                         # test list drawn as a tree
 DEVICE=${DEVICE:-cpu}
+THREADS=${THREADS:-0}  # torch threads (0: all cores); lower it when another job shares the cores
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 python -m mechprobe.attnvisual --models $MODELS ${PRETRAINED:+--pretrained "$PRETRAINED"} --data-dir "$DATA_DIR" \
-  --out-dir "$OUT_DIR" --n-examples "$N_EXAMPLES" --example "$EXAMPLE" --device "$DEVICE"
+  --out-dir "$OUT_DIR" --n-examples "$N_EXAMPLES" --example "$EXAMPLE" --device "$DEVICE" --threads "$THREADS"
 echo "outputs: $OUT_DIR (attention_rank.png/.pdf, attention_position.png/.pdf, tree_example.png, attention_matrices.json, config.json)"

@@ -14,10 +14,11 @@ ENTROPY_ORDER=${ENTROPY_ORDER:-rank}          # rank | position | per_list: whic
 FLOW_MASK_SHARE=${FLOW_MASK_SHARE:-0.4}       # lowest-entropy heads masked in the flow case study
 FLOW_POSITIONS=${FLOW_POSITIONS:-"3 12"}      # where the k+1 useful numbers are put (smallest first)
 DEVICE=${DEVICE:-cpu}
+THREADS=${THREADS:-0}  # torch threads (0: all cores); lower it when another job shares the cores
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 python -m mechprobe.causal --model "$MODEL" --data-dir "$DATA_DIR" --out-dir "$OUT_DIR" --n-examples "$N_EXAMPLES" \
   --shares $SHARES --seeds $SEEDS --entropy-order "$ENTROPY_ORDER" --flow-mask-share "$FLOW_MASK_SHARE" \
-  ${FLOW_POSITIONS:+--flow-positions $FLOW_POSITIONS} --device "$DEVICE"
+  ${FLOW_POSITIONS:+--flow-positions $FLOW_POSITIONS} --device "$DEVICE" --threads "$THREADS"
 echo "outputs: $OUT_DIR (head_entropy.png, pruning.png, attention_flow.png, causal_results.json, config.json)"

@@ -9,6 +9,7 @@ cd "$(dirname "$0")"
 MODEL=${MODEL:-tiny}
 DATA=${DATA:-data/proofwriter/synthetic}
 GENERATE=${GENERATE:-1}
+SKIP_BAD=${SKIP_BAD:-0}                   # 1: skip (and count) malformed theories and questions instead of stopping
 NAF=${NAF:-0}                                        # 1: generated theories get rules with negated conditions (NAF)
 SPLIT=${SPLIT:-test}
 DEPTH_FOLDER=${DEPTH_FOLDER:-}                       # read only this CWA/depth-N/ folder (empty: every one, pooled)
@@ -23,6 +24,7 @@ LIMIT=${LIMIT:-200}
 SEEDS=${SEEDS:-"0 1"}
 DTYPE=${DTYPE:-float32}
 DEVICE=${DEVICE:-cpu}
+THREADS=${THREADS:-0}  # torch threads (0: all cores); lower it when another job shares the cores
 LOAD_IN_8BIT=${LOAD_IN_8BIT:-0}
 CONTROL_LAYERS=${CONTROL_LAYERS:-0}                  # 0: the control has all the model's layers
 BATCH_SIZE=${BATCH_SIZE:-0}
@@ -32,10 +34,11 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 flags=()
 [ "$GENERATE" = 1 ] && flags+=(--generate)
+[ "$SKIP_BAD" = 1 ] && flags+=(--skip-bad)
 [ "$NAF" = 1 ] && flags+=(--naf)
 [ "$LOAD_IN_8BIT" = 1 ] && flags+=(--load-in-8bit)
 [ -n "$DEPTH_FOLDER" ] && flags+=(--depth-folder "$DEPTH_FOLDER")
 python -m mechprobe.corrupt --data "$DATA" --split "$SPLIT" --depths $DEPTHS --corruptions $CORRUPTIONS --negation "$NEGATION" \
   --n-subsets "$N_SUBSETS" --subset-size "$SUBSET_SIZE" --bins "$BINS" --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" \
-  --seeds $SEEDS --dtype "$DTYPE" --device "$DEVICE" --control-layers "$CONTROL_LAYERS" --batch-size "$BATCH_SIZE" --out-dir "$OUT_DIR" "${flags[@]}"
+  --seeds $SEEDS --dtype "$DTYPE" --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" --batch-size "$BATCH_SIZE" --out-dir "$OUT_DIR" "${flags[@]}"
 echo "outputs: $OUT_DIR (corrupt_results.json, config.json, corrupt_<corruption>.png)"

@@ -22,11 +22,13 @@ TUNING=${TUNING:-all}                          # all | attn | mlp | ln
 SEED=${SEED:-0}
 SIZES=${SIZES:-"200000 2000 2000"}             # train / val / test lists when generating
 DEVICE=${DEVICE:-auto}
+THREADS=${THREADS:-0}                          # torch threads (0: all cores); lower it when another job shares the cores
+RESTART=${RESTART:-0}                          # 1: ignore an existing checkpoint in OUT_DIR and start over
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 python -m mechprobe.finetune --model "$MODEL" --k "$K" --vocab-size "$VOCAB_SIZE" --length "$LENGTH" --data-dir "$DATA_DIR" \
   --out-dir "$OUT_DIR" --epochs "$EPOCHS" --max-steps "$MAX_STEPS" ${LR:+--lr "$LR"} --batch-size "$BATCH_SIZE" \
   --warmup "$WARMUP" --eval-every "$EVAL_EVERY" --target-acc "$TARGET_ACC" --tuning "$TUNING" --seed "$SEED" \
-  --sizes $SIZES --device "$DEVICE"
+  --sizes $SIZES --device "$DEVICE" --threads "$THREADS" $([ "$RESTART" = 1 ] && echo --restart)
 echo "outputs: $OUT_DIR (best/ and last/ models, results.json, config.json, curves.png)"

@@ -15,6 +15,7 @@ SEEDS=${SEEDS:-"0 1 2"}
 QUERY_POOL=${QUERY_POOL:-mean}
 DTYPE=${DTYPE:-float32}
 DEVICE=${DEVICE:-cpu}
+THREADS=${THREADS:-0}  # torch threads (0: all cores); lower it when another job shares the cores
 LOAD_IN_8BIT=${LOAD_IN_8BIT:-0}
 CONTROL_LAYERS=${CONTROL_LAYERS:-0}
 BATCH_SIZE=${BATCH_SIZE:-0}
@@ -26,6 +27,6 @@ flags=()
 [ "$LOAD_IN_8BIT" = 1 ] && flags+=(--load-in-8bit)
 [ -n "$DEMO_DATA" ] && flags+=(--demo-data "$DEMO_DATA")
 python -m mechprobe.probing_arc --data "$DATA" --max-depth "$MAX_DEPTH" --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" \
-  --seeds $SEEDS --query-pool "$QUERY_POOL" --dtype "$DTYPE" --device "$DEVICE" --control-layers "$CONTROL_LAYERS" \
+  --seeds $SEEDS --query-pool "$QUERY_POOL" --dtype "$DTYPE" --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" \
   --batch-size "$BATCH_SIZE" --out-dir "$OUT_DIR" "${flags[@]}"
 echo "outputs: $OUT_DIR (probe_results.json, config.json, probe_by_depth.png, probe_by_layer.png)"

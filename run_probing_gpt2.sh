@@ -15,9 +15,10 @@ FOLDS=${FOLDS:-2}                             # cross-validation folds grouped b
 NORMALIZE=${NORMALIZE:-max}                   # max (divide each example by its max, as the paper) | none
 P2_LABELS=${P2_LABELS:-answer}                # answer (the answer vs the other useful numbers, the original) | rank (k+1 classes); same at k=1
 DEVICE=${DEVICE:-cpu}
+THREADS=${THREADS:-0}  # torch threads (0: all cores); lower it when another job shares the cores
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 python -m mechprobe.probing_gpt2 --models $MODELS --data-dirs $DATA_DIRS ${PRETRAINED:+--pretrained "$PRETRAINED"} \
-  --out-dir "$OUT_DIR" --n-examples "$N_EXAMPLES" --seeds $SEEDS --folds "$FOLDS" --normalize "$NORMALIZE" --p2-labels "$P2_LABELS" --device "$DEVICE"
+  --out-dir "$OUT_DIR" --n-examples "$N_EXAMPLES" --seeds $SEEDS --folds "$FOLDS" --normalize "$NORMALIZE" --p2-labels "$P2_LABELS" --device "$DEVICE" --threads "$THREADS"
 echo "outputs: $OUT_DIR (probe_results.json, config.json, probe_by_layer.png, probe_by_k.png)"

@@ -9,6 +9,7 @@ cd "$(dirname "$0")"
 MODEL=${MODEL:-tiny}                      # local model folder, or "tiny"
 DATA=${DATA:-data/proofwriter/synthetic}  # ProofWriter folder (CWA/depth-N/meta-*.jsonl), a meta-*.jsonl, or Logic-LLM's dev.json
 GENERATE=${GENERATE:-1}                   # 1: write synthetic theories into DATA when it holds none
+SKIP_BAD=${SKIP_BAD:-0}                   # 1: skip (and count) malformed theories and questions instead of stopping
 SPLIT=${SPLIT:-test}
 DEPTH_FOLDER=${DEPTH_FOLDER:-}            # read only this CWA/depth-N/ folder (empty: every depth-N folder, pooled)
 DEPTHS=${DEPTHS:-"0 1"}                   # question depths kept (the paper: 0 and 1)
@@ -19,6 +20,7 @@ SEEDS=${SEEDS:-"0 1 2"}
 QUERY_POOL=${QUERY_POOL:-mean}            # pooling over question tokens: mean | max | last
 DTYPE=${DTYPE:-float32}                   # float32 | bfloat16 | float16
 DEVICE=${DEVICE:-cpu}                     # cpu | cuda | auto (shard over all GPUs)
+THREADS=${THREADS:-0}                     # torch threads (0: all cores); lower it when another job shares the cores
 LOAD_IN_8BIT=${LOAD_IN_8BIT:-0}
 CONTROL_LAYERS=${CONTROL_LAYERS:-0}       # 0: the control has all the model's layers
 BATCH_SIZE=${BATCH_SIZE:-0}               # 0: sized to the free memory
@@ -28,9 +30,10 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 flags=()
 [ "$GENERATE" = 1 ] && flags+=(--generate)
+[ "$SKIP_BAD" = 1 ] && flags+=(--skip-bad)
 [ "$LOAD_IN_8BIT" = 1 ] && flags+=(--load-in-8bit)
 [ -n "$DEPTH_FOLDER" ] && flags+=(--depth-folder "$DEPTH_FOLDER")
 python -m mechprobe.probing_proofwriter --data "$DATA" --split "$SPLIT" --depths $DEPTHS --max-per-group "$MAX_PER_GROUP" \
   --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" --seeds $SEEDS --query-pool "$QUERY_POOL" --dtype "$DTYPE" \
-  --device "$DEVICE" --control-layers "$CONTROL_LAYERS" --batch-size "$BATCH_SIZE" --out-dir "$OUT_DIR" "${flags[@]}"
+  --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" --batch-size "$BATCH_SIZE" --out-dir "$OUT_DIR" "${flags[@]}"
 echo "outputs: $OUT_DIR (probe_results.json, config.json, accuracy_by_group.png, probe_by_group.png, probe_by_depth.png, probe_by_layer.png)"

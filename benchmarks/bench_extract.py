@@ -58,7 +58,7 @@ def speed(n_lists, batch_size, repeat):
         return torch.stack(out)
 
     def ours():
-        return torch.cat([capture(model, ids[s:s + batch_size], mask, q)[:, :, :, 0] for s in range(0, n_lists, batch_size)])
+        return torch.cat([capture(model, ids[s:s + batch_size], mask, q).rows[:, :, :, 0] for s in range(0, n_lists, batch_size)])
 
     def forward():
         for s in range(0, n_lists, batch_size):

@@ -72,7 +72,7 @@ def test_entailment_bank_errors(tmp_path):
     with pytest.raises(MechprobeError, match=r"t\.jsonl:1: question q1: premise int3"):
         arc.read_entailment_bank(f)
     f.write_text(json.dumps({"id": "q1"}) + "\n")
-    with pytest.raises(MechprobeError, match=r"t\.jsonl:1: missing field 'meta'"):
+    with pytest.raises(MechprobeError, match=r"t\.jsonl:1: missing field 'question'"):
         arc.read_entailment_bank(f)
 
 

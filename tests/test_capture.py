@@ -22,7 +22,7 @@ def test_capture_equals_output_attentions_padded_batch(make, method):
     seqs = [torch.randint(3, 30, (n,), generator=g).tolist() for n in (7, 12, 4)]
     queries = [[6, 2], [11, 5, 0], [3]]
     ids, mask = pad_batch(seqs, pad_id=0)
-    rows = capture(model, ids, mask, pad_queries(queries), method=method)  # (B, L, H, Q, T)
+    rows = capture(model, ids, mask, pad_queries(queries), method=method).rows  # (B, L, H, Q, T)
     assert model.config._attn_implementation == "eager"  # restored
     assert rows.shape[:3] == (3, model.config.num_hidden_layers, model.config.num_attention_heads)
     for b, (s, q) in enumerate(zip(seqs, queries)):
@@ -36,9 +36,9 @@ def test_capture_equals_output_attentions_padded_batch(make, method):
 
 def test_capture_layer_subset_and_hooks_removed(gpt2_tiny):
     ids, mask = pad_batch([[1, 2, 3, 4]], 0)
-    rows = capture(gpt2_tiny, ids, mask, [[3]], layers=[1])
+    rows = capture(gpt2_tiny, ids, mask, [[3]], layers=[1]).rows
     assert rows.shape[1] == 1
-    full = capture(gpt2_tiny, ids, mask, [[3]])
+    full = capture(gpt2_tiny, ids, mask, [[3]]).rows
     torch.testing.assert_close(rows[:, 0], full[:, 1])
     assert all(not m._forward_hooks for m in gpt2_tiny.modules())
 
@@ -50,10 +50,10 @@ def test_non_eager_model_gives_clear_error_with_hooks():
     with pytest.raises(MechprobeError, match="returned no attention weights.*eager"):
         capture(model, ids, mask, [[2]], method="hooks")
     # the rows method computes the rows itself, so an sdpa-loaded model works, and is restored
-    rows = capture(model, ids, mask, [[2]], method="rows")
+    rows = capture(model, ids, mask, [[2]], method="rows").rows
     assert model.config._attn_implementation == "sdpa"
     model.set_attn_implementation("eager")
-    torch.testing.assert_close(rows, capture(model, ids, mask, [[2]], method="hooks"), atol=1e-6, rtol=0)
+    torch.testing.assert_close(rows, capture(model, ids, mask, [[2]], method="hooks").rows, atol=1e-6, rtol=0)
     assert all(not m._forward_hooks for m in model.modules())
 
 
@@ -69,6 +69,11 @@ def test_recorder_logits_match_plain_forward(llama_tiny):
         plain = llama_tiny(input_ids=ids).logits[:, -1]
     _, last = capture(llama_tiny, ids, mask, [[4]], return_logits=True)
     torch.testing.assert_close(last, plain)
+    out = capture(llama_tiny, ids, mask, [[4]])  # one return type whatever the flags
+    assert type(out).__name__ == "Capture" and out.logits is None
+    from mechprobe.capture import AttentionRecorder as A, Recorder, RowsRecorder as R
+
+    assert issubclass(A, Recorder) and issubclass(R, Recorder)
     with AttentionRecorder(llama_tiny) as rec:
         assert len(rec.mods) == 2
 

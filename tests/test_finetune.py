@@ -107,5 +107,5 @@ def test_vocab_not_single_token_named(tmp_path):
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=1, n_head=2, n_embd=16)).save_pretrained(mdir)
     tok.save_pretrained(mdir)
     ks.write_dataset(tmp_path / "data", [1, 2, 2999, 4] * 4, 1, sizes=(4, 4, 4))
-    with pytest.raises(MechprobeError, match="not a single token.*2999"):
+    with pytest.raises(MechprobeError, match="not a single known token.*2999"):
         finetune.main(["--model", str(mdir), "--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "r")])

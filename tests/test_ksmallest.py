@@ -101,7 +101,7 @@ def test_real_gpt2_tokenizer_vocab():
     assert len(v) == 577 and v[511] == 1800
     with pytest.raises(MechprobeError, match="only 577 integers"):
         ks.single_token_numbers(tok, 578, max_number=3000)
-    with pytest.raises(MechprobeError, match="not a single token.*2999"):
+    with pytest.raises(MechprobeError, match="not a single known token.*2999"):
         ks.check_vocab_tokens(tok, [1, 2, 2999])
     x, y = ks.encode_records(tok, [ks.make_record([1800, 3, 7], 0)])
     assert x.shape == (1, 3) and y.item() == tok(" 3")["input_ids"][0]

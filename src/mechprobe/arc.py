@@ -86,22 +86,38 @@ def read_entailment_bank(path, max_depth=None, report=True):
     """Items from an EntailmentBank task_1/task_2 JSONL file (depth = depth_of_proof)."""
     path = Path(path)
     items, seen, dups, mismatch, dangling = [], set(), [], [], []
+    n_records = 0
     for line, r in iter_jsonl(path):
         where = f"{path}:{line}"
+        n_records += 1
         try:
+            if not isinstance(r, dict):
+                raise TypeError(f"expected a JSON object, got {type(r).__name__}")
+            for key in ("id", "question", "answer", "proof", "meta"):
+                if key not in r:
+                    raise KeyError(key)
             sents = r["meta"]["triples"]
+            if not isinstance(sents, dict) or not all(isinstance(v, str) for v in sents.values()):
+                raise TypeError("field meta.triples must be an object {sentN: text}")
+            if not isinstance(r["question"], str) or not isinstance(r["answer"], str):
+                raise TypeError("fields question and answer must be strings")
             qid = r["id"]
             edges = parse_steps(r["proof"])
             sids = sorted(sents, key=_num)
             step, level = steps_from_edges(edges, set(sids), "hypothesis")
+            depth = r.get("depth_of_proof", level)
+            if isinstance(depth, bool) or not isinstance(depth, int) and not (isinstance(depth, str) and depth.isdigit()):
+                raise TypeError(f"field depth_of_proof must be an integer, got {depth!r}")
+            depth = int(depth)
         except KeyError as e:
             raise MechprobeError(f"{where}: missing field {e}; expected EntailmentBank fields id, question, answer, proof, meta.triples") from None
+        except (TypeError, AttributeError) as e:
+            raise MechprobeError(f"{where}: {e}") from None
         except ValueError as e:
             raise MechprobeError(f"{where}: question {r.get('id', '?')}: {e}") from None
         if qid in seen:
             dups.append(qid)
         seen.add(qid)
-        depth = int(r.get("depth_of_proof", level))
         if depth != level:
             mismatch.append(f"{qid} ({depth} vs {level})")
         if len(step) < len({p for pr, _ in edges for p in pr if p in sents}):
@@ -118,6 +134,8 @@ def read_entailment_bank(path, max_depth=None, report=True):
     if mismatch and report:
         log.info("%s: %d records whose depth_of_proof differs from the depth of their step graph (depth_of_proof kept): %s",
                  path, len(mismatch), ", ".join(mismatch[:5]) + (" ..." if len(mismatch) > 5 else ""))
+    if not n_records:
+        raise MechprobeError(f"{path}: the file holds no record; expected EntailmentBank JSON lines")
     if not items:
         raise MechprobeError(f"{path}: no item left (max depth {max_depth})")
     return items
@@ -133,15 +151,18 @@ def read_street(path, max_depth=None):
     has depth 1. Steps are unchanged: a premise is used at level(conclusion) - 1, so a premise
     that enters the answer unit directly is used at the last step."""
     path = Path(path)
-    items = []
+    items, n_records = [], 0
     for line, r in iter_jsonl(path):
         where = f"{path}:{line}"
+        n_records += 1
         try:
+            if not isinstance(r.get("textual_logical_units"), dict):
+                raise TypeError(f"'textual_logical_units' must be an object {{id: text}}, got {type(r.get('textual_logical_units')).__name__}")
             tlus = {str(k): v for k, v in r["textual_logical_units"].items()}
             edges = [([str(a) for a in e["antecedents"]], str(e["consequent"])) for e in r["reasoning_graph_edges"]]
             answer = r["answer"][0] if isinstance(r["answer"], list) else r["answer"]
             question, options = r["question"], r.get("options", [])
-        except (KeyError, TypeError, IndexError) as e:
+        except (KeyError, TypeError, IndexError, AttributeError) as e:
             raise MechprobeError(f"{where}: missing or malformed field {e}; expected context, textual_logical_units, question, answer, reasoning_graph_edges") from None
         answer_tlu = [k for k, v in tlus.items() if "the answer is" in v.lower()]
         concluded = {c for _, c in edges}
@@ -164,6 +185,8 @@ def read_street(path, max_depth=None):
         items.append({"id": f"{r.get('id', line)}", "statements": [tlus[k] for k in premises], "statement_ids": premises,
                       "question": question, "answer": answer, "options": options, "useful": [k in step for k in premises],
                       "step": [step.get(k, -1) for k in premises], "depth": depth, "group": len(premises), "line": line})
+    if not n_records:
+        raise MechprobeError(f"{path}: the file holds no record; expected STREET JSON lines")
     if not items:
         raise MechprobeError(f"{path}: no item left (max depth {max_depth})")
     return items

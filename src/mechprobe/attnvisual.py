@@ -17,7 +17,7 @@ from .causal import rank_order
 from .models import load_model, load_tokenizer, random_control
 from .knn import knn_predict
 from .probing_gpt2 import features_from_rows, last_token_attention
-from .utils import get_logger, run_main, seed_everything, write_json
+from .utils import at_least_two, check_device, distinct_seeds, get_logger, nonneg_int, run_folder, run_main, seed_everything, set_threads, write_json
 
 log = get_logger()
 
@@ -45,18 +45,32 @@ def predicted_tree(feats, records, idx):
     return pred.tolist()
 
 
+OUTPUTS = ("attention_matrices.json", "config.json", "attention_rank.png", "attention_rank.pdf", "attention_position.png", "attention_position.pdf", "tree_example.png")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Heatmaps of the last token's attention to each number, per layer.")
     p.add_argument("--models", nargs="+", required=True, help="finetuned model folders")
     p.add_argument("--pretrained", default="", help="optional pretrained-not-finetuned folder")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--n-examples", type=int, default=1000)
+    p.add_argument("--n-examples", type=at_least_two, default=1000)
     p.add_argument("--example", type=int, default=0, help="test list drawn as a tree")
     p.add_argument("--no-control", action="store_true", help="leave out the random-init control")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (0: all cores); lower it when another job shares the cores")
     a = p.parse_args(argv)
+    check_device(a.device)
+    a.threads = set_threads(a.threads)
+    if hasattr(a, "seeds"):
+        distinct_seeds(a.seeds)
+    with run_folder(a.out_dir, OUTPUTS):
+        return run(a)
+
+
+def run(a):
+    """The run described by the parsed arguments `a` (see main); returns its results."""
     seed_everything(a.seed)
     out = Path(a.out_dir)
     records = ks.load_split(a.data_dir, "test")[: a.n_examples]

@@ -18,6 +18,8 @@ Two ways to get the rows, the same numbers:
 Batches are right-padded: real tokens keep their positions, and under the causal mask a real
 query never sees a pad key, so a padded batch gives the same rows as one prompt at a time.
 """
+from typing import NamedTuple, Optional
+
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
@@ -73,8 +75,7 @@ def rows_attention(module, query, key, value, attention_mask, scaling=None, drop
             else:
                 causal = torch.arange(k.shape[-2], device=sc.device)[None, None, None, :] > qp[:, None, :, None]
                 sc = sc.masked_fill(causal, float("-inf"))
-            r = torch.softmax(sc, -1) * (qp >= 0)[:, None, :, None]
-            rec.rows[layer] = r.cpu() if rec.to_cpu else r
+            rec.keep(layer, torch.softmax(sc, -1) * (qp >= 0)[:, None, :, None])
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -93,20 +94,47 @@ def rows_supported(model):
         return False
 
 
-class AttentionRecorder:
-    """Context manager: while active, every forward of `model` records the query rows.
+class Capture(NamedTuple):
+    """What capture() returns: rows (B, L, H, Q, T); logits (B, V) at each prompt's last token, or None."""
+    rows: torch.Tensor
+    logits: Optional[torch.Tensor]
+
+
+class Recorder:
+    """Base of the two recorders: while active (a context manager), every forward of `model`
+    records the rows of the query positions, layer by layer, into self.rows.
 
     rec.query_positions must be set to a LongTensor (B, Q) (-1 = no query) before each forward.
     """
 
     def __init__(self, model, layers=None, to_cpu=True):
         self.model = model
-        mods = attention_modules(model)
-        self.layers = list(range(len(mods))) if layers is None else list(layers)
-        self.mods = [mods[i][1] for i in self.layers]
+        self.mods_all = attention_modules(model)
+        self.layers = list(range(len(self.mods_all))) if layers is None else list(layers)
+        self.wanted = set(self.layers)
         self.to_cpu = to_cpu
         self.query_positions = None
         self.rows = {}
+
+    def keep(self, layer, r):
+        self.rows[layer] = r.cpu() if self.to_cpu else r
+
+    def stacked(self):
+        """(B, L, H, Q, T) for the last forward."""
+        if len(self.rows) != len(self.layers):
+            raise MechprobeError(f"captured {len(self.rows)} of {len(self.layers)} layers; did the forward run?")
+        out = torch.stack([self.rows[l] for l in self.layers], 1)
+        self.rows = {}
+        return out
+
+
+class AttentionRecorder(Recorder):
+    """The hook method: forward hooks on the eager attention modules slice the rows out of each
+    layer's (B, H, T, T) weights."""
+
+    def __init__(self, model, layers=None, to_cpu=True):
+        super().__init__(model, layers, to_cpu)
+        self.mods = [self.mods_all[i][1] for i in self.layers]
         self.handles = []
 
     def _hook(self, layer):
@@ -120,8 +148,7 @@ class AttentionRecorder:
             B, H, T, _ = w.shape
             idx = qp.clamp(min=0)[:, None, :, None].expand(B, H, qp.shape[1], T)  # (B, H, Q, T)
             r = torch.gather(w, 2, idx) * (qp >= 0)[:, None, :, None]
-            r = r.float()
-            self.rows[layer] = r.cpu() if self.to_cpu else r
+            self.keep(layer, r.float())
         return hook
 
     def __enter__(self):
@@ -133,14 +160,6 @@ class AttentionRecorder:
         for h in self.handles:
             h.remove()
         self.handles = []
-
-    def stacked(self):
-        """(B, L, H, Q, T) for the last forward."""
-        if len(self.rows) != len(self.layers):
-            raise MechprobeError(f"captured {len(self.rows)} of {len(self.layers)} layers; did the forward run?")
-        out = torch.stack([self.rows[l] for l in self.layers], 1)
-        self.rows = {}
-        return out
 
 
 def pad_batch(seqs, pad_id):
@@ -162,17 +181,8 @@ def pad_queries(queries):
     return out
 
 
-class RowsRecorder:
-    """Context manager for the rows method: switches the attention implementation and back."""
-
-    def __init__(self, model, layers=None, to_cpu=True):
-        self.model = model
-        n = len(attention_modules(model))
-        self.layers = list(range(n)) if layers is None else list(layers)
-        self.wanted = set(self.layers)
-        self.to_cpu = to_cpu
-        self.query_positions = None
-        self.rows = {}
+class RowsRecorder(Recorder):
+    """The rows method: switches the attention implementation to ROWS_IMPL and back."""
 
     def __enter__(self):
         self.old = self.model.config._attn_implementation
@@ -184,12 +194,11 @@ class RowsRecorder:
         _ACTIVE.remove(self)
         self.model.set_attn_implementation(self.old)
 
-    stacked = AttentionRecorder.stacked
-
 
 @torch.no_grad()
 def capture(model, input_ids, attention_mask, query_positions, layers=None, return_logits=False, method="auto"):
-    """One batch: attention rows (B, L, H, Q, T) (and the logits at each prompt's last token, (B, V), when asked).
+    """One batch: Capture(rows (B, L, H, Q, T), logits (B, V) at each prompt's last token when
+    return_logits, else None).
 
     method: "rows", "hooks", or "auto" (rows where supported, else hooks).
     """
@@ -223,10 +232,10 @@ def capture(model, input_ids, attention_mask, query_positions, layers=None, retu
     if use_rows is None:
         return capture(model, input_ids, attention_mask, query_positions, layers, return_logits, "hooks")
     if not return_logits:
-        return rows
+        return Capture(rows, None)
     col = torch.searchsorted(kw["logits_to_keep"].cpu(), last) if kw else last
     logits = out.logits[torch.arange(len(last), device=out.logits.device), col.to(out.logits.device)]  # (B, V)
-    return rows, logits.float().cpu()
+    return Capture(rows, logits.float().cpu())
 
 
 def _accepts_logits_to_keep(model):

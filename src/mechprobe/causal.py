@@ -26,7 +26,7 @@ from .finetune import accuracy
 from .masking import mask_heads
 from .models import load_model, load_tokenizer
 from .probing_gpt2 import last_token_attention
-from .utils import MechprobeError, get_logger, run_main, seed_everything, write_json
+from .utils import MechprobeError, at_least_two, check_device, distinct_seeds, get_logger, nonneg_int, positive_int, run_folder, run_main, seed_everything, set_threads, share, write_json
 
 log = get_logger()
 PRUNING_ORDERS = ("rank", "position")  # the original pruned by both entropies
@@ -65,19 +65,19 @@ def pruning_curves(model, ids, answers, entropies, shares, seeds):
     L, H = next(iter(entropies.values())).shape
     flat = [(l, h) for l in range(L) for h in range(H)]
     res = {"random": [], **{o: {"low_entropy_first": [], "high_entropy_first": []} for o in entropies}}
-    for share in shares:
-        n = int(round(share * L * H))
+    for frac in shares:
+        n = int(round(frac * L * H))
         accs = []
         for s in seeds:
             pick = np.random.default_rng(s).choice(L * H, n, replace=False)
             accs.append(accuracy_masked(model, ids, answers, [flat[i] for i in pick]))
-        res["random"].append({"share": share, "n_heads": n, "mean": float(np.mean(accs)), "std": float(np.std(accs)), "per_seed": accs})
-        line = [f"share {share:.1f}: random {res['random'][-1]['mean']:.3f} ± {res['random'][-1]['std']:.3f}"]
+        res["random"].append({"share": frac, "n_heads": n, "mean": float(np.mean(accs)), "std": float(np.std(accs)), "per_seed": accs})
+        line = [f"share {frac:.1f}: random {res['random'][-1]['mean']:.3f} ± {res['random'][-1]['std']:.3f}"]
         for o, ent in entropies.items():
             order = np.argsort(ent.ravel(), kind="stable")
             for key, idx in (("low_entropy_first", order[:n]), ("high_entropy_first", order[::-1][:n])):
                 heads = [flat[i] for i in idx]
-                res[o][key].append({"share": share, "n_heads": n, "heads": heads, "accuracy": accuracy_masked(model, ids, answers, heads)})
+                res[o][key].append({"share": frac, "n_heads": n, "heads": heads, "accuracy": accuracy_masked(model, ids, answers, heads)})
             line.append(f"{o}: low-first {res[o]['low_entropy_first'][-1]['accuracy']:.3f}, high-first {res[o]['high_entropy_first'][-1]['accuracy']:.3f}")
         log.info("; ".join(line))
     return res
@@ -107,7 +107,7 @@ def flow_attention(model, ids, masked):
     """Attention (L, T, T) averaged over lists and over the heads NOT in `masked`, with them masked."""
     N, T = ids.shape
     with mask_heads(model, masked):
-        rows = capture(model, ids, torch.ones_like(ids), torch.arange(T).expand(N, T))  # (N, L, H, T, T)
+        rows = capture(model, ids, torch.ones_like(ids), torch.arange(T).expand(N, T)).rows  # (N, L, H, T, T)
     L, H = rows.shape[1:3]
     keep = torch.ones(L, H, dtype=torch.bool)
     for l, h in masked:
@@ -116,22 +116,36 @@ def flow_attention(model, ids, masked):
     return torch.stack([m[l, keep[l]].mean(0) if keep[l].any() else torch.zeros(T, T) for l in range(L)])
 
 
+OUTPUTS = ("causal_results.json", "config.json", "head_entropy.png", "pruning.png", "attention_flow.png")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Head entropy, head pruning and attention flow on the k-th smallest task.")
     p.add_argument("--model", required=True, help="finetuned model folder")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--n-examples", type=int, default=1000, help="test lists")
-    p.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    p.add_argument("--n-examples", type=at_least_two, default=1000, help="test lists")
+    p.add_argument("--shares", type=share, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds of random masking")
     p.add_argument("--entropy-order", default="rank", choices=["rank", "position", "per_list"],
                    help="which entropy picks the heads masked in the flow case study (pruning is run for rank and position order)")
-    p.add_argument("--flow-mask-share", type=float, default=0.4, help="share of lowest-entropy heads masked in the flow case study")
+    p.add_argument("--flow-mask-share", type=share, default=0.4, help="share of lowest-entropy heads masked in the flow case study")
     p.add_argument("--flow-positions", type=int, nargs="+", default=None, help="positions of the k+1 useful numbers (rank order); default: spread over the list")
-    p.add_argument("--flow-lists", type=int, default=64)
+    p.add_argument("--flow-lists", type=positive_int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (0: all cores); lower it when another job shares the cores")
     a = p.parse_args(argv)
+    check_device(a.device)
+    a.threads = set_threads(a.threads)
+    if hasattr(a, "seeds"):
+        distinct_seeds(a.seeds)
+    with run_folder(a.out_dir, OUTPUTS):
+        return run(a)
+
+
+def run(a):
+    """The run described by the parsed arguments `a` (see main); returns its results."""
     seed_everything(a.seed)
     t0 = time.time()
     out = Path(a.out_dir)

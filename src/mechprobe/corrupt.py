@@ -28,9 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from . import logic, plots
+from . import proofwriter as pw
 from .incontext import PromptBuilder, answer_ids, encode_items, pick_demos, run_items
+from .llmprobe import add_model_args, check_llm_args, compared_layers, control_features, load
 from .probe import ProbeData, probe_f1, score
-from .utils import MechprobeError, get_logger, run_main, seed_everything, write_json
+from .utils import MechprobeError, get_logger, positive_int, run_folder, run_main, seed_everything, write_json
 
 log = get_logger()
 _FACT = re.compile(r"^(.+?) is (\w+)\.$")
@@ -186,10 +188,10 @@ def subset_study(items, feats, ctl_feats, correct_clean, correct_corr, keep, n_s
     return {"subsets": rows, "correlation": pearson_ci(x, d), "bins": binned(x, d, n_bins)}
 
 
-def main(argv=None):
-    from .llmprobe import add_model_args, compared_layers, control_features, load
-    from .probing_proofwriter import load_items
+OUTPUTS = ("corrupt_results.json", "config.json", "corrupt_negate_unused.png", "corrupt_negate_used.png", "corrupt_shuffle.png", "corrupt_insert_irrelevant.png")
 
+
+def main(argv=None):
     p = argparse.ArgumentParser(description="Corrupted ProofWriter: accuracy change against the probing score S_P2.")
     p.add_argument("--data", required=True, help="ProofWriter folder (CWA/depth-N/) or a meta-*.jsonl; needs proofs")
     p.add_argument("--generate", action="store_true", help="write synthetic theories into --data when it holds none")
@@ -203,14 +205,22 @@ def main(argv=None):
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=list(CORRUPTIONS))
     p.add_argument("--negation", default="grammatical", choices=["grammatical", "that"], help="'X is not a.' or 'That x is false.'")
-    p.add_argument("--n-subsets", type=int, default=200)
-    p.add_argument("--subset-size", type=int, default=64)
-    p.add_argument("--bins", type=int, default=5)
+    p.add_argument("--n-subsets", type=positive_int, default=200)
+    p.add_argument("--subset-size", type=positive_int, default=64)
+    p.add_argument("--bins", type=positive_int, default=5)
     add_model_args(p)
     a = p.parse_args(argv)
+    check_llm_args(a)
+    with run_folder(a.out_dir, OUTPUTS):
+        return run(a)
+
+
+def run(a):
+    """The run described by the parsed arguments `a` (see main); returns its results."""
     seed_everything(a.seeds[0])
     out = Path(a.out_dir)
-    items, pool, words, source = load_items(a)
+    items, pool, words, source = pw.load_items(a.data, a.setting, a.split, a.depth_folder, a.depths, a.max_per_group, a.skip_bad,
+                                               a.groups, a.generate, a.seeds[0], a.naf)
     if words != ["True", "False"] or items[0]["useful"] is None:
         raise MechprobeError(f"{source}: the robustness study needs ProofWriter items with proofs and True/False answers")
     if a.limit:

@@ -11,6 +11,7 @@ sorted(x)[:k+1], each position is used once, and the tree is unique.
 CLI:  python -m mechprobe.ksmallest --out data/ksmallest/min01 --k 1
 """
 import argparse
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -60,24 +61,31 @@ def single_token_numbers(tokenizer, n, max_number=100000):
     for x in range(max_number):
         a = tokenizer(str(x), add_special_tokens=False)["input_ids"]
         b = tokenizer(" " + str(x), add_special_tokens=False)["input_ids"]
-        if len(a) == 1 and len(b) == 1:
+        if _is_number_token(tokenizer, x, a) and _is_number_token(tokenizer, x, b):
             found.append(x)
             if len(found) == n:
                 return found
     raise MechprobeError(f"the tokenizer has only {len(found)} integers below {max_number} that are one token with and without a leading space; {n} were asked for")
 
 
+def _is_number_token(tokenizer, x, ids):
+    """One token, not the unknown token, and decoding it gives the number back."""
+    return len(ids) == 1 and ids[0] != tokenizer.unk_token_id and tokenizer.decode(ids).strip() == str(x)
+
+
 def check_vocab_tokens(tokenizer, vocab, source="vocabulary"):
-    """Raise naming the offenders when some number of `vocab` is not a single token both ways."""
+    """Raise naming the offenders when some number of `vocab` is not a single token both ways
+    (with and without a leading space), or is the unknown token, or does not decode back to itself."""
     bad = []
     for x in vocab:
         a = tokenizer(str(x), add_special_tokens=False)["input_ids"]
         b = tokenizer(" " + str(x), add_special_tokens=False)["input_ids"]
-        if len(a) != 1 or len(b) != 1:
+        if not (_is_number_token(tokenizer, x, a) and _is_number_token(tokenizer, x, b)):
             bad.append(x)
     if bad:
         shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
-        raise MechprobeError(f"{source}: {len(bad)} numbers are not a single token with and without a leading space: {shown}")
+        raise MechprobeError(f"{source}: {len(bad)} of {len(vocab)} numbers are not a single known token that decodes back to the number "
+                             f"(with and without a leading space): {shown}")
 
 
 def build_word_tokenizer(vocab):
@@ -102,8 +110,9 @@ def prompt_text(numbers):
 
 def answer_token_id(tokenizer, number):
     ids = tokenizer(" " + str(number), add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        raise MechprobeError(f"answer {number} is not a single token (got {len(ids)} tokens)")
+    if not _is_number_token(tokenizer, number, ids):
+        raise MechprobeError(f"answer {number} is not a single known token of this tokenizer (got {ids}, "
+                             f"decoded {tokenizer.decode(ids)!r}; unknown token id {tokenizer.unk_token_id})")
     return ids[0]
 
 
@@ -114,9 +123,14 @@ def encode_records(tokenizer, records):
     texts = [prompt_text(r["numbers"]) for r in records]
     enc = tokenizer(texts, add_special_tokens=False)["input_ids"]
     n = len(records[0]["numbers"])
+    unk = tokenizer.unk_token_id
     for i, ids in enumerate(enc):
         if len(ids) != len(records[i]["numbers"]) or len(ids) != n:
             raise MechprobeError(f"record {i}: {len(records[i]['numbers'])} numbers became {len(ids)} tokens; every number must be one token and every list must have length {n}")
+        if unk is not None and unk in ids:
+            bad = sorted({x for x, t in zip(records[i]["numbers"], ids) if t == unk})
+            raise MechprobeError(f"record {i}: the tokenizer maps the numbers {bad} to its unknown token {tokenizer.unk_token!r}; "
+                                 "use the tokenizer the model was trained with, or data drawn from its vocabulary")
     cache = {}
     ans = []
     for r in records:
@@ -133,7 +147,9 @@ def load_split(data_dir, split):
     """Read `<data_dir>/<split>.jsonl`, checking every record's fields."""
     path = Path(data_dir) / f"{split}.jsonl"
     if not Path(data_dir).is_dir():
-        raise MechprobeError(f"{data_dir}: data directory not found (generate it with python -m mechprobe.ksmallest --out {data_dir})")
+        what = "is a file, not a data directory" if Path(data_dir).exists() else "data directory not found"
+        raise MechprobeError(f"{data_dir}: {what} (generate one with python -m mechprobe.ksmallest --out {data_dir})")
+    meta_k = load_meta(data_dir).get("k") if (Path(data_dir) / "meta.json").exists() else None
     rows = []
     for line, r in iter_jsonl(path):
         if not isinstance(r, dict):
@@ -146,6 +162,8 @@ def load_split(data_dir, split):
             raise MechprobeError(f"{path}:{line}: field 'numbers' must be a non-empty list of integers")
         if not isinstance(k, int) or not 0 <= k < len(nums):
             raise MechprobeError(f"{path}:{line}: k={k} is outside the list of {len(nums)} numbers")
+        if meta_k is not None and k != meta_k:
+            raise MechprobeError(f"{path}:{line}: k={k}, but {Path(data_dir) / 'meta.json'} says k={meta_k}; the records and meta.json must agree")
         if r["answer"] != sorted(nums)[k]:
             raise MechprobeError(f"{path}:{line}: answer {r['answer']} is not the k-th smallest ({sorted(nums)[k]})")
         useful, step = gold_tree(nums, k)
@@ -165,13 +183,26 @@ def write_dataset(out, vocab, k, length=16, duplicates=True, seed=0, sizes=(1000
     out = Path(out)
     if not 0 <= k < length:
         raise MechprobeError(f"k={k} is outside the list: expected 0 <= k < {length}")
+    if len(sizes) != 3 or any(int(n) < 1 for n in sizes):
+        raise MechprobeError(f"SIZES={' '.join(map(str, sizes))}: expected three positive numbers of lists (train val test)")
+    if not vocab:
+        raise MechprobeError("the vocabulary is empty: VOCAB_SIZE must be at least 1")
+    if out.exists() and not out.is_dir():
+        raise MechprobeError(f"{out}: is a file; the dataset needs a folder")
+    if out.exists() and any(out.iterdir()):
+        raise MechprobeError(f"{out}: holds files but no meta.json (an incomplete dataset?); delete it or choose another DATA_DIR")
+    tmp = out.with_name("." + out.name + ".tmp")  # generated apart, renamed when complete
+    shutil.rmtree(tmp, ignore_errors=True)
     rng = np.random.default_rng(seed)
     for split, n in zip(("train", "val", "test"), sizes):
-        write_jsonl(out / f"{split}.jsonl", generate(vocab, n, length, k, duplicates, rng))
+        write_jsonl(tmp / f"{split}.jsonl", generate(vocab, n, length, k, duplicates, rng))
     meta = {"k": k, "length": length, "duplicates": duplicates, "seed": seed, "sizes": dict(zip(("train", "val", "test"), sizes)),
             "vocab_source": source, "vocab": [int(x) for x in vocab],
             "tree": "useful = k+1 smallest by (value, position); step = rank; others step -1"}
-    write_json(out / "meta.json", meta)  # written last: its presence marks a complete dataset
+    write_json(tmp / "meta.json", meta)
+    if out.exists():
+        out.rmdir()  # empty (checked above)
+    tmp.rename(out)
     return meta
 
 

@@ -11,9 +11,9 @@ import numpy as np
 
 from . import plots
 from .incontext import answer_ids, encode_items, run_items
-from .models import attention_modules, load_model, load_tokenizer, random_control
+from .models import attention_modules, load_model, load_tokenizer, model_device, random_control
 from .probe import ProbeData, run_probe
-from .utils import MechprobeError, get_logger
+from .utils import MechprobeError, at_least_two, check_device, distinct_seeds, get_logger, nonneg_int, set_threads
 
 log = get_logger()
 
@@ -25,17 +25,26 @@ def add_model_args(p):
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (shard over all visible GPUs)")
     g.add_argument("--load-in-8bit", action="store_true", help="8-bit weights via bitsandbytes")
     g.add_argument("--trust-remote-code", action="store_true")
-    g.add_argument("--control-layers", type=int, default=0, help="build the random-init control with only this many layers and compare only those layers (0: all)")
+    g.add_argument("--control-layers", type=nonneg_int, default=0, help="build the random-init control with only this many layers and compare only those layers (0: all)")
     g = p.add_argument_group("probe")
-    g.add_argument("--n-demos", type=int, default=4, help="in-context demonstrations")
-    g.add_argument("--limit", type=int, default=0, help="use only the first N items (0: all) - try a few first")
+    g.add_argument("--n-demos", type=nonneg_int, default=4, help="in-context demonstrations")
+    g.add_argument("--limit", type=nonneg_int, default=0, help="use only the first N items (0: all) - try a few first")
     g.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="random-init controls, fold splits, demonstrations")
-    g.add_argument("--folds", type=int, default=2)
+    g.add_argument("--folds", type=at_least_two, default=2)
     g.add_argument("--query-pool", default="mean", choices=["mean", "max", "last"], help="pooling over the question tokens (same for model and control)")
     g.add_argument("--normalize", default="none", choices=["none", "max"])
-    g.add_argument("--batch-size", type=int, default=0, help="prompts per batch (0: sized to the free memory)")
+    g.add_argument("--batch-size", type=nonneg_int, default=0, help="prompts per batch (0: sized to the free memory)")
+    g.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (0: all cores); lower it when another job shares the cores")
     g.add_argument("--out-dir", required=True)
     return p
+
+
+def check_llm_args(a):
+    """Checks argparse cannot make: distinct seeds, a usable device; sets the threads."""
+    distinct_seeds(a.seeds)
+    if a.device != "auto":
+        check_device(a.device)
+    a.threads = set_threads(a.threads)
 
 
 def load(a, texts_for_tiny, out):
@@ -71,10 +80,16 @@ def control_features(a, model, enc, word_ids):
     return feats
 
 
-def _probe_subset(feats, ctl_feats, items, idx, seeds, folds):
+def probe_device(model):
+    """Where the kNN runs: the model's GPU when it has one, else the CPU."""
+    dev = model_device(model)
+    return str(dev) if dev.type == "cuda" else "cpu"
+
+
+def _probe_subset(feats, ctl_feats, items, idx, seeds, folds, device="cpu"):
     data = ProbeData([feats[i] for i in idx], [items[i]["useful"] for i in idx], [items[i]["step"] for i in idx])
     ctls = [ProbeData([cf[i] for i in idx], [items[i]["useful"] for i in idx], [items[i]["step"] for i in idx]) for cf in ctl_feats]
-    return run_probe(data, ctls, seeds, folds)
+    return run_probe(data, ctls, seeds, folds, device=device)
 
 
 def probe_items(a, tok, model, items, demos, builder, words, source, by=("group", "depth")):
@@ -114,7 +129,7 @@ def probe_items(a, tok, model, items, demos, builder, words, source, by=("group"
     for name, idx in groups.items():
         sub = {"n_items": len(idx), "accuracy": acc(idx)}
         if has_tree and len(idx) >= 4:
-            sub.update(_probe_subset(feats, ctl_feats, items, idx, a.seeds, a.folds))
+            sub.update(_probe_subset(feats, ctl_feats, items, idx, a.seeds, a.folds, probe_device(model)))
         elif has_tree:
             sub["probe"] = {"undefined": f"only {len(idx)} items"}
         res["subsets"][name] = sub

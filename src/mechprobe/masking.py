@@ -41,7 +41,7 @@ def mask_heads(model, heads):
                     x[..., h * D:(h + 1) * D] = 0
                 return (x, *args[1:])
 
-            handles.append(output_projection(mods[l][1]).register_forward_pre_hook(pre_hook))
+            handles.append(output_projection(mods[l][1], getattr(model.config, "model_type", None)).register_forward_pre_hook(pre_hook))
         yield
     finally:
         for h in handles:

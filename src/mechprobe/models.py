@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .utils import MechprobeError
+from .utils import MechprobeError, check_device, get_logger
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
@@ -39,7 +39,7 @@ def load_tokenizer(path):
 
     _check_dir(path, "tokenizer")
     try:
-        tok = AutoTokenizer.from_pretrained(str(path))
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds
         raise MechprobeError(f"{path}: could not load a tokenizer ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if tok.pad_token is None:
@@ -54,6 +54,8 @@ def load_model(path, dtype="float32", device="cpu", load_in_8bit=False, trust_re
     """
     from transformers import AutoModelForCausalLM
 
+    if device != "auto":
+        check_device(device)
     _check_dir(path, "model")
     if dtype not in DTYPES:
         raise MechprobeError(f"dtype {dtype!r} not supported; expected one of float32, bfloat16, float16")
@@ -70,7 +72,7 @@ def load_model(path, dtype="float32", device="cpu", load_in_8bit=False, trust_re
     elif device == "auto":
         kw["device_map"] = "auto"
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, **kw)
     except Exception as e:  # noqa: BLE001
         raise MechprobeError(f"{path}: could not load the model ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
     if "device_map" not in kw:
@@ -116,20 +118,53 @@ def random_control(model, seed=0, num_layers=None):
     return ctl.to(model_device(model)).eval()
 
 
+# Per architecture (config.model_type): the self-attention module of layer i, and the name of its
+# output projection (whose input is the concatenation of the heads' outputs). Covered by tests.
+ARCHITECTURES = {
+    "gpt2": ("transformer.h.{i}.attn", "c_proj"),
+    "llama": ("model.layers.{i}.self_attn", "o_proj"),
+    "mistral": ("model.layers.{i}.self_attn", "o_proj"),
+    "qwen2": ("model.layers.{i}.self_attn", "o_proj"),
+    "qwen3": ("model.layers.{i}.self_attn", "o_proj"),
+    "gemma": ("model.layers.{i}.self_attn", "o_proj"),
+    "gpt_oss": ("model.layers.{i}.self_attn", "o_proj"),
+    "gpt_neox": ("gpt_neox.layers.{i}.attention", "dense"),
+}
 OUT_PROJ_NAMES = ("o_proj", "c_proj", "out_proj", "dense")
 
 
+def _num_layers(cfg):
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if getattr(cfg, key, None) is not None:
+            return int(getattr(cfg, key))
+    return None
+
+
 def attention_modules(model):
-    """The self-attention modules of a decoder, ordered by layer: list of (name, module)."""
+    """The self-attention modules of a decoder, ordered by layer: list of (name, module).
+
+    Found through ARCHITECTURES by the config's model_type; for another architecture, guessed
+    from the class names (modules named *Attention with an output projection), and logged."""
+    mt = getattr(model.config, "model_type", None)
+    n = _num_layers(model.config)
+    if mt in ARCHITECTURES and n is not None:
+        path, _ = ARCHITECTURES[mt]
+        try:
+            model.get_submodule(path.format(i=0))
+        except AttributeError:  # a base model without the LM head's wrapper: no first component
+            path = path.split(".", 1)[1]
+        return [(path.format(i=i), model.get_submodule(path.format(i=i))) for i in range(n)]
     found = []
     for name, m in model.named_modules():
         cls = type(m).__name__
         if cls.endswith("Attention") and any(hasattr(m, o) for o in OUT_PROJ_NAMES) and getattr(m, "is_cross_attention", False) is False:
             found.append((name, m))
     if not found:
-        raise MechprobeError(f"{type(model).__name__}: no self-attention modules found (expected modules named *Attention with an output projection)")
+        raise MechprobeError(f"{type(model).__name__}: no self-attention modules found (model_type {mt!r} is not in models.ARCHITECTURES, "
+                             "and no module is named *Attention with an output projection)")
     if all(getattr(m, "layer_idx", None) is not None for _, m in found):
         found.sort(key=lambda nm: nm[1].layer_idx)
+    get_logger().info("model_type %r is not in models.ARCHITECTURES: attention modules guessed from class names (%s ...)", mt, found[0][0])
     return found
 
 
@@ -138,7 +173,10 @@ def num_heads(model):
     return getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
 
 
-def output_projection(attn):
+def output_projection(attn, model_type=None):
+    """The output projection of an attention module (by ARCHITECTURES, else the usual names)."""
+    if model_type in ARCHITECTURES:
+        return getattr(attn, ARCHITECTURES[model_type][1])
     for o in OUT_PROJ_NAMES:
         if hasattr(attn, o):
             return getattr(attn, o)

@@ -10,9 +10,13 @@ from pathlib import Path
 from . import arc
 from .incontext import PromptBuilder, pick_demos
 from .llmprobe import add_model_args, load, probe_items, report
-from .utils import MechprobeError, get_logger, run_main, seed_everything, write_json
+from .llmprobe import check_llm_args
+from .utils import MechprobeError, get_logger, run_folder, run_main, seed_everything, write_json
 
 log = get_logger()
+
+
+OUTPUTS = ("probe_results.json", "config.json", "probe_by_depth.png", "probe_by_layer.png", "accuracy_by_depth.png")
 
 
 def main(argv=None):
@@ -23,6 +27,13 @@ def main(argv=None):
     p.add_argument("--max-depth", type=int, default=2, help="keep items whose proof depth is at most this")
     add_model_args(p)
     a = p.parse_args(argv)
+    check_llm_args(a)
+    with run_folder(a.out_dir, OUTPUTS):
+        return run(a)
+
+
+def run(a):
+    """The run described by the parsed arguments `a` (see main); returns its results."""
     seed_everything(a.seeds[0])
     out = Path(a.out_dir)
     fmt = a.format

@@ -17,7 +17,7 @@ from .capture import capture
 from .features import statement_features
 from .models import load_model, load_tokenizer, random_control
 from .probe import ProbeData, run_probe
-from .utils import MechprobeError, get_logger, run_main, seed_everything, write_json
+from .utils import MechprobeError, at_least_two, check_device, distinct_seeds, get_logger, nonneg_int, positive_int, run_folder, run_main, seed_everything, set_threads, write_json
 
 log = get_logger()
 
@@ -83,6 +83,9 @@ def fmt(s):
     return f"{s['mean']:.3f} ± {s['std']:.3f}" if "mean" in s else f"undefined ({s['undefined']})"
 
 
+OUTPUTS = ("probe_results.json", "config.json", "probe_by_layer.png", "probe_by_k.png")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="MechanisticProbe on GPT-2 models finetuned on the k-th smallest task.")
     p.add_argument("--models", nargs="+", required=True, help="finetuned model folders (one per k)")
@@ -90,16 +93,27 @@ def main(argv=None):
     p.add_argument("--pretrained", default="", help="optional pretrained-not-finetuned model folder (second reference)")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--n-examples", type=int, default=1024, help="test lists to probe")
+    p.add_argument("--n-examples", type=at_least_two, default=1024, help="test lists to probe")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the random-init controls and the folds")
-    p.add_argument("--folds", type=int, default=2, help="cross-validation folds, grouped by example")
+    p.add_argument("--folds", type=at_least_two, default=2, help="cross-validation folds, grouped by example")
     p.add_argument("--normalize", default="max", choices=["max", "none"], help="divide each example's matrix by its max (as the paper)")
     p.add_argument("--per-head", action="store_true", help="per-head features instead of the head average")
     p.add_argument("--p2-labels", default="answer", choices=["answer", "rank"],
                    help="P2 classes: answer = the answer vs the other useful numbers (the original's two classes); rank = each useful number's rank (k+1 classes); the same at k = 1")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (0: all cores); lower it when another job shares the cores")
     a = p.parse_args(argv)
+    check_device(a.device)
+    a.threads = set_threads(a.threads)
+    if hasattr(a, "seeds"):
+        distinct_seeds(a.seeds)
+    with run_folder(a.out_dir, OUTPUTS):
+        return run(a)
+
+
+def run(a):
+    """The run described by the parsed arguments `a` (see main); returns its results."""
     if len(a.models) != len(a.data_dirs):
         raise MechprobeError(f"{len(a.models)} models but {len(a.data_dirs)} data directories: give one data directory per model")
     seed_everything(a.seeds[0])

@@ -11,35 +11,13 @@ from pathlib import Path
 from . import proofwriter as pw
 from .incontext import PromptBuilder, pick_demos
 from .llmprobe import add_model_args, load, probe_items, report
-from .utils import MechprobeError, get_logger, run_main, seed_everything, write_json
+from .llmprobe import check_llm_args
+from .utils import get_logger, run_folder, run_main, seed_everything, write_json
 
 log = get_logger()
 
 
-def load_items(a):
-    """(items, demo pool, answer words, source name)."""
-    path = Path(a.data)
-    if path.suffix == ".json":
-        items = pw.read_logic_llm(path)
-        words = ["True", "False", "Unknown"] if any(it["answer"] == "Unknown" for it in items) else ["True", "False"]
-        return items, items, words, str(path)
-    if path.suffix == ".jsonl":
-        metas, trains = [path], []
-    else:
-        if not (path / a.setting).is_dir():
-            if not a.generate:
-                raise MechprobeError(f"{path}: no {a.setting}/depth-N/ folder; point DATA at a ProofWriter release, or set GENERATE=1 to write synthetic theories there")
-            from .proofwriter_gen import generate
-
-            log.info("%s holds no ProofWriter data: generating synthetic theories (max depth %d)", path, max(a.depths))
-            generate(path, max(a.depths), seed=a.seeds[0], naf=getattr(a, "naf", False))
-        metas = pw.find_metas(path, a.split, a.setting, a.depth_folder)
-        trains = [m.with_name("meta-train.jsonl") for m in metas if m.name != "meta-train.jsonl"]
-        trains = [t for t in trains if t.exists()]
-    items = pw.read_meta(metas, tuple(a.depths), a.max_per_group, a.skip_bad, groups=a.groups)
-    log.info("read %d questions from %s", len(items), ", ".join(str(m) for m in metas))
-    pool = pw.read_meta(trains, tuple(a.depths), a.max_per_group, True, groups=a.groups) if trains else items
-    return items, pool, ["True", "False"], ", ".join(str(m) for m in metas)
+OUTPUTS = ("probe_results.json", "config.json", "accuracy_by_group.png", "accuracy_by_depth.png", "probe_by_group.png", "probe_by_depth.png", "probe_by_layer.png")
 
 
 def main(argv=None):
@@ -53,11 +31,20 @@ def main(argv=None):
     p.add_argument("--groups", type=int, nargs="*", default=None, help="numbers of statements kept (default: all)")
     p.add_argument("--max-per-group", type=int, default=1024)
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) malformed questions instead of stopping")
+    p.add_argument("--naf", action="store_true", help="generated theories get rules with negated conditions (negation as failure)")
     add_model_args(p)
     a = p.parse_args(argv)
+    check_llm_args(a)
+    with run_folder(a.out_dir, OUTPUTS):
+        return run(a)
+
+
+def run(a):
+    """The run described by the parsed arguments `a` (see main); returns its results."""
     seed_everything(a.seeds[0])
     out = Path(a.out_dir)
-    items, pool, words, source = load_items(a)
+    items, pool, words, source = pw.load_items(a.data, a.setting, a.split, a.depth_folder, a.depths, a.max_per_group, a.skip_bad,
+                                               a.groups, a.generate, a.seeds[0], a.naf)
     if a.limit:
         items = items[: a.limit]
     demos = pick_demos(items, a.n_demos, a.seeds[0], pool)

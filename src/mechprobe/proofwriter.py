@@ -242,6 +242,37 @@ def find_metas(data_dir, split, setting="CWA", depth=None):
     return [f for _, f in sorted(found)]
 
 
+def load_items(data, setting="CWA", split="test", depth_folder=None, depths=(0, 1), max_per_group=1024, skip_bad=False, groups=None,
+               generate=False, seed=0, naf=False):
+    """(items, demonstration pool, answer words, source) from a ProofWriter folder (every
+    `<setting>/depth-N/meta-<split>.jsonl`, or only depth-`depth_folder`), one meta-*.jsonl, or
+    Logic-LLM's processed .json (accuracy only). With generate=True an empty folder first gets
+    synthetic theories (proofwriter_gen). The pool comes from the matching meta-train.jsonl files."""
+    path = Path(data)
+    if path.suffix == ".json":
+        items = read_logic_llm(path)
+        words = ["True", "False", "Unknown"] if any(it["answer"] == "Unknown" for it in items) else ["True", "False"]
+        return items, items, words, str(path)
+    if path.suffix == ".jsonl":
+        metas, trains = [path], []
+    else:
+        if path.exists() and not path.is_dir():
+            raise MechprobeError(f"{path}: is a file; expected a ProofWriter folder, a meta-*.jsonl or Logic-LLM's .json")
+        if not (path / setting).is_dir():
+            if not generate:
+                raise MechprobeError(f"{path}: no {setting}/depth-N/ folder; point DATA at a ProofWriter release, or set GENERATE=1 to write synthetic theories there")
+            from .proofwriter_gen import generate as gen
+
+            log.info("%s holds no ProofWriter data: generating synthetic theories (max depth %d%s)", path, max(depths), ", NAF rules" if naf else "")
+            gen(path, max(depths), seed=seed, naf=naf)
+        metas = find_metas(path, split, setting, depth_folder)
+        trains = [t for t in (m.with_name("meta-train.jsonl") for m in metas if m.name != "meta-train.jsonl") if t.exists()]
+    items = read_meta(metas, tuple(depths), max_per_group, skip_bad, groups=groups)
+    log.info("read %d questions from %s", len(items), ", ".join(str(m) for m in metas))
+    pool = read_meta(trains, tuple(depths), max_per_group, True, groups=groups) if trains else items
+    return items, pool, ["True", "False"], ", ".join(str(m) for m in metas)
+
+
 # ------------------------------------------------------------- processed variant (no proofs)
 
 _LL_ANSWER = {"A": "True", "B": "False", "C": "Unknown"}
