@@ -12,7 +12,7 @@ SHARES=${SHARES:-"0 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9"}
 SEEDS=${SEEDS:-"0 1 2 3 4"}                   # random masking seeds
 ENTROPY_ORDER=${ENTROPY_ORDER:-rank}          # rank | position | per_list: which entropy orders heads
 FLOW_MASK_SHARE=${FLOW_MASK_SHARE:-0.4}       # lowest-entropy heads masked in the flow case study
-FLOW_POSITIONS=${FLOW_POSITIONS:-"3 12"}      # where the k+1 useful numbers are put (smallest first)
+FLOW_POSITIONS=${FLOW_POSITIONS:-}            # where the k+1 useful numbers are put (smallest first); empty: spread (3 12 for k=1)
 DEVICE=${DEVICE:-cpu}
 THREADS=${THREADS:-0}  # torch threads (0: all cores); lower it when another job shares the cores
 

@@ -28,17 +28,20 @@ THREADS=${THREADS:-0}  # torch threads (0: all cores); lower it when another job
 LOAD_IN_8BIT=${LOAD_IN_8BIT:-0}
 CONTROL_LAYERS=${CONTROL_LAYERS:-0}                  # 0: the control has all the model's layers
 BATCH_SIZE=${BATCH_SIZE:-0}
+CACHE_DIR=${CACHE_DIR:-runs/feature_cache}  # captured features kept here; a rerun that changes only the probe does no forward pass
+CACHE=${CACHE:-1}                         # 0: capture again (--no-cache)
 OUT_DIR=${OUT_DIR:-runs/corrupt_proofwriter}
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 flags=()
-[ "$GENERATE" = 1 ] && flags+=(--generate)
+[ "$CACHE" = 0 ] && flags+=(--no-cache)
+if [ "$GENERATE" = 1 ]; then flags+=(--generate); else flags+=(--no-generate); fi
 [ "$SKIP_BAD" = 1 ] && flags+=(--skip-bad)
 [ "$NAF" = 1 ] && flags+=(--naf)
 [ "$LOAD_IN_8BIT" = 1 ] && flags+=(--load-in-8bit)
 [ -n "$DEPTH_FOLDER" ] && flags+=(--depth-folder "$DEPTH_FOLDER")
 python -m mechprobe.corrupt --data "$DATA" --split "$SPLIT" --depths $DEPTHS --corruptions $CORRUPTIONS --negation "$NEGATION" \
   --n-subsets "$N_SUBSETS" --subset-size "$SUBSET_SIZE" --bins "$BINS" --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" \
-  --seeds $SEEDS --dtype "$DTYPE" --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" --batch-size "$BATCH_SIZE" --out-dir "$OUT_DIR" "${flags[@]}"
+  --seeds $SEEDS --dtype "$DTYPE" --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" --batch-size "$BATCH_SIZE" --cache-dir "$CACHE_DIR" --out-dir "$OUT_DIR" "${flags[@]}"
 echo "outputs: $OUT_DIR (corrupt_results.json, config.json, corrupt_<corruption>.png)"

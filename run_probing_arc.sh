@@ -19,14 +19,17 @@ THREADS=${THREADS:-0}  # torch threads (0: all cores); lower it when another job
 LOAD_IN_8BIT=${LOAD_IN_8BIT:-0}
 CONTROL_LAYERS=${CONTROL_LAYERS:-0}
 BATCH_SIZE=${BATCH_SIZE:-0}
+CACHE_DIR=${CACHE_DIR:-runs/feature_cache}  # captured features kept here; a rerun that changes only the probe does no forward pass
+CACHE=${CACHE:-1}                         # 0: capture again (--no-cache)
 OUT_DIR=${OUT_DIR:-runs/probing_arc}
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 flags=()
+[ "$CACHE" = 0 ] && flags+=(--no-cache)
 [ "$LOAD_IN_8BIT" = 1 ] && flags+=(--load-in-8bit)
 [ -n "$DEMO_DATA" ] && flags+=(--demo-data "$DEMO_DATA")
 python -m mechprobe.probing_arc --data "$DATA" --max-depth "$MAX_DEPTH" --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" \
   --seeds $SEEDS --query-pool "$QUERY_POOL" --dtype "$DTYPE" --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" \
-  --batch-size "$BATCH_SIZE" --out-dir "$OUT_DIR" "${flags[@]}"
+  --batch-size "$BATCH_SIZE" --cache-dir "$CACHE_DIR" --out-dir "$OUT_DIR" "${flags[@]}"
 echo "outputs: $OUT_DIR (probe_results.json, config.json, probe_by_depth.png, probe_by_layer.png)"

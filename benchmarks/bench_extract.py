@@ -11,6 +11,7 @@ the peak resident memory (VmHWM, reset before the forward) during the forward, e
 a fresh process, with output_attentions=True against capture.
 Last line: speedup_vs_naive=<x> overhead_vs_forward=<y> memory_ratio=<z>
 """
+
 import argparse
 import json
 import os
@@ -53,16 +54,18 @@ def speed(n_lists, batch_size, repeat):
     def naive():
         out = []
         for i in range(n_lists):
-            att = model(input_ids=ids[i:i + 1], output_attentions=True).attentions
+            att = model(input_ids=ids[i : i + 1], output_attentions=True).attentions
             out.append(torch.stack([a[0, :, -1] for a in att]))
         return torch.stack(out)
 
     def ours():
-        return torch.cat([capture(model, ids[s:s + batch_size], mask, q).rows[:, :, :, 0] for s in range(0, n_lists, batch_size)])
+        return torch.cat(
+            [capture(model, ids[s : s + batch_size], mask, q).rows[:, :, :, 0] for s in range(0, n_lists, batch_size)]
+        )
 
     def forward():
         for s in range(0, n_lists, batch_size):
-            model(input_ids=ids[s:s + batch_size], attention_mask=mask, logits_to_keep=1)
+            model(input_ids=ids[s : s + batch_size], attention_mask=mask, logits_to_keep=1)
 
     a, b = naive(), ours()  # warm-up, and the two must agree
     assert torch.allclose(a, b, atol=1e-5), "capture differs from output_attentions"
@@ -102,8 +105,15 @@ def memory_child(mode, T, layers, heads, hidden):
     from mechprobe.capture import capture
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=1000, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=T)
+    cfg = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=T,
+    )
     model = LlamaForCausalLM._from_config(cfg, attn_implementation="eager").eval()
     ids = torch.randint(0, 1000, (1, T))
     model(input_ids=ids[:, :8])
@@ -122,8 +132,25 @@ def memory_child(mode, T, layers, heads, hidden):
 def memory(T, layers, heads, hidden):
     res = {}
     for mode in ("output_attentions", "capture", "hooks"):
-        out = subprocess.run([sys.executable, __file__, "--memory-child", mode, "--T", str(T), "--layers", str(layers),
-                              "--heads", str(heads), "--hidden", str(hidden)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                mode,
+                "--T",
+                str(T),
+                "--layers",
+                str(layers),
+                "--heads",
+                str(heads),
+                "--hidden",
+                str(hidden),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
     return res
 
@@ -143,13 +170,21 @@ def main():
         return memory_child(a.memory_child, a.T, a.layers, a.heads, a.hidden)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     t_naive, t_ours, t_fwd = speed(a.lists, a.batch_size, a.repeat)
-    print(f"GPT-2 small, {a.lists} lists x 16 tokens: naive loop {t_naive:.2f} s, capture {t_ours:.2f} s, plain forward {t_fwd:.2f} s")
+    print(
+        f"GPT-2 small, {a.lists} lists x 16 tokens: naive loop {t_naive:.2f} s, capture {t_ours:.2f} s, plain "
+        f"forward {t_fwd:.2f} s"
+    )
     mem = memory(a.T, a.layers, a.heads, a.hidden)
-    print(f"LLaMA config ({a.layers} layers, {a.heads} heads, {a.hidden} wide), {a.T} tokens, 8 query rows: "
-          f"peak growth output_attentions {mem['output_attentions']['delta_mb']:.0f} MiB, capture {mem['capture']['delta_mb']:.0f} MiB "
-          f"(hooks method: {mem['hooks']['delta_mb']:.0f} MiB)")
-    print(f"speedup_vs_naive={t_naive / t_ours:.2f} overhead_vs_forward={t_ours / t_fwd:.2f} "
-          f"memory_ratio={mem['capture']['delta_mb'] / mem['output_attentions']['delta_mb']:.3f}")
+    print(
+        f"LLaMA config ({a.layers} layers, {a.heads} heads, {a.hidden} wide), {a.T} tokens, 8 query rows: "
+        f"peak growth output_attentions {mem['output_attentions']['delta_mb']:.0f} MiB, capture "
+        f"{mem['capture']['delta_mb']:.0f} MiB "
+        f"(hooks method: {mem['hooks']['delta_mb']:.0f} MiB)"
+    )
+    print(
+        f"speedup_vs_naive={t_naive / t_ours:.2f} overhead_vs_forward={t_ours / t_fwd:.2f} "
+        f"memory_ratio={mem['capture']['delta_mb'] / mem['output_attentions']['delta_mb']:.3f}"
+    )
 
 
 if __name__ == "__main__":

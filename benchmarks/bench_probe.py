@@ -19,6 +19,7 @@ path only (the sklearn path would take hours).
 Peak memory: growth of the process's peak resident set (VmHWM, reset before) during the new path.
 Last line: probe_speedup_vs_sklearn=X single_curve_speedup=Y peak_mib=Z
 """
+
 import argparse
 import os
 import sys
@@ -111,7 +112,7 @@ def sklearn_part(X, y, folds, sels):
 
 def tasks(data):
     """(X, y, folds) of P1 and P2 for one dataset."""
-    from mechprobe.probe import group_folds
+    from mechprobe.probing import group_folds
 
     X, useful, step, group = data
     u = useful == 1
@@ -123,7 +124,11 @@ def run_sklearn(datasets, L):
     preds = []
     for data in datasets:
         for X, y, folds in tasks(data):
-            for part, sels in (("all", [list(range(L))]), ("single", [[l] for l in range(L)]), ("cumulative", [list(range(l + 1)) for l in range(L)])):
+            for part, sels in (
+                ("all", [list(range(L))]),
+                ("single", [[l] for l in range(L)]),
+                ("cumulative", [list(range(l + 1)) for l in range(L)]),
+            ):
                 t0 = time.perf_counter()
                 p = sklearn_part(X, y, folds, sels)
                 t[part] += time.perf_counter() - t0
@@ -159,7 +164,7 @@ def run_new(datasets, L, device):
 
 
 def paper_scale(make, L, device):
-    from mechprobe.probe import ProbeData, run_probe
+    from mechprobe.probing import ProbeData, run_probe
 
     n = 131072
     seeds = [0, 1, 2]
@@ -176,7 +181,9 @@ def paper_scale(make, L, device):
         idx = np.flatnonzero(sizes == G) if G is not None else np.flatnonzero(~np.isin(sizes, GROUPS))
         if len(idx) < 4:
             idx = np.arange(k, len(feats), 8)
-        sub = lambda d: ProbeData([d.X[d.group == i] for i in idx], [d.useful[d.group == i] for i in idx], [d.step[d.group == i] for i in idx])  # noqa: E731
+        sub = lambda d: ProbeData(
+            [d.X[d.group == i] for i in idx], [d.useful[d.group == i] for i in idx], [d.step[d.group == i] for i in idx]
+        )  # noqa: E731
         run_probe(sub(model), [sub(c) for c in ctls], seeds, device=device)
     return time.perf_counter() - t0
 
@@ -186,22 +193,32 @@ def main():
     p.add_argument("--n", type=int, default=65536, help="statements")
     p.add_argument("--layers", type=int, default=32)
     p.add_argument("--kind", default="structured", choices=["structured", "uniform"])
-    p.add_argument("--features", default="", help="captured features (.npz) resampled to the size instead of synthetic ones")
+    p.add_argument(
+        "--features", default="", help="captured features (.npz) resampled to the size instead of synthetic ones"
+    )
     p.add_argument("--skip-sklearn", action="store_true")
-    p.add_argument("--paper-scale", action="store_true", help="131,072 statements, 3 seeds, curves, 8 subsets: new path only")
+    p.add_argument(
+        "--paper-scale", action="store_true", help="131,072 statements, 3 seeds, curves, 8 subsets: new path only"
+    )
     p.add_argument("--device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu")
     a = p.parse_args()
     import torch
 
     if a.device == "cuda" and not torch.cuda.is_available():
         a.device = "cpu"
-    make = (lambda n, L, s: from_file(a.features, n, L, s)) if a.features else {"structured": structured, "uniform": uniform}[a.kind]
+    make = (
+        (lambda n, L, s: from_file(a.features, n, L, s))
+        if a.features
+        else {"structured": structured, "uniform": uniform}[a.kind]
+    )
     print(f"device {a.device}, {torch.get_num_threads()} threads, features {a.features or a.kind}", flush=True)
     if a.paper_scale:
         peak_reset()
         base = peak_mib()
         sec = paper_scale(make, a.layers, a.device)
-        print(f"paper scale (131,072 statements x {a.layers} layers, 3 seeds, curves, 8 subsets), new path: {sec:.1f} s")
+        print(
+            f"paper scale (131,072 statements x {a.layers} layers, 3 seeds, curves, 8 subsets), new path: {sec:.1f} s"
+        )
         print(f"probe_speedup_vs_sklearn=nan single_curve_speedup=nan peak_mib={peak_mib() - base:.0f}")
         return
     model = make(a.n, a.layers, 0)
@@ -212,17 +229,27 @@ def main():
     t_new, p_new = run_new(datasets, a.layers, a.device)
     peak = peak_mib() - base
     tot_new = t_new["single"] + t_new["cumulative"]  # the cumulative curve's last point is the all-layers probe
-    print(f"new     ({a.n} statements x {a.layers} layers, model + control, P1 + P2, 2 folds): all-layers {t_new['all']:.1f} s, "
-          f"single curves {t_new['single']:.1f} s, cumulative curves {t_new['cumulative']:.1f} s; total {tot_new:.1f} s", flush=True)
+    print(
+        f"new     ({a.n} statements x {a.layers} layers, model + control, P1 + P2, 2 folds): all-layers "
+        f"{t_new['all']:.1f} s, "
+        f"single curves {t_new['single']:.1f} s, cumulative curves {t_new['cumulative']:.1f} s; total {tot_new:.1f} s",
+        flush=True,
+    )
     if a.skip_sklearn:
         print(f"probe_speedup_vs_sklearn=nan single_curve_speedup=nan peak_mib={peak:.0f}")
         return
     t_sk, p_sk = run_sklearn(datasets, a.layers)
     tot_sk = sum(t_sk.values())
     diff = sum(int((x != y).sum()) for x, y in zip(p_new, p_sk))
-    print(f"sklearn: all-layers {t_sk['all']:.1f} s, single curves {t_sk['single']:.1f} s, cumulative curves {t_sk['cumulative']:.1f} s; "
-          f"total {tot_sk:.1f} s; all-layers predictions that differ: {diff} of {sum(len(x) for x in p_sk)}")
-    print(f"probe_speedup_vs_sklearn={tot_sk / tot_new:.2f} single_curve_speedup={t_sk['single'] / t_new['single']:.1f} peak_mib={peak:.0f}")
+    print(
+        f"sklearn: all-layers {t_sk['all']:.1f} s, single curves {t_sk['single']:.1f} s, cumulative curves "
+        f"{t_sk['cumulative']:.1f} s; "
+        f"total {tot_sk:.1f} s; all-layers predictions that differ: {diff} of {sum(len(x) for x in p_sk)}"
+    )
+    print(
+        f"probe_speedup_vs_sklearn={tot_sk / tot_new:.2f} "
+        f"single_curve_speedup={t_sk['single'] / t_new['single']:.1f} peak_mib={peak:.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,16 @@ def tiny_gpt2(vocab_size=40, n_layer=2, n_head=2, n_embd=16, seed=0):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=vocab_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd, n_positions=128,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        vocab_size=vocab_size,
+        n_layer=n_layer,
+        n_head=n_head,
+        n_embd=n_embd,
+        n_positions=128,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     return GPT2LMHeadModel._from_config(cfg, attn_implementation="eager").eval()
 
 
@@ -32,8 +40,15 @@ def tiny_llama(vocab_size=64, layers=2, heads=4, kv_heads=2, hidden=32, seed=0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=512,
+    )
     return LlamaForCausalLM._from_config(cfg, attn_implementation="eager").eval()
 
 
@@ -54,14 +69,29 @@ def tiny_decoder(kind, seed=0, sharpen=1.0):
     import transformers as tf
 
     torch.manual_seed(seed)
-    common = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=512)
+    common = dict(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     cfg, cls = {
         "llama": (tf.LlamaConfig(**common), tf.LlamaForCausalLM),
         "mistral": (tf.MistralConfig(**common, sliding_window=4), tf.MistralForCausalLM),
         "qwen2": (tf.Qwen2Config(**common), tf.Qwen2ForCausalLM),
-        "gpt_oss": (tf.GptOssConfig(**{**common, "intermediate_size": 32}, head_dim=8, num_local_experts=4, num_experts_per_tok=2,
-                                    sliding_window=4), tf.GptOssForCausalLM),
+        "gpt_oss": (
+            tf.GptOssConfig(
+                **{**common, "intermediate_size": 32},
+                head_dim=8,
+                num_local_experts=4,
+                num_experts_per_tok=2,
+                sliding_window=4,
+            ),
+            tf.GptOssForCausalLM,
+        ),
     }[kind]
     model = cls._from_config(cfg, attn_implementation="eager").eval()
     with torch.no_grad():

@@ -21,7 +21,9 @@ def test_graph_errors():
     with pytest.raises(ValueError, match="int7 is neither"):
         arc.steps_from_edges(arc.parse_steps("sent1 & int7 -> hypothesis;"), {"sent1"}, "hypothesis")
     with pytest.raises(ValueError, match="cycle"):
-        arc.steps_from_edges([(["int2"], "int1"), (["int1"], "int2"), (["int1"], "hypothesis")], {"sent1"}, "hypothesis")
+        arc.steps_from_edges(
+            [(["int2"], "int1"), (["int1"], "int2"), (["int1"], "hypothesis")], {"sent1"}, "hypothesis"
+        )
     with pytest.raises(ValueError, match="not 'a & b -> intN"):
         arc.parse_steps("sent1 sent2 hypothesis")
 
@@ -37,7 +39,9 @@ def test_every_real_record_parses_into_a_consistent_tree(task, split):
     for it, line in zip(items, open(path)):
         r = json.loads(line)
         steps = arc.parse_steps(r["proof"])
-        assert {p for prem, _ in steps for p in prem if p.startswith("sent")} <= set(r["meta"]["triples"])  # premises are sentences
+        assert {p for prem, _ in steps for p in prem if p.startswith("sent")} <= set(
+            r["meta"]["triples"]
+        )  # premises are sentences
         by_concl = dict((c, prem) for prem, c in steps)
         used, todo = set(), ["hypothesis"]
         while todo:  # walk back from the hypothesis
@@ -67,8 +71,18 @@ def test_duplicate_ids_reported_not_fatal(caplog):
 
 def test_entailment_bank_errors(tmp_path):
     f = tmp_path / "t.jsonl"
-    f.write_text(json.dumps({"id": "q1", "question": "?", "answer": "a", "proof": "sent1 & int3 -> hypothesis; ",
-                             "meta": {"triples": {"sent1": "x"}}}) + "\n")
+    f.write_text(
+        json.dumps(
+            {
+                "id": "q1",
+                "question": "?",
+                "answer": "a",
+                "proof": "sent1 & int3 -> hypothesis; ",
+                "meta": {"triples": {"sent1": "x"}},
+            }
+        )
+        + "\n"
+    )
     with pytest.raises(MechprobeError, match=r"t\.jsonl:1: question q1: premise int3"):
         arc.read_entailment_bank(f)
     f.write_text(json.dumps({"id": "q1"}) + "\n")
@@ -76,15 +90,24 @@ def test_entailment_bank_errors(tmp_path):
         arc.read_entailment_bank(f)
 
 
-STREET = {"id": "Mercury_1", "context": "(1) a is b (2) b is c (3) d is e", "question": "What is a?", "options": ["c", "e"], "answer": ["A"],
-          "textual_logical_units": {"1": "a is b", "2": "b is c", "3": "d is e", "4": "so a is c", "5": "The answer is A) c"},
-          "reasoning_graph_edges": [{"antecedents": ["1", "2"], "consequent": "4"}, {"antecedents": ["4"], "consequent": "5"}]}
+STREET = {
+    "id": "Mercury_1",
+    "context": "(1) a is b (2) b is c (3) d is e",
+    "question": "What is a?",
+    "options": ["c", "e"],
+    "answer": ["A"],
+    "textual_logical_units": {"1": "a is b", "2": "b is c", "3": "d is e", "4": "so a is c", "5": "The answer is A) c"},
+    "reasoning_graph_edges": [
+        {"antecedents": ["1", "2"], "consequent": "4"},
+        {"antecedents": ["4"], "consequent": "5"},
+    ],
+}
 
 
 def test_street_fixture(tmp_path):
     f = tmp_path / "reasoning_annotated_dev.jsonl"
     f.write_text(json.dumps(STREET) + "\n")
-    it, = arc.read_street(f)
+    (it,) = arc.read_street(f)
     assert it["statements"] == ["a is b", "b is c", "d is e"]
     # one inference (1 & 2 -> 4); the edge 4 -> "The answer is A) c" is no level of its own
     assert it["useful"] == [True, True, False] and it["step"] == [0, 0, -1] and it["depth"] == 1
@@ -92,11 +115,17 @@ def test_street_fixture(tmp_path):
     assert len(arc.read_street(f, max_depth=1)) == 1  # MAX_DEPTH=1 keeps one-inference trees
     with pytest.raises(MechprobeError, match="no item left"):
         arc.read_street(f, max_depth=0)
-    two = dict(STREET, textual_logical_units={**STREET["textual_logical_units"], "6": "so a is d"},
-               reasoning_graph_edges=[{"antecedents": ["1", "2"], "consequent": "4"}, {"antecedents": ["4", "3"], "consequent": "6"},
-                                      {"antecedents": ["6"], "consequent": "5"}])
+    two = dict(
+        STREET,
+        textual_logical_units={**STREET["textual_logical_units"], "6": "so a is d"},
+        reasoning_graph_edges=[
+            {"antecedents": ["1", "2"], "consequent": "4"},
+            {"antecedents": ["4", "3"], "consequent": "6"},
+            {"antecedents": ["6"], "consequent": "5"},
+        ],
+    )
     f.write_text(json.dumps(two) + "\n")
-    it, = arc.read_street(f)
+    (it,) = arc.read_street(f)
     assert it["depth"] == 2 and it["step"] == [0, 0, 1]
     bad = dict(STREET, reasoning_graph_edges=[{"antecedents": ["9"], "consequent": "5"}])
     f.write_text(json.dumps(bad) + "\n")
@@ -113,7 +142,9 @@ def test_probing_arc_on_street_fixture(tmp_path):
         r = dict(STREET, id=f"q{i}")
         rows.append(json.dumps(r))
     f.write_text("\n".join(rows) + "\n")
-    res = probing_arc.main(["--data", str(f), "--model", "tiny", "--out-dir", str(tmp_path / "o"), "--seeds", "0", "--n-demos", "1"])
+    res = probing_arc.main(
+        ["--data", str(f), "--model", "tiny", "--out-dir", str(tmp_path / "o"), "--seeds", "0", "--n-demos", "1"]
+    )
     assert res["format"] == "street" and res["n_items"] == 8
     assert res["subsets"]["all"]["s_p1"]["n_seeds"] == 1
     assert "undefined" in res["subsets"]["all"]["s_p2"]  # every useful premise is step 0 here

@@ -1,4 +1,5 @@
 """Bad input, interrupted and concurrent runs: a clear error naming the input, or a right result."""
+
 import json
 import subprocess
 import sys
@@ -7,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from mechprobe import arc, corrupt, finetune, ksmallest as ks, probing_gpt2
+from mechprobe import arc, corrupt, finetune, probing_gpt2
+from mechprobe import ksmallest as ks
 from mechprobe import proofwriter as pw
 from mechprobe.tiny import tiny_llama_dir
 from mechprobe.utils import MechprobeError, iter_jsonl, run_folder
 
-from .test_finetune import TINY, args
+from .test_finetune import args
 from .test_proofwriter import theory_line
 
 
@@ -47,7 +49,9 @@ def test_subset_size_not_below_the_items_is_refused():
 def test_resume_with_other_settings_names_them_and_writes_nothing(tmp_path):
     finetune.main(args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2"))
     config = (tmp_path / "run" / "config.json").read_text()
-    with pytest.raises(MechprobeError, match=r"settings differ from the checkpoint's \(MAX_STEPS 4 -> 8; LR 0.003 -> 0.01\).*RESTART=1"):
+    with pytest.raises(
+        MechprobeError, match=r"settings differ from the checkpoint's \(MAX_STEPS 4 -> 8; LR 0.003 -> 0.01\).*RESTART=1"
+    ):
         finetune.main(args(tmp_path, "run", "--max-steps", "8", "--eval-every", "2", "--lr", "1e-2"))
     with pytest.raises(MechprobeError, match=r"N_EMBD 16 -> 32"):
         finetune.main(args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2", "--n-embd", "32"))
@@ -78,16 +82,34 @@ def test_meta_k_disagreeing_with_records(tmp_path):
 
 
 # 5, 11 ------------------------------------------------------------ numbers out of range
-@pytest.mark.parametrize("flag,value,msg", [("--n-examples", "-5", "expected an integer >= 2"), ("--n-examples", "1", "expected an integer >= 2"),
-                                            ("--folds", "1", "expected an integer >= 2"), ("--batch-size", "0", "expected an integer >= 1")])
+@pytest.mark.parametrize(
+    "flag,value,msg",
+    [
+        ("--n-examples", "-5", "expected an integer >= 2"),
+        ("--n-examples", "1", "expected an integer >= 2"),
+        ("--folds", "1", "expected an integer >= 2"),
+        ("--batch-size", "0", "expected an integer >= 1"),
+    ],
+)
 def test_probe_numbers_out_of_range(capsys, tmp_path, flag, value, msg):
-    code, err = cli_error(capsys, probing_gpt2.main, ["--models", "m", "--data-dirs", "d", "--out-dir", str(tmp_path / "o"), flag, value])
+    code, err = cli_error(
+        capsys, probing_gpt2.main, ["--models", "m", "--data-dirs", "d", "--out-dir", str(tmp_path / "o"), flag, value]
+    )
     assert code == 2 and f"argument {flag}: '{value}': {msg}" in err
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("flag,value", [("--batch-size", "0"), ("--eval-every", "0"), ("--lr", "0"), ("--lr", "-1e-3"), ("--vocab-size", "0"),
-                                        ("--sizes", "200 0 50")])
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--batch-size", "0"),
+        ("--eval-every", "0"),
+        ("--lr", "0"),
+        ("--lr", "-1e-3"),
+        ("--vocab-size", "0"),
+        ("--sizes", "200 0 50"),
+    ],
+)
 def test_finetune_numbers_out_of_range(capsys, tmp_path, flag, value):
     code, err = cli_error(capsys, finetune.main, [*args(tmp_path), flag, *value.split()])
     assert code == 2 and f"argument {flag}" in err
@@ -107,7 +129,9 @@ def test_proofwriter_answer_maybe_refused(tmp_path):
     line["questions"]["Q1"]["answer"] = "maybe"
     f = tmp_path / "meta-test.jsonl"
     f.write_text(json.dumps(line) + "\n")
-    with pytest.raises(MechprobeError, match=r"meta-test\.jsonl:1: question Q1: answer 'maybe': expected true, false or \"Unknown\""):
+    with pytest.raises(
+        MechprobeError, match=r"meta-test\.jsonl:1: question Q1: answer 'maybe': expected true, false or \"Unknown\""
+    ):
         pw.read_meta(f)
 
 
@@ -191,13 +215,25 @@ def test_cuda_without_cuda(tmp_path):
 
 
 # 14, 15 ------------------------------------------------------------ malformed ARC / ProofWriter records
-EB = {"id": "q1", "question": "Why?", "answer": "because", "proof": "sent1 & sent2 -> hypothesis;", "depth_of_proof": 1,
-      "meta": {"triples": {"sent1": "a", "sent2": "b"}}}
+EB = {
+    "id": "q1",
+    "question": "Why?",
+    "answer": "because",
+    "proof": "sent1 & sent2 -> hypothesis;",
+    "depth_of_proof": 1,
+    "meta": {"triples": {"sent1": "a", "sent2": "b"}},
+}
 
 
-@pytest.mark.parametrize("change,msg", [({"question": None}, "missing field 'question'"), ({"answer": None}, "missing field 'answer'"),
-                                        ({"depth_of_proof": "two"}, "depth_of_proof must be an integer, got 'two'"),
-                                        ({"meta": {"triples": ["a", "b"]}}, "meta.triples must be an object")])
+@pytest.mark.parametrize(
+    "change,msg",
+    [
+        ({"question": None}, "missing field 'question'"),
+        ({"answer": None}, "missing field 'answer'"),
+        ({"depth_of_proof": "two"}, "depth_of_proof must be an integer, got 'two'"),
+        ({"meta": {"triples": ["a", "b"]}}, "meta.triples must be an object"),
+    ],
+)
 def test_entailment_bank_bad_records(tmp_path, change, msg):
     r = {k: v for k, v in {**EB, **change}.items() if v is not None}
     f = tmp_path / "eb.jsonl"
@@ -215,14 +251,18 @@ def test_empty_arc_files_and_street_list(tmp_path):
 
     s = tmp_path / "reasoning_annotated_dev.jsonl"
     s.write_text(json.dumps(dict(STREET, textual_logical_units=["a is b", "b is c"])) + "\n")
-    with pytest.raises(MechprobeError, match=r"reasoning_annotated_dev\.jsonl:1: .*'textual_logical_units' must be an object"):
+    with pytest.raises(
+        MechprobeError, match=r"reasoning_annotated_dev\.jsonl:1: .*'textual_logical_units' must be an object"
+    ):
         arc.read_street(s)
 
 
 def test_proofwriter_questions_as_list_or_string(tmp_path):
     f = tmp_path / "meta-test.jsonl"
     f.write_text(json.dumps({**theory_line(), "questions": [{"question": "x"}]}) + "\n")
-    with pytest.raises(MechprobeError, match=r"meta-test\.jsonl:1: field 'questions' must be an object keyed by id, got list"):
+    with pytest.raises(
+        MechprobeError, match=r"meta-test\.jsonl:1: field 'questions' must be an object keyed by id, got list"
+    ):
         pw.read_meta(f)
     line = theory_line()
     line["questions"]["Q1"] = "The cat is big."

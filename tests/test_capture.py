@@ -29,8 +29,8 @@ def test_capture_equals_output_attentions_padded_batch(make, method):
         ref = reference_rows(model, s, q)
         got = rows[b, :, :, : len(q), : len(s)]
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
-        assert rows[b, :, :, : len(q), len(s):].abs().sum() == 0  # a real query never sees pad keys
-        assert rows[b, :, :, len(q):].abs().sum() == 0  # padded query slots are zero
+        assert rows[b, :, :, : len(q), len(s) :].abs().sum() == 0  # a real query never sees pad keys
+        assert rows[b, :, :, len(q) :].abs().sum() == 0  # padded query slots are zero
         torch.testing.assert_close(got.sum(-1), torch.ones_like(got.sum(-1)), atol=1e-5, rtol=0)
 
 
@@ -71,7 +71,9 @@ def test_recorder_logits_match_plain_forward(llama_tiny):
     torch.testing.assert_close(last, plain)
     out = capture(llama_tiny, ids, mask, [[4]])  # one return type whatever the flags
     assert type(out).__name__ == "Capture" and out.logits is None
-    from mechprobe.capture import AttentionRecorder as A, Recorder, RowsRecorder as R
+    from mechprobe.capture import AttentionRecorder as A
+    from mechprobe.capture import Recorder
+    from mechprobe.capture import RowsRecorder as R
 
     assert issubclass(A, Recorder) and issubclass(R, Recorder)
     with AttentionRecorder(llama_tiny) as rec:

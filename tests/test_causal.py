@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mechprobe import ksmallest as ks
-from mechprobe.causal import head_entropy, normalized_entropy, placed_lists, rank_order
+from mechprobe.causal import head_entropy, normalized_entropy, placed_lists
+from mechprobe.ksmallest import rank_order
 from mechprobe.masking import mask_heads
 from mechprobe.utils import MechprobeError
 

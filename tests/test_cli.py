@@ -1,4 +1,5 @@
 """The command lines: --help works, and user errors end in one line naming what is wrong (exit 2)."""
+
 import os
 import subprocess
 import sys
@@ -7,13 +8,29 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1",
-       "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}  # scripts call this python
-MODULES = ["ksmallest", "finetune", "probing_gpt2", "attnvisual", "causal", "probing_proofwriter", "probing_arc", "corrupt", "proofwriter_gen"]
+ENV = {
+    **os.environ,
+    "PYTHONPATH": str(ROOT / "src"),
+    "HF_HUB_OFFLINE": "1",
+    "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+}  # scripts call this python
+MODULES = [
+    "ksmallest",
+    "finetune",
+    "probing_gpt2",
+    "attnvisual",
+    "causal",
+    "probing_proofwriter",
+    "probing_arc",
+    "corrupt",
+    "proofwriter_gen",
+]
 
 
 def run(*args, **kw):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, env=ENV, cwd=kw.get("cwd", ROOT), timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, env=ENV, cwd=kw.get("cwd", ROOT), timeout=300
+    )
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -23,19 +40,42 @@ def test_help(module):
 
 
 def test_missing_model_is_one_line(tmp_path):
-    r = run("mechprobe.finetune", "--model", str(tmp_path / "nope"), "--data-dir", str(tmp_path / "d"), "--out-dir", str(tmp_path / "o"))
+    r = run(
+        "mechprobe.finetune",
+        "--model",
+        str(tmp_path / "nope"),
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--out-dir",
+        str(tmp_path / "o"),
+    )
     assert r.returncode == 2
     lines = [l for l in r.stderr.splitlines() if l.strip()]
-    assert lines == [f"error: {tmp_path / 'nope'}: model directory not found (expected a local folder written by save_pretrained)"]
+    assert lines == [
+        f"error: {tmp_path / 'nope'}: model directory not found (expected a local folder written by save_pretrained)"
+    ]
     assert not (tmp_path / "o").exists()
 
 
 def test_missing_data_dir_is_one_line(tmp_path):
-    r = run("mechprobe.causal", "--model", str(tmp_path), "--data-dir", str(tmp_path / "none"), "--out-dir", str(tmp_path / "o"))
+    r = run(
+        "mechprobe.causal",
+        "--model",
+        str(tmp_path),
+        "--data-dir",
+        str(tmp_path / "none"),
+        "--out-dir",
+        str(tmp_path / "o"),
+    )
     assert r.returncode == 2 and r.stderr.strip().startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_script_reports_not_found_model(tmp_path):
-    r = subprocess.run(["bash", str(ROOT / "run_probing_gpt2.sh")], capture_output=True, text=True, timeout=300,
-                       env={**ENV, "MODELS": str(tmp_path / "m"), "DATA_DIRS": str(tmp_path / "d"), "OUT_DIR": str(tmp_path / "o")})
+    r = subprocess.run(
+        ["bash", str(ROOT / "run_probing_gpt2.sh")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**ENV, "MODELS": str(tmp_path / "m"), "DATA_DIRS": str(tmp_path / "d"), "OUT_DIR": str(tmp_path / "o")},
+    )
     assert r.returncode == 2 and "model directory not found" in r.stderr

@@ -19,7 +19,11 @@ def items(tmp_path_factory):
 def closed_world_answer(statements, question):
     """Answer of `question` over statements (facts may be negated: a negated fact is not a positive
     fact; a rule said to be false, "That if ... is false.", is no rule)."""
-    triples = {f"t{i}": {"text": s} for i, s in enumerate(statements) if FACT.match(s) and " not " not in s and not s.startswith(("That", "If "))}
+    triples = {
+        f"t{i}": {"text": s}
+        for i, s in enumerate(statements)
+        if FACT.match(s) and " not " not in s and not s.startswith(("That", "If "))
+    }
     rules = {f"r{i}": {"text": s} for i, s in enumerate(statements) if s.startswith("If ")}
     e, neg, a = FACT.match(question).groups()
     closure, _ = solve(triples, rules, [e])
@@ -29,7 +33,10 @@ def closed_world_answer(statements, question):
 def test_negate_text():
     assert corrupt.negate_text("The cat is red.") == "The cat is not red."
     assert corrupt.negate_text("The cat is red.", "that") == "That the cat is red is false."
-    assert corrupt.negate_text("If someone is red then they are big.") == "That if someone is red then they are big is false."
+    assert (
+        corrupt.negate_text("If someone is red then they are big.")
+        == "That if someone is red then they are big is false."
+    )
 
 
 def test_negate_unused_keeps_answer(items):
@@ -71,14 +78,28 @@ def test_derived_answers_under_naf_match_an_independent_solver(naf_items, name):
     assert len(keep) > 20
     for c in cor:
         assert closed_world_answer(c["statements"], c["question"]) == (c["answer"] == "True")
-    if name == "negate_used":  # a negated fact can be re-derived through "If someone is not x ...": not every answer flips
+    if (
+        name == "negate_used"
+    ):  # a negated fact can be re-derived through "If someone is not x ...": not every answer flips
         changed = [c["answer_changed"] for c in cor]
         assert 0 < sum(changed) < len(changed)
 
 
 def test_negate_used_rederived_by_naf_by_hand():
-    it = {"id": "h", "statements": ["The cat is big.", "If someone is big then they are red.", "If someone is not big then they are red."],
-          "question": "The cat is red.", "answer": "True", "useful": [True, True, False], "step": [0, 1, -1], "depth": 1, "group": 3}
+    it = {
+        "id": "h",
+        "statements": [
+            "The cat is big.",
+            "If someone is big then they are red.",
+            "If someone is not big then they are red.",
+        ],
+        "question": "The cat is red.",
+        "answer": "True",
+        "useful": [True, True, False],
+        "step": [0, 1, -1],
+        "depth": 1,
+        "group": 3,
+    }
     keep, cor, _ = corrupt.corrupt_all([it] * 8, "negate_used", 0)
     for c in cor:
         if c["corrupted_index"] == 0:  # "The cat is not big." -> the NAF rule fires: still True
@@ -88,8 +109,14 @@ def test_negate_used_rederived_by_naf_by_hand():
     assert {c["corrupted_index"] for c in cor} == {0, 1}
     from mechprobe import logic
 
-    assert logic.answer(["The cat is not big.", "If someone is big then they are red."], "The cat is red.", "OWA") == "Unknown"
-    assert logic.answer(["The cat is big.", "If someone is big then they are red."], "The cat is not red.", "OWA") == "False"
+    assert (
+        logic.answer(["The cat is not big.", "If someone is big then they are red."], "The cat is red.", "OWA")
+        == "Unknown"
+    )
+    assert (
+        logic.answer(["The cat is big.", "If someone is big then they are red."], "The cat is not red.", "OWA")
+        == "False"
+    )
     assert logic.answer(["The cat eats the dog."], "The cat is red.") is None  # relations: not guessed
 
 
@@ -99,7 +126,11 @@ def test_shuffle_and_insert(items):
     s = corrupt.shuffle(it, rng)
     assert sorted(s["statements"]) == sorted(it["statements"])
     for j, p in enumerate(s["permutation"]):
-        assert (s["statements"][j], s["useful"][j], s["step"][j]) == (it["statements"][p], it["useful"][p], it["step"][p])
+        assert (s["statements"][j], s["useful"][j], s["step"][j]) == (
+            it["statements"][p],
+            it["useful"][p],
+            it["step"][p],
+        )
     n = corrupt.insert_irrelevant(it, rng)
     i = n["corrupted_index"]
     assert len(n["statements"]) == len(it["statements"]) + 1 and n["useful"][i] is False and n["step"][i] == -1
@@ -120,9 +151,30 @@ def test_pearson_ci_and_bins():
 
 
 def test_corrupt_experiment_end_to_end(tmp_path):
-    corrupt.main(["--data", str(tmp_path / "pw"), "--generate", "--model", "tiny", "--out-dir", str(tmp_path / "o"),
-                        "--limit", "40", "--seeds", "0", "--n-demos", "1", "--n-subsets", "10", "--subset-size", "12",
-                        "--corruptions", "negate_used", "shuffle"])
+    corrupt.main(
+        [
+            "--data",
+            str(tmp_path / "pw"),
+            "--generate",
+            "--model",
+            "tiny",
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--limit",
+            "40",
+            "--seeds",
+            "0",
+            "--n-demos",
+            "1",
+            "--n-subsets",
+            "10",
+            "--subset-size",
+            "12",
+            "--corruptions",
+            "negate_used",
+            "shuffle",
+        ]
+    )
     saved = json.loads((tmp_path / "o" / "corrupt_results.json").read_text())
     assert set(saved["corruptions"]) == {"negate_used", "shuffle"}
     nu = saved["corruptions"]["negate_used"]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mechprobe.features import statement_features, token_spans
-from mechprobe.probe import ProbeData, group_folds, knn_f1, run_probe, score
+from mechprobe.probing import ProbeData, group_folds, knn_f1, run_probe, score
 from mechprobe.utils import MechprobeError
 
 
@@ -17,8 +17,7 @@ def test_token_spans_from_offsets():
 
 def test_statement_features_hand_computed():
     # L=1, H=2, Q=2, T=4
-    rows = torch.tensor([[[[0.1, 0.2, 0.3, 0.4], [0.0, 0.5, 0.5, 0.0]],
-                          [[0.3, 0.2, 0.1, 0.4], [0.2, 0.2, 0.2, 0.4]]]])
+    rows = torch.tensor([[[[0.1, 0.2, 0.3, 0.4], [0.0, 0.5, 0.5, 0.0]], [[0.3, 0.2, 0.1, 0.4], [0.2, 0.2, 0.2, 0.4]]]])
     spans = [(0, 1), (1, 3)]
     f = statement_features(rows, spans, "last")
     # last query, head mean: [0.1, 0.35, 0.35, 0.2] -> s0 = 0.1, s1 = 0.35
@@ -27,7 +26,7 @@ def test_statement_features_hand_computed():
     # head mean per query: q0 [0.2,0.2,0.2,0.4], q1 [0.1,0.35,0.35,0.2]; mean: [0.15,0.275,0.275,0.3]
     torch.testing.assert_close(f[:, 0, 0], torch.tensor([0.15, 0.275]))
     f = statement_features(rows, spans, "max", normalize="max")
-    # max over q of head means... pooled per head first: h0 max [0.1,0.5,0.5,0.4], h1 [0.3,0.2,0.2,0.4]; mean [0.2,0.35,0.35,0.4]
+    # pooled per head first: h0 max [0.1,0.5,0.5,0.4], h1 [0.3,0.2,0.2,0.4]; head mean [0.2,0.35,0.35,0.4]
     torch.testing.assert_close(f[:, 0, 0], torch.tensor([0.2, 0.35]) / 0.35)
     f = statement_features(rows, spans, "last", per_head=True)
     torch.testing.assert_close(f[:, 0], torch.tensor([[0.0, 0.2], [0.5, 0.2]]))
@@ -73,3 +72,22 @@ def test_run_probe_undefined_p2_no_nan():
     assert "undefined" in res["s_p2"] and "single class" in res["s_p2"]["undefined"]
     assert len(res["curves"]["single"]["s_p1"]) == 2
     assert res["n_examples"] == 40
+
+
+def test_warnings_for_small_classes_and_a_perfect_control():
+    rng = np.random.default_rng(0)
+    feats, useful, steps = [], [], []
+    for i in range(30):
+        u = np.zeros(5, int)
+        u[0] = 1
+        feats.append(np.c_[u + 0.01 * rng.standard_normal(5)][:, :, None])
+        useful.append(u)
+        steps.append(np.where(u == 1, 1 if i < 4 else 0, -1))  # P2: 4 statements of step 1 only
+    data = ProbeData(feats, useful, steps)
+    res = run_probe(data, [data], [0])  # the "control" is the model itself: it probes perfectly
+    text = " | ".join(res["warnings"])
+    assert "P2: fewer than 10 statements of class 1 (4)" in text
+    assert "control_f1_p1 = 1.000 >= 0.95" in text
+    import json
+
+    json.dumps(res)  # serialisable

@@ -6,14 +6,35 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mechprobe import finetune, ksmallest as ks
+from mechprobe import finetune
+from mechprobe import ksmallest as ks
 from mechprobe.models import load_model
 from mechprobe.utils import MechprobeError
 
 from .conftest import shared_path
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--vocab-size", "20", "--sizes", "64", "8", "8",
-        "--batch-size", "8", "--warmup", "1", "--lr", "3e-3", "--threads", "1"]
+TINY = [
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "16",
+    "--vocab-size",
+    "20",
+    "--sizes",
+    "64",
+    "8",
+    "8",
+    "--batch-size",
+    "8",
+    "--warmup",
+    "1",
+    "--lr",
+    "3e-3",
+    "--threads",
+    "1",
+]
 
 
 def args(tmp_path, out="run", *extra):
@@ -32,7 +53,9 @@ def test_train_lowers_the_loss_it_records(tmp_path, monkeypatch):
         return real(logits, target, *a, **k)
 
     monkeypatch.setattr(finetune.F, "cross_entropy", spy)
-    finetune.main(args(tmp_path, "run", "--max-steps", "60", "--eval-every", "30", "--lr", "1e-2", "--autocast", "none"))
+    finetune.main(
+        args(tmp_path, "run", "--max-steps", "60", "--eval-every", "30", "--lr", "1e-2", "--autocast", "none")
+    )
     hist = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["history"]["train"]
     logits, target = seen["first"]
     by_hand = -torch.log_softmax(logits.double(), -1)[torch.arange(len(target)), target].mean().item()

@@ -1,11 +1,13 @@
 """End-to-end on a tiny scratch GPT-2 (a few training steps): probing, visualisation, causal analysis."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from mechprobe import attnvisual, causal, finetune, ksmallest as ks, probing_gpt2
+from mechprobe import attnvisual, causal, finetune, probing_gpt2
+from mechprobe import ksmallest as ks
 from mechprobe.models import load_model, load_tokenizer
 
 from .test_finetune import TINY
@@ -14,25 +16,76 @@ from .test_finetune import TINY
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("gpt2")
-    finetune.main(["--data-dir", str(d / "data"), "--out-dir", str(d / "run"), *TINY, "--max-steps", "6", "--eval-every", "3",
-                   "--n-layer", "2"])
+    finetune.main(
+        [
+            "--data-dir",
+            str(d / "data"),
+            "--out-dir",
+            str(d / "run"),
+            *TINY,
+            "--max-steps",
+            "6",
+            "--eval-every",
+            "3",
+            "--n-layer",
+            "2",
+        ]
+    )
     return d
 
 
 def test_probing_gpt2_outputs(trained, tmp_path):
-    res = probing_gpt2.main(["--models", str(trained / "run" / "best"), "--data-dirs", str(trained / "data"), "--out-dir", str(tmp_path),
-                             "--n-examples", "8", "--seeds", "0", "1"])
+    res = probing_gpt2.main(
+        [
+            "--models",
+            str(trained / "run" / "best"),
+            "--data-dirs",
+            str(trained / "data"),
+            "--out-dir",
+            str(tmp_path),
+            "--n-examples",
+            "8",
+            "--seeds",
+            "0",
+            "1",
+        ]
+    )
     saved = json.loads((tmp_path / "probe_results.json").read_text())["models"][0]
     for key in ("f1_p1", "f1_p2", "control_f1_p1", "control_f1_p2", "s_p1", "s_p2"):
         assert saved[key]["n_seeds"] == 2 and set(saved[key]) >= {"mean", "std", "n_seeds"}
-    assert saved["k"] == 1 and len(saved["curves"]["single"]["s_p1"]) == 2 and len(saved["sink_attention_first_position"]) == 2
+    assert (
+        saved["k"] == 1
+        and len(saved["curves"]["single"]["s_p1"]) == 2
+        and len(saved["sink_attention_first_position"]) == 2
+    )
     # the score is the formula applied per seed: check seed means are consistent with the F1s when one seed
-    res1 = probing_gpt2.main(["--models", str(trained / "run" / "best"), "--data-dirs", str(trained / "data"), "--out-dir", str(tmp_path / "one"),
-                              "--n-examples", "8", "--seeds", "0"])[0]
+    res1 = probing_gpt2.main(
+        [
+            "--models",
+            str(trained / "run" / "best"),
+            "--data-dirs",
+            str(trained / "data"),
+            "--out-dir",
+            str(tmp_path / "one"),
+            "--n-examples",
+            "8",
+            "--seeds",
+            "0",
+        ]
+    )[0]
     fm, fc = res1["f1_p1"]["mean"], res1["control_f1_p1"]["mean"]
     assert res1["s_p1"]["mean"] == pytest.approx((fm - fc) / (1 - fc))
     for f in ("probe_by_layer.png", "probe_by_k.png", "config.json"):
         assert (tmp_path / f).stat().st_size > 100
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    prov = cfg["provenance"]
+    assert {"torch", "transformers", "numpy"} <= set(prov["versions"]) and prov["command"]
+    test_file = str(trained / "data" / "test.jsonl")
+    import hashlib
+
+    assert prov["data_sha256"][test_file] == hashlib.sha256(open(test_file, "rb").read()).hexdigest()
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "complete"
+    assert "S_P1=" in (tmp_path / "run.log").read_text()  # the run's log lines, in its folder
     for i in range(2):  # per seed: S is the formula applied to that seed's F1s; the mean is their mean
         fm, fc = saved["f1_p2"]["per_seed"][i], saved["control_f1_p2"]["per_seed"][i]
         assert saved["s_p2"]["per_seed"][i] == pytest.approx((fm - fc) / (1 - fc))
@@ -41,9 +94,23 @@ def test_probing_gpt2_outputs(trained, tmp_path):
 
 
 def test_probing_gpt2_k0_undefined(tmp_path):
-    finetune.main(["--data-dir", str(tmp_path / "d0"), "--out-dir", str(tmp_path / "r0"), *TINY, "--max-steps", "1", "--k", "0"])
-    res = probing_gpt2.main(["--models", str(tmp_path / "r0" / "best"), "--data-dirs", str(tmp_path / "d0"), "--out-dir", str(tmp_path / "o"),
-                             "--n-examples", "8", "--seeds", "0"])[0]
+    finetune.main(
+        ["--data-dir", str(tmp_path / "d0"), "--out-dir", str(tmp_path / "r0"), *TINY, "--max-steps", "1", "--k", "0"]
+    )
+    res = probing_gpt2.main(
+        [
+            "--models",
+            str(tmp_path / "r0" / "best"),
+            "--data-dirs",
+            str(tmp_path / "d0"),
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--n-examples",
+            "8",
+            "--seeds",
+            "0",
+        ]
+    )[0]
     assert "undefined" in res["s_p2"] and "single class" in res["s_p2"]["undefined"]
     assert "mean" in res["s_p1"]
     text = (tmp_path / "o" / "probe_results.json").read_text()
@@ -51,7 +118,18 @@ def test_probing_gpt2_k0_undefined(tmp_path):
 
 
 def test_attnvisual_json_holds_drawn_numbers(trained, tmp_path):
-    attnvisual.main(["--models", str(trained / "run" / "best"), "--data-dir", str(trained / "data"), "--out-dir", str(tmp_path), "--n-examples", "8"])
+    attnvisual.main(
+        [
+            "--models",
+            str(trained / "run" / "best"),
+            "--data-dir",
+            str(trained / "data"),
+            "--out-dir",
+            str(tmp_path),
+            "--n-examples",
+            "8",
+        ]
+    )
     saved = json.loads((tmp_path / "attention_matrices.json").read_text())
     assert set(saved["models"]) == {"run", "random-init control"}
     # recompute the position-order matrix by hand from output_attentions
@@ -71,8 +149,28 @@ def test_attnvisual_json_holds_drawn_numbers(trained, tmp_path):
 
 
 def test_causal_outputs(trained, tmp_path):
-    res = causal.main(["--model", str(trained / "run" / "best"), "--data-dir", str(trained / "data"), "--out-dir", str(tmp_path),
-                       "--n-examples", "8", "--shares", "0", "0.25", "0.5", "1.0", "--seeds", "0", "1", "--flow-lists", "4"])
+    res = causal.main(
+        [
+            "--model",
+            str(trained / "run" / "best"),
+            "--data-dir",
+            str(trained / "data"),
+            "--out-dir",
+            str(tmp_path),
+            "--n-examples",
+            "8",
+            "--shares",
+            "0",
+            "0.25",
+            "0.5",
+            "1.0",
+            "--seeds",
+            "0",
+            "1",
+            "--flow-lists",
+            "4",
+        ]
+    )
     saved = json.loads((tmp_path / "causal_results.json").read_text())
     L, H = 2, 2
     assert np.array(saved["entropy"]).shape == (L, H)
@@ -113,12 +211,47 @@ def test_real_gpt2_tokenizer_path_end_to_end(tmp_path):
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=2, n_head=2, n_embd=16)).save_pretrained(mdir)
     tok.save_pretrained(mdir)
-    res = finetune.main(["--model", str(mdir), "--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "run"),
-                         "--vocab-size", "64", "--sizes", "32", "8", "8", "--batch-size", "8", "--max-steps", "2", "--eval-every", "1",
-                         "--threads", "1"])
+    res = finetune.main(
+        [
+            "--model",
+            str(mdir),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--out-dir",
+            str(tmp_path / "run"),
+            "--vocab-size",
+            "64",
+            "--sizes",
+            "32",
+            "8",
+            "8",
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "2",
+            "--eval-every",
+            "1",
+            "--threads",
+            "1",
+        ]
+    )
     meta = json.loads((tmp_path / "data" / "meta.json").read_text())
     assert meta["vocab"] == ks.single_token_numbers(tok, 64) and "single-token numbers" in meta["vocab_source"]
     assert res["lr"] == 2e-5 and res["steps"] == 2
-    out = probing_gpt2.main(["--models", str(tmp_path / "run" / "best"), "--data-dirs", str(tmp_path / "data"),
-                             "--pretrained", str(mdir), "--out-dir", str(tmp_path / "probe"), "--n-examples", "8", "--seeds", "0"])[0]
+    out = probing_gpt2.main(
+        [
+            "--models",
+            str(tmp_path / "run" / "best"),
+            "--data-dirs",
+            str(tmp_path / "data"),
+            "--pretrained",
+            str(mdir),
+            "--out-dir",
+            str(tmp_path / "probe"),
+            "--n-examples",
+            "8",
+            "--seeds",
+            "0",
+        ]
+    )[0]
     assert "reference_s_p1" in out and out["layers"] == 2

@@ -11,16 +11,26 @@ from mechprobe.utils import MechprobeError
 
 from .conftest import shared_path
 
-ITEMS = [{"id": f"i{j}", "statements": ["The cat is red.", "If someone is red then they are big.", "Bob is kind."],
-          "question": "The cat is big.", "answer": "True", "useful": [True, True, False], "step": [0, 1, -1], "depth": 1, "group": 3}
-         for j in range(3)]
+ITEMS = [
+    {
+        "id": f"i{j}",
+        "statements": ["The cat is red.", "If someone is red then they are big.", "Bob is kind."],
+        "question": "The cat is big.",
+        "answer": "True",
+        "useful": [True, True, False],
+        "step": [0, 1, -1],
+        "depth": 1,
+        "group": 3,
+    }
+    for j in range(3)
+]
 
 
 def test_prompt_spans_point_at_statements():
     b = PromptBuilder()
     text, spans, q = b.build(ITEMS[0], ITEMS[1:])
     assert [text[a:e] for a, e in spans] == ITEMS[0]["statements"]
-    assert text[q[0]:q[1]] == "The cat is big."
+    assert text[q[0] : q[1]] == "The cat is big."
     assert text.endswith("The cat is big. True or False?")
     assert text.count("True or False? True\n\n") == 2
 
@@ -102,8 +112,23 @@ def test_load_model_errors(tmp_path):
 def test_probing_proofwriter_end_to_end(tmp_path):
     from mechprobe import probing_proofwriter
 
-    probing_proofwriter.main(["--data", str(tmp_path / "pw"), "--generate", "--model", "tiny", "--out-dir", str(tmp_path / "out"),
-                                    "--limit", "40", "--seeds", "0", "--n-demos", "1"])
+    probing_proofwriter.main(
+        [
+            "--data",
+            str(tmp_path / "pw"),
+            "--generate",
+            "--model",
+            "tiny",
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--limit",
+            "40",
+            "--seeds",
+            "0",
+            "--n-demos",
+            "1",
+        ]
+    )
     saved = json.loads((tmp_path / "out" / "probe_results.json").read_text())
     assert saved["n_items"] == 40 and 0 <= saved["accuracy"] <= 1
     assert "s_p1" in saved["subsets"]["all"] and "depth=1" in saved["subsets"]
@@ -115,7 +140,22 @@ def test_probing_proofwriter_logic_llm_says_needs_proofs(tmp_path):
     from mechprobe import probing_proofwriter
 
     src = shared_path("data", "proofwriter", "processed", "logic_llm", "dev.json")
-    res = probing_proofwriter.main(["--data", str(src), "--model", "tiny", "--out-dir", str(tmp_path / "o"), "--limit", "12", "--n-demos", "1", "--seeds", "0"])
+    res = probing_proofwriter.main(
+        [
+            "--data",
+            str(src),
+            "--model",
+            "tiny",
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--limit",
+            "12",
+            "--n-demos",
+            "1",
+            "--seeds",
+            "0",
+        ]
+    )
     assert "needs the useful statements" in res["probe"]["undefined"]
     assert res["answer_words"] == ["True", "False", "Unknown"] and res["n_items"] == 12
 
@@ -124,7 +164,9 @@ def test_probing_proofwriter_missing_data(tmp_path):
     from mechprobe import probing_proofwriter
 
     with pytest.raises(MechprobeError, match="no CWA/depth-N/ folder.*GENERATE=1"):
-        probing_proofwriter.main(["--data", str(tmp_path / "none"), "--model", "tiny", "--out-dir", str(tmp_path / "o")])
+        probing_proofwriter.main(
+            ["--data", str(tmp_path / "none"), "--no-generate", "--model", "tiny", "--out-dir", str(tmp_path / "o")]
+        )
 
 
 def test_statement_not_found_names_file_line_question():

@@ -1,4 +1,5 @@
 """The probe's kNN against sklearn's KNeighborsClassifier(8, weights="distance"), point by point."""
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +7,7 @@ from sklearn.metrics import f1_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from mechprobe import knn
-from mechprobe.probe import ProbeData, curve_f1, group_folds
+from mechprobe.probing import ProbeData, curve_f1, group_folds
 
 
 def sklearn_curves(X, y, folds):
@@ -25,7 +26,10 @@ def sklearn_curves(X, y, folds):
     return out
 
 
-@pytest.mark.parametrize("kind,N,L,D", [("structured", 1500, 6, 1), ("uniform", 1500, 5, 1), ("structured", 800, 4, 3), ("uniform", 30, 3, 1)])
+@pytest.mark.parametrize(
+    "kind,N,L,D",
+    [("structured", 1500, 6, 1), ("uniform", 1500, 5, 1), ("structured", 800, 4, 3), ("uniform", 30, 3, 1)],
+)
 def test_predictions_equal_sklearn(kind, N, L, D):
     rng = np.random.default_rng(N + L + D)
     y = rng.integers(0, 3, N)

@@ -1,11 +1,13 @@
 """Planted signals through the whole path (capture -> features -> probe): scores that must come out."""
+
 import numpy as np
 import pytest
 import torch
 
 from mechprobe import finetune, probing_gpt2
+from mechprobe import ksmallest as ks
 from mechprobe.models import random_control
-from mechprobe.probe import ProbeData, curve_f1, run_probe
+from mechprobe.probing import ProbeData, curve_f1, run_probe
 
 from .conftest import tiny_gpt2
 
@@ -46,11 +48,11 @@ def planted_lists(n=300, length=12, seed=0):
 def test_planted_attention_gives_perfect_p1_and_chance_where_it_carries_nothing():
     model = planted_gpt2()
     ids, useful = planted_lists()
-    rows, _ = probing_gpt2.last_token_attention(model, ids)
+    rows, _ = ks.last_token_attention(model, ids)
     useful_t = torch.tensor(useful, dtype=torch.float)
     share = (rows[:, 0, 0] * useful_t).sum(-1) / useful_t.sum(-1).clamp(min=1)
     assert (share[useful_t.sum(-1) > 0] > 0.05).all()  # the attention went where planted
-    feats = probing_gpt2.features_from_rows(rows, normalize="none")
+    feats = ks.features_from_rows(rows, normalize="none")
     steps = [[0 if u else -1 for u in row] for row in useful]
     data = ProbeData(feats, useful, steps)
     assert curve_f1(data.X, data.useful, data.group)["all"] == 1.0
@@ -69,8 +71,8 @@ def test_planted_attention_gives_perfect_p1_and_chance_where_it_carries_nothing(
     # against random-init controls of the same architecture: S_P1 close to 1
     ctl = []
     for s in (0, 1):
-        r, _ = probing_gpt2.last_token_attention(random_control(model, seed=s), ids)
-        ctl.append(ProbeData(probing_gpt2.features_from_rows(r, normalize="none"), useful, steps))
+        r, _ = ks.last_token_attention(random_control(model, seed=s), ids)
+        ctl.append(ProbeData(ks.features_from_rows(r, normalize="none"), useful, steps))
     res = run_probe(data, ctl, [0, 1])
     assert res["s_p1"]["mean"] > 0.9
 
@@ -81,8 +83,8 @@ def test_model_against_itself_scores_zero_and_against_another_random_init_near_z
     steps = [[0 if u else -1 for u in row] for row in useful]
 
     def data_of(m):
-        r, _ = probing_gpt2.last_token_attention(m, ids)
-        return ProbeData(probing_gpt2.features_from_rows(r), useful, steps)
+        r, _ = ks.last_token_attention(m, ids)
+        return ProbeData(ks.features_from_rows(r), useful, steps)
 
     d = data_of(model)
     same = run_probe(d, [data_of(model), data_of(model)], [0, 1])
@@ -93,11 +95,57 @@ def test_model_against_itself_scores_zero_and_against_another_random_init_near_z
 
 def test_trained_default_gpt2_small_finds_the_tree(tmp_path):
     """The default architecture, smaller and briefly trained (300 steps, about 5 s): S_P1 > 0.3."""
-    finetune.main(["--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "run"), "--n-layer", "2", "--n-head", "2",
-                   "--n-embd", "32", "--vocab-size", "32", "--length", "8", "--sizes", "4000", "200", "200", "--batch-size", "64",
-                   "--warmup", "20", "--lr", "3e-3", "--max-steps", "300", "--eval-every", "100", "--target-acc", "0", "--threads", "2"])
-    res = probing_gpt2.main(["--models", str(tmp_path / "run" / "best"), "--data-dirs", str(tmp_path / "data"), "--out-dir", str(tmp_path / "p"),
-                             "--n-examples", "200", "--seeds", "0", "1"])[0]
+    finetune.main(
+        [
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--out-dir",
+            str(tmp_path / "run"),
+            "--n-layer",
+            "2",
+            "--n-head",
+            "2",
+            "--n-embd",
+            "32",
+            "--vocab-size",
+            "32",
+            "--length",
+            "8",
+            "--sizes",
+            "4000",
+            "200",
+            "200",
+            "--batch-size",
+            "64",
+            "--warmup",
+            "20",
+            "--lr",
+            "3e-3",
+            "--max-steps",
+            "300",
+            "--eval-every",
+            "100",
+            "--target-acc",
+            "0",
+            "--threads",
+            "2",
+        ]
+    )
+    res = probing_gpt2.main(
+        [
+            "--models",
+            str(tmp_path / "run" / "best"),
+            "--data-dirs",
+            str(tmp_path / "data"),
+            "--out-dir",
+            str(tmp_path / "p"),
+            "--n-examples",
+            "200",
+            "--seeds",
+            "0",
+            "1",
+        ]
+    )[0]
     assert res["accuracy"] > 0.6
     assert res["s_p1"]["mean"] > 0.3 and res["s_p2"]["mean"] > 0.3
     for i in range(2):  # every seed's score is the formula applied to that seed's F1s

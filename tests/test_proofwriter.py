@@ -24,20 +24,44 @@ def test_parse_real_format_proofs():
     assert len(pw.parse_proof("[(triple1) OR (((triple2) -> rule1))]")) == 2
 
 
-@pytest.mark.parametrize("bad,msg", [("[(((triple1) rule2))]", "expected ->"), ("[(triple1 NAF)]", "NAF"),
-                                      ("[@1: The dog chases the dog.[CWA. Example of deepest failure = (rule3 <- FAIL)]]", "closed-world failure"),
-                                      ("[(triple1)] x", "unexpected")])
+@pytest.mark.parametrize(
+    "bad,msg",
+    [
+        ("[(((triple1) rule2))]", "expected ->"),
+        ("[(triple1 NAF)]", "NAF"),
+        ("[@1: The dog chases the dog.[CWA. Example of deepest failure = (rule3 <- FAIL)]]", "closed-world failure"),
+        ("[(triple1)] x", "unexpected"),
+    ],
+)
 def test_parse_errors(bad, msg):
     with pytest.raises(pw.ProofSyntaxError, match=msg):
         pw.parse_proof(bad)
 
 
 def theory_line(proofs="[(((triple1) -> rule1))]", qdep=1, qlen=2):
-    return {"id": "T1", "triples": {"triple1": {"text": "The cat is red."}, "triple2": {"text": "The dog is big."}},
-            "rules": {"rule1": {"text": "If someone is red then they are kind."}},
-            "questions": {"Q1": {"question": "The cat is kind.", "answer": True, "QDep": qdep, "QLen": qlen, "strategy": "proof", "proofs": proofs},
-                          "Q2": {"question": "The cat is big.", "answer": False, "QDep": 0, "QLen": "", "strategy": "random",
-                                 "proofs": "[@0: The cat is big.[CWA. Example of deepest failure = (FAIL)]]"}}}
+    return {
+        "id": "T1",
+        "triples": {"triple1": {"text": "The cat is red."}, "triple2": {"text": "The dog is big."}},
+        "rules": {"rule1": {"text": "If someone is red then they are kind."}},
+        "questions": {
+            "Q1": {
+                "question": "The cat is kind.",
+                "answer": True,
+                "QDep": qdep,
+                "QLen": qlen,
+                "strategy": "proof",
+                "proofs": proofs,
+            },
+            "Q2": {
+                "question": "The cat is big.",
+                "answer": False,
+                "QDep": 0,
+                "QLen": "",
+                "strategy": "random",
+                "proofs": "[@0: The cat is big.[CWA. Example of deepest failure = (FAIL)]]",
+            },
+        },
+    }
 
 
 def test_read_meta_filters_and_trees(tmp_path):
@@ -122,7 +146,9 @@ def test_generated_theories_are_correct(tmp_path, naf):
     n_checked = n_or = 0
     for line in (folder / "meta-test.jsonl").read_text().splitlines():
         th = json.loads(line)
-        closure, parsed = solve(th["triples"], th["rules"], [FACT.match(q["question"]).group(1) for q in th["questions"].values()])
+        closure, parsed = solve(
+            th["triples"], th["rules"], [FACT.match(q["question"]).group(1) for q in th["questions"].values()]
+        )
         for q in th["questions"].values():
             e, neg, a = FACT.match(q["question"]).groups()
             derivable = (e, a) in closure
@@ -191,8 +217,24 @@ def test_every_depth_folder_is_read_and_capped_per_group_and_depth(release):
 def test_probing_reads_the_release_layout_and_never_pools_depths(release, tmp_path):
     from mechprobe import probing_proofwriter
 
-    res = probing_proofwriter.main(["--data", str(release), "--model", "tiny", "--out-dir", str(tmp_path / "o"), "--limit", "0",
-                                    "--seeds", "0", "--n-demos", "0", "--max-per-group", "12"])
+    res = probing_proofwriter.main(
+        [
+            "--data",
+            str(release),
+            "--model",
+            "tiny",
+            "--out-dir",
+            str(tmp_path / "o"),
+            "--limit",
+            "0",
+            "--seeds",
+            "0",
+            "--n-demos",
+            "0",
+            "--max-per-group",
+            "12",
+        ]
+    )
     subs = res["subsets"]
     assert "mean" in subs["depth=1"]["s_p2"]  # depth-1 questions were read: S_P2 is defined
     assert "undefined" in subs["depth=0"]["s_p2"]

@@ -7,8 +7,52 @@ Importing the package changes no environment variable and attaches only a NullHa
 "mechprobe" logger; the command lines (and the run_*.sh scripts) set the offline mode and print
 the log. Models and tokenizers are always loaded from local folders (local_files_only=True).
 """
+
 import logging
 
 logging.getLogger("mechprobe").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
+
+# The public API, imported on first use (so `import mechprobe` stays light):
+#   probing your own model:   load_model, load_tokenizer, Item, read_items, probe -> ProbeResult
+#   the parts:                capture -> Capture(rows, logits), statement_features, token_spans,
+#                             ProbeData, run_probe, knn_predict, random_control, mask_heads
+#   data:                     ksmallest (task A), read_meta / load_items (ProofWriter),
+#                             read_entailment_bank / read_street (ARC), generate_proofwriter
+_API = {
+    "Item": "api",
+    "read_items": "api",
+    "probe": "api",
+    "ProbeResult": "api",
+    "ProbeSettings": "llmprobe",
+    "load_model": "models",
+    "load_tokenizer": "models",
+    "random_control": "models",
+    "capture": "capture",
+    "Capture": "capture",
+    "statement_features": "features",
+    "token_spans": "features",
+    "ProbeData": "probing",
+    "run_probe": "probing",
+    "knn_predict": "knn",
+    "mask_heads": "masking",
+    "read_meta": "proofwriter",
+    "load_items": "proofwriter",
+    "read_entailment_bank": "arc",
+    "read_street": "arc",
+    "answer": "logic",
+}
+__all__ = sorted(_API) + ["generate_proofwriter", "ksmallest"]
+
+
+def __getattr__(name):
+    import importlib
+
+    if name in _API:
+        return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    if name == "generate_proofwriter":
+        return importlib.import_module(".proofwriter_gen", __name__).generate
+    if name == "ksmallest":
+        return importlib.import_module(".ksmallest", __name__)
+    raise AttributeError(f"module 'mechprobe' has no attribute {name!r}")

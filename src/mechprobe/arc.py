@@ -9,6 +9,7 @@ All premises of a multi-premise step share its step. A sentence used in several 
 the largest (its last use), as for ProofWriter. Unused sentences (task_2 distractors) are not
 useful, step -1.
 """
+
 import re
 from pathlib import Path
 
@@ -106,11 +107,17 @@ def read_entailment_bank(path, max_depth=None, report=True):
             sids = sorted(sents, key=_num)
             step, level = steps_from_edges(edges, set(sids), "hypothesis")
             depth = r.get("depth_of_proof", level)
-            if isinstance(depth, bool) or not isinstance(depth, int) and not (isinstance(depth, str) and depth.isdigit()):
+            if (
+                isinstance(depth, bool)
+                or not isinstance(depth, int)
+                and not (isinstance(depth, str) and depth.isdigit())
+            ):
                 raise TypeError(f"field depth_of_proof must be an integer, got {depth!r}")
             depth = int(depth)
         except KeyError as e:
-            raise MechprobeError(f"{where}: missing field {e}; expected EntailmentBank fields id, question, answer, proof, meta.triples") from None
+            raise MechprobeError(
+                f"{where}: missing field {e}; expected EntailmentBank fields id, question, answer, proof, meta.triples"
+            ) from None
         except (TypeError, AttributeError) as e:
             raise MechprobeError(f"{where}: {e}") from None
         except ValueError as e:
@@ -124,16 +131,36 @@ def read_entailment_bank(path, max_depth=None, report=True):
             dangling.append(qid)
         if max_depth is not None and depth > max_depth:
             continue
-        items.append({"id": f"{qid}@{line}", "statements": [sents[s] for s in sids], "statement_ids": sids, "question": r["question"],
-                      "answer": r["answer"], "useful": [s in step for s in sids], "step": [step.get(s, -1) for s in sids],
-                      "depth": depth, "group": len(sids), "proof": r["proof"], "line": line})
+        items.append(
+            {
+                "id": f"{qid}@{line}",
+                "statements": [sents[s] for s in sids],
+                "statement_ids": sids,
+                "question": r["question"],
+                "answer": r["answer"],
+                "useful": [s in step for s in sids],
+                "step": [step.get(s, -1) for s in sids],
+                "depth": depth,
+                "group": len(sids),
+                "proof": r["proof"],
+                "line": line,
+            }
+        )
     if dups and report:
         log.info("%s: duplicate question ids (kept, told apart by line): %s", path, ", ".join(dups))
     if dangling and report:
-        log.info("%s: records with proof steps that do not lead to the hypothesis (their sentences count as not useful): %s", path, ", ".join(dangling))
+        log.info(
+            "%s: records with proof steps that do not lead to the hypothesis (their sentences count as not useful): %s",
+            path,
+            ", ".join(dangling),
+        )
     if mismatch and report:
-        log.info("%s: %d records whose depth_of_proof differs from the depth of their step graph (depth_of_proof kept): %s",
-                 path, len(mismatch), ", ".join(mismatch[:5]) + (" ..." if len(mismatch) > 5 else ""))
+        log.info(
+            "%s: %d records whose depth_of_proof differs from the depth of their step graph (depth_of_proof kept): %s",
+            path,
+            len(mismatch),
+            ", ".join(mismatch[:5]) + (" ..." if len(mismatch) > 5 else ""),
+        )
     if not n_records:
         raise MechprobeError(f"{path}: the file holds no record; expected EntailmentBank JSON lines")
     if not items:
@@ -157,16 +184,25 @@ def read_street(path, max_depth=None):
         n_records += 1
         try:
             if not isinstance(r.get("textual_logical_units"), dict):
-                raise TypeError(f"'textual_logical_units' must be an object {{id: text}}, got {type(r.get('textual_logical_units')).__name__}")
+                raise TypeError(
+                    f"'textual_logical_units' must be an object {{id: text}}, got "
+                    f"{type(r.get('textual_logical_units')).__name__}"
+                )
             tlus = {str(k): v for k, v in r["textual_logical_units"].items()}
             edges = [([str(a) for a in e["antecedents"]], str(e["consequent"])) for e in r["reasoning_graph_edges"]]
             answer = r["answer"][0] if isinstance(r["answer"], list) else r["answer"]
             question, options = r["question"], r.get("options", [])
         except (KeyError, TypeError, IndexError, AttributeError) as e:
-            raise MechprobeError(f"{where}: missing or malformed field {e}; expected context, textual_logical_units, question, answer, reasoning_graph_edges") from None
+            raise MechprobeError(
+                f"{where}: missing or malformed field {e}; expected context, textual_logical_units, question, "
+                "answer, reasoning_graph_edges"
+            ) from None
         answer_tlu = [k for k, v in tlus.items() if "the answer is" in v.lower()]
         concluded = {c for _, c in edges}
-        premises = sorted([k for k in tlus if k not in concluded and k not in answer_tlu], key=lambda k: int(k) if k.isdigit() else _num(k))
+        premises = sorted(
+            [k for k in tlus if k not in concluded and k not in answer_tlu],
+            key=lambda k: int(k) if k.isdigit() else _num(k),
+        )
         root = answer_tlu[0] if answer_tlu and answer_tlu[0] in concluded else (edges[-1][1] if edges else None)
         try:
             if not edges:
@@ -182,9 +218,21 @@ def read_street(path, max_depth=None):
             raise MechprobeError(f"{where}: {e}") from None
         if max_depth is not None and depth > max_depth:
             continue
-        items.append({"id": f"{r.get('id', line)}", "statements": [tlus[k] for k in premises], "statement_ids": premises,
-                      "question": question, "answer": answer, "options": options, "useful": [k in step for k in premises],
-                      "step": [step.get(k, -1) for k in premises], "depth": depth, "group": len(premises), "line": line})
+        items.append(
+            {
+                "id": f"{r.get('id', line)}",
+                "statements": [tlus[k] for k in premises],
+                "statement_ids": premises,
+                "question": question,
+                "answer": answer,
+                "options": options,
+                "useful": [k in step for k in premises],
+                "step": [step.get(k, -1) for k in premises],
+                "depth": depth,
+                "group": len(premises),
+                "line": line,
+            }
+        )
     if not n_records:
         raise MechprobeError(f"{path}: the file holds no record; expected STREET JSON lines")
     if not items:

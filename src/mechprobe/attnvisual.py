@@ -6,6 +6,7 @@ order (s = rank: 0 = smallest). Models are drawn side by side on one colour scal
 One example is also drawn as a tree: the gold tree next to the tree the probe predicts for it
 (kNN P1 and P2 trained on the other test lists), with the attention each number receives.
 """
+
 import argparse
 from pathlib import Path
 
@@ -13,11 +14,21 @@ import numpy as np
 
 from . import ksmallest as ks
 from . import plots
-from .causal import rank_order
-from .models import load_model, load_tokenizer, random_control
 from .knn import knn_predict
-from .probing_gpt2 import features_from_rows, last_token_attention
-from .utils import at_least_two, check_device, distinct_seeds, get_logger, nonneg_int, run_folder, run_main, seed_everything, set_threads, write_json
+from .models import load_model, load_tokenizer, random_control
+from .utils import (
+    at_least_two,
+    check_device,
+    distinct_seeds,
+    get_logger,
+    nonneg_int,
+    run_folder,
+    run_main,
+    seed_everything,
+    set_threads,
+    write_config,
+    write_json,
+)
 
 log = get_logger()
 
@@ -25,7 +36,7 @@ log = get_logger()
 def mean_matrices(rows, records):
     """rows (N, L, H, T) -> position-order and rank-order (T, L) means of the head average."""
     avg = rows.mean(2)  # (N, L, T)
-    return avg.mean(0).T.numpy(), rank_order(avg, records).mean(0).T.numpy()
+    return avg.mean(0).T.numpy(), ks.rank_order(avg, records).mean(0).T.numpy()
 
 
 def predicted_tree(feats, records, idx):
@@ -45,10 +56,18 @@ def predicted_tree(feats, records, idx):
     return pred.tolist()
 
 
-OUTPUTS = ("attention_matrices.json", "config.json", "attention_rank.png", "attention_rank.pdf", "attention_position.png", "attention_position.pdf", "tree_example.png")
+OUTPUTS = (
+    "attention_matrices.json",
+    "config.json",
+    "attention_rank.png",
+    "attention_rank.pdf",
+    "attention_position.png",
+    "attention_position.pdf",
+    "tree_example.png",
+)
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description="Heatmaps of the last token's attention to each number, per layer.")
     p.add_argument("--models", nargs="+", required=True, help="finetuned model folders")
     p.add_argument("--pretrained", default="", help="optional pretrained-not-finetuned folder")
@@ -59,8 +78,17 @@ def main(argv=None):
     p.add_argument("--no-control", action="store_true", help="leave out the random-init control")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (0: all cores); lower it when another job shares the cores")
-    a = p.parse_args(argv)
+    p.add_argument(
+        "--threads",
+        type=nonneg_int,
+        default=0,
+        help="torch threads (0: all cores); lower it when another job shares the cores",
+    )
+    return p
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
     check_device(a.device)
     a.threads = set_threads(a.threads)
     if hasattr(a, "seeds"):
@@ -69,39 +97,86 @@ def main(argv=None):
         return run(a)
 
 
+def example_tree(name, rows, records, i):
+    """List i as its gold tree, the tree the probe predicts for it, and the attention it receives."""
+    return {
+        "model": name,
+        "numbers": records[i]["numbers"],
+        "gold_step": records[i]["step"],
+        "pred_step": predicted_tree(ks.features_from_rows(rows), records, i),
+        "attention": rows[i].mean(1).T.tolist(),
+    }
+
+
+def draw_heatmaps(mats, records, out):
+    """attention_rank.png/.pdf and attention_position.png/.pdf: the models side by side, one colour scale."""
+    names = list(mats)
+    T, k = len(records[0]["numbers"]), records[0]["k"]
+    vmax = max(np.max(mats[n][o]) for n in names for o in ("position", "rank"))
+    title = f"last token's head-averaged attention, mean over {len(records)} test lists (k={k})"
+    labels = {
+        "rank": [f"rank {r}" + (" *" if r <= k else "") for r in range(T)],
+        "position": [f"pos {t}" for t in range(T)],
+    }
+    for order, ylab in labels.items():
+        plots.heatmap_grid(
+            [mats[n][order] for n in names],
+            [f"{n} (acc {mats[n]['accuracy']:.2f})" for n in names],
+            out / f"attention_{order}.png",
+            ylabels=ylab,
+            ylabel=f"numbers in {order} order",
+            vmin=0,
+            vmax=vmax,
+            pdf=True,
+            suptitle=title,
+        )
+
+
 def run(a):
     """The run described by the parsed arguments `a` (see main); returns its results."""
     seed_everything(a.seed)
     out = Path(a.out_dir)
     records = ks.load_split(a.data_dir, "test")[: a.n_examples]
-    named = ([("pretrained", a.pretrained)] if a.pretrained else []) + [(Path(m).parent.name if Path(m).name in ("best", "last") else Path(m).name, m) for m in a.models]
+    named = ([("pretrained", a.pretrained)] if a.pretrained else []) + [
+        (Path(m).parent.name if Path(m).name in ("best", "last") else Path(m).name, m) for m in a.models
+    ]
     mats, tree = {}, None
     for name, path in named:
         model, tok = load_model(path, device=a.device), load_tokenizer(path)
         ids, answers = ks.encode_records(tok, records)
-        todo = [(name, model)] + ([("random-init control", random_control(model, a.seed))] if not a.no_control and name != "pretrained" and "random-init control" not in mats else [])
+        todo = [(name, model)] + (
+            [("random-init control", random_control(model, a.seed))]
+            if not a.no_control and name != "pretrained" and "random-init control" not in mats
+            else []
+        )
         for nm, m in todo:
-            rows, logits = last_token_attention(m, ids, desc=f"capture {nm}")
+            rows, logits = ks.last_token_attention(m, ids, desc=f"capture {nm}")
             pos, rank = mean_matrices(rows, records)
-            mats[nm] = {"position": pos.tolist(), "rank": rank.tolist(), "accuracy": float((logits.argmax(-1) == answers).float().mean())}
+            mats[nm] = {
+                "position": pos.tolist(),
+                "rank": rank.tolist(),
+                "accuracy": ks.answer_accuracy(logits, answers),
+            }
             if tree is None and nm == named[-1][0]:
-                feats = features_from_rows(rows)
-                i = a.example
-                tree = {"model": nm, "numbers": records[i]["numbers"], "gold_step": records[i]["step"],
-                        "pred_step": predicted_tree(feats, records, i), "attention": rows[i].mean(1).T.tolist()}
-    names = list(mats)
-    T = len(records[0]["numbers"])
-    vmax = max(np.max(mats[n][o]) for n in names for o in ("position", "rank"))
+                tree = example_tree(nm, rows, records, a.example)
     k = records[0]["k"]
-    for order, ylab in (("rank", [f"rank {r}" + (" *" if r <= k else "") for r in range(T)]), ("position", [f"pos {t}" for t in range(T)])):
-        plots.heatmap_grid([mats[n][order] for n in names], [f"{n} (acc {mats[n]['accuracy']:.2f})" for n in names],
-                           out / f"attention_{order}.png", ylabels=ylab, ylabel=f"numbers in {order} order", vmin=0, vmax=vmax, pdf=True,
-                           suptitle=f"last token's head-averaged attention, mean over {len(records)} test lists (k={k})")
-    plots.tree_figure(tree["numbers"], tree["gold_step"], tree["pred_step"], tree["attention"], out / "tree_example.png",
-                      title=f"test list {a.example}: gold vs probe ({tree['model']})")
-    write_json(out / "attention_matrices.json", {"models": mats, "tree_example": tree, "k": k, "n_examples": len(records)})
-    write_json(out / "config.json", vars(a))
-    print(f"results: {out / 'attention_matrices.json'}  plots: {out}/attention_rank.png, attention_position.png (+ .pdf), tree_example.png")
+    draw_heatmaps(mats, records, out)
+    plots.tree_figure(
+        tree["numbers"],
+        tree["gold_step"],
+        tree["pred_step"],
+        tree["attention"],
+        out / "tree_example.png",
+        title=f"test list {a.example}: gold vs probe ({tree['model']})",
+    )
+    write_json(
+        out / "attention_matrices.json", {"models": mats, "tree_example": tree, "k": k, "n_examples": len(records)}
+    )
+    write_config(out, a, [Path(a.data_dir) / "test.jsonl", Path(a.data_dir) / "meta.json"])
+    print(
+        f"results: {out / 'attention_matrices.json'}  plots: {out}/attention_rank.png, attention_position.png (+ "
+        ".pdf), tree_example.png"
+    )
     return mats
 
 

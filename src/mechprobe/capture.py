@@ -18,6 +18,7 @@ Two ways to get the rows, the same numbers:
 Batches are right-padded: real tokens keep their positions, and under the causal mask a real
 query never sees a pad key, so a padded batch gives the same rows as one prompt at a time.
 """
+
 from typing import NamedTuple, Optional
 
 import torch
@@ -34,8 +35,16 @@ _ACTIVE = []  # the recorder of the forward in progress (rows method)
 # window), or they do not touch the attention weights. Any other argument that is not None
 # (e.g. gpt-oss's attention sinks `s_aux`, Gemma's `softcap`) changes the weights in a way the
 # rows function does not implement, so the model goes to the hook method instead.
-IGNORED_KWARGS = {"position_ids", "use_cache", "sliding_window", "output_router_logits", "output_attentions",
-                  "cache_position", "past_key_values", "is_causal"}
+IGNORED_KWARGS = {
+    "position_ids",
+    "use_cache",
+    "sliding_window",
+    "output_router_logits",
+    "output_attentions",
+    "cache_position",
+    "past_key_values",
+    "is_causal",
+}
 
 
 class RowsUnsupported(Exception):
@@ -58,8 +67,9 @@ def rows_attention(module, query, key, value, attention_mask, scaling=None, drop
     k, v = _repeat_kv(key, n), _repeat_kv(value, n)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     mask = attention_mask[:, :, :, : k.shape[-2]] if attention_mask is not None else None
-    out = F.scaled_dot_product_attention(query, k, v, attn_mask=mask, dropout_p=dropout, scale=scale,
-                                         is_causal=mask is None and query.shape[2] > 1)
+    out = F.scaled_dot_product_attention(
+        query, k, v, attn_mask=mask, dropout_p=dropout, scale=scale, is_causal=mask is None and query.shape[2] > 1
+    )
     if _ACTIVE:
         rec = _ACTIVE[-1]
         layer = getattr(module, "layer_idx", None)
@@ -96,6 +106,7 @@ def rows_supported(model):
 
 class Capture(NamedTuple):
     """What capture() returns: rows (B, L, H, Q, T); logits (B, V) at each prompt's last token, or None."""
+
     rows: torch.Tensor
     logits: Optional[torch.Tensor]
 
@@ -142,13 +153,16 @@ class AttentionRecorder(Recorder):
             w = output[1] if isinstance(output, tuple) and len(output) > 1 else None
             if w is None:
                 impl = getattr(self.model.config, "_attn_implementation", "?")
-                raise MechprobeError(f"{type(module).__name__} returned no attention weights (attention implementation {impl!r}); "
-                                     "load the model with attn_implementation='eager'")
+                raise MechprobeError(
+                    f"{type(module).__name__} returned no attention weights (attention implementation {impl!r}); "
+                    "load the model with attn_implementation='eager'"
+                )
             qp = self.query_positions.to(w.device)  # (B, Q)
             B, H, T, _ = w.shape
             idx = qp.clamp(min=0)[:, None, :, None].expand(B, H, qp.shape[1], T)  # (B, H, Q, T)
             r = torch.gather(w, 2, idx) * (qp >= 0)[:, None, :, None]
             self.keep(layer, r.float())
+
         return hook
 
     def __enter__(self):
@@ -168,8 +182,8 @@ def pad_batch(seqs, pad_id):
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
+        ids[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
     return ids, mask
 
 
@@ -177,7 +191,7 @@ def pad_queries(queries):
     Q = max(len(q) for q in queries)
     out = torch.full((len(queries), Q), -1, dtype=torch.long)
     for i, q in enumerate(queries):
-        out[i, :len(q)] = torch.as_tensor(q, dtype=torch.long)
+        out[i, : len(q)] = torch.as_tensor(q, dtype=torch.long)
     return out
 
 
@@ -204,7 +218,9 @@ def capture(model, input_ids, attention_mask, query_positions, layers=None, retu
     """
     qp = torch.as_tensor(query_positions, dtype=torch.long)
     if qp.dim() != 2 or qp.shape[0] != input_ids.shape[0]:
-        raise MechprobeError(f"query_positions must have shape (B, Q) with B={input_ids.shape[0]}, got {tuple(qp.shape)}")
+        raise MechprobeError(
+            f"query_positions must have shape (B, Q) with B={input_ids.shape[0]}, got {tuple(qp.shape)}"
+        )
     lengths = attention_mask.sum(1)
     if (qp >= lengths[:, None]).any():
         raise MechprobeError("a query position lies beyond its prompt's length")
@@ -227,7 +243,9 @@ def capture(model, input_ids, attention_mask, query_positions, layers=None, retu
                 rows = rec.stacked()
     except RowsUnsupported as e:
         if method == "rows":
-            raise MechprobeError(f"capture method 'rows' cannot reproduce this attention ({e}); use method 'hooks' or 'auto'") from None
+            raise MechprobeError(
+                f"capture method 'rows' cannot reproduce this attention ({e}); use method 'hooks' or 'auto'"
+            ) from None
         use_rows = None
     if use_rows is None:
         return capture(model, input_ids, attention_mask, query_positions, layers, return_logits, "hooks")

@@ -12,6 +12,7 @@ Pruning: mask a growing share of heads (hooks, see masking.py) at random (severa
 lowest-entropy first, or highest-entropy first, with heads ordered by rank-order entropy and,
 separately, by position-order entropy (the original used both), and measure test accuracy.
 """
+
 import argparse
 import time
 from pathlib import Path
@@ -22,11 +23,24 @@ import torch
 from . import ksmallest as ks
 from . import plots
 from .capture import capture
-from .finetune import accuracy
 from .masking import mask_heads
 from .models import load_model, load_tokenizer
-from .probing_gpt2 import last_token_attention
-from .utils import MechprobeError, at_least_two, check_device, distinct_seeds, get_logger, nonneg_int, positive_int, run_folder, run_main, seed_everything, set_threads, share, write_json
+from .utils import (
+    MechprobeError,
+    at_least_two,
+    check_device,
+    distinct_seeds,
+    get_logger,
+    nonneg_int,
+    positive_int,
+    run_folder,
+    run_main,
+    seed_everything,
+    set_threads,
+    share,
+    write_config,
+    write_json,
+)
 
 log = get_logger()
 PRUNING_ORDERS = ("rank", "position")  # the original pruned by both entropies
@@ -38,24 +52,19 @@ def normalized_entropy(p, dim=-1, eps=1e-12):
     return -(p * (p + eps).log()).sum(dim) / np.log(n)
 
 
-def rank_order(rows, records):
-    """Reorder the key axis of rows (N, ..., T) from position order to value-rank order."""
-    perm = torch.tensor([sorted(range(len(r["numbers"])), key=lambda i: (r["numbers"][i], i)) for r in records])  # (N, T)
-    idx = perm.view(perm.shape[0], *([1] * (rows.dim() - 2)), perm.shape[1]).expand_as(rows)
-    return torch.gather(rows, -1, idx)
-
-
 def head_entropy(rows, records):
     """rows (N, L, H, T) -> dict of (L, H) arrays: position, rank, per_list."""
-    return {"position": normalized_entropy(rows.mean(0)).numpy(),
-            "rank": normalized_entropy(rank_order(rows, records).mean(0)).numpy(),
-            "per_list": normalized_entropy(rows).mean(0).numpy()}
+    return {
+        "position": normalized_entropy(rows.mean(0)).numpy(),
+        "rank": normalized_entropy(ks.rank_order(rows, records).mean(0)).numpy(),
+        "per_list": normalized_entropy(rows).mean(0).numpy(),
+    }
 
 
 def accuracy_masked(model, ids, answers, heads):
     """Test accuracy with `heads` masked (see masking.py)."""
     with mask_heads(model, heads):
-        return accuracy(model, ids, answers)
+        return ks.model_accuracy(model, ids, answers)
 
 
 def pruning_curves(model, ids, answers, entropies, shares, seeds):
@@ -71,14 +80,26 @@ def pruning_curves(model, ids, answers, entropies, shares, seeds):
         for s in seeds:
             pick = np.random.default_rng(s).choice(L * H, n, replace=False)
             accs.append(accuracy_masked(model, ids, answers, [flat[i] for i in pick]))
-        res["random"].append({"share": frac, "n_heads": n, "mean": float(np.mean(accs)), "std": float(np.std(accs)), "per_seed": accs})
+        res["random"].append(
+            {"share": frac, "n_heads": n, "mean": float(np.mean(accs)), "std": float(np.std(accs)), "per_seed": accs}
+        )
         line = [f"share {frac:.1f}: random {res['random'][-1]['mean']:.3f} ± {res['random'][-1]['std']:.3f}"]
         for o, ent in entropies.items():
             order = np.argsort(ent.ravel(), kind="stable")
             for key, idx in (("low_entropy_first", order[:n]), ("high_entropy_first", order[::-1][:n])):
                 heads = [flat[i] for i in idx]
-                res[o][key].append({"share": frac, "n_heads": n, "heads": heads, "accuracy": accuracy_masked(model, ids, answers, heads)})
-            line.append(f"{o}: low-first {res[o]['low_entropy_first'][-1]['accuracy']:.3f}, high-first {res[o]['high_entropy_first'][-1]['accuracy']:.3f}")
+                res[o][key].append(
+                    {
+                        "share": frac,
+                        "n_heads": n,
+                        "heads": heads,
+                        "accuracy": accuracy_masked(model, ids, answers, heads),
+                    }
+                )
+            line.append(
+                f"{o}: low-first {res[o]['low_entropy_first'][-1]['accuracy']:.3f}, high-first "
+                f"{res[o]['high_entropy_first'][-1]['accuracy']:.3f}"
+            )
         log.info("; ".join(line))
     return res
 
@@ -86,12 +107,15 @@ def pruning_curves(model, ids, answers, entropies, shares, seeds):
 def placed_lists(vocab, length, k, positions, n, seed):
     """Lists whose k+1 smallest numbers (distinct) sit at `positions` (in rank order)."""
     if len(positions) != k + 1 or any(not 0 <= p < length for p in positions) or len(set(positions)) != len(positions):
-        raise MechprobeError(f"FLOW_POSITIONS={positions}: expected {k + 1} distinct positions in 0..{length - 1} (one per useful number)")
+        raise MechprobeError(
+            f"FLOW_POSITIONS={positions}: expected {k + 1} distinct positions in 0..{length - 1} (one per useful "
+            "number)"
+        )
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         vals = np.sort(rng.choice(vocab, length, replace=False))
-        rest = list(vals[k + 1:])
+        rest = list(vals[k + 1 :])
         rng.shuffle(rest)
         nums = [None] * length
         for r, p in enumerate(positions):
@@ -119,7 +143,7 @@ def flow_attention(model, ids, masked):
 OUTPUTS = ("causal_results.json", "config.json", "head_entropy.png", "pruning.png", "attention_flow.png")
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description="Head entropy, head pruning and attention flow on the k-th smallest task.")
     p.add_argument("--model", required=True, help="finetuned model folder")
     p.add_argument("--data-dir", required=True)
@@ -127,21 +151,82 @@ def main(argv=None):
     p.add_argument("--n-examples", type=at_least_two, default=1000, help="test lists")
     p.add_argument("--shares", type=share, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds of random masking")
-    p.add_argument("--entropy-order", default="rank", choices=["rank", "position", "per_list"],
-                   help="which entropy picks the heads masked in the flow case study (pruning is run for rank and position order)")
-    p.add_argument("--flow-mask-share", type=share, default=0.4, help="share of lowest-entropy heads masked in the flow case study")
-    p.add_argument("--flow-positions", type=int, nargs="+", default=None, help="positions of the k+1 useful numbers (rank order); default: spread over the list")
+    p.add_argument(
+        "--entropy-order",
+        default="rank",
+        choices=["rank", "position", "per_list"],
+        help="which entropy picks the heads masked in the flow case study (pruning is run for rank and position order)",
+    )
+    p.add_argument(
+        "--flow-mask-share", type=share, default=0.4, help="share of lowest-entropy heads masked in the flow case study"
+    )
+    p.add_argument(
+        "--flow-positions",
+        type=int,
+        nargs="+",
+        default=None,
+        help="positions of the k+1 useful numbers (rank order); "
+        "default: spread over positions 3..T-4 (3 and 12 for k=1, 16 numbers)",
+    )
     p.add_argument("--flow-lists", type=positive_int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (0: all cores); lower it when another job shares the cores")
-    a = p.parse_args(argv)
+    p.add_argument(
+        "--threads",
+        type=nonneg_int,
+        default=0,
+        help="torch threads (0: all cores); lower it when another job shares the cores",
+    )
+    return p
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
     check_device(a.device)
     a.threads = set_threads(a.threads)
     if hasattr(a, "seeds"):
         distinct_seeds(a.seeds)
     with run_folder(a.out_dir, OUTPUTS):
         return run(a)
+
+
+def entropy_maps(rows, records, out):
+    """head_entropy of the captured rows, logged and drawn as head_entropy.png (position and rank order)."""
+    ent = head_entropy(rows, records)
+    H = rows.shape[2]
+    log.info(
+        "heads with rank entropy < 0.5: %d; position entropy < 0.2: %d",
+        int((ent["rank"] < 0.5).sum()),
+        int((ent["position"] < 0.2).sum()),
+    )
+    title = "normalised entropy of the last token's attention (averaged over lists)"
+    plots.heatmap_grid(
+        [ent["position"].T, ent["rank"].T],
+        ["position order", "rank order"],
+        out / "head_entropy.png",
+        ylabels=[f"h{h}" for h in range(H)],
+        ylabel="head",
+        vmin=0,
+        vmax=1,
+        suptitle=title,
+    )
+    return ent
+
+
+def flow_study(model, tok, meta, entropy, a, out):
+    """The attention-flow case study: lists with the useful numbers at fixed positions, the
+    a.flow_mask_share lowest-entropy heads masked; draws attention_flow.png, returns its numbers."""
+    L, H = entropy.shape
+    T, k = meta["length"], meta["k"]
+    positions = a.flow_positions or [int(x) for x in np.linspace(3, T - 4, k + 1)]
+    fids, fans = ks.encode_records(tok, placed_lists(meta["vocab"], T, k, positions, a.flow_lists, a.seed))
+    order = np.argsort(entropy.ravel(), kind="stable")
+    masked = [(int(i) // H, int(i) % H) for i in order[: int(round(a.flow_mask_share * L * H))]]
+    flow = flow_attention(model, fids, masked)
+    acc = accuracy_masked(model, fids, fans, masked)
+    title = f"attention flow, {len(masked)} lowest-entropy heads masked (acc {acc:.2f}); useful at {positions}"
+    plots.attention_flow(flow.numpy(), set(positions), out / "attention_flow.png", title=title)
+    return {"positions": positions, "masked_heads": masked, "accuracy_masked": acc, "attention": flow.tolist()}
 
 
 def run(a):
@@ -154,34 +239,37 @@ def run(a):
     meta = ks.load_meta(a.data_dir)
     records = ks.load_split(a.data_dir, "test")[: a.n_examples]
     ids, answers = ks.encode_records(tok, records)
-    rows, logits = last_token_attention(model, ids, desc="capture")
+    rows, logits = ks.last_token_attention(model, ids, desc="capture")
     L, H, T = rows.shape[1:]
-    ent = head_entropy(rows, records)
-    base_acc = float((logits.argmax(-1) == answers).float().mean())
-    log.info("accuracy %.4f; %d layers x %d heads; heads with rank entropy < 0.5: %d; position entropy < 0.2: %d",
-             base_acc, L, H, int((ent["rank"] < 0.5).sum()), int((ent["position"] < 0.2).sum()))
-    plots.heatmap_grid([ent["position"].T, ent["rank"].T], ["position order", "rank order"], out / "head_entropy.png",
-                       ylabels=[f"h{h}" for h in range(H)], ylabel="head", vmin=0, vmax=1, suptitle="normalised entropy of the last token's attention (averaged over lists)")
+    base_acc = ks.answer_accuracy(logits, answers)
+    ent = entropy_maps(rows, records, out)
+    log.info("accuracy %.4f; %d layers x %d heads", base_acc, L, H)
     pruning = pruning_curves(model, ids, answers, {o: ent[o] for o in PRUNING_ORDERS}, a.shares, a.seeds)
-    plots.pruning_curves(pruning, out / "pruning.png", orders=PRUNING_ORDERS, title="head masking: random, and by entropy (rank and position order)")
+    plots.pruning_curves(
+        pruning,
+        out / "pruning.png",
+        orders=PRUNING_ORDERS,
+        title="head masking: random, and by entropy (rank and position order)",
+    )
     k = meta["k"]
-    positions = a.flow_positions or [int(x) for x in np.linspace(2, T - 3, k + 1)]
-    flows = placed_lists(meta["vocab"], T, k, positions, a.flow_lists, a.seed)
-    fids, fans = ks.encode_records(tok, flows)
-    order = np.argsort(ent[a.entropy_order].ravel(), kind="stable")
-    n_mask = int(round(a.flow_mask_share * L * H))
-    masked = [(int(i) // H, int(i) % H) for i in order[:n_mask]]
-    flow = flow_attention(model, fids, masked)
-    flow_acc = accuracy_masked(model, fids, fans, masked)
-    plots.attention_flow(flow.numpy(), set(positions), out / "attention_flow.png",
-                         title=f"attention flow, {n_mask} lowest-entropy heads masked (acc {flow_acc:.2f}); useful at {positions}")
-    res = {"model": a.model, "k": k, "accuracy": base_acc, "layers": L, "heads": H, "list_length": T,
-           "entropy": ent[a.entropy_order].tolist(), "entropy_order": a.entropy_order,
-           "entropy_position": ent["position"].tolist(), "entropy_rank": ent["rank"].tolist(), "entropy_per_list": ent["per_list"].tolist(),
-           "pruning": pruning,
-           "flow": {"positions": positions, "masked_heads": masked, "accuracy_masked": flow_acc, "attention": flow.tolist()},
-           "seconds": round(time.time() - t0, 1)}
-    write_json(out / "config.json", vars(a))
+    flow = flow_study(model, tok, meta, ent[a.entropy_order], a, out)
+    res = {
+        "model": a.model,
+        "k": k,
+        "accuracy": base_acc,
+        "layers": L,
+        "heads": H,
+        "list_length": T,
+        "entropy": ent[a.entropy_order].tolist(),
+        "entropy_order": a.entropy_order,
+        "entropy_position": ent["position"].tolist(),
+        "entropy_rank": ent["rank"].tolist(),
+        "entropy_per_list": ent["per_list"].tolist(),
+        "pruning": pruning,
+        "flow": flow,
+        "seconds": round(time.time() - t0, 1),
+    }
+    write_config(out, a, [Path(a.data_dir) / "test.jsonl", Path(a.data_dir) / "meta.json"])
     write_json(out / "causal_results.json", res)
     print(f"results: {out / 'causal_results.json'}  plots: {out}/head_entropy.png, pruning.png, attention_flow.png")
     return res

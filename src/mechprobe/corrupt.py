@@ -21,18 +21,37 @@ Experiment: over random subsets of questions, the change of accuracy (corrupted 
 against the probing score S_P2 of the clean subset, binned, with Pearson's r and its 95%
 interval (Fisher z; subsets overlap, so the interval is optimistic).
 """
+
 import argparse
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import logic, plots
 from . import proofwriter as pw
-from .incontext import PromptBuilder, answer_ids, encode_items, pick_demos, run_items
-from .llmprobe import add_model_args, check_llm_args, compared_layers, control_features, load
-from .probe import ProbeData, probe_f1, score
-from .utils import MechprobeError, get_logger, positive_int, run_folder, run_main, seed_everything, write_json
+from .incontext import PromptBuilder, answer_ids, encode_items, pick_demos
+from .llmprobe import (
+    ProbeSettings,
+    add_model_args,
+    check_llm_args,
+    compared_layers,
+    control_features,
+    features,
+    load_args,
+)
+from .probing import ProbeData, probe_f1, score
+from .utils import (
+    MechprobeError,
+    get_logger,
+    positive_int,
+    run_folder,
+    run_main,
+    seed_everything,
+    write_config,
+    write_json,
+)
 
 log = get_logger()
 _FACT = re.compile(r"^(.+?) is (\w+)\.$")
@@ -100,7 +119,12 @@ def insert_irrelevant(it, rng, style=None):
     return new
 
 
-CORRUPTIONS = {"negate_unused": negate_unused, "negate_used": negate_used, "shuffle": shuffle, "insert_irrelevant": insert_irrelevant}
+CORRUPTIONS = {
+    "negate_unused": negate_unused,
+    "negate_used": negate_used,
+    "shuffle": shuffle,
+    "insert_irrelevant": insert_irrelevant,
+}
 
 
 def corrupt_all(items, name, seed, style="grammatical", world="CWA", words=("True", "False")):
@@ -134,7 +158,13 @@ def corrupt_all(items, name, seed, style="grammatical", world="CWA", words=("Tru
         keep.append(i)
         out.append(c)
     if skipped:
-        log.info("%s: %d of %d items skipped: %s", name, len(items) - len(keep), len(items), ", ".join(f"{v} ({k})" for k, v in skipped.items()))
+        log.info(
+            "%s: %d of %d items skipped: %s",
+            name,
+            len(items) - len(keep),
+            len(items),
+            ", ".join(f"{v} ({k})" for k, v in skipped.items()),
+        )
     return keep, out, skipped
 
 
@@ -155,8 +185,15 @@ def binned(x, y, n_bins):
     for lo, hi in zip(edges[:-1], edges[1:]):
         m = (x >= lo) & ((x <= hi) if hi == edges[-1] else (x < hi))
         if m.any():
-            out.append({"s_p2_low": float(lo), "s_p2_high": float(hi), "n": int(m.sum()), "delta_acc_mean": float(y[m].mean()),
-                        "delta_acc_std": float(y[m].std())})
+            out.append(
+                {
+                    "s_p2_low": float(lo),
+                    "s_p2_high": float(hi),
+                    "n": int(m.sum()),
+                    "delta_acc_mean": float(y[m].mean()),
+                    "delta_acc_std": float(y[m].std()),
+                }
+            )
     return out
 
 
@@ -165,8 +202,10 @@ def subset_study(items, feats, ctl_feats, correct_clean, correct_corr, keep, n_s
     rng = np.random.default_rng(seed)
     keep = np.asarray(keep)
     if size < 2 or size >= len(keep):
-        raise MechprobeError(f"SUBSET_SIZE={size}: subsets must hold at least 2 and fewer than the {len(keep)} items this corruption "
-                             "applies to (otherwise every subset is the same set); lower SUBSET_SIZE or raise LIMIT")
+        raise MechprobeError(
+            f"SUBSET_SIZE={size}: subsets must hold at least 2 and fewer than the {len(keep)} items this corruption "
+            "applies to (otherwise every subset is the same set); lower SUBSET_SIZE or raise LIMIT"
+        )
     rows = []
     for s in range(n_subsets):
         j = rng.choice(len(keep), size, replace=False)  # positions within keep
@@ -179,85 +218,183 @@ def subset_study(items, feats, ctl_feats, correct_clean, correct_corr, keep, n_s
         s_p2 = [v for v in s_p2 if v is not None]
         if not s_p2:
             continue
-        rows.append({"s_p2": float(np.mean(s_p2)), "acc_clean": float(correct_clean[idx].mean()),
-                     "acc_corrupted": float(correct_corr[j].mean())})
+        rows.append(
+            {
+                "s_p2": float(np.mean(s_p2)),
+                "acc_clean": float(correct_clean[idx].mean()),
+                "acc_corrupted": float(correct_corr[j].mean()),
+            }
+        )
     if not rows:
-        raise MechprobeError("S_P2 is undefined on every subset (all useful statements share one step: use depth >= 1 questions)")
+        raise MechprobeError(
+            "S_P2 is undefined on every subset (all useful statements share one step: use depth >= 1 questions)"
+        )
     x = [r["s_p2"] for r in rows]
     d = [r["acc_corrupted"] - r["acc_clean"] for r in rows]
     return {"subsets": rows, "correlation": pearson_ci(x, d), "bins": binned(x, d, n_bins)}
 
 
-OUTPUTS = ("corrupt_results.json", "config.json", "corrupt_negate_unused.png", "corrupt_negate_used.png", "corrupt_shuffle.png", "corrupt_insert_irrelevant.png")
+OUTPUTS = (
+    "corrupt_results.json",
+    "config.json",
+    "corrupt_negate_unused.png",
+    "corrupt_negate_used.png",
+    "corrupt_shuffle.png",
+    "corrupt_insert_irrelevant.png",
+)
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description="Corrupted ProofWriter: accuracy change against the probing score S_P2.")
     p.add_argument("--data", required=True, help="ProofWriter folder (CWA/depth-N/) or a meta-*.jsonl; needs proofs")
-    p.add_argument("--generate", action="store_true", help="write synthetic theories into --data when it holds none")
-    p.add_argument("--naf", action="store_true", help="generated theories get rules with negated conditions (negation as failure)")
+    p.add_argument(
+        "--generate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write synthetic theories into --data when it holds none",
+    )
+    p.add_argument(
+        "--naf", action="store_true", help="generated theories get rules with negated conditions (negation as failure)"
+    )
     p.add_argument("--setting", default="CWA", choices=["CWA", "OWA"])
     p.add_argument("--split", default="test")
-    p.add_argument("--depth-folder", type=int, default=None, help="read only this depth-N folder (default: every one, pooled)")
+    p.add_argument(
+        "--depth-folder", type=int, default=None, help="read only this depth-N folder (default: every one, pooled)"
+    )
     p.add_argument("--depths", type=int, nargs="+", default=[1], help="question depths kept (S_P2 needs >= 1)")
     p.add_argument("--groups", type=int, nargs="*", default=None)
     p.add_argument("--max-per-group", type=int, default=1024)
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=list(CORRUPTIONS))
-    p.add_argument("--negation", default="grammatical", choices=["grammatical", "that"], help="'X is not a.' or 'That x is false.'")
+    p.add_argument(
+        "--negation", default="grammatical", choices=["grammatical", "that"], help="'X is not a.' or 'That x is false.'"
+    )
     p.add_argument("--n-subsets", type=positive_int, default=200)
-    p.add_argument("--subset-size", type=positive_int, default=64)
+    p.add_argument("--subset-size", type=positive_int, default=32)
     p.add_argument("--bins", type=positive_int, default=5)
-    add_model_args(p)
-    a = p.parse_args(argv)
+    add_model_args(p, limit=200, seeds=(0, 1))
+    return p
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
     check_llm_args(a)
     with run_folder(a.out_dir, OUTPUTS):
         return run(a)
+
+
+@dataclass
+class Clean:
+    """The clean prompts and what the model and its controls did on them."""
+
+    items: list
+    demos: list
+    source: str
+    words: list
+    word_ids: list
+    feats: list
+    ctl_feats: list
+    scores: np.ndarray
+    correct: np.ndarray
 
 
 def run(a):
     """The run described by the parsed arguments `a` (see main); returns its results."""
     seed_everything(a.seeds[0])
     out = Path(a.out_dir)
-    items, pool, words, source = pw.load_items(a.data, a.setting, a.split, a.depth_folder, a.depths, a.max_per_group, a.skip_bad,
-                                               a.groups, a.generate, a.seeds[0], a.naf)
+    st = ProbeSettings.from_args(a)
+    items, pool, words, source = pw.load_items(
+        a.data,
+        a.setting,
+        a.split,
+        a.depth_folder,
+        a.depths,
+        a.max_per_group,
+        a.skip_bad,
+        a.groups,
+        a.generate,
+        a.seeds[0],
+        a.naf,
+    )
     if words != ["True", "False"] or items[0]["useful"] is None:
-        raise MechprobeError(f"{source}: the robustness study needs ProofWriter items with proofs and True/False answers")
-    if a.limit:
-        items = items[: a.limit]
+        raise MechprobeError(
+            f"{source}: the robustness study needs ProofWriter items with proofs and True/False answers"
+        )
+    items = items[: a.limit] if a.limit else items
     demos = pick_demos(items, a.n_demos, a.seeds[0], pool)
-    texts = [s for it in items + pool for s in it["statements"] + [it["question"]]] + [" ".join(NEW_ENTITIES) + " not That is false"]
-    tok, model, mpath = load(a, texts, out)
-    builder = PromptBuilder()
+    texts = [s for it in items + pool for s in it["statements"] + [it["question"]]]
+    tok, model, mpath = load_args(a, texts + [" ".join(NEW_ENTITIES) + " not That is false"], out)
     wid = answer_ids(tok, words)
-    gold = lambda its: np.array([words.index(it["answer"]) for it in its])  # noqa: E731
-    enc = encode_items(tok, items, demos, builder, source)
-    feats, scores = run_items(model, enc, wid, a.batch_size, a.query_pool, a.normalize, layers=compared_layers(a, model), desc="clean")
-    correct_clean = scores.argmax(1) == gold(items)
-    ctl_feats = control_features(a, model, enc, wid)
-    res = {"model": mpath, "data": source, "n_items": len(items), "accuracy_clean": float(correct_clean.mean()), "corruptions": {}}
+    enc = encode_items(tok, items, demos, PromptBuilder(), source)
+    feats, scores = features(st, model, enc, wid, layers=compared_layers(st, model), desc="clean")
+    correct = scores.argmax(1) == np.array([words.index(it["answer"]) for it in items])
+    clean = Clean(items, demos, source, words, wid, feats, control_features(st, model, enc, wid), scores, correct)
+    res = {
+        "model": mpath,
+        "data": source,
+        "n_items": len(items),
+        "accuracy_clean": float(correct.mean()),
+        "corruptions": {},
+    }
     for name in a.corruptions:
-        keep, cor, skipped = corrupt_all(items, name, a.seeds[0], a.negation, a.setting, words)
-        if not keep:
-            res["corruptions"][name] = {"undefined": "applies to no item", "skipped": skipped}
-            continue
-        cenc = encode_items(tok, cor, [demos[i] for i in keep], builder, f"{source} ({name})")
-        _, cscores = run_items(model, cenc, wid, a.batch_size, desc=name)
-        correct_corr = cscores.argmax(1) == gold(cor)
-        study = subset_study(items, feats, ctl_feats, correct_clean, correct_corr, keep, a.n_subsets, a.subset_size,
-                             a.seeds[0], a.folds, a.bins)
-        n_changed = int(sum(c["answer_changed"] for c in cor))
-        res["corruptions"][name] = {"n_items": len(keep), "skipped": skipped, "accuracy_clean": float(correct_clean[keep].mean()),
-                                    "accuracy_corrupted": float(correct_corr.mean()), "gold_answer_changed": n_changed / len(keep),
-                                    "n_gold_answers_changed": n_changed,
-                                    "prediction_changed": float(np.mean(cscores.argmax(1) != scores[keep].argmax(1))), **study}
-        c = study["correlation"]
-        log.info("%-18s gold answers changed %d/%d; acc clean %.3f -> corrupted %.3f; r(S_P2, delta acc) = %s", name, n_changed,
-                 len(keep), res["corruptions"][name]["accuracy_clean"], res["corruptions"][name]["accuracy_corrupted"], "undefined" if c["r"] is None else f"{c['r']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]")
-        plots.corruption_figure(study, name, out / f"corrupt_{name}.png")
-    write_json(out / "config.json", vars(a))
+        res["corruptions"][name] = study_corruption(name, a, clean, tok, model, out)
+    write_config(
+        out,
+        a,
+        source.split(", "),
+        model_dtype=str(next(model.parameters()).dtype),
+        model_device=str(next(model.parameters()).device),
+    )
     write_json(out / "corrupt_results.json", res)
     print(f"results: {out / 'corrupt_results.json'}  plots: {out}/corrupt_<corruption>.png")
+    return res
+
+
+def study_corruption(name, a, clean, tok, model, out):
+    """Corrupt every item one way, score the model on the corrupted prompts, relate the accuracy
+    change to S_P2 over random subsets; plot it. Returns that corruption's results."""
+    keep, cor, skipped = corrupt_all(clean.items, name, a.seeds[0], a.negation, a.setting, clean.words)
+    if not keep:
+        return {"undefined": "applies to no item", "skipped": skipped}
+    cenc = encode_items(tok, cor, [clean.demos[i] for i in keep], PromptBuilder(), f"{clean.source} ({name})")
+    _, cscores = features(ProbeSettings.from_args(a), model, cenc, clean.word_ids, desc=name)
+    correct_corr = cscores.argmax(1) == np.array([clean.words.index(it["answer"]) for it in cor])
+    study = subset_study(
+        clean.items,
+        clean.feats,
+        clean.ctl_feats,
+        clean.correct,
+        correct_corr,
+        keep,
+        a.n_subsets,
+        a.subset_size,
+        a.seeds[0],
+        a.folds,
+        a.bins,
+    )
+    n_changed = int(sum(c["answer_changed"] for c in cor))
+    res = {
+        "n_items": len(keep),
+        "skipped": skipped,
+        "accuracy_clean": float(clean.correct[keep].mean()),
+        "accuracy_corrupted": float(correct_corr.mean()),
+        "gold_answer_changed": n_changed / len(keep),
+        "n_gold_answers_changed": n_changed,
+        "prediction_changed": float(np.mean(cscores.argmax(1) != clean.scores[keep].argmax(1))),
+        **study,
+    }
+    c = study["correlation"]
+    r = "undefined" if c["r"] is None else f"{c['r']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]"
+    log.info(
+        "%-18s gold answers changed %d/%d; acc clean %.3f -> corrupted %.3f; r(S_P2, delta acc) = %s",
+        name,
+        n_changed,
+        len(keep),
+        res["accuracy_clean"],
+        res["accuracy_corrupted"],
+        r,
+    )
+    plots.corruption_figure(study, name, out / f"corrupt_{name}.png")
     return res
 
 

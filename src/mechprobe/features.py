@@ -10,6 +10,7 @@ with pool_i over the query positions = last | mean | max. Per-head features skip
 mean and give f_s[l, h]. With normalize='max' (the GPT-2 experiments), every example's
 (statements x layers) matrix is divided by its maximum.
 """
+
 import torch
 
 from .utils import MechprobeError

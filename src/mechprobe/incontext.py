@@ -11,13 +11,14 @@ with the offset mapping, and the question's tokens are the probe's queries. The 
 from the next-token scores at the last position, restricted to the answer words' token ids
 (resolved from the tokenizer: the last id of the word encoded after a space).
 """
+
 import numpy as np
 import torch
 
 from .capture import capture, pad_batch, pad_queries
 from .features import statement_features, token_spans
 from .models import model_device
-from .utils import MechprobeError, get_logger
+from .utils import MechprobeError, get_logger, progress
 
 log = get_logger()
 
@@ -89,7 +90,7 @@ def encode_items(tokenizer, items, demos, builder, source="items"):
         e = tokenizer(text, return_offsets_mapping=True)
         where = f"{source}:{it['line']}: question {it['id']}" if "line" in it else f"{source}: question {it['id']}"
         st = token_spans(e["offset_mapping"], spans, text, where)
-        (q0, q1), = token_spans(e["offset_mapping"], [qspan], text, where + " (question)")
+        ((q0, q1),) = token_spans(e["offset_mapping"], [qspan], text, where + " (question)")
         enc.append({"ids": e["input_ids"], "spans": st, "query": list(range(q0, q1)), "text": text})
     return enc
 
@@ -109,31 +110,38 @@ def auto_batch_size(model, max_len, requested=0):
     return int(max(1, min(32, (1 << 30) // per_seq)))  # ~1 GiB of working memory on the CPU
 
 
-def run_items(model, enc, word_ids, batch_size=0, query_pool="mean", normalize="none", per_head=False, layers=None, desc=None):
+def run_items(
+    model, enc, word_ids, batch_size=0, query_pool="mean", normalize="none", per_head=False, layers=None, desc=None
+):
     """Capture every prompt: features (S, L, H') per item, and the answer-word scores (n_items, n_words)."""
-    from tqdm import tqdm
-
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]["ids"]))
     feats, scores = [None] * len(enc), [None] * len(enc)
     bs = auto_batch_size(model, max(len(e["ids"]) for e in enc), batch_size)
     pad = 0
-    bar = tqdm(total=len(enc), desc=desc, unit="prompt", dynamic_ncols=True, disable=desc is None)
+    bar = progress(total=len(enc), desc=desc, unit="prompt", disable=desc is None)
     s = 0
     while s < len(order):
-        idx = order[s:s + bs]
+        idx = order[s : s + bs]
         ids, mask = pad_batch([enc[i]["ids"] for i in idx], pad)
         try:
-            rows, last = capture(model, ids, mask, pad_queries([enc[i]["query"] for i in idx]), layers, return_logits=True)
+            rows, last = capture(
+                model, ids, mask, pad_queries([enc[i]["query"] for i in idx]), layers, return_logits=True
+            )
         except torch.OutOfMemoryError:
             if bs == 1:
-                raise MechprobeError(f"out of memory on a single prompt of {ids.shape[1]} tokens; use fewer demonstrations, 8-bit loading or a bigger device") from None
+                raise MechprobeError(
+                    f"out of memory on a single prompt of {ids.shape[1]} tokens; use fewer demonstrations, 8-bit "
+                    "loading or a bigger device"
+                ) from None
             bs = max(1, bs // 2)
             log.info("out of memory: batch size lowered to %d", bs)
             torch.cuda.empty_cache()
             continue
         for j, i in enumerate(idx):
             nq = len(enc[i]["query"])
-            feats[i] = statement_features(rows[j], enc[i]["spans"], query_pool, per_head, normalize, n_queries=nq).numpy()
+            feats[i] = statement_features(
+                rows[j], enc[i]["spans"], query_pool, per_head, normalize, n_queries=nq
+            ).numpy()
             scores[i] = last[j, word_ids].numpy()
         bar.update(len(idx))
         s += len(idx)

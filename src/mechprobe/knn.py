@@ -22,11 +22,12 @@ its rounding; the candidates' distances are then computed exactly from differenc
 Everything runs in torch on the given device (a GPU when the model is on one), in blocks of
 queries so memory stays bounded; torch spreads the work over the machine's cores.
 """
+
 import numpy as np
 import torch
 
 N_NEIGHBORS = 8
-_MARGIN = 1e-6  # relative rounding margin of the float32 dot-product search, per dimension
+_U = 1.2e-7  # twice float32's unit roundoff: the search's rounding margin per summed term (see _Prefix.search)
 
 
 def vote(d, lab, n_classes):
@@ -75,7 +76,8 @@ class _Prefix:
             return idx, torch.full((q.shape[0],), float("inf"), dtype=q.dtype, device=q.device)
         part = torch.addmm(tr_sq.float()[None, :], q.float(), self.flat32[:, a:b].T, alpha=-2)  # (b, n)
         vals, idx = torch.topk(part, c, dim=1, largest=False, sorted=False)
-        tau = vals.max(1).values.double() + q_sq - _MARGIN * (q_sq + tr_sq.max()) * (b - a + 2)
+        # float32 rounding of ||x||^2 - 2 q.x over F = b - a dimensions is at most (F + 4) u (2 ||x||^2 + ||q||^2)
+        tau = vals.max(1).values.double() + q_sq - _U * (b - a + 4) * (2 * tr_sq.max() + q_sq)
         return idx, tau
 
     def exact(self, te_flat, idx, lo, hi):
@@ -100,7 +102,7 @@ def _cumulative(tr, y, te, k, n_classes, n_cand):
     out = torch.empty(L, m, dtype=torch.long, device=te.device)
     bs = _block(m, max(P.n, c * P.D * L))
     for r0 in range(0, m, bs):
-        q = P.center(te[r0:r0 + bs])
+        q = P.center(te[r0 : r0 + bs])
         idx, tau = P.search(q, 0, 1, c)
         d2 = P.exact(q, idx, 0, 1)
         for l in range(L):
@@ -112,31 +114,27 @@ def _cumulative(tr, y, te, k, n_classes, n_cand):
                 i2, t2 = P.search(q[rows], 0, l + 1, c)
                 idx[rows], tau[rows] = i2, t2
                 d2[rows] = P.exact(q[rows], i2, 0, l + 1)
-            out[l, r0:r0 + bs] = _finish(d2, idx, y, k, n_classes)
+            out[l, r0 : r0 + bs] = _finish(d2, idx, y, k, n_classes)
     return out
 
 
 def _general(tr, y, te, k, n_classes):
-    """Predictions (m,) on all features of tr (n, F), te (m, F): full search then exact check."""
+    """Predictions (m,) on all features of tr (n, F), te (m, F): a search for 4k candidates, checked
+    exact by its bound; queries whose bound fails search again with 8 times as many."""
     P = _Prefix(tr[:, None, :])
     k = min(k, P.n)
-    c = min(P.n, 4 * k)
     out = torch.empty(te.shape[0], dtype=torch.long, device=te.device)
-    bs = _block(te.shape[0], max(P.n, c * P.D))
+    bs = _block(te.shape[0], max(P.n, 4 * k * P.D))
     for r0 in range(0, te.shape[0], bs):
-        q = P.center(te[r0:r0 + bs, None, :])
-        idx, tau = P.search(q, 0, 1, c)
-        d2 = P.exact(q, idx, 0, 1)
-        bad = torch.kthvalue(d2, k, dim=1).values > tau
-        if bad.any():  # rounding put a true neighbour outside the candidates: take every row
-            rows = bad.nonzero().squeeze(1)
-            idx_all, _ = P.search(q[rows], 0, 1, P.n)
-            sub = _finish(P.exact(q[rows], idx_all, 0, 1), idx_all, y, k, n_classes)
-            pred = _finish(d2, idx, y, k, n_classes)
-            pred[rows] = sub
-            out[r0:r0 + bs] = pred
-        else:
-            out[r0:r0 + bs] = _finish(d2, idx, y, k, n_classes)
+        q = P.center(te[r0 : r0 + bs, None, :])
+        rows = torch.arange(q.shape[0], device=q.device)
+        c = min(P.n, 4 * k)
+        while len(rows):
+            idx, tau = P.search(q[rows], 0, 1, c)
+            d2 = P.exact(q[rows], idx, 0, 1)
+            ok = torch.kthvalue(d2, k, dim=1).values <= tau
+            out[r0 + rows[ok]] = _finish(d2[ok], idx[ok], y, k, n_classes)
+            rows, c = rows[~ok], min(P.n, 8 * c)
     return out
 
 
@@ -160,7 +158,9 @@ def knn_predict(X_train, y_train, X_test, k=N_NEIGHBORS, device="cpu"):
     classes, yi = np.unique(np.asarray(y_train), return_inverse=True)
     tr = torch.as_tensor(np.asarray(X_train, dtype=np.float64), device=device)
     te = torch.as_tensor(np.asarray(X_test, dtype=np.float64), device=device)
-    pred = _general(tr.reshape(len(tr), -1), torch.as_tensor(yi, device=device), te.reshape(len(te), -1), k, len(classes))
+    pred = _general(
+        tr.reshape(len(tr), -1), torch.as_tensor(yi, device=device), te.reshape(len(te), -1), k, len(classes)
+    )
     return classes[pred.cpu().numpy()]
 
 
@@ -185,7 +185,11 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
         te_m, tr_m = folds == f, folds != f
         if not tr_m.any():
             raise ValueError("a fold left no training data")
-        tr, te, ytr = Xt[torch.as_tensor(tr_m, device=device)], Xt[torch.as_tensor(te_m, device=device)], yt[torch.as_tensor(tr_m, device=device)]
+        tr, te, ytr = (
+            Xt[torch.as_tensor(tr_m, device=device)],
+            Xt[torch.as_tensor(te_m, device=device)],
+            yt[torch.as_tensor(tr_m, device=device)],
+        )
         if curves:
             cum[:, te_m] = _cumulative(tr, ytr, te, k, len(classes), n_cand).cpu().numpy()
             for l in range(L):
@@ -195,7 +199,9 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
                     p = _general(tr[:, l].contiguous(), ytr, te[:, l].contiguous(), k, len(classes))
                 single[l, te_m] = p.cpu().numpy()
         else:
-            cum[L - 1, te_m] = _general(tr.reshape(len(tr), -1), ytr, te.reshape(len(te), -1), k, len(classes)).cpu().numpy()
+            cum[L - 1, te_m] = (
+                _general(tr.reshape(len(tr), -1), ytr, te.reshape(len(te), -1), k, len(classes)).cpu().numpy()
+            )
     out = {"cumulative": classes[cum] if curves else classes[cum[-1:]]}
     if curves:
         out["single"] = classes[single]

@@ -18,10 +18,13 @@ Open world (OWA): literals (E, a, +/-) are derived from facts and rules whose co
 derived literals; a question is True when its literal is derived, False when its complement
 is, otherwise Unknown.
 """
+
 import re
 
 _FACT = re.compile(r"^(?P<e>.+?) is (?P<neg>not )?(?P<a>[\w-]+)\.$")
-_RULE = re.compile(r"^If (?:someone|something) is (?P<conds>.+?) then (?:they are|it is) (?P<neg>not )?(?P<c>[\w-]+)\.$")
+_RULE = re.compile(
+    r"^If (?:someone|something) is (?P<conds>.+?) then (?:they are|it is) (?P<neg>not )?(?P<c>[\w-]+)\.$"
+)
 _THAT = re.compile(r"^That (?P<body>.+) is false\.$")
 
 
@@ -106,7 +109,7 @@ def closure_owa(facts, rules, entities):
 
 
 def answer(statements, question, world="CWA"):
-    """"True" / "False" (/ "Unknown" under OWA) for `question` over `statements`; None when a
+    """ "True" / "False" (/ "Unknown" under OWA) for `question` over `statements`; None when a
     sentence cannot be parsed, a CWA rule concludes a negation, or negation is not stratified."""
     parsed = [parse_statement(s) for s in statements]
     q = parse_statement(question)

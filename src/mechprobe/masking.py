@@ -5,6 +5,7 @@ output projection:  o = W_O [z_1; ...; z_H]  with  z_h := 0  for every masked h.
 Works for any model whose attention module has an output projection (GPT-2 c_proj,
 LLaMA/Mistral/Qwen o_proj, ...), whose input is the concatenation of the heads' outputs.
 """
+
 from contextlib import contextmanager
 
 from .models import attention_modules, num_heads, output_projection
@@ -38,10 +39,14 @@ def mask_heads(model, heads):
                 D = x.shape[-1] // H
                 x = x.clone()
                 for h in hs:
-                    x[..., h * D:(h + 1) * D] = 0
+                    x[..., h * D : (h + 1) * D] = 0
                 return (x, *args[1:])
 
-            handles.append(output_projection(mods[l][1], getattr(model.config, "model_type", None)).register_forward_pre_hook(pre_hook))
+            handles.append(
+                output_projection(mods[l][1], getattr(model.config, "model_type", None)).register_forward_pre_hook(
+                    pre_hook
+                )
+            )
         yield
     finally:
         for h in handles:

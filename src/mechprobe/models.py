@@ -3,6 +3,7 @@
 Everything is local: `from_pretrained(path)` on a directory, never a hub name.
 Attention is always eager, the only implementation that returns attention weights.
 """
+
 import json
 from pathlib import Path
 
@@ -10,8 +11,14 @@ import torch
 
 from .utils import MechprobeError, check_device, get_logger
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 # The embedded default: a small GPT-2-architecture model trained from scratch on task A.
 SCRATCH_GPT2 = dict(n_layer=4, n_head=4, n_embd=128, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
@@ -24,12 +31,18 @@ def _check_dir(path, what="model"):
     if what == "model":
         cfg = p / "config.json"
         if not cfg.exists():
-            raise MechprobeError(f"{path}: no config.json; expected a Hugging Face model folder (config.json + weights)")
+            raise MechprobeError(
+                f"{path}: no config.json; expected a Hugging Face model folder (config.json + weights)"
+            )
         try:
             json.loads(cfg.read_text())
         except json.JSONDecodeError as e:
             raise MechprobeError(f"{cfg}: line {e.lineno}: malformed config.json ({e.msg})") from None
-        if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")) and not any(p.glob("*.safetensors.index.json")):
+        if (
+            not any(p.glob("*.safetensors"))
+            and not any(p.glob("*.bin"))
+            and not any(p.glob("*.safetensors.index.json"))
+        ):
             raise MechprobeError(f"{path}: no weights (*.safetensors or *.bin) found next to config.json")
     return p
 
@@ -41,7 +54,9 @@ def load_tokenizer(path):
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds
-        raise MechprobeError(f"{path}: could not load a tokenizer ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        raise MechprobeError(
+            f"{path}: could not load a tokenizer ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     return tok
@@ -64,7 +79,9 @@ def load_model(path, dtype="float32", device="cpu", load_in_8bit=False, trust_re
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
-            raise MechprobeError("8-bit loading needs the bitsandbytes package (pip install bitsandbytes) and a CUDA GPU") from None
+            raise MechprobeError(
+                "8-bit loading needs the bitsandbytes package (pip install bitsandbytes) and a CUDA GPU"
+            ) from None
         from transformers import BitsAndBytesConfig
 
         kw["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
@@ -74,7 +91,9 @@ def load_model(path, dtype="float32", device="cpu", load_in_8bit=False, trust_re
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, **kw)
     except Exception as e:  # noqa: BLE001
-        raise MechprobeError(f"{path}: could not load the model ({type(e).__name__}: {str(e).splitlines()[0][:300]})") from None
+        raise MechprobeError(
+            f"{path}: could not load the model ({type(e).__name__}: {str(e).splitlines()[0][:300]})"
+        ) from None
     if "device_map" not in kw:
         model.to(device)
     model.eval()
@@ -157,20 +176,31 @@ def attention_modules(model):
     found = []
     for name, m in model.named_modules():
         cls = type(m).__name__
-        if cls.endswith("Attention") and any(hasattr(m, o) for o in OUT_PROJ_NAMES) and getattr(m, "is_cross_attention", False) is False:
+        if (
+            cls.endswith("Attention")
+            and any(hasattr(m, o) for o in OUT_PROJ_NAMES)
+            and getattr(m, "is_cross_attention", False) is False
+        ):
             found.append((name, m))
     if not found:
-        raise MechprobeError(f"{type(model).__name__}: no self-attention modules found (model_type {mt!r} is not in models.ARCHITECTURES, "
-                             "and no module is named *Attention with an output projection)")
+        raise MechprobeError(
+            f"{type(model).__name__}: no self-attention modules found (model_type {mt!r} is not in "
+            "models.ARCHITECTURES, "
+            "and no module is named *Attention with an output projection)"
+        )
     if all(getattr(m, "layer_idx", None) is not None for _, m in found):
         found.sort(key=lambda nm: nm[1].layer_idx)
-    get_logger().info("model_type %r is not in models.ARCHITECTURES: attention modules guessed from class names (%s ...)", mt, found[0][0])
+    get_logger().info(
+        "model_type %r is not in models.ARCHITECTURES: attention modules guessed from class names (%s ...)",
+        mt,
+        found[0][0],
+    )
     return found
 
 
 def num_heads(model):
     cfg = model.config
-    return getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
+    return getattr(cfg, "num_attention_heads", None) or cfg.n_head
 
 
 def output_projection(attn, model_type=None):

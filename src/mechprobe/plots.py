@@ -1,4 +1,5 @@
 """All figures. Each function takes plain numbers (the same ones written to JSON) and a path."""
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -45,7 +46,9 @@ def probe_by_k(results, path, label_key="k", xlabel="k (0-indexed rank of the an
         m, sd = _mean_std([r.get(key, {}) for r in results])
         if np.isfinite(m).any():
             low = min(low, np.nanmin(m - sd))
-        ax.bar(x + (j - 0.5) * 0.38, np.nan_to_num(m), 0.38, yerr=sd, capsize=3, label=key.upper().replace("S_P", "S_P"))
+        ax.bar(
+            x + (j - 0.5) * 0.38, np.nan_to_num(m), 0.38, yerr=sd, capsize=3, label=key.upper().replace("S_P", "S_P")
+        )
         for i, v in enumerate(m):
             if np.isnan(v):
                 ax.text(x[i] + (j - 0.5) * 0.38, 0.02, "undef.", ha="center", rotation=90, fontsize=8)
@@ -56,14 +59,29 @@ def probe_by_k(results, path, label_key="k", xlabel="k (0-indexed rank of the an
     save_figure(fig, path)
 
 
-def heatmap_grid(mats, titles, path, ylabels, xlabel="layer", ylabel="", suptitle="", vmin=None, vmax=None, fmt=".2f", pdf=False, cmap="viridis"):
+def heatmap_grid(
+    mats,
+    titles,
+    path,
+    ylabels,
+    xlabel="layer",
+    ylabel="",
+    suptitle="",
+    vmin=None,
+    vmax=None,
+    fmt=".2f",
+    pdf=False,
+    cmap="viridis",
+):
     """Side-by-side heatmaps with one shared colour scale; mats: list of (rows, cols) arrays."""
     mats = [np.asarray(m, dtype=float) for m in mats]
     vmin = min(m.min() for m in mats) if vmin is None else vmin
     vmax = max(m.max() for m in mats) if vmax is None else vmax
     n = len(mats)
     rows, cols = mats[0].shape
-    fig, axes = plt.subplots(1, n, figsize=(max(0.45 * cols, 2.2) * n + 2.5, 0.32 * rows + 1.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(
+        1, n, figsize=(max(0.45 * cols, 2.2) * n + 2.5, 0.32 * rows + 1.8), squeeze=False, sharey=True
+    )
     im = None
     for i, (ax, m, t) in enumerate(zip(axes[0], mats, titles)):
         im = ax.imshow(m, aspect="auto", vmin=vmin, vmax=vmax, cmap=cmap)
@@ -75,8 +93,15 @@ def heatmap_grid(mats, titles, path, ylabels, xlabel="layer", ylabel="", suptitl
         if m.size <= 400:
             for i in range(m.shape[0]):
                 for j in range(m.shape[1]):
-                    ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=5.5,
-                            color="white" if m[i, j] < (vmin + vmax) / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        format(m[i, j], fmt),
+                        ha="center",
+                        va="center",
+                        fontsize=5.5,
+                        color="white" if m[i, j] < (vmin + vmax) / 2 else "black",
+                    )
     axes[0, 0].set_ylabel(ylabel)
     fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
     if suptitle:
@@ -95,9 +120,19 @@ def pruning_curves(pruning, path, orders=("rank",), title=""):
     ax.plot(x, m, marker="o", ms=3, color="black", label="random heads (mean ± std)")
     ax.fill_between(x, m - sd, m + sd, color="grey", alpha=0.25)
     for o, ls in zip(orders, ("-", "--", ":")):
-        for key, lab, c in (("low_entropy_first", "lowest entropy first", "tab:blue"), ("high_entropy_first", "highest entropy first", "tab:red")):
-            ax.plot([p["share"] for p in pruning[o][key]], [p["accuracy"] for p in pruning[o][key]], marker="s", ms=3, ls=ls, color=c,
-                    label=f"{lab} ({o} entropy)")
+        for key, lab, c in (
+            ("low_entropy_first", "lowest entropy first", "tab:blue"),
+            ("high_entropy_first", "highest entropy first", "tab:red"),
+        ):
+            ax.plot(
+                [p["share"] for p in pruning[o][key]],
+                [p["accuracy"] for p in pruning[o][key]],
+                marker="s",
+                ms=3,
+                ls=ls,
+                color=c,
+                label=f"{lab} ({o} entropy)",
+            )
     ax.set(xlabel="share of heads masked", ylabel="test accuracy", ylim=(-0.02, 1.02), title=title)
     ax.legend(fontsize=7)
     save_figure(fig, path)
@@ -123,7 +158,9 @@ def attention_flow(layers_att, useful, path, title="", tokens=None):
     for l in range(L + 1):
         ax.scatter(range(T), [l] * T, s=8, c=["tab:red" if t in useful else "grey" for t in range(T)], zorder=3)
     ax.set_yticks(range(L + 1), ["input"] + [f"layer {l}" for l in range(L)], fontsize=7)
-    ax.set_xticks(range(T), tokens if tokens is not None else range(T), fontsize=7, rotation=90 if tokens is not None else 0)
+    ax.set_xticks(
+        range(T), tokens if tokens is not None else range(T), fontsize=7, rotation=90 if tokens is not None else 0
+    )
     ax.set(title=title, xlabel="position (red: useful numbers)")
     save_figure(fig, path)
 
@@ -148,8 +185,15 @@ def tree_figure(values, gold_step, pred_step, att, path, title=""):
                 ax.text(j, s, str(values[i]), ha="center", va="center", fontsize=8, zorder=4)
         for s in sorted(by_step)[:-1]:
             for j, _ in enumerate(by_step[s]):
-                ax.annotate("", xy=(0, s + 1 - 0.15), xytext=(j, s + 0.15), arrowprops=dict(arrowstyle="->", color="grey"))
-        ax.set(title=f"{name} ({len(used)} of {S} useful)", ylabel="step (0 = used first)", xlim=(-1, 3), ylim=(-0.7, max(list(by_step) + [0]) + 0.7))
+                ax.annotate(
+                    "", xy=(0, s + 1 - 0.15), xytext=(j, s + 0.15), arrowprops=dict(arrowstyle="->", color="grey")
+                )
+        ax.set(
+            title=f"{name} ({len(used)} of {S} useful)",
+            ylabel="step (0 = used first)",
+            xlim=(-1, 3),
+            ylim=(-0.7, max(list(by_step) + [0]) + 0.7),
+        )
         ax.set_xticks([])
     im = axes[2].imshow(att, aspect="auto", cmap="viridis")
     axes[2].set_yticks(range(S), [f"{values[i]}{' *' if gold_step[i] >= 0 else ''}" for i in range(S)], fontsize=7)
@@ -180,8 +224,15 @@ def corruption_figure(study, name, path):
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.scatter(x, d, s=8, alpha=0.4, label="random subsets")
     b = study["bins"]
-    ax.errorbar([(r["s_p2_low"] + r["s_p2_high"]) / 2 for r in b], [r["delta_acc_mean"] for r in b], yerr=[r["delta_acc_std"] for r in b],
-                color="tab:red", marker="o", capsize=3, label="binned mean ± std")
+    ax.errorbar(
+        [(r["s_p2_low"] + r["s_p2_high"]) / 2 for r in b],
+        [r["delta_acc_mean"] for r in b],
+        yerr=[r["delta_acc_std"] for r in b],
+        color="tab:red",
+        marker="o",
+        capsize=3,
+        label="binned mean ± std",
+    )
     c = study["correlation"]
     r = "undefined" if c["r"] is None else f"r = {c['r']:.2f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}]"
     ax.axhline(0, color="grey", lw=0.5)
@@ -213,7 +264,12 @@ def by_group_per_depth(per, probe_path, acc_path, key="group", title=""):
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for d, rows in sorted(per.items()):
         rows = sorted(rows)
-        ax.plot([g for g, _ in rows], [np.nan if s["accuracy"] is None else s["accuracy"] for _, s in rows], marker="o", label=f"depth {d}")
+        ax.plot(
+            [g for g, _ in rows],
+            [np.nan if s["accuracy"] is None else s["accuracy"] for _, s in rows],
+            marker="o",
+            label=f"depth {d}",
+        )
     ax.set(xlabel=f"{key} (number of statements)", ylabel="accuracy", ylim=(0, 1.05), title=title)
     ax.axhline(0.5, color="grey", ls="--", lw=0.8)
     ax.legend(fontsize=8)

@@ -4,14 +4,14 @@ Prompt: N demonstrations "<premises> Question: <question> Answer: <answer>" then
 item in the same form (its answer text included); queries are the question's tokens, keys
 each premise's tokens. The probe runs over all items and per proof depth (<= --max-depth).
 """
+
 import argparse
 from pathlib import Path
 
 from . import arc
 from .incontext import PromptBuilder, pick_demos
-from .llmprobe import add_model_args, load, probe_items, report
-from .llmprobe import check_llm_args
-from .utils import MechprobeError, get_logger, run_folder, run_main, seed_everything, write_json
+from .llmprobe import ProbeSettings, add_model_args, check_llm_args, load_args, probe_items, report
+from .utils import MechprobeError, get_logger, run_folder, run_main, seed_everything, write_config, write_json
 
 log = get_logger()
 
@@ -19,14 +19,24 @@ log = get_logger()
 OUTPUTS = ("probe_results.json", "config.json", "probe_by_depth.png", "probe_by_layer.png", "accuracy_by_depth.png")
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description="ARC reasoning trees (EntailmentBank or STREET) probed on a causal LM.")
-    p.add_argument("--data", required=True, help="EntailmentBank task_1/task_2 .jsonl, or STREET reasoning_annotated_*.jsonl")
+    p.add_argument(
+        "--data", required=True, help="EntailmentBank task_1/task_2 .jsonl, or STREET reasoning_annotated_*.jsonl"
+    )
     p.add_argument("--format", default="auto", choices=["auto", "entailment_bank", "street"])
-    p.add_argument("--demo-data", default="", help="file to draw demonstrations from (default: the same file, never the item itself)")
+    p.add_argument(
+        "--demo-data",
+        default="",
+        help="file to draw demonstrations from (default: the same file, never the item itself)",
+    )
     p.add_argument("--max-depth", type=int, default=2, help="keep items whose proof depth is at most this")
     add_model_args(p)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
     check_llm_args(a)
     with run_folder(a.out_dir, OUTPUTS):
         return run(a)
@@ -48,12 +58,25 @@ def run(a):
         raise MechprobeError(f"{a.data}: {len(pool)} item(s): demonstrations need at least 2")
     demos = pick_demos(items, a.n_demos, a.seeds[0], pool)
     texts = [s for it in items + pool for s in it["statements"] + [it["question"], it["answer"]]]
-    tok, model, mpath = load(a, texts, out)
+    tok, model, mpath = load_args(a, texts, out)
     builder = PromptBuilder(suffix="", answer_in_query=True, question_prefix="Question: ", answer_prefix=" Answer: ")
-    res, _, _ = probe_items(a, tok, model, items, demos, builder, [], a.data, by=("depth",))
-    res.update({"model": mpath, "data": a.data, "format": fmt, "accuracy": None,
-                "accuracy_note": "free-text answers (no options): accuracy is not scored; the answer is part of the prompt"})
-    write_json(out / "config.json", vars(a))
+    res, _, _ = probe_items(ProbeSettings.from_args(a), tok, model, items, demos, builder, [], a.data, by=("depth",))
+    res.update(
+        {
+            "model": mpath,
+            "data": a.data,
+            "format": fmt,
+            "accuracy": None,
+            "accuracy_note": "free-text answers (no options): accuracy is not scored; the answer is part of the prompt",
+        }
+    )
+    write_config(
+        out,
+        a,
+        [a.data] + ([a.demo_data] if a.demo_data else []),
+        model_dtype=str(next(model.parameters()).dtype),
+        model_device=str(next(model.parameters()).device),
+    )
     write_json(out / "probe_results.json", res)
     report(res, out, "ARC", key="depth")
     print(f"results: {out / 'probe_results.json'}  plots: {out}/probe_by_depth.png, probe_by_layer.png")

@@ -5,61 +5,75 @@ on N test lists, build each number's feature (its attention over layers, head-av
 each example divided by its max), and run the two kNN probes against random-init controls
 of the same architecture (one per seed) and, when given, the pretrained model.
 """
+
 import argparse
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
 from . import ksmallest as ks
 from . import plots
-from .capture import capture
-from .features import statement_features
 from .models import load_model, load_tokenizer, random_control
-from .probe import ProbeData, run_probe
-from .utils import MechprobeError, at_least_two, check_device, distinct_seeds, get_logger, nonneg_int, positive_int, run_folder, run_main, seed_everything, set_threads, write_json
+from .probing import ProbeData, run_probe
+from .utils import (
+    MechprobeError,
+    at_least_two,
+    check_device,
+    distinct_seeds,
+    get_logger,
+    nonneg_int,
+    positive_int,
+    run_folder,
+    run_main,
+    seed_everything,
+    set_threads,
+    write_config,
+    write_json,
+)
 
 log = get_logger()
 
 
-@torch.no_grad()
-def last_token_attention(model, ids, batch_size=128, desc=None):
-    """Attention of the last token of every list: rows (N, L, H, T) and accuracy logits (N, V)."""
-    from tqdm import tqdm
-
-    rows, logits = [], []
-    it = range(0, len(ids), batch_size)
-    for s in (tqdm(it, desc=desc, unit="batch", dynamic_ncols=True, leave=False) if desc else it):
-        b = ids[s:s + batch_size]
-        mask = torch.ones_like(b)
-        qp = torch.full((len(b), 1), b.shape[1] - 1, dtype=torch.long)
-        r, lg = capture(model, b, mask, qp, return_logits=True)  # (b, L, H, 1, T), (b, V)
-        rows.append(r[:, :, :, 0])
-        logits.append(lg)
-    return torch.cat(rows), torch.cat(logits)
-
-
-def features_from_rows(rows, normalize="max", per_head=False):
-    """rows (N, L, H, T) of a one-token-per-number prompt -> list of (T, L, H') features."""
-    T = rows.shape[-1]
-    spans = [(i, i + 1) for i in range(T)]
-    return [statement_features(r[:, :, None], spans, "last", per_head, normalize).numpy() for r in rows]
-
-
 def probe_inputs(model, ids, records, batch_size, normalize, per_head, desc, p2_labels="answer"):
-    rows, logits = last_token_attention(model, ids, batch_size, desc)
-    data = ProbeData(features_from_rows(rows, normalize, per_head), [r["useful"] for r in records], [r["step"] for r in records], p2_labels)
+    rows, logits = ks.last_token_attention(model, ids, batch_size, desc)
+    data = ProbeData(
+        ks.features_from_rows(rows, normalize, per_head),
+        [r["useful"] for r in records],
+        [r["step"] for r in records],
+        p2_labels,
+    )
     return data, rows, logits
 
 
+@dataclass
+class GPT2ProbeSettings:
+    """The probe on k-th smallest models (the CLI's options take these defaults, as the script)."""
+
+    split: str = "test"
+    n_examples: int = 1024
+    seeds: tuple = (0, 1, 2)
+    folds: int = 2
+    normalize: str = "max"
+    per_head: bool = False
+    p2_labels: str = "answer"
+    batch_size: int = 128
+    device: str = "cpu"
+
+
 def probe_one(model_dir, data_dir, a, pretrained=None):
+    """Probe one finetuned model on its dataset's lists against random-init controls (one per
+    seed) and, when given, the pretrained model; `a` is a GPT2ProbeSettings."""
     model = load_model(model_dir, device=a.device)
     tok = load_tokenizer(model_dir)
     meta = ks.load_meta(data_dir)
     records = ks.load_split(data_dir, a.split)[: a.n_examples]
     ids, answers = ks.encode_records(tok, records)
-    data, rows, logits = probe_inputs(model, ids, records, a.batch_size, a.normalize, a.per_head, f"capture {Path(model_dir).name}", a.p2_labels)
-    acc = float((logits.argmax(-1) == answers).float().mean())
+    data, rows, logits = probe_inputs(
+        model, ids, records, a.batch_size, a.normalize, a.per_head, f"capture {Path(model_dir).name}", a.p2_labels
+    )
+    acc = ks.answer_accuracy(logits, answers)
     controls = []
     for seed in a.seeds:
         ctl = random_control(model, seed=seed)
@@ -68,14 +82,28 @@ def probe_one(model_dir, data_dir, a, pretrained=None):
     ref = None
     if pretrained:
         pm = load_model(pretrained, device=a.device)
-        ref = probe_inputs(pm, ids, records, a.batch_size, a.normalize, a.per_head, "capture pretrained", a.p2_labels)[0]
+        ref = probe_inputs(pm, ids, records, a.batch_size, a.normalize, a.per_head, "capture pretrained", a.p2_labels)[
+            0
+        ]
         del pm
     res = run_probe(data, controls, a.seeds, a.folds, ref, device=a.device)
     head_avg = rows.mean(2)  # (N, L, T)
-    res.update({"model": str(model_dir), "data_dir": str(data_dir), "k": meta["k"], "accuracy": acc, "p2_labels": a.p2_labels,
-                "sink_attention_first_position": head_avg[:, :, 0].mean(0).tolist(),
-                "attention_to_useful": (head_avg * torch.tensor([r["useful"] for r in records], dtype=torch.float)[:, None]).sum(-1).mean(0).tolist(),
-                "layers": int(rows.shape[1]), "heads": int(rows.shape[2])})
+    res.update(
+        {
+            "model": str(model_dir),
+            "data_dir": str(data_dir),
+            "k": meta["k"],
+            "accuracy": acc,
+            "p2_labels": a.p2_labels,
+            "sink_attention_first_position": head_avg[:, :, 0].mean(0).tolist(),
+            "attention_to_useful": (head_avg * torch.tensor([r["useful"] for r in records], dtype=torch.float)[:, None])
+            .sum(-1)
+            .mean(0)
+            .tolist(),
+            "layers": int(rows.shape[1]),
+            "heads": int(rows.shape[2]),
+        }
+    )
     return res
 
 
@@ -86,24 +114,48 @@ def fmt(s):
 OUTPUTS = ("probe_results.json", "config.json", "probe_by_layer.png", "probe_by_k.png")
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description="MechanisticProbe on GPT-2 models finetuned on the k-th smallest task.")
     p.add_argument("--models", nargs="+", required=True, help="finetuned model folders (one per k)")
-    p.add_argument("--data-dirs", nargs="+", required=True, help="dataset folder of each model (same order); k is read from its meta.json")
+    p.add_argument(
+        "--data-dirs",
+        nargs="+",
+        required=True,
+        help="dataset folder of each model (same order); k is read from its meta.json",
+    )
     p.add_argument("--pretrained", default="", help="optional pretrained-not-finetuned model folder (second reference)")
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--split", default="test")
-    p.add_argument("--n-examples", type=at_least_two, default=1024, help="test lists to probe")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of the random-init controls and the folds")
-    p.add_argument("--folds", type=at_least_two, default=2, help="cross-validation folds, grouped by example")
-    p.add_argument("--normalize", default="max", choices=["max", "none"], help="divide each example's matrix by its max (as the paper)")
+    p.add_argument("--split")
+    p.add_argument("--n-examples", type=at_least_two, help="test lists to probe")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds of the random-init controls and the folds")
+    p.add_argument("--folds", type=at_least_two, help="cross-validation folds, grouped by example")
+    p.add_argument(
+        "--normalize",
+        choices=["max", "none"],
+        help="divide each example's matrix by its max (as the paper)",
+    )
     p.add_argument("--per-head", action="store_true", help="per-head features instead of the head average")
-    p.add_argument("--p2-labels", default="answer", choices=["answer", "rank"],
-                   help="P2 classes: answer = the answer vs the other useful numbers (the original's two classes); rank = each useful number's rank (k+1 classes); the same at k = 1")
-    p.add_argument("--batch-size", type=positive_int, default=128)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=nonneg_int, default=0, help="torch threads (0: all cores); lower it when another job shares the cores")
-    a = p.parse_args(argv)
+    p.add_argument(
+        "--p2-labels",
+        choices=["answer", "rank"],
+        help="P2 classes: answer = the answer vs the other useful numbers (the original's two classes); "
+        "rank = each useful number's rank (k+1 classes); the same at k = 1",
+    )
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--device")
+    p.add_argument(
+        "--threads",
+        type=nonneg_int,
+        default=0,
+        help="torch threads (0: all cores); lower it when another job shares the cores",
+    )
+    p.set_defaults(**{f.name: f.default for f in fields(GPT2ProbeSettings)})
+    return p
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
+    a.seeds = list(a.seeds)
     check_device(a.device)
     a.threads = set_threads(a.threads)
     if hasattr(a, "seeds"):
@@ -115,18 +167,28 @@ def main(argv=None):
 def run(a):
     """The run described by the parsed arguments `a` (see main); returns its results."""
     if len(a.models) != len(a.data_dirs):
-        raise MechprobeError(f"{len(a.models)} models but {len(a.data_dirs)} data directories: give one data directory per model")
+        raise MechprobeError(
+            f"{len(a.models)} models but {len(a.data_dirs)} data directories: give one data directory per model"
+        )
     seed_everything(a.seeds[0])
     out = Path(a.out_dir)
     t0 = time.time()
     results = []
     for m, d in zip(a.models, a.data_dirs):
         log.info("probing %s on %s", m, d)
-        r = probe_one(m, d, a, a.pretrained or None)
+        st = GPT2ProbeSettings(**{f.name: getattr(a, f.name) for f in fields(GPT2ProbeSettings)})
+        r = probe_one(m, d, st, a.pretrained or None)
         results.append(r)
-        log.info("k=%d acc=%.4f  S_P1=%s  S_P2=%s  (F1 model %s / control %s)", r["k"], r["accuracy"], fmt(r["s_p1"]), fmt(r["s_p2"]),
-                 fmt(r["f1_p1"]), fmt(r["control_f1_p1"]))
-    write_json(out / "config.json", vars(a))
+        log.info(
+            "k=%d acc=%.4f  S_P1=%s  S_P2=%s  (F1 model %s / control %s)",
+            r["k"],
+            r["accuracy"],
+            fmt(r["s_p1"]),
+            fmt(r["s_p2"]),
+            fmt(r["f1_p1"]),
+            fmt(r["control_f1_p1"]),
+        )
+    write_config(out, a, [f for d in a.data_dirs for f in (Path(d) / f"{a.split}.jsonl", Path(d) / "meta.json")])
     write_json(out / "probe_results.json", {"models": results, "seconds": round(time.time() - t0, 1)})
     plots.probe_curves(results, out / "probe_by_layer.png")
     plots.probe_by_k(results, out / "probe_by_k.png")

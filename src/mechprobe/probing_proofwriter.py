@@ -5,35 +5,63 @@ paper: proofs present, no NAF, no OR, QDep in --depths, capped per group), gener
 theories in that format when --generate is given and the folder holds none, or Logic-LLM's
 processed file (a .json: accuracy only, it has no proofs).
 """
+
 import argparse
 from pathlib import Path
 
 from . import proofwriter as pw
 from .incontext import PromptBuilder, pick_demos
-from .llmprobe import add_model_args, load, probe_items, report
-from .llmprobe import check_llm_args
-from .utils import get_logger, run_folder, run_main, seed_everything, write_json
+from .llmprobe import ProbeSettings, add_model_args, check_llm_args, load_args, probe_items, report
+from .utils import get_logger, run_folder, run_main, seed_everything, write_config, write_json
 
 log = get_logger()
 
 
-OUTPUTS = ("probe_results.json", "config.json", "accuracy_by_group.png", "accuracy_by_depth.png", "probe_by_group.png", "probe_by_depth.png", "probe_by_layer.png")
+OUTPUTS = (
+    "probe_results.json",
+    "config.json",
+    "accuracy_by_group.png",
+    "accuracy_by_depth.png",
+    "probe_by_group.png",
+    "probe_by_depth.png",
+    "probe_by_layer.png",
+)
 
 
-def main(argv=None):
+def parser():
     p = argparse.ArgumentParser(description="ProofWriter: in-context accuracy and the MechanisticProbe on a causal LM.")
-    p.add_argument("--data", required=True, help="ProofWriter folder (with CWA/depth-N/), one meta-*.jsonl, or Logic-LLM's dev.json")
-    p.add_argument("--generate", action="store_true", help="write synthetic theories into --data when it holds none")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="ProofWriter folder (with CWA/depth-N/), one meta-*.jsonl, or Logic-LLM's dev.json",
+    )
+    p.add_argument(
+        "--generate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write synthetic theories into --data when it holds none",
+    )
     p.add_argument("--setting", default="CWA", choices=["CWA", "OWA"])
     p.add_argument("--split", default="test")
-    p.add_argument("--depth-folder", type=int, default=None, help="read only this depth-N folder (default: every depth-N folder of the split, pooled)")
+    p.add_argument(
+        "--depth-folder",
+        type=int,
+        default=None,
+        help="read only this depth-N folder (default: every depth-N folder of the split, pooled)",
+    )
     p.add_argument("--depths", type=int, nargs="+", default=[0, 1], help="question depths (QDep) kept")
     p.add_argument("--groups", type=int, nargs="*", default=None, help="numbers of statements kept (default: all)")
     p.add_argument("--max-per-group", type=int, default=1024)
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) malformed questions instead of stopping")
-    p.add_argument("--naf", action="store_true", help="generated theories get rules with negated conditions (negation as failure)")
-    add_model_args(p)
-    a = p.parse_args(argv)
+    p.add_argument(
+        "--naf", action="store_true", help="generated theories get rules with negated conditions (negation as failure)"
+    )
+    add_model_args(p, limit=300)
+    return p
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
     check_llm_args(a)
     with run_folder(a.out_dir, OUTPUTS):
         return run(a)
@@ -43,20 +71,40 @@ def run(a):
     """The run described by the parsed arguments `a` (see main); returns its results."""
     seed_everything(a.seeds[0])
     out = Path(a.out_dir)
-    items, pool, words, source = pw.load_items(a.data, a.setting, a.split, a.depth_folder, a.depths, a.max_per_group, a.skip_bad,
-                                               a.groups, a.generate, a.seeds[0], a.naf)
+    items, pool, words, source = pw.load_items(
+        a.data,
+        a.setting,
+        a.split,
+        a.depth_folder,
+        a.depths,
+        a.max_per_group,
+        a.skip_bad,
+        a.groups,
+        a.generate,
+        a.seeds[0],
+        a.naf,
+    )
     if a.limit:
         items = items[: a.limit]
     demos = pick_demos(items, a.n_demos, a.seeds[0], pool)
     texts = [s for it in items + pool for s in it["statements"] + [it["question"]]]
-    tok, model, mpath = load(a, texts, out)
+    tok, model, mpath = load_args(a, texts, out)
     builder = PromptBuilder(suffix="True or False?" if words == ["True", "False"] else "True, False, or Unknown?")
-    res, _, _ = probe_items(a, tok, model, items, demos, builder, words, source)
+    res, _, _ = probe_items(ProbeSettings.from_args(a), tok, model, items, demos, builder, words, source)
     res.update({"model": mpath, "data": source})
-    write_json(out / "config.json", vars(a))
+    write_config(
+        out,
+        a,
+        source.split(", "),
+        model_dtype=str(next(model.parameters()).dtype),
+        model_device=str(next(model.parameters()).device),
+    )
     write_json(out / "probe_results.json", res)
     report(res, out, "ProofWriter in-context accuracy")
-    print(f"results: {out / 'probe_results.json'}  plots: {out}/accuracy_by_group.png, probe_by_group.png, probe_by_depth.png, probe_by_layer.png")
+    print(
+        f"results: {out / 'probe_results.json'}  plots: {out}/accuracy_by_group.png, probe_by_group.png, "
+        "probe_by_depth.png, probe_by_layer.png"
+    )
     return res
 
 

@@ -14,6 +14,7 @@ Steps: a fact used as a premise is a leaf, step 0; a rule applied to premises ha
 1 + max(step of its premises' roots). So leaves are step 0 and the rule that yields the answer
 is the last step. A statement used at several steps keeps the largest (its last use).
 """
+
 import json
 import re
 from pathlib import Path
@@ -120,6 +121,7 @@ def tree_steps(node):
 
 def theory_statements(theory):
     """Statement ids and texts in theory order: triples then rules, each by number."""
+
     def num(k):
         m = re.search(r"(\d+)$", k)
         return int(m.group(1)) if m else 0
@@ -141,11 +143,21 @@ def item_from_question(theory, qid, q, where):
         raise MechprobeError(f"{where}: question {qid}: proof names {unknown}, which are not statements of the theory")
     ans = q["answer"]
     if ans not in (True, False, "Unknown") or isinstance(ans, (int, float)) and not isinstance(ans, bool):
-        raise ValueError(f"answer {ans!r}: expected true, false or \"Unknown\"")
+        raise ValueError(f'answer {ans!r}: expected true, false or "Unknown"')
     word = {True: "True", False: "False"}.get(ans, str(ans))
-    return {"id": f"{theory.get('id', '?')}/{qid}", "statements": texts, "statement_ids": sids, "question": q["question"],
-            "answer": word, "useful": [s in steps for s in sids], "step": [steps.get(s, -1) for s in sids],
-            "depth": int(q["QDep"]), "group": len(sids), "proof": q["proofs"], "edges": edges}
+    return {
+        "id": f"{theory.get('id', '?')}/{qid}",
+        "statements": texts,
+        "statement_ids": sids,
+        "question": q["question"],
+        "answer": word,
+        "useful": [s in steps for s in sids],
+        "step": [steps.get(s, -1) for s in sids],
+        "depth": int(q["QDep"]),
+        "group": len(sids),
+        "proof": q["proofs"],
+        "edges": edges,
+    }
 
 
 def read_meta(paths, depths=(0, 1), max_per_group=1024, skip_bad=False, allow_or=False, groups=None):
@@ -175,7 +187,9 @@ def read_meta(paths, depths=(0, 1), max_per_group=1024, skip_bad=False, allow_or
             for qid, q in th["questions"].items():
                 try:
                     if not isinstance(q, dict):
-                        raise ValueError(f"expected an object with question, answer, QDep, QLen, proofs; got {type(q).__name__}")
+                        raise ValueError(
+                            f"expected an object with question, answer, QDep, QLen, proofs; got {type(q).__name__}"
+                        )
                     if q.get("QLen", "") in ("", None) or "NAF" in q.get("proofs", ""):
                         skip("no proof / NAF")
                         continue
@@ -206,7 +220,9 @@ def read_meta(paths, depths=(0, 1), max_per_group=1024, skip_bad=False, allow_or
     if skipped:
         log.info("%s: skipped %s", names, ", ".join(f"{v} ({k})" for k, v in skipped.items()))
     if not items:
-        raise MechprobeError(f"{names}: no question left after filtering (depths {list(depths)}, groups {groups or 'all'})")
+        raise MechprobeError(
+            f"{names}: no question left after filtering (depths {list(depths)}, groups {groups or 'all'})"
+        )
     return items
 
 
@@ -231,7 +247,9 @@ def find_metas(data_dir, split, setting="CWA", depth=None):
     """
     base = Path(data_dir) / setting
     if not base.is_dir():
-        raise MechprobeError(f"{data_dir}: no {setting}/ folder; expected the ProofWriter layout {setting}/depth-N/meta-{split}.jsonl")
+        raise MechprobeError(
+            f"{data_dir}: no {setting}/ folder; expected the ProofWriter layout {setting}/depth-N/meta-{split}.jsonl"
+        )
     found = []
     for f in base.glob(f"depth-*/meta-{split}.jsonl"):
         m = re.fullmatch(r"depth-(\d+)", f.parent.name)
@@ -242,8 +260,19 @@ def find_metas(data_dir, split, setting="CWA", depth=None):
     return [f for _, f in sorted(found)]
 
 
-def load_items(data, setting="CWA", split="test", depth_folder=None, depths=(0, 1), max_per_group=1024, skip_bad=False, groups=None,
-               generate=False, seed=0, naf=False):
+def load_items(
+    data,
+    setting="CWA",
+    split="test",
+    depth_folder=None,
+    depths=(0, 1),
+    max_per_group=1024,
+    skip_bad=False,
+    groups=None,
+    generate=False,
+    seed=0,
+    naf=False,
+):
     """(items, demonstration pool, answer words, source) from a ProofWriter folder (every
     `<setting>/depth-N/meta-<split>.jsonl`, or only depth-`depth_folder`), one meta-*.jsonl, or
     Logic-LLM's processed .json (accuracy only). With generate=True an empty folder first gets
@@ -257,16 +286,28 @@ def load_items(data, setting="CWA", split="test", depth_folder=None, depths=(0, 
         metas, trains = [path], []
     else:
         if path.exists() and not path.is_dir():
-            raise MechprobeError(f"{path}: is a file; expected a ProofWriter folder, a meta-*.jsonl or Logic-LLM's .json")
+            raise MechprobeError(
+                f"{path}: is a file; expected a ProofWriter folder, a meta-*.jsonl or Logic-LLM's .json"
+            )
         if not (path / setting).is_dir():
             if not generate:
-                raise MechprobeError(f"{path}: no {setting}/depth-N/ folder; point DATA at a ProofWriter release, or set GENERATE=1 to write synthetic theories there")
+                raise MechprobeError(
+                    f"{path}: no {setting}/depth-N/ folder; point DATA at a ProofWriter release, or set GENERATE=1 "
+                    "to write synthetic theories there"
+                )
             from .proofwriter_gen import generate as gen
 
-            log.info("%s holds no ProofWriter data: generating synthetic theories (max depth %d%s)", path, max(depths), ", NAF rules" if naf else "")
+            log.info(
+                "%s holds no ProofWriter data: generating synthetic theories (max depth %d%s)",
+                path,
+                max(depths),
+                ", NAF rules" if naf else "",
+            )
             gen(path, max(depths), seed=seed, naf=naf)
         metas = find_metas(path, split, setting, depth_folder)
-        trains = [t for t in (m.with_name("meta-train.jsonl") for m in metas if m.name != "meta-train.jsonl") if t.exists()]
+        trains = [
+            t for t in (m.with_name("meta-train.jsonl") for m in metas if m.name != "meta-train.jsonl") if t.exists()
+        ]
     items = read_meta(metas, tuple(depths), max_per_group, skip_bad, groups=groups)
     log.info("read %d questions from %s", len(items), ", ".join(str(m) for m in metas))
     pool = read_meta(trains, tuple(depths), max_per_group, True, groups=groups) if trains else items
@@ -287,7 +328,9 @@ def read_logic_llm(path):
     try:
         rows = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise MechprobeError(f"{path}: line {e.lineno}: not valid JSON ({e.msg}); expected a JSON array of questions") from None
+        raise MechprobeError(
+            f"{path}: line {e.lineno}: not valid JSON ({e.msg}); expected a JSON array of questions"
+        ) from None
     if not isinstance(rows, list):
         raise MechprobeError(f"{path}: expected a JSON array of questions")
     items = []
@@ -299,6 +342,16 @@ def read_logic_llm(path):
             raise MechprobeError(f"{path}: item {r['id']}: answer {r['answer']!r}, expected A, B or C")
         q = r["question"].split("?", 1)[-1].strip() if "?" in r["question"] else r["question"]
         sents = [s.strip() for s in _SENT.findall(r["context"])]
-        items.append({"id": r["id"], "statements": sents, "question": q, "answer": _LL_ANSWER[r["answer"]],
-                      "useful": None, "step": None, "depth": None, "group": len(sents)})
+        items.append(
+            {
+                "id": r["id"],
+                "statements": sents,
+                "question": q,
+                "answer": _LL_ANSWER[r["answer"]],
+                "useful": None,
+                "step": None,
+                "depth": None,
+                "group": len(sents),
+            }
+        )
     return items

@@ -17,6 +17,7 @@ fact a proof uses can re-derive the conclusion (see logic.py).
 
 CLI:  python -m mechprobe.proofwriter_gen --out data/proofwriter/synthetic --max-depth 1
 """
+
 import argparse
 import re
 from pathlib import Path
@@ -26,8 +27,36 @@ import numpy as np
 from .utils import get_logger, run_main, write_jsonl
 
 _FACT_Q = re.compile(r"^(.+) is (?:not )?(\w+)\.$")
-ENTITIES = ["The cat", "The dog", "The bear", "The mouse", "The lion", "The rabbit", "Bob", "Anne", "Charlie", "Dave", "Erin", "Fiona"]
-ATTRS = ["red", "big", "kind", "cold", "round", "young", "blue", "green", "rough", "nice", "quiet", "smart", "furry", "white"]
+ENTITIES = [
+    "The cat",
+    "The dog",
+    "The bear",
+    "The mouse",
+    "The lion",
+    "The rabbit",
+    "Bob",
+    "Anne",
+    "Charlie",
+    "Dave",
+    "Erin",
+    "Fiona",
+]
+ATTRS = [
+    "red",
+    "big",
+    "kind",
+    "cold",
+    "round",
+    "young",
+    "blue",
+    "green",
+    "rough",
+    "nice",
+    "quiet",
+    "smart",
+    "furry",
+    "white",
+]
 
 
 def fact_text(e, a, neg=False):
@@ -51,12 +80,14 @@ def _holds(e, c, known):
 
 def proof_string(nodes):
     """Serialise proof trees (alternatives joined by OR) in ProofWriter's syntax (see proofwriter.parse_proof)."""
+
     def prem(n):
         if n[0] == "fact":
             return n[1]
         if n[0] == "naf":
             return "NAF"
         return "((" + " ".join(prem(p) for p in n[2]) + f") -> {n[1]})"
+
     nodes = nodes if isinstance(nodes, list) else [nodes]
     return "[" + " OR ".join(f"({prem(n)})" for n in nodes) + "]"
 
@@ -71,7 +102,10 @@ def all_proofs(fa, facts, rules, known, visiting=frozenset(), cap=4):
     for rid, conds, concl in rules:
         if concl != a or any(not _holds(e, c, known) or (e, c) in visiting or (e, c) == fa for c in conds):
             continue
-        subs = [[("naf", _neg(c))] if _neg(c) else all_proofs((e, c), facts, rules, known, visiting | {fa}, cap) for c in conds]
+        subs = [
+            [("naf", _neg(c))] if _neg(c) else all_proofs((e, c), facts, rules, known, visiting | {fa}, cap)
+            for c in conds
+        ]
         for combo in product(*subs):
             out.append(("rule", rid, list(combo), None))
             if len(out) >= cap:
@@ -136,7 +170,11 @@ def make_theory(rng, tid, n_statements, max_depth, n_questions=8, naf=False):
         e = ents[int(rng.integers(len(ents)))]
         have = [a for (x, a) in facts if x == e]
         # conditions mostly drawn from what one entity has, so that rules fire
-        conds = list(rng.choice(have, min(nc, len(have)), replace=False)) if have and rng.random() < 0.7 else list(rng.choice(attrs, nc, replace=False))
+        conds = (
+            list(rng.choice(have, min(nc, len(have)), replace=False))
+            if have and rng.random() < 0.7
+            else list(rng.choice(attrs, nc, replace=False))
+        )
         rest = [a for a in attrs if a not in conds]
         rules.append((f"rule{j + 1}", conds, str(rng.choice(rest))))
     if naf:
@@ -144,9 +182,17 @@ def make_theory(rng, tid, n_statements, max_depth, n_questions=8, naf=False):
     known = closure(facts, rules, ents)
     if max(d for d, _ in known.values()) > max_depth:
         return None
-    th = {"id": f"Synth-CWA-D{max_depth}-{tid}", "maxD": max_depth, "NFact": len(facts), "NRule": len(rules),
-          "triples": {t: {"text": fact_text(*fa), "representation": f'("{fa[0].lower()}" "is" "{fa[1]}" "+")'} for fa, t in facts.items()},
-          "rules": {r: {"text": rule_text(c, k), "representation": f"({c} -> {k})"} for r, c, k in rules}}
+    th = {
+        "id": f"Synth-CWA-D{max_depth}-{tid}",
+        "maxD": max_depth,
+        "NFact": len(facts),
+        "NRule": len(rules),
+        "triples": {
+            t: {"text": fact_text(*fa), "representation": f'("{fa[0].lower()}" "is" "{fa[1]}" "+")'}
+            for fa, t in facts.items()
+        },
+        "rules": {r: {"text": rule_text(c, k), "representation": f"({c} -> {k})"} for r, c, k in rules},
+    }
     th["theory"] = " ".join([v["text"] for v in th["triples"].values()] + [v["text"] for v in th["rules"].values()])
     qs, derived, cands = {}, [], []
     for (e, a), (d, node) in known.items():
@@ -165,18 +211,40 @@ def make_theory(rng, tid, n_statements, max_depth, n_questions=8, naf=False):
             m = _FACT_Q.match(text)
             alts = all_proofs((m.group(1), m.group(2)), facts, rules, known)
             alts = [node] + [x for x in alts if x != node]  # the shortest first; several proofs are joined by OR
-            q = {"question": text, "answer": ans, "QDep": d, "QLen": tree_size(node), "strategy": strat, "proofs": proof_string(alts)}
+            q = {
+                "question": text,
+                "answer": ans,
+                "QDep": d,
+                "QLen": tree_size(node),
+                "strategy": strat,
+                "proofs": proof_string(alts),
+            }
         elif ans:
-            q = {"question": text, "answer": ans, "QDep": 0, "QLen": 1, "strategy": strat, "proofs": f"[(({text[:-1]}) NAF)]"}
+            q = {
+                "question": text,
+                "answer": ans,
+                "QDep": 0,
+                "QLen": 1,
+                "strategy": strat,
+                "proofs": f"[(({text[:-1]}) NAF)]",
+            }
         else:
-            q = {"question": text, "answer": ans, "QDep": 0, "QLen": "", "strategy": strat,
-                 "proofs": f"[@0: {text}[CWA. Example of deepest failure = (FAIL)]]"}
+            q = {
+                "question": text,
+                "answer": ans,
+                "QDep": 0,
+                "QLen": "",
+                "strategy": strat,
+                "proofs": f"[@0: {text}[CWA. Example of deepest failure = (FAIL)]]",
+            }
         qs[f"Q{j + 1}"] = q
     th["questions"] = qs
     return th
 
 
-def generate(out, max_depth=1, sizes=(400, 100, 100), groups=(2, 4, 8, 12, 16, 20, 24), seed=0, n_questions=8, naf=False):
+def generate(
+    out, max_depth=1, sizes=(400, 100, 100), groups=(2, 4, 8, 12, 16, 20, 24), seed=0, n_questions=8, naf=False
+):
     """Write `<out>/CWA/depth-<max_depth>/meta-{train,dev,test}.jsonl`; returns the folder."""
     rng = np.random.default_rng(seed)
     folder = Path(out) / "CWA" / f"depth-{max_depth}"
@@ -192,11 +260,22 @@ def generate(out, max_depth=1, sizes=(400, 100, 100), groups=(2, 4, 8, 12, 16, 2
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Generate synthetic ProofWriter theories in the original CWA meta-*.jsonl format.")
+    p = argparse.ArgumentParser(
+        description="Generate synthetic ProofWriter theories in the original CWA meta-*.jsonl format."
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--max-depth", type=int, default=1)
-    p.add_argument("--sizes", type=int, nargs=3, default=[400, 100, 100], metavar=("TRAIN", "DEV", "TEST"), help="theories per split")
-    p.add_argument("--groups", type=int, nargs="+", default=[2, 4, 8, 12, 16, 20, 24], help="numbers of statements per theory")
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs=3,
+        default=[400, 100, 100],
+        metavar=("TRAIN", "DEV", "TEST"),
+        help="theories per split",
+    )
+    p.add_argument(
+        "--groups", type=int, nargs="+", default=[2, 4, 8, 12, 16, 20, 24], help="numbers of statements per theory"
+    )
     p.add_argument("--questions", type=int, default=8, help="questions per theory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--naf", action="store_true", help="rules with negated conditions (negation as failure)")

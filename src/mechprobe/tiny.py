@@ -1,6 +1,7 @@
 """Tiny local models for CPU runs and tests: a random LLaMA-architecture model with a
 word-level tokenizer built from the texts it will read (saved with save_pretrained, so
 `load_model(dir)` / `AutoTokenizer.from_pretrained(dir)` treat it like any real model)."""
+
 import json
 import re
 from pathlib import Path
@@ -19,7 +20,9 @@ def word_tokenizer(texts, extra=("True", "False", "Unknown")):
     vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>"] + words)}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
 
 
 def tiny_llama_dir(out, texts, layers=4, heads=4, kv_heads=2, hidden=64, seed=0, max_positions=4096):
@@ -32,14 +35,25 @@ def tiny_llama_dir(out, texts, layers=4, heads=4, kv_heads=2, hidden=64, seed=0,
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = word_tokenizer(texts)
-    key = hashlib.sha256(json.dumps([sorted(tok.get_vocab()), layers, heads, kv_heads, hidden, seed, max_positions]).encode()).hexdigest()[:10]
+    key = hashlib.sha256(
+        json.dumps([sorted(tok.get_vocab()), layers, heads, kv_heads, hidden, seed, max_positions]).encode()
+    ).hexdigest()[:10]
     out = Path(f"{out}-{key}")
     if (out / "config.json").exists():
         return out
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
-                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
     model = LlamaForCausalLM._from_config(cfg, attn_implementation="eager")
     tmp = out.with_name("." + out.name + ".tmp")
     model.save_pretrained(tmp)

@@ -1,4 +1,5 @@
 """Small shared helpers: errors, atomic writes, JSONL reading, seeding, logging."""
+
 import argparse
 import json
 import logging
@@ -56,7 +57,8 @@ def progress(iterable=None, **kw):
     """tqdm, shown only when stderr is a terminal (log files stay readable)."""
     from tqdm import tqdm
 
-    return tqdm(iterable, disable=not sys.stderr.isatty() or kw.pop("disable", False), dynamic_ncols=True, **kw)
+    off = kw.pop("disable", False)
+    return tqdm(iterable, disable=off or not sys.stderr.isatty(), dynamic_ncols=True, **kw)
 
 
 def seed_everything(seed):
@@ -133,7 +135,10 @@ def iter_jsonl(path, on_error=None):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                msg = f"{path}:{i}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); expected UTF-8 JSON lines"
+                msg = (
+                    f"{path}:{i}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                    "expected UTF-8 JSON lines"
+                )
                 if on_error is None:
                     raise MechprobeError(msg) from None
                 on_error(i, msg)
@@ -147,6 +152,67 @@ def iter_jsonl(path, on_error=None):
                 if on_error is None:
                     raise MechprobeError(msg) from None
                 on_error(i, msg)
+
+
+def sha256_file(path):
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def provenance(data_files=()):
+    """Where a run's numbers come from: package versions, git commit, command line, data hashes."""
+    import platform
+    import subprocess
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("mechprobe", "torch", "transformers", "tokenizers", "numpy", "scikit-learn", "safetensors"):
+        try:
+            from importlib.metadata import version
+
+            versions[pkg] = version(pkg)
+        except Exception:  # noqa: BLE001 - not installed
+            pass
+    try:
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                cwd=Path(__file__).resolve().parent,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    files = {}
+    for f in data_files:
+        f = Path(f)
+        if f.is_file():
+            files[str(f)] = sha256_file(f)
+    return {
+        "versions": versions,
+        "git_commit": commit,
+        "command": sys.argv,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "data_sha256": files,
+    }
+
+
+def write_config(out, settings, data_files=(), **extra):
+    """config.json: the run's settings, `extra` (e.g. device, dtype, threads) and its provenance."""
+    cfg = {
+        **(vars(settings) if isinstance(settings, argparse.Namespace) else dict(settings)),
+        **extra,
+        "provenance": provenance(data_files),
+    }
+    write_json(Path(out) / "config.json", cfg)
+    return cfg
 
 
 def save_figure(fig, path, pdf=False):
@@ -164,6 +230,7 @@ def save_figure(fig, path, pdf=False):
 
 # ---------------------------------------------------------------- argument checks (argparse types)
 
+
 def _typed(cast, ok, what):
     def check(text):
         try:
@@ -173,6 +240,7 @@ def _typed(cast, ok, what):
         if not ok(v):
             raise argparse.ArgumentTypeError(f"{text!r}: expected {what}")
         return v
+
     check.__name__ = what
     return check
 
@@ -186,7 +254,10 @@ share = _typed(float, lambda v: 0 <= v <= 1, "a number between 0 and 1")
 
 def distinct_seeds(seeds):
     if len(set(seeds)) != len(seeds):
-        raise MechprobeError(f"SEEDS={' '.join(map(str, seeds))}: a seed is repeated; give distinct seeds (the spread over seeds would be wrong)")
+        raise MechprobeError(
+            f"SEEDS={' '.join(map(str, seeds))}: a seed is repeated; give distinct seeds (the spread over seeds "
+            "would be wrong)"
+        )
     return seeds
 
 
@@ -209,11 +280,14 @@ def check_device(device):
     import torch
 
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise MechprobeError(f"DEVICE={device}: this machine has no CUDA GPU (torch.cuda.is_available() is False); use DEVICE=cpu")
+        raise MechprobeError(
+            f"DEVICE={device}: this machine has no CUDA GPU (torch.cuda.is_available() is False); use DEVICE=cpu"
+        )
     return device
 
 
 # ---------------------------------------------------------------- run folders
+
 
 def _pid_alive(pid):
     try:
@@ -253,7 +327,9 @@ def run_folder(out, outputs=(), keep=()):
         except (OSError, ValueError):
             other = 0
         if other and other != os.getpid() and _pid_alive(other):
-            raise MechprobeError(f"{out}: another run (pid {other}) is writing into this folder; wait for it or choose another OUT_DIR") from None
+            raise MechprobeError(
+                f"{out}: another run (pid {other}) is writing into this folder; wait for it or choose another OUT_DIR"
+            ) from None
         lock.unlink(missing_ok=True)
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     os.write(fd, str(os.getpid()).encode())
@@ -267,10 +343,15 @@ def run_folder(out, outputs=(), keep=()):
             f = out / name
             if name not in keep and f.exists() and not f.is_dir():
                 f.unlink()
-        write_json(out / "status.json", {"status": "running", "run_id": run_id, "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+        write_json(
+            out / "status.json",
+            {"status": "running", "run_id": run_id, "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+        )
         fh = logging.FileHandler(out / "run.log", mode="w")
         fh.setFormatter(LOG_FORMAT)
-        fh.stream.write(f"[{time.strftime('%H:%M:%S')}] run {run_id} into {out}: {' '.join(sys.argv)}\n")  # run.log only
+        fh.stream.write(
+            f"[{time.strftime('%H:%M:%S')}] run {run_id} into {out}: {' '.join(sys.argv)}\n"
+        )  # run.log only
         get_logger().addHandler(fh)
         try:
             yield run_id
@@ -280,7 +361,10 @@ def run_folder(out, outputs=(), keep=()):
         except BaseException as e:
             write_json(out / "status.json", {"status": "failed", "run_id": run_id, "error": str(e)[:500]})
             raise
-        write_json(out / "status.json", {"status": "complete", "run_id": run_id, "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+        write_json(
+            out / "status.json",
+            {"status": "complete", "run_id": run_id, "finished": time.strftime("%Y-%m-%d %H:%M:%S")},
+        )
     finally:
         for h in list(get_logger().handlers):
             if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == (out / "run.log").resolve():

@@ -11,10 +11,11 @@ The probing score normalises against the same probe on a randomly initialised mo
 A probe whose labels have a single class (P2 when k = 0) is undefined: it reports
 {"undefined": reason} instead of a number.
 """
+
 import numpy as np
 
 from .knn import N_NEIGHBORS, fold_curves, macro_f1
-from .utils import MechprobeError
+from .utils import MechprobeError, get_logger
 
 P2_LABELS = ("rank", "answer")
 
@@ -106,7 +107,12 @@ def summarize(values, reason="labels have a single class"):
     vals = [v for v in values if v is not None]
     if not vals:
         return {"undefined": reason, "n_seeds": len(values)}
-    return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "n_seeds": len(vals), "per_seed": [float(v) for v in vals]}
+    return {
+        "mean": float(np.mean(vals)),
+        "std": float(np.std(vals)),
+        "n_seeds": len(vals),
+        "per_seed": [float(v) for v in vals],
+    }
 
 
 def _why(data, key):
@@ -141,7 +147,10 @@ def run_probe(model_data, control_data, seeds, n_folds=2, reference_data=None, c
         if reference_data is not None:
             r1, r2 = probe_curves(reference_data, n_folds, seed, False, device)
             rows["reference_f1_p1"].append(r1["all"]), rows["reference_f1_p2"].append(r2["all"])
-            rows["reference_s_p1"].append(score(r1["all"], c1["all"])), rows["reference_s_p2"].append(score(r2["all"], c2["all"]))
+            (
+                rows["reference_s_p1"].append(score(r1["all"], c1["all"])),
+                rows["reference_s_p2"].append(score(r2["all"], c2["all"])),
+            )
         if curves:
             for mode in ("single", "cumulative"):
                 for l in range(L):
@@ -150,8 +159,33 @@ def run_probe(model_data, control_data, seeds, n_folds=2, reference_data=None, c
     for key, vals in rows.items():
         out[key] = summarize(vals, _why(model_data, key))
     if curves:
-        out["curves"] = {m: {c: [summarize(v, _why(model_data, c)) for v in per] for c, per in d.items()} for m, d in curve.items()}
+        out["curves"] = {
+            m: {c: [summarize(v, _why(model_data, c)) for v in per] for c, per in d.items()} for m, d in curve.items()
+        }
     out["n_statements"] = int(len(model_data.useful))
     out["n_examples"] = int(len(np.unique(model_data.group)))
     out["n_useful"] = int(model_data.useful.sum())
+    out["warnings"] = trust_warnings(model_data, out)
+    for w in out["warnings"]:
+        get_logger().warning("warning: %s", w)
+    return out
+
+
+def trust_warnings(data, res, min_class=10, control_max=0.95):
+    """Reasons not to trust the scores: a class with fewer than `min_class` examples, or a
+    random-init control that probes nearly perfectly (S then divides by almost nothing)."""
+    out = []
+    u = data.useful == 1
+    for name, y in (("P1", data.useful), ("P2", data.step[u])):
+        vals, counts = np.unique(y, return_counts=True)
+        small = [f"{v} ({c})" for v, c in zip(vals, counts) if c < min_class]
+        if small and len(vals) > 1:
+            out.append(f"{name}: fewer than {min_class} statements of class {', '.join(small)}: its F1 is noisy")
+    for key in ("control_f1_p1", "control_f1_p2"):
+        m = res.get(key, {}).get("mean")
+        if m is not None and m >= control_max:
+            out.append(
+                f"{key} = {m:.3f} >= {control_max}: the random-init control already separates the classes, so S is "
+                "unstable"
+            )
     return out

@@ -1,0 +1,103 @@
+"""The public API: the README's "Probe your own model on your own data" code, run as written."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from mechprobe import Item, read_items
+from mechprobe import proofwriter as pw
+from mechprobe.proofwriter_gen import generate
+from mechprobe.utils import MechprobeError
+
+from .conftest import ROOT
+
+
+def readme_code():
+    text = (ROOT / "README.md").read_text()
+    sec = text[text.index("## Probe your own model on your own data") :]
+    return re.search(r"```python\n(.*?)```", sec, re.S).group(1)
+
+
+def test_readme_example_runs_as_written(tmp_path, monkeypatch):
+    from mechprobe.tiny import word_tokenizer
+
+    folder = generate(tmp_path / "pw", max_depth=1, sizes=(0, 0, 12), seed=0)
+    items = pw.read_meta(folder / "meta-test.jsonl")[:40]
+    with open(tmp_path / "my_items.jsonl", "w") as f:
+        for it in items:
+            f.write(
+                json.dumps({k: it[k] for k in ("statements", "question", "answer", "useful", "step", "depth")}) + "\n"
+            )
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = word_tokenizer([s for it in items for s in it["statements"] + [it["question"]]])
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=tok.pad_token_id,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "models" / "my-llm")
+    tok.save_pretrained(tmp_path / "models" / "my-llm")
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(readme_code(), scope)  # noqa: S102 - the README's code, as written
+    res = scope["result"]
+    saved = json.loads((tmp_path / "runs" / "mine" / "probe_results.json").read_text())
+    assert saved["n_items"] == len(items) and res.s_p1 == saved["subsets"]["all"]["s_p1"]["mean"]
+    assert len(saved["subsets"]["all"]["s_p1"]["per_seed"]) == 3 and "depth=1" in saved["subsets"]
+    assert (tmp_path / "runs" / "mine" / "probe_by_layer.png").stat().st_size > 1000
+
+
+def test_items_from_dicts_and_datasets(tmp_path):
+    rows = [
+        {
+            "statements": ["A is b.", "C is d."],
+            "question": "A is b.",
+            "answer": "True",
+            "useful": [True, False],
+            "step": [0, -1],
+        }
+    ]
+    assert Item.from_dict(rows[0]).useful == [True, False]
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_list(rows * 3)
+    from mechprobe.api import as_items
+
+    assert [it.statements for it in as_items(ds)] == [rows[0]["statements"]] * 3
+
+
+def test_item_errors_name_file_line_and_field(tmp_path):
+    f = tmp_path / "items.jsonl"
+    good = {"statements": ["A is b."], "question": "A is b.", "answer": "True", "useful": [True], "step": [0]}
+    f.write_text(json.dumps(good) + "\n" + json.dumps({**good, "step": [0, 1]}) + "\n")
+    with pytest.raises(MechprobeError, match=r"items\.jsonl:2: field 'step' must be a list of 1 integers"):
+        read_items(f)
+    f.write_text(json.dumps({**good, "useful": [False]}) + "\n")
+    with pytest.raises(MechprobeError, match=r"items\.jsonl:1: statements \[0\]: a useful statement needs a step >= 0"):
+        read_items(f)
+
+
+def test_import_changes_no_environment_and_adds_only_a_null_handler():
+    code = (
+        "import os, logging; before = dict(os.environ); import mechprobe; "
+        "assert dict(os.environ) == before, set(os.environ) ^ set(before); "
+        "h = logging.getLogger('mechprobe').handlers; assert [type(x).__name__ for x in h] == ['NullHandler'], h; "
+        "assert callable(mechprobe.probe) and mechprobe.Capture._fields == ('rows', 'logits')"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": str(ROOT / "src")},
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
