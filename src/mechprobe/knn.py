@@ -7,8 +7,9 @@ largest total wins, the smallest class index on a tie.
 
 Features come layer by layer: X (N, L, D) (D = 1 head-averaged, or H per head). Two curves:
   * single:     layer l alone. With D = 1 this is a one-dimensional search: sort the training
-                values once; the k nearest of a query lie among the k values on either side of
-                its insertion point, so a window of 2k candidates is exact. O(n log n + m k).
+                values once; the k nearest of a query are a contiguous run of the sorted values
+                next to its insertion point, found by a binary search of log2(k) steps, for all
+                layers at once. O(L (n log n + m log k)).
   * cumulative: layers 0..l. The squared distance is additive over layers,
                     d2_l(i, j) = d2_{l-1}(i, j) + ||x_il - x_jl||^2      (non-decreasing in l),
                 so each query keeps C candidates (its C nearest at the prefix where they were
@@ -17,17 +18,19 @@ Features come layer by layer: X (N, L, D) (D = 1 head-averaged, or H per head). 
                 the candidates' top k is the exact top k; only the queries whose bound fails are
                 searched again in full (a matrix product over the prefix). The all-layers probe
                 is the last point of this curve.
-Full searches use ||b||^2 - 2 a.b in float32 to choose candidates, with a margin on tau for
-its rounding; the candidates' distances are then computed exactly from differences.
-Everything runs in torch on the given device (a GPU when the model is on one), in blocks of
-queries so memory stays bounded; torch spreads the work over the machine's cores.
+Full searches (sklearn's compiled brute force on the CPU; torch, ||b||^2 - 2 a.b in float32, on a
+GPU) choose candidates, with a margin on tau for their rounding; the candidates' distances are
+then computed exactly from differences. The rest runs in torch on the given device (a GPU when
+the model is on one), in blocks of queries so memory stays bounded; torch and sklearn spread the
+work over the machine's cores.
 """
 
 import numpy as np
 import torch
 
 N_NEIGHBORS = 8
-_U = 1.2e-7  # twice float32's unit roundoff: the search's rounding margin per summed term (see _Prefix.search)
+_U = 1.2e-7  # twice float32's unit roundoff: the GPU search's rounding margin per summed term (see _Prefix.search)
+_U64 = 4.5e-16  # the same for the float64 search on the CPU
 
 
 def vote(d, lab, n_classes):
@@ -66,7 +69,8 @@ class _Prefix:
         """Candidates among all rows for centred queries te_flat (b, L*D) on layers [lo, hi):
         (idx (b, c), tau (b,)): every row outside idx has squared distance >= tau.
 
-        Ranks rows by ||x||^2 - 2 q.x (the query's own ||q||^2 is a constant of its row)."""
+        On the CPU, sklearn's brute-force search (compiled, multi-threaded, float64); on a GPU, torch
+        in float32, ranking rows by ||x||^2 - 2 q.x (||q||^2 is a constant of the query's row)."""
         a, b = lo * self.D, hi * self.D
         tr_sq = self.sq[:, hi - 1] - (self.sq[:, lo - 1] if lo > 0 else 0)
         q = te_flat[:, a:b]
@@ -74,6 +78,13 @@ class _Prefix:
         if c >= self.n:
             idx = torch.arange(self.n, device=q.device).expand(q.shape[0], self.n)
             return idx, torch.full((q.shape[0],), float("inf"), dtype=q.dtype, device=q.device)
+        if q.device.type == "cpu":
+            from sklearn.neighbors import NearestNeighbors
+
+            d, idx = NearestNeighbors(n_neighbors=c, algorithm="brute").fit(self.flat[:, a:b].numpy()).kneighbors(q.numpy())
+            # float64 rounding of ||q||^2 + ||x||^2 - 2 q.x over F dimensions: at most (F + 4) u64 (2 ||x||^2 + ||q||^2)
+            tau = torch.from_numpy(d[:, -1] ** 2) - _U64 * (b - a + 4) * (2 * tr_sq.max() + q_sq)
+            return torch.from_numpy(idx), tau
         part = torch.addmm(tr_sq.float()[None, :], q.float(), self.flat32[:, a:b].T, alpha=-2)  # (b, n)
         vals, idx = torch.topk(part, c, dim=1, largest=False, sorted=False)
         # float32 rounding of ||x||^2 - 2 q.x over F = b - a dimensions is at most (F + 4) u (2 ||x||^2 + ||q||^2)
@@ -100,7 +111,7 @@ def _cumulative(tr, y, te, k, n_classes, n_cand):
     k = min(k, P.n)
     c = min(P.n, max(n_cand, 2 * k))
     out = torch.empty(L, m, dtype=torch.long, device=te.device)
-    bs = _block(m, max(P.n, c * P.D * L))
+    bs = _block(m, c * P.D * L if te.device.type == "cpu" else max(P.n, c * P.D * L))
     for r0 in range(0, m, bs):
         q = P.center(te[r0 : r0 + bs])
         idx, tau = P.search(q, 0, 1, c)
@@ -124,7 +135,7 @@ def _general(tr, y, te, k, n_classes):
     P = _Prefix(tr[:, None, :])
     k = min(k, P.n)
     out = torch.empty(te.shape[0], dtype=torch.long, device=te.device)
-    bs = _block(te.shape[0], max(P.n, 4 * k * P.D))
+    bs = _block(te.shape[0], 32 * k * P.D if te.device.type == "cpu" else max(P.n, 4 * k * P.D))
     for r0 in range(0, te.shape[0], bs):
         q = P.center(te[r0 : r0 + bs, None, :])
         rows = torch.arange(q.shape[0], device=q.device)
@@ -139,18 +150,37 @@ def _general(tr, y, te, k, n_classes):
 
 
 def _one_dim(tr, y, te, k, n_classes):
-    """Predictions (m,) for one-dimensional features tr (n,), te (m,): sort and window."""
-    n = tr.shape[0]
+    """Predictions (L, m) for every layer alone, one-dimensional features tr (n, L), te (m, L).
+
+    Per layer the training values are sorted once; the k nearest of a query form a contiguous run
+    [lo, lo + k) of the sorted values with lo in [pos - k, pos] (pos: the query's insertion point),
+    and lo is the first start whose left end is no farther than the value just past its right end,
+    found by a binary search of ceil(log2(k + 1)) steps. All layers at once; no top-k."""
+    n, L = tr.shape
     k = min(k, n)
-    s, order = torch.sort(tr)
-    ys = y[order]
-    pos = torch.searchsorted(s, te)  # (m,)
-    win = pos[:, None] + torch.arange(-k, k, device=te.device)[None, :]  # (m, 2k)
-    valid = (win >= 0) & (win < n)
-    win = win.clamp(0, n - 1)
-    d = (s[win] - te[:, None]).abs().masked_fill(~valid, float("inf"))
-    top, j = torch.topk(d, k, dim=1, largest=False)
-    return vote(top, ys[win.gather(1, j)], n_classes)
+    s, order = torch.sort(tr.T.contiguous(), dim=1)  # (L, n)
+    ys = y[order]  # (L, n)
+    x = te.T.contiguous()  # (L, m)
+    pos = torch.searchsorted(s, x)
+    lo, hi = (pos - k).clamp(0, n - k), pos.clamp(0, n - k)  # the answer lies in [lo, hi]
+    inf = torch.full((L, 1), float("inf"), dtype=s.dtype, device=s.device)
+    ext = torch.cat([s, inf], 1)  # s[n] = +inf: nothing lies past the end
+    while bool((lo < hi).any()):
+        mid = (lo + hi) // 2
+        right = (x - ext.gather(1, mid)) > (ext.gather(1, mid + k) - x)  # the run should start further right
+        lo = torch.where(right & (lo < hi), mid + 1, lo)
+        hi = torch.where(~right & (lo < hi), mid, hi)
+    idx = lo[:, :, None] + torch.arange(k, device=s.device)  # (L, m, k)
+    d = _take(s, idx) - x[:, :, None]  # (L, m, k)
+    lab = _take(ys, idx)
+    pred = vote(d.abs().reshape(-1, k), lab.reshape(-1, k), n_classes)
+    return pred.reshape(L, -1)
+
+
+def _take(a, idx):
+    """a (L, n), idx (L, m, k) -> a[l, idx[l, i, j]] (L, m, k)."""
+    L, m, k = idx.shape
+    return a.gather(1, idx.reshape(L, m * k)).reshape(L, m, k)
 
 
 def knn_predict(X_train, y_train, X_test, k=N_NEIGHBORS, device="cpu"):
@@ -192,12 +222,12 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
         )
         if curves:
             cum[:, te_m] = _cumulative(tr, ytr, te, k, len(classes), n_cand).cpu().numpy()
-            for l in range(L):
-                if D == 1:
-                    p = _one_dim(tr[:, l, 0].contiguous(), ytr, te[:, l, 0].contiguous(), k, len(classes))
-                else:
+            if D == 1:
+                single[:, te_m] = _one_dim(tr[:, :, 0], ytr, te[:, :, 0], k, len(classes)).cpu().numpy()
+            else:
+                for l in range(L):
                     p = _general(tr[:, l].contiguous(), ytr, te[:, l].contiguous(), k, len(classes))
-                single[l, te_m] = p.cpu().numpy()
+                    single[l, te_m] = p.cpu().numpy()
         else:
             cum[L - 1, te_m] = (
                 _general(tr.reshape(len(tr), -1), ytr, te.reshape(len(te), -1), k, len(classes)).cpu().numpy()
