@@ -81,7 +81,9 @@ class _Prefix:
         if q.device.type == "cpu":
             from sklearn.neighbors import NearestNeighbors
 
-            d, idx = NearestNeighbors(n_neighbors=c, algorithm="brute").fit(self.flat[:, a:b].numpy()).kneighbors(q.numpy())
+            d, idx = (
+                NearestNeighbors(n_neighbors=c, algorithm="brute").fit(self.flat[:, a:b].numpy()).kneighbors(q.numpy())
+            )
             # float64 rounding of ||q||^2 + ||x||^2 - 2 q.x over F dimensions: at most (F + 4) u64 (2 ||x||^2 + ||q||^2)
             tau = torch.from_numpy(d[:, -1] ** 2) - _U64 * (b - a + 4) * (2 * tr_sq.max() + q_sq)
             return torch.from_numpy(idx), tau
