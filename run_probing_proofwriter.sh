@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # ProofWriter in context: accuracy and the MechanisticProbe on a causal LM.
-# CPU check (default): a tiny random LLaMA on generated theories.
-# Real run (GPU): MODEL=/models/llama-2-7b DATA=/data/proofwriter-dataset-V2020.12.3 GENERATE=0 \
-#                 DEVICE=cuda DTYPE=bfloat16 LIMIT=0 bash run_probing_proofwriter.sh
+# Default: the ProofWriter reasoner trained by run_finetune_proofwriter.sh, on its test theories.
+# Pipeline check: MODEL=tiny (a tiny random LLaMA on generated theories).
+# Real run (GPU): MODEL=/models/llama-2-7b DATA=/data/proofwriter-dataset-V2020.12.3 GENERATE=0 N_DEMOS=4 \
+#                 DEVICE=cuda DTYPE=bfloat16 bash run_probing_proofwriter.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 
-MODEL=${MODEL:-tiny}                      # local model folder, or "tiny"
-DATA=${DATA:-data/proofwriter/synthetic}  # ProofWriter folder (CWA/depth-N/meta-*.jsonl), a meta-*.jsonl, or Logic-LLM's dev.json
+MODEL=${MODEL:-runs/finetune_proofwriter/best}  # the trained reasoner (bash run_finetune_proofwriter.sh); "tiny": pipeline check; or any local LLM folder
+DATA=${DATA:-$([ "$MODEL" = tiny ] && echo data/proofwriter/synthetic || echo data/proofwriter/reasoner)}  # the reasoner's theories; a ProofWriter release; Logic-LLM's dev.json
 GENERATE=${GENERATE:-1}                   # 1: write synthetic theories into DATA when it holds none
 SKIP_BAD=${SKIP_BAD:-0}                   # 1: skip (and count) malformed theories and questions instead of stopping
 SPLIT=${SPLIT:-test}
 DEPTH_FOLDER=${DEPTH_FOLDER:-}            # read only this CWA/depth-N/ folder (empty: every depth-N folder, pooled)
 DEPTHS=${DEPTHS:-"0 1"}                   # question depths kept (the paper: 0 and 1)
 MAX_PER_GROUP=${MAX_PER_GROUP:-1024}      # questions per number of statements
-N_DEMOS=${N_DEMOS:-4}
-LIMIT=${LIMIT:-300}                       # first N questions (0: all)
+N_DEMOS=${N_DEMOS:-0}                     # in-context demonstrations (0 for the reasoner; 4 as the paper for a pretrained LLM)
+LIMIT=${LIMIT:-0}                         # first N questions (0: all)
 SEEDS=${SEEDS:-"0 1 2"}
 QUERY_POOL=${QUERY_POOL:-mean}            # pooling over question tokens: mean | max | last
 DTYPE=${DTYPE:-float32}                   # float32 | bfloat16 | float16
@@ -30,6 +31,10 @@ OUT_DIR=${OUT_DIR:-runs/probing_proofwriter}
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+if [ "$MODEL" = runs/finetune_proofwriter/best ] && [ ! -f "$MODEL/config.json" ]; then
+  echo "error: no trained ProofWriter reasoner in $MODEL: train it with 'bash run_finetune_proofwriter.sh' (about 15 min on 2 CPU cores), or check the pipeline with MODEL=tiny" >&2
+  exit 2
+fi
 flags=()
 [ "$CACHE" = 0 ] && flags+=(--no-cache)
 if [ "$GENERATE" = 1 ]; then flags+=(--generate); else flags+=(--no-generate); fi

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mechprobe import finetune
+from mechprobe import finetune, training
 from mechprobe import ksmallest as ks
 from mechprobe.models import load_model
 from mechprobe.utils import MechprobeError
@@ -46,13 +46,13 @@ def test_train_lowers_the_loss_it_records(tmp_path, monkeypatch):
     value equals it recomputed by hand on the first batch with the initial weights, and 60 steps
     lower it."""
     seen = {}
-    real = finetune.F.cross_entropy
+    real = training.F.cross_entropy
 
     def spy(logits, target, *a, **k):
         seen.setdefault("first", (logits.detach().clone(), target.clone()))
         return real(logits, target, *a, **k)
 
-    monkeypatch.setattr(finetune.F, "cross_entropy", spy)
+    monkeypatch.setattr(training.F, "cross_entropy", spy)
     finetune.main(
         args(tmp_path, "run", "--max-steps", "60", "--eval-every", "30", "--lr", "1e-2", "--autocast", "none")
     )
@@ -90,12 +90,12 @@ def test_resume_continues_from_saved_step(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(finetune.F, "cross_entropy", flaky)
+    monkeypatch.setattr(training.F, "cross_entropy", flaky)
     with pytest.raises(KeyboardInterrupt):
         finetune.main(args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2"))
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 2
     assert not (tmp_path / "run" / "results.json").exists()
-    monkeypatch.setattr(finetune.F, "cross_entropy", real)
+    monkeypatch.setattr(training.F, "cross_entropy", real)
     res = finetune.main(args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2"))
     assert res["steps"] == 4
     a = load_model(tmp_path / "ref" / "last").state_dict()

@@ -220,6 +220,28 @@ def model_accuracy(model, ids, answers, batch_size=512):
     return correct / len(ids)
 
 
+class ListTask:
+    """The k-th smallest lists as a training task (training.run_loop): data {split: (ids, answers)}."""
+
+    def __init__(self, data, batch_size, seed):
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+
+    def epoch_batches(self, epoch):
+        """The epoch's seeded permutation of the training lists, cut into batches."""
+        import torch
+
+        n = len(self.data["train"][0])
+        perm = torch.from_numpy(np.random.default_rng(self.seed * 1000 + epoch).permutation(n))
+        return [perm[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+
+    def batch(self, idx):
+        ids, answers = self.data["train"]
+        return ids[idx], None, answers[idx]  # one length: no padding
+
+    def accuracy(self, model, split):
+        return model_accuracy(model, *self.data[split])
+
+
 def answer_accuracy(logits, answers):
     """Share of lists whose argmax prediction (logits (N, V)) is the answer token (answers (N,))."""
     return float((logits.argmax(-1) == answers).float().mean())

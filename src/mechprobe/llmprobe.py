@@ -23,8 +23,8 @@ from .utils import MechprobeError, at_least_two, check_device, distinct_seeds, g
 log = get_logger()
 
 
-def add_model_args(p, limit=0, seeds=(0, 1, 2)):
-    """Model and probe options shared by the LLM drivers; `limit` and `seeds` are the driver's defaults."""
+def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4):
+    """Model and probe options shared by the LLM drivers; `limit`, `seeds`, `n_demos`: the driver's defaults."""
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -42,7 +42,7 @@ def add_model_args(p, limit=0, seeds=(0, 1, 2)):
         help="build the random-init control with only this many layers and compare only those layers (0: all)",
     )
     g = p.add_argument_group("probe")
-    g.add_argument("--n-demos", type=nonneg_int, default=4, help="in-context demonstrations")
+    g.add_argument("--n-demos", type=nonneg_int, default=n_demos, help="in-context demonstrations")
     g.add_argument(
         "--limit", type=nonneg_int, default=limit, help="use only the first N items (0: all) - try a few first"
     )

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Train a ProofWriter reasoner from scratch: a small LLaMA that answers the probe's prompt
+# ("<statements> <question> True or False?", no demonstrations) on generated theories.
+# The probing and corruption scripts use it by default:  bash run_probing_proofwriter.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+
+DATA_DIR=${DATA_DIR:-data/proofwriter/reasoner}   # generated here first (train/dev/test theories) when it holds no data
+OUT_DIR=${OUT_DIR:-runs/finetune_proofwriter}
+DEPTH=${DEPTH:-1}                                 # questions of depth 0..DEPTH (up to 5)
+SIZES=${SIZES:-"6000 300 300"}                    # theories per split (train dev test), about 8 questions each
+GROUPS=${GROUPS:-"2 4 8 12 16 20 24"}             # numbers of statements of the theories (the paper's groups)
+QUESTIONS=${QUESTIONS:-8}                         # questions per theory
+LAYERS=${LAYERS:-4}
+HIDDEN=${HIDDEN:-128}
+HEADS=${HEADS:-4}
+LR=${LR:-0.001}
+BATCH_SIZE=${BATCH_SIZE:-64}
+MAX_STEPS=${MAX_STEPS:-1500}                      # about 15 min on 2 cores
+WARMUP=${WARMUP:-100}
+EVAL_EVERY=${EVAL_EVERY:-250}
+SEED=${SEED:-0}
+DEVICE=${DEVICE:-auto}
+THREADS=${THREADS:-0}                             # torch threads (0: all cores); lower it when another job shares the cores
+RESTART=${RESTART:-0}                             # 1: ignore an existing checkpoint in OUT_DIR and start over
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+flags=()
+[ "$RESTART" = 1 ] && flags+=(--restart)
+python -m mechprobe.finetune_proofwriter --data-dir "$DATA_DIR" --out-dir "$OUT_DIR" --depth "$DEPTH" --sizes $SIZES \
+  --groups $GROUPS --questions "$QUESTIONS" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --lr "$LR" \
+  --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --eval-every "$EVAL_EVERY" --seed "$SEED" \
+  --device "$DEVICE" --threads "$THREADS" "${flags[@]}"
+echo "outputs: $OUT_DIR (best/ and last/ models, results.json, config.json, curves.png, run.log)"

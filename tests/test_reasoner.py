@@ -1,0 +1,123 @@
+"""The ProofWriter reasoner: data, the training prompt (= the probe's), a short run, bad input."""
+
+import json
+
+import pytest
+import torch
+
+from mechprobe import finetune_proofwriter as fp
+from mechprobe import reasoner as rs
+from mechprobe.incontext import PromptBuilder, encode_items
+from mechprobe.utils import MechprobeError
+
+SMALL = [
+    "--sizes",
+    "40",
+    "10",
+    "10",
+    "--groups",
+    "4",
+    "8",
+    "--layers",
+    "2",
+    "--hidden",
+    "32",
+    "--heads",
+    "2",
+    "--batch-size",
+    "16",
+    "--max-steps",
+    "12",
+    "--eval-every",
+    "6",
+    "--warmup",
+    "2",
+    "--threads",
+    "1",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("reasoner")
+    res = fp.main(["--data-dir", str(d / "data"), "--out-dir", str(d / "run"), *SMALL])
+    return d, res
+
+
+def test_data_keeps_every_question_kind_and_splits_by_theory(trained):
+    d, _ = trained
+    files = rs.split_files(d / "data", json.loads((d / "data" / "meta.json").read_text()))
+    splits = {s: rs.read_questions(f) for s, f in files.items()}
+    train = splits["train"]
+    assert {it["strategy"] for it in train} == set(rs.STRATEGIES)
+    assert {it["depth"] for it in train} == {0, 1}
+    share_true = sum(it["answer"] == "True" for it in train) / len(train)
+    assert 0.35 < share_true < 0.65
+    theories = {s: {it["id"].split("/")[0] for it in its} for s, its in splits.items()}
+    assert not theories["train"] & theories["test"] and not theories["train"] & theories["val"]
+    assert {it["group"] for it in train} == {4, 8}
+
+
+def test_training_prompt_is_the_probes_prompt(trained):
+    d, _ = trained
+    from mechprobe.models import load_tokenizer
+
+    tok = load_tokenizer(d / "run" / "best")
+    files = rs.split_files(d / "data", json.loads((d / "data" / "meta.json").read_text()))
+    items = rs.read_questions(files["test"])[:5]
+    task = rs.PromptTask(tok, {"train": items}, 4, 0)
+    probe_enc = encode_items(tok, [{**it, "useful": None, "step": None} for it in items], [[]] * 5, PromptBuilder())
+    assert task.ids["train"] == [e["ids"] for e in probe_enc]
+    assert probe_enc[0]["text"].endswith(items[0]["question"] + " True or False?")
+
+
+def test_short_run_outputs_and_results(trained):
+    d, res = trained
+    saved = json.loads((d / "run" / "results.json").read_text())
+    assert saved == res and saved["steps"] == 12
+    t = saved["test"]
+    assert set(t["by_depth"]) == {"0", "1"} and set(t["by_strategy"]) <= set(rs.STRATEGIES)
+    assert 0 <= t["accuracy"] <= 1 and "proof_by_depth" in t and saved["train_seconds"] > 0
+    ck = torch.load(d / "run" / "checkpoint.pt", weights_only=False)
+    assert ck["settings"]["hidden"] == 32
+    assert json.loads((d / "run" / "status.json").read_text())["status"] == "complete"
+
+
+def test_trained_reasoner_is_probeable_with_zero_demonstrations(trained, tmp_path):
+    from mechprobe import probing_proofwriter
+
+    d, _ = trained
+    res = probing_proofwriter.main(
+        [
+            "--data",
+            str(d / "data"),
+            "--model",
+            str(d / "run" / "best"),
+            "--n-demos",
+            "0",
+            "--limit",
+            "0",
+            "--seeds",
+            "0",
+            "--out-dir",
+            str(tmp_path / "p"),
+            "--no-cache",
+        ]
+    )
+    assert res["n_items"] > 10 and "mean" in res["subsets"]["all"]["s_p1"]
+    assert res["answer_words"] == ["True", "False"]
+
+
+def test_bad_configuration(tmp_path, trained):
+    d, _ = trained
+    with pytest.raises(
+        MechprobeError, match=r"holds data of another configuration \(DEPTH 1 \(folder\) vs 2 \(asked\)"
+    ):
+        fp.main(["--data-dir", str(d / "data"), "--out-dir", str(tmp_path / "r"), *SMALL, "--depth", "2"])
+    with pytest.raises(MechprobeError, match="DEPTH=7: expected a question depth between 0 and 5"):
+        fp.main(["--data-dir", str(tmp_path / "x"), "--out-dir", str(tmp_path / "r"), *SMALL, "--depth", "7"])
+    with pytest.raises(MechprobeError, match="GROUPS=4 80: expected numbers of statements between 1 and 40"):
+        fp.main(
+            ["--data-dir", str(tmp_path / "x"), "--out-dir", str(tmp_path / "r"), *SMALL[:5], "4", "80", *SMALL[7:]]
+        )
+    assert not (tmp_path / "x").exists()
