@@ -9,14 +9,14 @@ DATA_DIR=${DATA_DIR:-data/proofwriter/reasoner}   # generated here first (train/
 OUT_DIR=${OUT_DIR:-runs/finetune_proofwriter}
 DEPTH=${DEPTH:-1}                                 # questions of depth 0..DEPTH (up to 5)
 SIZES=${SIZES:-"6000 300 300"}                    # theories per split (train dev test), about 8 questions each
-GROUPS=${GROUPS:-"2 4 8 12 16 20 24"}             # numbers of statements of the theories (the paper's groups)
+STATEMENTS=${STATEMENTS:-"2 4 8 12 16 20 24"}     # numbers of statements of the theories (the paper's groups; GROUPS is taken by bash)
 QUESTIONS=${QUESTIONS:-8}                         # questions per theory
 LAYERS=${LAYERS:-4}
 HIDDEN=${HIDDEN:-128}
 HEADS=${HEADS:-4}
-LR=${LR:-0.001}
+LR=${LR:-0.002}
 BATCH_SIZE=${BATCH_SIZE:-64}
-MAX_STEPS=${MAX_STEPS:-1500}                      # about 15 min on 2 cores
+MAX_STEPS=${MAX_STEPS:-2200}                      # about 14 min on 2 cores
 WARMUP=${WARMUP:-100}
 EVAL_EVERY=${EVAL_EVERY:-250}
 SEED=${SEED:-0}
@@ -29,7 +29,7 @@ export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 flags=()
 [ "$RESTART" = 1 ] && flags+=(--restart)
 python -m mechprobe.finetune_proofwriter --data-dir "$DATA_DIR" --out-dir "$OUT_DIR" --depth "$DEPTH" --sizes $SIZES \
-  --groups $GROUPS --questions "$QUESTIONS" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --lr "$LR" \
+  --groups $STATEMENTS --questions "$QUESTIONS" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --lr "$LR" \
   --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --eval-every "$EVAL_EVERY" --seed "$SEED" \
   --device "$DEVICE" --threads "$THREADS" "${flags[@]}"
 echo "outputs: $OUT_DIR (best/ and last/ models, results.json, config.json, curves.png, run.log)"

@@ -18,6 +18,7 @@ MAX_PER_GROUP=${MAX_PER_GROUP:-1024}      # questions per number of statements
 N_DEMOS=${N_DEMOS:-0}                     # in-context demonstrations (0 for the reasoner; 4 as the paper for a pretrained LLM)
 LIMIT=${LIMIT:-0}                         # first N questions (0: all)
 SEEDS=${SEEDS:-"0 1 2"}
+FOLDS=${FOLDS:-2}                         # cross-validation folds, grouped by question
 QUERY_POOL=${QUERY_POOL:-mean}            # pooling over question tokens: mean | max | last
 DTYPE=${DTYPE:-float32}                   # float32 | bfloat16 | float16
 DEVICE=${DEVICE:-cpu}                     # cpu | cuda | auto (shard over all GPUs)
@@ -42,6 +43,6 @@ if [ "$GENERATE" = 1 ]; then flags+=(--generate); else flags+=(--no-generate); f
 [ "$LOAD_IN_8BIT" = 1 ] && flags+=(--load-in-8bit)
 [ -n "$DEPTH_FOLDER" ] && flags+=(--depth-folder "$DEPTH_FOLDER")
 python -m mechprobe.probing_proofwriter --data "$DATA" --split "$SPLIT" --depths $DEPTHS --max-per-group "$MAX_PER_GROUP" \
-  --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" --seeds $SEEDS --query-pool "$QUERY_POOL" --dtype "$DTYPE" \
+  --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" --seeds $SEEDS --folds "$FOLDS" --query-pool "$QUERY_POOL" --dtype "$DTYPE" \
   --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" --batch-size "$BATCH_SIZE" --cache-dir "$CACHE_DIR" --out-dir "$OUT_DIR" "${flags[@]}"
 echo "outputs: $OUT_DIR (probe_results.json, config.json, accuracy_by_group.png, probe_by_group.png, probe_by_depth.png, probe_by_layer.png)"

@@ -44,10 +44,10 @@ class ReasonerSettings:
     layers: int = 4
     hidden: int = 128
     heads: int = 4
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 1e-2
     batch_size: int = 64
-    max_steps: int = 1500
+    max_steps: int = 2200
     warmup: int = 100
     eval_every: int = 250
     target_acc: float = 0.0

@@ -31,6 +31,8 @@ import torch
 N_NEIGHBORS = 8
 _U = 1.2e-7  # twice float32's unit roundoff: the GPU search's rounding margin per summed term (see _Prefix.search)
 _U64 = 4.5e-16  # the same for the float64 search on the CPU
+TREE_MAX_DIMS = 16  # up to this many dimensions sklearn's trees search a whole prefix faster than the bound
+SKLEARN_MIN_ROWS = 4096  # below this many training rows a call to sklearn costs more than torch's search
 
 
 def vote(d, lab, n_classes):
@@ -69,8 +71,9 @@ class _Prefix:
         """Candidates among all rows for centred queries te_flat (b, L*D) on layers [lo, hi):
         (idx (b, c), tau (b,)): every row outside idx has squared distance >= tau.
 
-        On the CPU, sklearn's brute-force search (compiled, multi-threaded, float64); on a GPU, torch
-        in float32, ranking rows by ||x||^2 - 2 q.x (||q||^2 is a constant of the query's row)."""
+        On the CPU with many rows, sklearn's brute-force search (compiled, multi-threaded, float64);
+        otherwise torch in float32, ranking rows by ||x||^2 - 2 q.x (||q||^2 is a constant of the
+        query's row)."""
         a, b = lo * self.D, hi * self.D
         tr_sq = self.sq[:, hi - 1] - (self.sq[:, lo - 1] if lo > 0 else 0)
         q = te_flat[:, a:b]
@@ -78,7 +81,7 @@ class _Prefix:
         if c >= self.n:
             idx = torch.arange(self.n, device=q.device).expand(q.shape[0], self.n)
             return idx, torch.full((q.shape[0],), float("inf"), dtype=q.dtype, device=q.device)
-        if q.device.type == "cpu":
+        if q.device.type == "cpu" and self.n >= SKLEARN_MIN_ROWS:
             from sklearn.neighbors import NearestNeighbors
 
             d, idx = (
@@ -113,7 +116,8 @@ def _cumulative(tr, y, te, k, n_classes, n_cand):
     k = min(k, P.n)
     c = min(P.n, max(n_cand, 2 * k))
     out = torch.empty(L, m, dtype=torch.long, device=te.device)
-    bs = _block(m, c * P.D * L if te.device.type == "cpu" else max(P.n, c * P.D * L))
+    sk = te.device.type == "cpu" and P.n >= SKLEARN_MIN_ROWS  # sklearn's search holds no (b, n) matrix of ours
+    bs = _block(m, c * P.D * L if sk else max(P.n, c * P.D * L))
     for r0 in range(0, m, bs):
         q = P.center(te[r0 : r0 + bs])
         idx, tau = P.search(q, 0, 1, c)
@@ -131,13 +135,30 @@ def _cumulative(tr, y, te, k, n_classes, n_cand):
     return out
 
 
+def _cumulative_trees(tr, y, te, k, n_classes):
+    """Predictions (L, m) for every prefix with sklearn's neighbour search per prefix: the fast exact
+    path on the CPU when the prefixes have few dimensions (a tree), the same neighbours as
+    KNeighborsClassifier, voted as above."""
+    from sklearn.neighbors import NearestNeighbors
+
+    n, L, D = tr.shape
+    k = min(k, n)
+    out = torch.empty(L, te.shape[0], dtype=torch.long)
+    for l in range(L):
+        nn = NearestNeighbors(n_neighbors=k).fit(tr[:, : l + 1].reshape(n, -1).numpy())
+        d, idx = nn.kneighbors(te[:, : l + 1].reshape(te.shape[0], -1).numpy())
+        out[l] = vote(torch.from_numpy(d), y[torch.from_numpy(idx)], n_classes)
+    return out
+
+
 def _general(tr, y, te, k, n_classes):
     """Predictions (m,) on all features of tr (n, F), te (m, F): a search for 4k candidates, checked
     exact by its bound; queries whose bound fails search again with 8 times as many."""
     P = _Prefix(tr[:, None, :])
     k = min(k, P.n)
     out = torch.empty(te.shape[0], dtype=torch.long, device=te.device)
-    bs = _block(te.shape[0], 32 * k * P.D if te.device.type == "cpu" else max(P.n, 4 * k * P.D))
+    sk = te.device.type == "cpu" and P.n >= SKLEARN_MIN_ROWS
+    bs = _block(te.shape[0], 32 * k * P.D if sk else max(P.n, 4 * k * P.D))
     for r0 in range(0, te.shape[0], bs):
         q = P.center(te[r0 : r0 + bs, None, :])
         rows = torch.arange(q.shape[0], device=q.device)
@@ -223,7 +244,10 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
             yt[torch.as_tensor(tr_m, device=device)],
         )
         if curves:
-            cum[:, te_m] = _cumulative(tr, ytr, te, k, len(classes), n_cand).cpu().numpy()
+            if Xt.device.type == "cpu" and L * D <= TREE_MAX_DIMS:
+                cum[:, te_m] = _cumulative_trees(tr, ytr, te, k, len(classes)).numpy()
+            else:
+                cum[:, te_m] = _cumulative(tr, ytr, te, k, len(classes), n_cand).cpu().numpy()
             if D == 1:
                 single[:, te_m] = _one_dim(tr[:, :, 0], ytr, te[:, :, 0], k, len(classes)).cpu().numpy()
             else:
