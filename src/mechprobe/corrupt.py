@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from . import logic, plots
-from . import proofwriter as pw
 from .incontext import PromptBuilder, answer_ids, encode_items, pick_demos
 from .llmprobe import (
     ProbeSettings,
@@ -40,6 +39,7 @@ from .llmprobe import (
     control_features,
     features,
     load_args,
+    load_items_args,
 )
 from .probing import ProbeData, probe_f1, score
 from .utils import (
@@ -303,19 +303,7 @@ def run(a):
     seed_everything(a.seeds[0])
     out = Path(a.out_dir)
     st = ProbeSettings.from_args(a)
-    items, pool, words, source = pw.load_items(
-        a.data,
-        a.setting,
-        a.split,
-        a.depth_folder,
-        a.depths,
-        a.max_per_group,
-        a.skip_bad,
-        a.groups,
-        a.generate,
-        a.seeds[0],
-        a.naf,
-    )
+    items, pool, words, source = load_items_args(a)
     if words != ["True", "False"] or items[0]["useful"] is None:
         raise MechprobeError(
             f"{source}: the robustness study needs ProofWriter items with proofs and True/False answers"

@@ -129,6 +129,25 @@ def load(model, texts_for_tiny, out, dtype="float32", device="cpu", load_in_8bit
     return load_tokenizer(path), m, str(path)
 
 
+def load_items_args(a):
+    """proofwriter.load_items with the data options of the ProofWriter drivers."""
+    from .proofwriter import load_items
+
+    return load_items(
+        a.data,
+        a.setting,
+        a.split,
+        a.depth_folder,
+        a.depths,
+        a.max_per_group,
+        a.skip_bad,
+        a.groups,
+        a.generate,
+        a.seeds[0],
+        a.naf,
+    )
+
+
 def load_args(a, texts_for_tiny, out):
     """load() with the model options of add_model_args."""
     return load(a.model, texts_for_tiny, out, a.dtype, a.device, a.load_in_8bit, a.trust_remote_code)

@@ -9,9 +9,8 @@ processed file (a .json: accuracy only, it has no proofs).
 import argparse
 from pathlib import Path
 
-from . import proofwriter as pw
 from .incontext import PromptBuilder, pick_demos
-from .llmprobe import ProbeSettings, add_model_args, check_llm_args, load_args, probe_items, report
+from .llmprobe import ProbeSettings, add_model_args, check_llm_args, load_args, load_items_args, probe_items, report
 from .utils import get_logger, run_folder, run_main, seed_everything, write_config, write_json
 
 log = get_logger()
@@ -71,19 +70,7 @@ def run(a):
     """The run described by the parsed arguments `a` (see main); returns its results."""
     seed_everything(a.seeds[0])
     out = Path(a.out_dir)
-    items, pool, words, source = pw.load_items(
-        a.data,
-        a.setting,
-        a.split,
-        a.depth_folder,
-        a.depths,
-        a.max_per_group,
-        a.skip_bad,
-        a.groups,
-        a.generate,
-        a.seeds[0],
-        a.naf,
-    )
+    items, pool, words, source = load_items_args(a)
     if a.limit:
         items = items[: a.limit]
     demos = pick_demos(items, a.n_demos, a.seeds[0], pool)

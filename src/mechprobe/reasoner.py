@@ -143,22 +143,9 @@ def build_tokenizer(items):
 
 def build_model(tok, layers=4, hidden=128, heads=4, seed=0, max_positions=1024):
     """A LlamaForCausalLM from a config (intermediate size 4 x hidden), eager attention."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from .tiny import llama_from_config
 
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=4 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=max_positions,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-    return LlamaForCausalLM._from_config(cfg, attn_implementation="eager")
+    return llama_from_config(tok, layers, hidden, heads, heads, 4 * hidden, seed, max_positions)
 
 
 class PromptTask:

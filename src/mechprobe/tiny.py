@@ -25,27 +25,15 @@ def word_tokenizer(texts, extra=("True", "False", "Unknown")):
     )
 
 
-def tiny_llama_dir(out, texts, layers=4, heads=4, kv_heads=2, hidden=64, seed=0, max_positions=4096):
-    """Write a tiny random LLaMA and its word tokenizer to `<out>-<key>`; returns that folder.
-
-    The key hashes the vocabulary and the settings, so a folder built from other data (whose
-    tokenizer would map this data's words to <unk>) is never reused."""
-    import hashlib
-
+def llama_from_config(tok, layers, hidden, heads, kv_heads, intermediate, seed=0, max_positions=4096):
+    """A randomly initialised LlamaForCausalLM (eager attention) for the word tokenizer `tok`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = word_tokenizer(texts)
-    key = hashlib.sha256(
-        json.dumps([sorted(tok.get_vocab()), layers, heads, kv_heads, hidden, seed, max_positions]).encode()
-    ).hexdigest()[:10]
-    out = Path(f"{out}-{key}")
-    if (out / "config.json").exists():
-        return out
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=hidden,
-        intermediate_size=2 * hidden,
+        intermediate_size=intermediate,
         num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
@@ -54,7 +42,24 @@ def tiny_llama_dir(out, texts, layers=4, heads=4, kv_heads=2, hidden=64, seed=0,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
     )
-    model = LlamaForCausalLM._from_config(cfg, attn_implementation="eager")
+    return LlamaForCausalLM._from_config(cfg, attn_implementation="eager")
+
+
+def tiny_llama_dir(out, texts, layers=4, heads=4, kv_heads=2, hidden=64, seed=0, max_positions=4096):
+    """Write a tiny random LLaMA and its word tokenizer to `<out>-<key>`; returns that folder.
+
+    The key hashes the vocabulary and the settings, so a folder built from other data (whose
+    tokenizer would map this data's words to <unk>) is never reused."""
+    import hashlib
+
+    tok = word_tokenizer(texts)
+    key = hashlib.sha256(
+        json.dumps([sorted(tok.get_vocab()), layers, heads, kv_heads, hidden, seed, max_positions]).encode()
+    ).hexdigest()[:10]
+    out = Path(f"{out}-{key}")
+    if (out / "config.json").exists():
+        return out
+    model = llama_from_config(tok, layers, hidden, heads, kv_heads, 2 * hidden, seed, max_positions)
     tmp = out.with_name("." + out.name + ".tmp")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
