@@ -85,6 +85,9 @@ def test_probing_gpt2_outputs(trained, tmp_path):
 
     assert prov["data_sha256"][test_file] == hashlib.sha256(open(test_file, "rb").read()).hexdigest()
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "complete"
+    hm = saved["head_map"]
+    assert np.array(hm["s_p1"], dtype=float).shape == (2, 2) and len(hm["top_p1"]) <= 5
+    assert (tmp_path / "probe_by_head_k1.png").stat().st_size > 1000
     assert "S_P1=" in (tmp_path / "run.log").read_text()  # the run's log lines, in its folder
     for i in range(2):  # per seed: S is the formula applied to that seed's F1s; the mean is their mean
         fm, fc = saved["f1_p2"]["per_seed"][i], saved["control_f1_p2"]["per_seed"][i]

@@ -15,13 +15,13 @@ N_TOK = 40
 MARKED = set(range(4, 12))  # "useful" token ids: the planted model attends to them
 
 
-def planted_gpt2():
+def planted_gpt2(n_head=1):
     """One layer, one head, whose last token attends (almost) only to the MARKED tokens.
 
     Token embeddings are +v for marked tokens and -v for the others, v = e1 - e2 (mean zero, so
     layer norm keeps its direction; no position embeddings); every query is 10 e0 (bias) and the
     key is 10 * x[1], so a marked key scores about 2 * 2.8 * 10 * 10 / 4 = 140 above the others."""
-    m = tiny_gpt2(vocab_size=N_TOK, n_layer=1, n_head=1, n_embd=16)
+    m = tiny_gpt2(vocab_size=N_TOK, n_layer=1, n_head=n_head, n_embd=16)
     E = 16
     with torch.no_grad():
         for p in m.parameters():
@@ -151,3 +151,24 @@ def test_trained_default_gpt2_small_finds_the_tree(tmp_path):
     for i in range(2):  # every seed's score is the formula applied to that seed's F1s
         fm, fc = res["f1_p1"]["per_seed"][i], res["control_f1_p1"]["per_seed"][i]
         assert res["s_p1"]["per_seed"][i] == pytest.approx((fm - fc) / (1 - fc))
+
+
+def test_head_map_finds_the_planted_head():
+    """Two heads: head 0 is the planted one (query 10 e0 in its dimensions), head 1 has a zero query and
+    attends uniformly. The per-head map gives head 0 S_P1 near 1 and head 1 about 0, and ranks head 0 first."""
+    from mechprobe.probing import head_map
+
+    model = planted_gpt2(n_head=2)
+    ids, useful = planted_lists()
+    steps = [[0 if u else -1 for u in row] for row in useful]
+    rng = np.random.default_rng(0)
+
+    def heads_of(m):
+        rows, _ = ks.last_token_attention(m, ids)
+        feats = [f + 1e-4 * rng.standard_normal(f.shape) for f in ks.features_from_rows(rows, "none", per_head=True)]
+        return ProbeData(feats, useful, steps)
+
+    hm = head_map(heads_of(model), [heads_of(random_control(model, seed=s)) for s in (0, 1)], [0, 1])
+    assert hm["s_p1"][0][0] > 0.9 and abs(hm["s_p1"][0][1]) < 0.1
+    assert hm["top_p1"][0][:2] == [0, 0]
+    assert hm["s_p2"][0][0] is None  # every useful token is step 0: P2 undefined

@@ -217,13 +217,13 @@ def knn_predict(X_train, y_train, X_test, k=N_NEIGHBORS, device="cpu"):
     return classes[pred.cpu().numpy()]
 
 
-def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64):
+def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64, cumulative=True):
     """Out-of-fold predictions for every layer selection.
 
     X (N, L, D) features, y (N,) labels, folds (N,) fold of each row. Returns a dict of
     (L, N) arrays of predicted labels: "cumulative"[l] from layers 0..l (the last row is the
     all-layers probe) and, when curves, "single"[l] from layer l alone. Without curves,
-    "cumulative" holds the all-layers row only.
+    "cumulative" holds the all-layers row only; with cumulative=False only "single" is computed.
     """
     X = np.asarray(X, dtype=np.float64)
     if X.ndim == 2:
@@ -243,22 +243,21 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
             Xt[torch.as_tensor(te_m, device=device)],
             yt[torch.as_tensor(tr_m, device=device)],
         )
-        if curves:
+        if curves and cumulative:
             if Xt.device.type == "cpu" and L * D <= TREE_MAX_DIMS:
                 cum[:, te_m] = _cumulative_trees(tr, ytr, te, k, len(classes)).numpy()
             else:
                 cum[:, te_m] = _cumulative(tr, ytr, te, k, len(classes), n_cand).cpu().numpy()
-            if D == 1:
-                single[:, te_m] = _one_dim(tr[:, :, 0], ytr, te[:, :, 0], k, len(classes)).cpu().numpy()
-            else:
-                for l in range(L):
-                    p = _general(tr[:, l].contiguous(), ytr, te[:, l].contiguous(), k, len(classes))
-                    single[l, te_m] = p.cpu().numpy()
+        if curves and D == 1:
+            single[:, te_m] = _one_dim(tr[:, :, 0], ytr, te[:, :, 0], k, len(classes)).cpu().numpy()
+        elif curves:
+            for l in range(L):
+                p = _general(tr[:, l].contiguous(), ytr, te[:, l].contiguous(), k, len(classes))
+                single[l, te_m] = p.cpu().numpy()
         else:
-            cum[L - 1, te_m] = (
-                _general(tr.reshape(len(tr), -1), ytr, te.reshape(len(te), -1), k, len(classes)).cpu().numpy()
-            )
-    out = {"cumulative": classes[cum] if curves else classes[cum[-1:]]}
+            flat_tr, flat_te = tr.reshape(len(tr), -1), te.reshape(len(te), -1)
+            cum[L - 1, te_m] = _general(flat_tr, ytr, flat_te, k, len(classes)).cpu().numpy()
+    out = {"cumulative": classes[cum] if curves else classes[cum[-1:]]} if cumulative else {}
     if curves:
         out["single"] = classes[single]
     return out

@@ -69,6 +69,50 @@ def curve_f1(X, y, groups, n_folds=2, seed=0, curves=True, device="cpu", k=N_NEI
     return out
 
 
+def single_f1(X, y, groups, n_folds=2, seed=0, device="cpu"):
+    """Macro F1 of each feature column alone: X (N, F) -> [F1 per column] (None when y has one class)."""
+    classes = np.unique(y)
+    if len(classes) < 2:
+        return [None] * X.shape[1]
+    pred = fold_curves(
+        np.asarray(X)[:, :, None], y, group_folds(groups, n_folds, seed), N_NEIGHBORS, device, True, cumulative=False
+    )
+    return [macro_f1(y, p, classes) for p in pred["single"]]
+
+
+def head_map(model_data, control_data, seeds, n_folds=2, device="cpu", top=5):
+    """S_P1 / S_P2 of each (layer, head) alone: ProbeData with per-head features X (N, L, H); each
+    head of the model against the same head of the random-init control, one control per seed.
+    Returns {"s_p1", "s_p2": (L, H) means over seeds (None where undefined), "top_p1", "top_p2":
+    the `top` heads by S as [layer, head, S]}."""
+    N, L, H = model_data.X.shape
+    out = {}
+    for key in ("s_p1", "s_p2"):
+        per_seed = []
+        for seed, ctl in zip(seeds, control_data):
+            pick = (lambda d: np.ones(len(d.useful), bool)) if key == "s_p1" else (lambda d: d.useful == 1)
+            lab = (lambda d: d.useful) if key == "s_p1" else (lambda d: d.step)
+            m, c = model_data, ctl
+            fm = single_f1(m.X[pick(m)].reshape(-1, L * H), lab(m)[pick(m)], m.group[pick(m)], n_folds, seed, device)
+            fc = single_f1(c.X[pick(c)].reshape(-1, L * H), lab(c)[pick(c)], c.group[pick(c)], n_folds, seed, device)
+            per_seed.append([score(a, b) for a, b in zip(fm, fc)])
+        mat = [
+            [
+                None
+                if any(s[l * H + h] is None for s in per_seed)
+                else float(np.mean([s[l * H + h] for s in per_seed]))
+                for h in range(H)
+            ]
+            for l in range(L)
+        ]
+        out[key] = mat
+        ranked = sorted(
+            ((v, l, h) for l, row in enumerate(mat) for h, v in enumerate(row) if v is not None), reverse=True
+        )
+        out["top_" + key.split("_")[1]] = [[l, h, v] for v, l, h in ranked[:top]]
+    return out
+
+
 def knn_f1(X, y, groups, n_folds=2, seed=0, k=N_NEIGHBORS, device="cpu"):
     """Macro F1 of out-of-fold kNN predictions on X (N, F); None (undefined) when y has one class."""
     return curve_f1(np.asarray(X)[:, None, :], y, groups, n_folds, seed, False, device, k)["all"]

@@ -11,12 +11,13 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import ksmallest as ks
 from . import plots
 from .models import load_model, load_tokenizer, random_control
-from .probing import ProbeData, run_probe
+from .probing import ProbeData, head_map, run_probe
 from .utils import (
     MechprobeError,
     at_least_two,
@@ -37,14 +38,12 @@ log = get_logger()
 
 
 def probe_inputs(model, ids, records, batch_size, normalize, per_head, desc, p2_labels="answer"):
+    """(ProbeData of the probe's features, ProbeData of per-head features for the head map, rows, logits)."""
     rows, logits = ks.last_token_attention(model, ids, batch_size, desc)
-    data = ProbeData(
-        ks.features_from_rows(rows, normalize, per_head),
-        [r["useful"] for r in records],
-        [r["step"] for r in records],
-        p2_labels,
-    )
-    return data, rows, logits
+    lab = ([r["useful"] for r in records], [r["step"] for r in records], p2_labels)
+    data = ProbeData(ks.features_from_rows(rows, normalize, per_head), *lab)
+    heads = ProbeData(ks.features_from_rows(rows, normalize, True), *lab)
+    return data, heads, rows, logits
 
 
 @dataclass
@@ -70,14 +69,15 @@ def probe_one(model_dir, data_dir, a, pretrained=None):
     meta = ks.load_meta(data_dir)
     records = ks.load_split(data_dir, a.split)[: a.n_examples]
     ids, answers = ks.encode_records(tok, records)
-    data, rows, logits = probe_inputs(
+    data, heads, rows, logits = probe_inputs(
         model, ids, records, a.batch_size, a.normalize, a.per_head, f"capture {Path(model_dir).name}", a.p2_labels
     )
     acc = ks.answer_accuracy(logits, answers)
-    controls = []
+    controls, control_heads = [], []
     for seed in a.seeds:
         ctl = random_control(model, seed=seed)
-        controls.append(probe_inputs(ctl, ids, records, a.batch_size, a.normalize, a.per_head, None, a.p2_labels)[0])
+        c, ch, _, _ = probe_inputs(ctl, ids, records, a.batch_size, a.normalize, a.per_head, None, a.p2_labels)
+        controls.append(c), control_heads.append(ch)
         del ctl
     ref = None
     if pretrained:
@@ -87,6 +87,7 @@ def probe_one(model_dir, data_dir, a, pretrained=None):
         ]
         del pm
     res = run_probe(data, controls, a.seeds, a.folds, ref, device=a.device)
+    res["head_map"] = head_map(heads, control_heads, a.seeds, a.folds, a.device)
     head_avg = rows.mean(2)  # (N, L, T)
     res.update(
         {
@@ -111,7 +112,16 @@ def fmt(s):
     return f"{s['mean']:.3f} ± {s['std']:.3f}" if "mean" in s else f"undefined ({s['undefined']})"
 
 
-OUTPUTS = ("probe_results.json", "config.json", "probe_by_layer.png", "probe_by_k.png")
+OUTPUTS = (
+    "probe_results.json",
+    "config.json",
+    "probe_by_layer.png",
+    "probe_by_k.png",
+    "probe_by_head_k0.png",
+    "probe_by_head_k1.png",
+    "probe_by_head_k2.png",
+    "probe_by_head_k3.png",
+)
 
 
 def parser():
@@ -192,6 +202,20 @@ def run(a):
     write_json(out / "probe_results.json", {"models": results, "seconds": round(time.time() - t0, 1)})
     plots.probe_curves(results, out / "probe_by_layer.png")
     plots.probe_by_k(results, out / "probe_by_k.png")
+    for r in results:
+        hm = r["head_map"]
+        H = len(hm["s_p1"][0])
+        mats = [[[float("nan") if v is None else v for v in row] for row in hm[key]] for key in ("s_p1", "s_p2")]
+        plots.heatmap_grid(
+            [np.array(m).T for m in mats],
+            ["S_P1 of each head alone", "S_P2 of each head alone"],
+            out / f"probe_by_head_k{r['k']}.png",
+            ylabels=[f"h{h}" for h in range(H)],
+            ylabel="head",
+            vmin=-0.2,
+            vmax=1,
+            suptitle=f"per-head probing scores (k={r['k']}, vs the same head of the controls)",
+        )
     print(f"results: {out / 'probe_results.json'}  plots: {out / 'probe_by_layer.png'}, {out / 'probe_by_k.png'}")
     return results
 

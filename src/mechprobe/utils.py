@@ -307,7 +307,7 @@ def run_folder(out, outputs=(), keep=()):
     * A lock (`.lock`, holding the pid): a second run into the same folder stops at once naming
       the other's pid; a lock left by a dead process is taken over.
     * Leftovers of interrupted writes (`.*.tmp*`) and the stale `outputs` of an earlier run (file
-      names; `keep` are never removed, e.g. a checkpoint to resume from) are removed at the start,
+      names or glob patterns; `keep` are never removed, e.g. a checkpoint to resume from) are removed at the start,
       so no file of an older run sits beside this run's.
     * `run.log` holds the run's log lines.
     * `status.json` says "running" (with the run's id and pid) until the run ends, then
@@ -339,10 +339,10 @@ def run_folder(out, outputs=(), keep=()):
         for f in out.iterdir():
             if f.name.startswith(".") and ".tmp" in f.name:
                 shutil.rmtree(f) if f.is_dir() else f.unlink()
-        for name in outputs:
-            f = out / name
-            if name not in keep and f.exists() and not f.is_dir():
-                f.unlink()
+        for pattern in outputs:  # file names or glob patterns
+            for f in out.glob(pattern):
+                if f.name not in keep and f.is_file():
+                    f.unlink()
         write_json(
             out / "status.json",
             {"status": "running", "run_id": run_id, "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
