@@ -113,6 +113,31 @@ def head_map(model_data, control_data, seeds, n_folds=2, device="cpu", top=5):
     return out
 
 
+def control_task_labels(y, types, seed):
+    """Hewitt and Liang's control task: each surface type (e.g. a number's value) gets one label,
+    drawn at random (seeded) from the real labels' distribution; every statement of that type has it."""
+    rng = np.random.default_rng(seed)
+    uniq, inv = np.unique(types, return_inverse=True)
+    return rng.choice(y, size=len(uniq), replace=True)[inv]
+
+
+def selectivity(data, types, seeds, n_folds=2, device="cpu"):
+    """F1 on the real labels minus F1 on control-task labels (control_task_labels), all layers, for
+    P1 and P2 (useful statements), per seed. High: the probe reads the task from the features, not
+    the statement's surface type. Returns {"selectivity_p1", "control_task_f1_p1", ... P2} summaries."""
+    types = np.asarray(types)
+    u = data.useful == 1
+    rows = {k: [] for k in ("selectivity_p1", "control_task_f1_p1", "selectivity_p2", "control_task_f1_p2")}
+    for seed in seeds:
+        for name, sel, y in (("p1", np.ones(len(u), bool), data.useful), ("p2", u, data.step)):
+            X, g, t = data.layers(list(range(data.X.shape[1])))[sel], data.group[sel], types[sel]
+            real = knn_f1(X, y[sel], g, n_folds, seed, device=device)
+            ctl = knn_f1(X, control_task_labels(y[sel], t, seed), g, n_folds, seed, device=device)
+            rows[f"control_task_f1_{name}"].append(ctl)
+            rows[f"selectivity_{name}"].append(None if real is None or ctl is None else real - ctl)
+    return {k: summarize(v, "labels have a single class") for k, v in rows.items()}
+
+
 def knn_f1(X, y, groups, n_folds=2, seed=0, k=N_NEIGHBORS, device="cpu"):
     """Macro F1 of out-of-fold kNN predictions on X (N, F); None (undefined) when y has one class."""
     return curve_f1(np.asarray(X)[:, None, :], y, groups, n_folds, seed, False, device, k)["all"]

@@ -17,7 +17,7 @@ import torch
 from . import ksmallest as ks
 from . import plots
 from .models import load_model, load_tokenizer, random_control
-from .probing import ProbeData, head_map, run_probe
+from .probing import ProbeData, head_map, run_probe, selectivity
 from .utils import (
     MechprobeError,
     at_least_two,
@@ -88,6 +88,8 @@ def probe_one(model_dir, data_dir, a, pretrained=None):
         del pm
     res = run_probe(data, controls, a.seeds, a.folds, ref, device=a.device)
     res["head_map"] = head_map(heads, control_heads, a.seeds, a.folds, a.device)
+    # Hewitt and Liang's control task: the surface type of a statement is the number's value
+    res.update(selectivity(data, np.concatenate([r["numbers"] for r in records]), a.seeds, a.folds, a.device))
     head_avg = rows.mean(2)  # (N, L, T)
     res.update(
         {
@@ -189,6 +191,9 @@ def run(a):
         st = GPT2ProbeSettings(**{f.name: getattr(a, f.name) for f in fields(GPT2ProbeSettings)})
         r = probe_one(m, d, st, a.pretrained or None)
         results.append(r)
+        log.info(
+            "selectivity (F1 real - F1 control task): P1 %s, P2 %s", fmt(r["selectivity_p1"]), fmt(r["selectivity_p2"])
+        )
         log.info(
             "k=%d acc=%.4f  S_P1=%s  S_P2=%s  (F1 model %s / control %s)",
             r["k"],
