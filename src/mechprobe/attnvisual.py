@@ -17,15 +17,12 @@ from . import plots
 from .knn import knn_predict
 from .models import load_model, load_tokenizer, random_control
 from .utils import (
+    add_threads_arg,
     at_least_two,
-    check_device,
-    distinct_seeds,
     get_logger,
-    nonneg_int,
-    run_folder,
+    run_driver,
     run_main,
     seed_everything,
-    set_threads,
     write_config,
     write_json,
 )
@@ -78,23 +75,13 @@ def parser():
     p.add_argument("--no-control", action="store_true", help="leave out the random-init control")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--threads",
-        type=nonneg_int,
-        default=0,
-        help="torch threads (0: all cores); lower it when another job shares the cores",
-    )
+    add_threads_arg(p)
     return p
 
 
 def main(argv=None):
     a = parser().parse_args(argv)
-    check_device(a.device)
-    a.threads = set_threads(a.threads)
-    if hasattr(a, "seeds"):
-        distinct_seeds(a.seeds)
-    with run_folder(a.out_dir, OUTPUTS):
-        return run(a)
+    return run_driver(a, OUTPUTS, run)
 
 
 def example_tree(name, rows, records, i):

@@ -27,16 +27,13 @@ from .masking import mask_heads
 from .models import load_model, load_tokenizer
 from .utils import (
     MechprobeError,
+    add_threads_arg,
     at_least_two,
-    check_device,
-    distinct_seeds,
     get_logger,
-    nonneg_int,
     positive_int,
-    run_folder,
+    run_driver,
     run_main,
     seed_everything,
-    set_threads,
     share,
     write_config,
     write_json,
@@ -171,23 +168,13 @@ def parser():
     p.add_argument("--flow-lists", type=positive_int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--threads",
-        type=nonneg_int,
-        default=0,
-        help="torch threads (0: all cores); lower it when another job shares the cores",
-    )
+    add_threads_arg(p)
     return p
 
 
 def main(argv=None):
     a = parser().parse_args(argv)
-    check_device(a.device)
-    a.threads = set_threads(a.threads)
-    if hasattr(a, "seeds"):
-        distinct_seeds(a.seeds)
-    with run_folder(a.out_dir, OUTPUTS):
-        return run(a)
+    return run_driver(a, OUTPUTS, run)
 
 
 def entropy_maps(rows, records, out):

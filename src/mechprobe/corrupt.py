@@ -34,7 +34,6 @@ from .incontext import PromptBuilder, answer_ids, encode_items, pick_demos
 from .llmprobe import (
     ProbeSettings,
     add_model_args,
-    check_llm_args,
     compared_layers,
     control_features,
     features,
@@ -46,7 +45,7 @@ from .utils import (
     MechprobeError,
     get_logger,
     positive_int,
-    run_folder,
+    run_driver,
     run_main,
     seed_everything,
     write_config,
@@ -278,9 +277,7 @@ def parser():
 
 def main(argv=None):
     a = parser().parse_args(argv)
-    check_llm_args(a)
-    with run_folder(a.out_dir, OUTPUTS):
-        return run(a)
+    return run_driver(a, OUTPUTS, run)
 
 
 @dataclass

@@ -28,16 +28,16 @@ from .training import (
 )
 from .utils import (
     MechprobeError,
+    add_threads_arg,
     at_least_two,
-    check_device,
     get_logger,
     nonneg_int,
     positive_float,
     positive_int,
+    prepare,
     run_folder,
     run_main,
     seed_everything,
-    set_threads,
     write_config,
     write_json,
 )
@@ -166,12 +166,9 @@ def train(a):
     """Train or finetune (see the module docstring) with TrainSettings `a`; returns the results
     written to results.json."""
     a.sizes = list(a.sizes)
-    check_device(a.device)
-    threads = set_threads(a.threads)
+    out = prepare(a)
+    threads = a.threads
     seed_everything(a.seed)
-    out = Path(a.out_dir)
-    if out.exists() and not out.is_dir():
-        raise MechprobeError(f"{out}: is a file; OUT_DIR must be a folder")
     tok = None if a.model == "scratch" else load_tokenizer(_check_dir(a.model, "model"))
     meta = ensure_data(a.data_dir, a.model, a.k, a.vocab_size, a.seed, tuple(a.sizes), tok, a.length)
     if meta["k"] != a.k:
@@ -279,11 +276,7 @@ def parser():
         "weights and evaluation stay fp32",
     )
     p.add_argument("--device")
-    p.add_argument(
-        "--threads",
-        type=nonneg_int,
-        help="torch threads (0: all cores); lower it when another job shares the cores",
-    )
+    add_threads_arg(p)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.set_defaults(**{f.name: f.default for f in fields(TrainSettings) if f.default is not MISSING})
     return p

@@ -7,7 +7,6 @@ proof-bearing questions per depth, per number of statements; train seconds and s
 
 import argparse
 from dataclasses import MISSING, asdict, dataclass, fields
-from pathlib import Path
 
 import torch
 
@@ -15,15 +14,15 @@ from . import reasoner as rs
 from .training import Trainer, bf16_fast, load_checkpoint, plot_curves, run_loop, save_pretrained_atomic
 from .utils import (
     MechprobeError,
-    check_device,
+    add_threads_arg,
     get_logger,
     nonneg_int,
     positive_float,
     positive_int,
+    prepare,
     run_folder,
     run_main,
     seed_everything,
-    set_threads,
     write_config,
     write_json,
 )
@@ -79,12 +78,9 @@ RESUME_KEYS = (
 
 def train(a):
     """Train (or resume) the reasoner with ReasonerSettings `a`; returns results.json's content."""
-    check_device(a.device)
-    threads = set_threads(a.threads)
+    out = prepare(a)
+    threads = a.threads
     seed_everything(a.seed)
-    out = Path(a.out_dir)
-    if out.exists() and not out.is_dir():
-        raise MechprobeError(f"{out}: is a file; OUT_DIR must be a folder")
     cfg = rs.data_config(a.depth, a.sizes, a.groups, a.questions, a.seed)
     files = rs.ensure_data(a.data_dir, cfg)
     splits = {s: rs.read_questions(f) for s, f in files.items()}
@@ -166,9 +162,7 @@ def parser():
     p.add_argument("--seed", type=int)
     p.add_argument("--autocast", choices=["auto", "bf16", "none"], help="bf16 autocast for the training forward")
     p.add_argument("--device")
-    p.add_argument(
-        "--threads", type=nonneg_int, help="torch threads (0: all cores); lower it when another job shares the cores"
-    )
+    add_threads_arg(p)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     p.set_defaults(**{f.name: f.default for f in fields(ReasonerSettings) if f.default is not MISSING})
     return p

@@ -18,7 +18,7 @@ from .cache import key as cache_key
 from .incontext import answer_ids, encode_items, run_items
 from .models import attention_modules, load_model, load_tokenizer, model_device, random_control
 from .probing import ProbeData, run_probe
-from .utils import MechprobeError, at_least_two, check_device, distinct_seeds, get_logger, nonneg_int, set_threads
+from .utils import MechprobeError, add_threads_arg, at_least_two, get_logger, nonneg_int
 
 log = get_logger()
 
@@ -58,12 +58,7 @@ def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4):
     )
     g.add_argument("--normalize", default="none", choices=["none", "max"])
     g.add_argument("--batch-size", type=nonneg_int, default=0, help="prompts per batch (0: sized to the free memory)")
-    g.add_argument(
-        "--threads",
-        type=nonneg_int,
-        default=0,
-        help="torch threads (0: all cores); lower it when another job shares the cores",
-    )
+    add_threads_arg(g)
     g.add_argument(
         "--cache-dir",
         default=DEFAULT_CACHE,
@@ -76,14 +71,6 @@ def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4):
     )
     g.add_argument("--out-dir", required=True)
     return p
-
-
-def check_llm_args(a):
-    """Checks argparse cannot make: distinct seeds, a usable device; sets the threads."""
-    distinct_seeds(a.seeds)
-    if a.device != "auto":
-        check_device(a.device)
-    a.threads = set_threads(a.threads)
 
 
 @dataclass

@@ -10,8 +10,16 @@ from pathlib import Path
 
 from . import arc
 from .incontext import PromptBuilder, pick_demos
-from .llmprobe import ProbeSettings, add_model_args, check_llm_args, load_args, probe_items, report
-from .utils import MechprobeError, get_logger, run_folder, run_main, seed_everything, write_config, write_json
+from .llmprobe import ProbeSettings, add_model_args, load_args, probe_items, report
+from .utils import (
+    MechprobeError,
+    get_logger,
+    run_driver,
+    run_main,
+    seed_everything,
+    write_config,
+    write_json,
+)
 
 log = get_logger()
 
@@ -37,9 +45,7 @@ def parser():
 
 def main(argv=None):
     a = parser().parse_args(argv)
-    check_llm_args(a)
-    with run_folder(a.out_dir, OUTPUTS):
-        return run(a)
+    return run_driver(a, OUTPUTS, run)
 
 
 def run(a):

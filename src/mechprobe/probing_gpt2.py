@@ -20,11 +20,11 @@ from .models import load_model, load_tokenizer, random_control
 from .probing import ProbeData, head_map, run_probe, selectivity
 from .utils import (
     MechprobeError,
+    add_threads_arg,
     at_least_two,
     check_device,
     distinct_seeds,
     get_logger,
-    nonneg_int,
     positive_int,
     run_folder,
     run_main,
@@ -155,12 +155,7 @@ def parser():
     )
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--device")
-    p.add_argument(
-        "--threads",
-        type=nonneg_int,
-        default=0,
-        help="torch threads (0: all cores); lower it when another job shares the cores",
-    )
+    add_threads_arg(p)
     p.set_defaults(**{f.name: f.default for f in fields(GPT2ProbeSettings)})
     return p
 

@@ -286,6 +286,37 @@ def check_device(device):
     return device
 
 
+def add_threads_arg(p):
+    p.add_argument(
+        "--threads",
+        type=nonneg_int,
+        default=0,
+        help="torch threads (0: all cores); lower it when another job shares the cores",
+    )
+
+
+def prepare(a):
+    """What every run checks and sets first: the device (unless "auto"), torch's threads (a.threads
+    becomes the number in use), distinct seeds where there are seeds, an OUT_DIR that is no file.
+    Returns the output folder."""
+    if a.device != "auto":
+        check_device(a.device)
+    a.threads = set_threads(a.threads)
+    if getattr(a, "seeds", None) is not None:
+        distinct_seeds(list(a.seeds))
+    out = Path(a.out_dir)
+    if out.exists() and not out.is_dir():
+        raise MechprobeError(f"{out}: is a file; OUT_DIR must be a folder")
+    return out
+
+
+def run_driver(a, outputs, run):
+    """prepare(a), then run(a) inside run_folder(a.out_dir, outputs); returns its results."""
+    prepare(a)
+    with run_folder(a.out_dir, outputs):
+        return run(a)
+
+
 # ---------------------------------------------------------------- run folders
 
 
