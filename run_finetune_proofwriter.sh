@@ -19,6 +19,9 @@ BATCH_SIZE=${BATCH_SIZE:-64}
 MAX_STEPS=${MAX_STEPS:-2200}                      # about 14 min on 2 cores
 WARMUP=${WARMUP:-100}
 EVAL_EVERY=${EVAL_EVERY:-250}
+LM_WEIGHT=${LM_WEIGHT:-0.0}                       # auxiliary next-token loss on the prompt's tokens (0: the answer's loss only)
+CURRICULUM=${CURRICULUM:-0}                       # epochs that go from the shortest prompts (smallest theories) to the longest
+BALANCED=${BALANCED:-0}                           # 1: as many questions of each kind per theory, no shortcut (use another DATA_DIR)
 SEED=${SEED:-0}
 DEVICE=${DEVICE:-auto}
 THREADS=${THREADS:-0}                             # torch threads (0: all cores); lower it when another job shares the cores
@@ -30,6 +33,6 @@ flags=()
 [ "$RESTART" = 1 ] && flags+=(--restart)
 python -m mechprobe.finetune_proofwriter --data-dir "$DATA_DIR" --out-dir "$OUT_DIR" --depth "$DEPTH" --sizes $SIZES \
   --groups $STATEMENTS --questions "$QUESTIONS" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --lr "$LR" \
-  --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --eval-every "$EVAL_EVERY" --seed "$SEED" \
+  --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --eval-every "$EVAL_EVERY" --curriculum "$CURRICULUM" --lm-weight "$LM_WEIGHT" --balanced "$BALANCED" --seed "$SEED" \
   --device "$DEVICE" --threads "$THREADS" "${flags[@]}"
 echo "outputs: $OUT_DIR (best/ and last/ models, results.json, config.json, curves.png, run.log)"

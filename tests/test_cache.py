@@ -28,13 +28,24 @@ def test_rerun_with_other_folds_uses_the_cache(tmp_path, monkeypatch, caplog):
         "0",
         "--cache-dir",
         str(tmp_path / "cache"),
+        "--view-items",
+        "0",
     ]
     first = probing_proofwriter.main([*args, "--out-dir", str(tmp_path / "a")])
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 3  # the model and two controls
+    assert len(list((tmp_path / "cache").glob("[!k]*.safetensors"))) == 3  # the model and two controls
+    n_passes = 1 + 4 * 5  # knockout: the unablated pass, 4 windows x 5 conditions (2 random draws)
+    assert len(list((tmp_path / "cache").glob("ko-*.safetensors"))) == n_passes
     monkeypatch.setattr(llmprobe, "run_items", forbid)
     monkeypatch.setattr(llmprobe, "random_control", forbid)
+    from transformers import LlamaForCausalLM
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", forbid)  # nor a knockout pass
     caplog.clear()
     again = probing_proofwriter.main([*args, "--out-dir", str(tmp_path / "b")])
+    assert again["knockout"] == first["knockout"]
+    monkeypatch.undo()
+    monkeypatch.setattr(llmprobe, "run_items", forbid)
+    monkeypatch.setattr(llmprobe, "random_control", forbid)
     assert "feature cache: hit" in caplog.text and "miss" not in caplog.text
     for key in ("s_p1", "s_p2", "f1_p1", "control_f1_p2"):
         assert again["subsets"]["all"][key] == first["subsets"]["all"][key]  # identical features, identical scores

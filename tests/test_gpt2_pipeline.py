@@ -94,6 +94,12 @@ def test_probing_gpt2_outputs(trained, tmp_path):
         assert saved["s_p2"]["per_seed"][i] == pytest.approx((fm - fc) / (1 - fc))
     assert saved["s_p2"]["mean"] == pytest.approx(np.mean(saved["s_p2"]["per_seed"]))
     assert res[0]["accuracy"] == saved["accuracy"]
+    ko = saved["knockout"]  # knocking out nothing is the unablated model; every condition has both windows
+    assert ko["windows"] == [0, 1] and ko["base"]["accuracy"] == pytest.approx(saved["accuracy"])
+    assert ko["conditions"]["nothing"]["changed"] == [0.0, 0.0]
+    assert ko["conditions"]["gold useful"]["knocked_per_prompt"] == 2.0  # k=1: two useful numbers per list
+    assert set(ko["random not useful"]["margin_drop"]) == {"mean", "std"}
+    assert (tmp_path / "knockout_k1.png").stat().st_size > 1000
 
 
 def test_probing_gpt2_k0_undefined(tmp_path):
@@ -149,6 +155,23 @@ def test_attnvisual_json_holds_drawn_numbers(trained, tmp_path):
     for f in ("attention_rank.png", "attention_rank.pdf", "attention_position.png", "tree_example.png"):
         assert (tmp_path / f).stat().st_size > 1000
     assert len(saved["tree_example"]["pred_step"]) == 16
+    view = view_data(tmp_path / "attention_view.html")
+    assert len(view["examples"]) == 8
+    e = view["examples"][0]
+    expect = torch.stack([a[0, :, -1] for a in att])  # (L, H, T): list 0's last-token rows
+    np.testing.assert_allclose(e["attention"], expect.numpy(), atol=1e-4)
+    assert [s["useful"] for s in e["statements"]] == [bool(u) for u in recs[0]["useful"]]
+    assert e["answer"] == str(recs[0]["answer"]) and e["queries"] == [15]
+    assert "".join(e["tokens"]).split() == [str(x) for x in recs[0]["numbers"]]
+
+
+def view_data(path):
+    import re
+
+    text = path.read_text()
+    m = re.search(r'<script type="application/json" id="data">(.*?)</script>', text, re.S)
+    assert "http://" not in text and "https://" not in text  # nothing fetched at view time
+    return json.loads(m.group(1))
 
 
 def test_causal_outputs(trained, tmp_path):

@@ -243,3 +243,41 @@ def test_probing_reads_the_release_layout_and_never_pools_depths(release, tmp_pa
         if n.startswith("group=") and n.endswith(",depth=0"):
             assert "mean" not in s.get("s_p2", {})
     assert (tmp_path / "o" / "probe_by_group.png").stat().st_size > 1000
+    # per-head map (tiny LLaMA: 4 layers x 4 heads) and control-task selectivity, on depth >= 1
+    hm = res["head_map"]
+    assert len(hm["s_p1"]) == 4 and len(hm["s_p1"][0]) == 4
+    assert hm["items"] == subs["depth=1"]["n_items"]
+    assert (tmp_path / "o" / "probe_by_head.png").stat().st_size > 1000
+    assert set(res["selectivity_p1"]) >= {"mean", "std"} and "control_task_f1_p2" in res
+    # knockout: nothing knocked is the unablated model, per depth too
+    ko = res["knockout"]
+    assert ko["conditions"]["nothing"]["changed"] == [0.0] * 4 and set(ko["subsets"]) == {"depth=0", "depth=1"}
+    assert ko["conditions"]["gold useful"]["knocked_per_prompt"] >= 1
+    assert (tmp_path / "o" / "knockout.png").exists() and (tmp_path / "o" / "knockout_depth1.png").exists()
+    check_view(tmp_path / "o")
+
+
+def check_view(out):
+    """The view's attention of item 0 is the question tokens' mean of output_attentions."""
+    import json
+    import re
+
+    import numpy as np
+    import torch
+
+    from mechprobe.models import load_model, load_tokenizer
+
+    view = json.loads(re.search(r'id="data">(.*?)</script>', (out / "attention_view.html").read_text(), re.S).group(1))
+    assert len(view["examples"]) == 4
+    e = view["examples"][0]
+    folder = next(out.glob("tiny_llama-*"))
+    model, tok = load_model(folder), load_tokenizer(folder)
+    ids = tok("".join(e["tokens"]), return_tensors="pt")["input_ids"]
+    assert ids.shape[1] == len(e["tokens"])
+    with torch.no_grad():
+        att = model(input_ids=ids, output_attentions=True).attentions
+    q = e["queries"]
+    ref = torch.stack([a[0][:, q].mean(1) for a in att])  # (L, H, T)
+    np.testing.assert_allclose(e["attention"], ref.numpy(), atol=1e-4)
+    useful = [s for s in e["statements"] if s["useful"]]
+    assert useful and all(s["pred_step"] is not None for s in e["statements"])

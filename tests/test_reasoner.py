@@ -121,3 +121,67 @@ def test_bad_configuration(tmp_path, trained):
             ["--data-dir", str(tmp_path / "x"), "--out-dir", str(tmp_path / "r"), *SMALL[:5], "4", "80", *SMALL[7:]]
         )
     assert not (tmp_path / "x").exists()
+
+
+def test_balanced_draw_leaves_no_size_or_negation_shortcut(tmp_path):
+    from collections import Counter
+
+    from mechprobe.proofwriter_gen import generate
+
+    folder = generate(tmp_path, 1, (140, 1, 1), (2, 4, 8, 16), seed=3, n_questions=8, balanced=True)
+    per_theory = []
+    n_true = Counter()
+    n_all = Counter()
+    for line in open(folder / "meta-train.jsonl"):
+        th = json.loads(line)
+        g = len(th["triples"]) + len(th["rules"])
+        kinds = Counter(q["strategy"] for q in th["questions"].values())
+        per_theory.append(len(set(kinds.values())) == 1 and len(kinds) == 4)
+        for q in th["questions"].values():
+            neg = " not " in q["question"]
+            n_true[(g, neg)] += q["answer"]
+            n_all[(g, neg)] += 1
+        for r in th["rules"].values():  # the original release's representation, no numpy reprs
+            assert r["representation"].startswith("(((") and "np." not in r["representation"]
+    assert all(per_theory)  # every theory: as many questions of each of the four kinds
+    for key in n_all:  # P(True | theory size, "not") = 1/2 exactly
+        assert 2 * n_true[key] == n_all[key], key
+    assert {g for g, _ in n_all} == {2, 4, 8, 16}
+
+
+def test_curriculum_epoch_goes_from_short_to_long_prompts(trained, tmp_path):
+    from mechprobe.models import load_tokenizer
+
+    d, _ = trained
+    files = rs.split_files(d / "data", json.loads((d / "data" / "meta.json").read_text()))
+    tok = load_tokenizer(d / "run" / "best")
+    splits = {s: rs.read_questions(f) for s, f in files.items()}
+    task = rs.PromptTask(tok, splits, 16, 0, curriculum=1)
+    lengths = [max(len(task.ids["train"][int(i)]) for i in b) for b in task.epoch_batches(0)]
+    assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
+    later = [max(len(task.ids["train"][int(i)]) for i in b) for b in task.epoch_batches(1)]
+    assert later != sorted(later)  # later epochs are shuffled
+    assert sorted(int(i) for b in task.epoch_batches(0) for i in b) == list(range(len(splits["train"])))
+
+
+def test_auxiliary_next_token_loss_by_hand():
+    import torch.nn.functional as F
+
+    from mechprobe.training import Trainer
+
+    from .conftest import tiny_llama
+
+    model = tiny_llama()
+    ids = torch.tensor([[3, 5, 7, 9], [4, 6, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    answers = torch.tensor([11, 12])
+    with torch.no_grad():
+        z = model(input_ids=ids, attention_mask=mask).logits.float()
+    ans = F.cross_entropy(torch.stack([z[0, 3], z[1, 1]]), answers)
+    lm_terms = [-F.log_softmax(z[0, t], -1)[ids[0, t + 1]] for t in range(3)] + [-F.log_softmax(z[1, 0], -1)[6]]
+    expect = ans + 0.5 * torch.stack(lm_terms).mean()
+    tr = Trainer(model, 0.0, 0.0, 1, 10, "cpu", lm_weight=0.5)
+    got = tr.train_step(ids, mask, answers, use_bf16=False)
+    assert got == pytest.approx(expect.item(), rel=1e-5)
+    tr0 = Trainer(tiny_llama(), 0.0, 0.0, 1, 10, "cpu")
+    assert tr0.train_step(ids, mask, answers, use_bf16=False) == pytest.approx(ans.item(), rel=1e-5)

@@ -17,7 +17,10 @@ __version__ = "0.1.0"
 # The public API, imported on first use (so `import mechprobe` stays light):
 #   probing your own model:   load_model, load_tokenizer, Item, read_items, probe -> ProbeResult
 #   the parts:                capture -> Capture(rows, logits), statement_features, token_spans,
-#                             ProbeData, run_probe, knn_predict, random_control, mask_heads
+#                             ProbeData, run_probe, knn_predict, random_control, mask_heads,
+#                             head_map, selectivity, oof_tree
+#   is the tree used?         knockout_study; mechprobe.knockout.knockout (the context manager)
+#   an offline HTML view:     view_example, write_view
 #   data:                     ksmallest (task A), read_meta / load_items (ProofWriter),
 #                             read_entailment_bank / read_street (ARC), generate_proofwriter
 _API = {
@@ -37,13 +40,17 @@ _API = {
     "run_probe": "probing",
     "knn_predict": "knn",
     "mask_heads": "masking",
+    "head_map": "probing",
+    "selectivity": "probing",
+    "oof_tree": "probing",
+    "knockout_study": "knockout",
     "read_meta": "proofwriter",
     "load_items": "proofwriter",
     "read_entailment_bank": "arc",
     "read_street": "arc",
     "answer": "logic",
 }
-__all__ = sorted(_API) + ["generate_proofwriter", "ksmallest"]
+__all__ = sorted(_API) + ["generate_proofwriter", "ksmallest", "view_example", "write_view"]
 
 
 def __getattr__(name):
@@ -51,6 +58,10 @@ def __getattr__(name):
 
     if name in _API:
         return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    if name == "view_example":
+        return importlib.import_module(".htmlview", __name__).example
+    if name == "write_view":
+        return importlib.import_module(".htmlview", __name__).write_view
     if name == "generate_proofwriter":
         return importlib.import_module(".proofwriter_gen", __name__).generate
     if name == "ksmallest":

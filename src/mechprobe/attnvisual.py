@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import htmlview, plots
 from . import ksmallest as ks
-from . import plots
-from .knn import knn_predict
 from .models import load_model, load_tokenizer, random_control
+from .probing import ProbeData, oof_tree
 from .utils import (
     add_threads_arg,
     at_least_two,
@@ -36,21 +36,26 @@ def mean_matrices(rows, records):
     return avg.mean(0).T.numpy(), ks.rank_order(avg, records).mean(0).T.numpy()
 
 
-def predicted_tree(feats, records, idx):
-    """The probe's tree for example idx: P1 and P2 fitted on every other example."""
-    X = np.concatenate([f.reshape(len(f), -1) for i, f in enumerate(feats) if i != idx])
-    useful = np.concatenate([r["useful"] for i, r in enumerate(records) if i != idx]).astype(int)
-    step = np.concatenate([r["step"] for i, r in enumerate(records) if i != idx])
-    x = feats[idx].reshape(len(feats[idx]), -1)
-    p1 = knn_predict(X, useful, x)
-    pred = np.full(len(x), -1)
-    if p1.any():
-        u = useful == 1
-        if len(np.unique(step[u])) > 1:
-            pred[p1 == 1] = knn_predict(X[u], step[u], x[p1 == 1])
-        else:
-            pred[p1 == 1] = step[u][0]
-    return pred.tolist()
+def probe_trees(rows, records, seed=0):
+    """The tree the probe predicts for every list, out of fold (probing.oof_tree, 2 folds)."""
+    data = ProbeData(ks.features_from_rows(rows), [r["useful"] for r in records], [r["step"] for r in records])
+    return [t.tolist() for t in oof_tree(data, 2, seed)]
+
+
+def view_examples(tok, ids, rows, records, trees, logits, n):
+    """The first n lists for the HTML view: numbers coloured by the last token's attention."""
+    out = []
+    for i in range(min(n, len(records))):
+        toks = [(" " if j else "") + tok.decode([int(t)]).strip() for j, t in enumerate(ids[i])]  # the prompt's words
+        st = [
+            {"span": (t, t + 1), "useful": bool(records[i]["useful"][t]), "step": records[i]["step"][t], "pred_step": p}
+            for t, p in enumerate(trees[i])
+        ]
+        pred = tok.decode([int(logits[i].argmax())]).strip()
+        out.append(
+            htmlview.example(f"list {i}", toks, rows[i], st, records[i]["answer"], pred, queries=[len(toks) - 1])
+        )
+    return out
 
 
 OUTPUTS = (
@@ -61,6 +66,7 @@ OUTPUTS = (
     "attention_position.png",
     "attention_position.pdf",
     "tree_example.png",
+    "attention_view.html",
 )
 
 
@@ -72,6 +78,9 @@ def parser():
     p.add_argument("--out-dir", required=True)
     p.add_argument("--n-examples", type=at_least_two, default=1000)
     p.add_argument("--example", type=int, default=0, help="test list drawn as a tree")
+    p.add_argument(
+        "--view-items", type=int, default=8, help="lists in the interactive view attention_view.html (0: no view)"
+    )
     p.add_argument("--no-control", action="store_true", help="leave out the random-init control")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -84,13 +93,13 @@ def main(argv=None):
     return run_driver(a, OUTPUTS, run)
 
 
-def example_tree(name, rows, records, i):
+def example_tree(name, rows, records, trees, i):
     """List i as its gold tree, the tree the probe predicts for it, and the attention it receives."""
     return {
         "model": name,
         "numbers": records[i]["numbers"],
         "gold_step": records[i]["step"],
-        "pred_step": predicted_tree(ks.features_from_rows(rows), records, i),
+        "pred_step": trees[i],
         "attention": rows[i].mean(1).T.tolist(),
     }
 
@@ -127,7 +136,7 @@ def run(a):
     named = ([("pretrained", a.pretrained)] if a.pretrained else []) + [
         (Path(m).parent.name if Path(m).name in ("best", "last") else Path(m).name, m) for m in a.models
     ]
-    mats, tree = {}, None
+    mats, tree, view = {}, None, []
     for name, path in named:
         model, tok = load_model(path, device=a.device), load_tokenizer(path)
         ids, answers = ks.encode_records(tok, records)
@@ -145,7 +154,9 @@ def run(a):
                 "accuracy": ks.answer_accuracy(logits, answers),
             }
             if tree is None and nm == named[-1][0]:
-                tree = example_tree(nm, rows, records, a.example)
+                trees = probe_trees(rows, records, a.seed)
+                tree = example_tree(nm, rows, records, trees, a.example)
+                view = view_examples(tok, ids, rows, records, trees, logits, a.view_items)
     k = records[0]["k"]
     draw_heatmaps(mats, records, out)
     plots.tree_figure(
@@ -159,10 +170,14 @@ def run(a):
     write_json(
         out / "attention_matrices.json", {"models": mats, "tree_example": tree, "k": k, "n_examples": len(records)}
     )
+    if view:
+        htmlview.write_view(
+            out / "attention_view.html", view, f"{tree['model']}: the last token's attention to each number (k={k})"
+        )
     write_config(out, a, [Path(a.data_dir) / "test.jsonl", Path(a.data_dir) / "meta.json"])
     print(
         f"results: {out / 'attention_matrices.json'}  plots: {out}/attention_rank.png, attention_position.png (+ "
-        ".pdf), tree_example.png"
+        ".pdf), tree_example.png, attention_view.html"
     )
     return mats
 

@@ -69,8 +69,18 @@ def key(model_id, enc, word_ids, settings):
     return _h({"model": model_id, "prompts": prompts_hash(enc), "words": list(word_ids), "settings": settings})[:32]
 
 
+def knockout_key(model_id, prompts, knocked, layers, scored):
+    """Key of a knockout pass (knockout.knockout_scores): the model, the prompts (ids, statement
+    spans, query positions), the knocked statements, the layers and the scored token ids."""
+    p = _h([[list(x["ids"]), [list(s) for s in x["spans"]], list(x["queries"])] for x in prompts])
+    k = [[int(i) for i in ks] for ks in knocked]
+    sc = None if scored is None else [int(i) for i in scored]
+    return "ko-" + _h({"model": model_id, "prompts": p, "knocked": k, "layers": layers, "scored": sc})[:29]
+
+
 class FeatureCache:
-    """get(key) -> (feats, scores) or None; put(key, feats, scores, meta). Disabled: always a miss."""
+    """get(key) -> (feats, scores) or None; put(key, feats, scores, meta). Disabled: always a miss.
+    get_array / put_array: one array (e.g. a knockout pass's scores)."""
 
     def __init__(self, folder=DEFAULT_DIR, enabled=True):
         self.folder = Path(folder)
@@ -112,3 +122,25 @@ class FeatureCache:
         }
         with atomic_path(self.path(k)) as tmp:
             save_file(tensors, str(tmp), metadata={k2: str(v) for k2, v in (meta or {}).items()})
+
+    def get_array(self, k, what="knockout scores"):
+        if not self.enabled or not self.path(k).exists():
+            return None
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(str(self.path(k)))["array"]
+        except Exception as e:  # noqa: BLE001 - a damaged entry is recomputed
+            log.info("feature cache: unreadable entry %s (%s): recomputing", self.path(k), type(e).__name__)
+            return None
+
+    def put_array(self, k, arr, meta=None):
+        if not self.enabled:
+            return
+        from safetensors.numpy import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path(k)) as tmp:
+            save_file(
+                {"array": np.ascontiguousarray(arr)}, str(tmp), metadata={k2: str(v) for k2, v in (meta or {}).items()}
+            )

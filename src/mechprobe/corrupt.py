@@ -271,7 +271,7 @@ def parser():
     p.add_argument("--n-subsets", type=positive_int, default=200)
     p.add_argument("--subset-size", type=positive_int, default=32)
     p.add_argument("--bins", type=positive_int, default=5)
-    add_model_args(p, limit=0, seeds=(0, 1), n_demos=0)
+    add_model_args(p, limit=0, seeds=(0, 1), n_demos=0, probing=False)
     return p
 
 
@@ -299,7 +299,7 @@ def run(a):
     """The run described by the parsed arguments `a` (see main); returns its results."""
     seed_everything(a.seeds[0])
     out = Path(a.out_dir)
-    st = ProbeSettings.from_args(a)
+    st = settings(a)
     items, pool, words, source = load_items_args(a)
     if words != ["True", "False"] or items[0]["useful"] is None:
         raise MechprobeError(
@@ -335,6 +335,13 @@ def run(a):
     return res
 
 
+def settings(a):
+    """The probe settings of the study: no per-head map (it is the probing scripts' job)."""
+    st = ProbeSettings.from_args(a)
+    st.head_map = 0
+    return st
+
+
 def study_corruption(name, a, clean, tok, model, out):
     """Corrupt every item one way, score the model on the corrupted prompts, relate the accuracy
     change to S_P2 over random subsets; plot it. Returns that corruption's results."""
@@ -342,7 +349,7 @@ def study_corruption(name, a, clean, tok, model, out):
     if not keep:
         return {"undefined": "applies to no item", "skipped": skipped}
     cenc = encode_items(tok, cor, [clean.demos[i] for i in keep], PromptBuilder(), f"{clean.source} ({name})")
-    _, cscores = features(ProbeSettings.from_args(a), model, cenc, clean.word_ids, desc=name)
+    _, cscores = features(settings(a), model, cenc, clean.word_ids, desc=name)
     correct_corr = cscores.argmax(1) == np.array([clean.words.index(it["answer"]) for it in cor])
     study = subset_study(
         clean.items,

@@ -50,6 +50,9 @@ class ReasonerSettings:
     warmup: int = 100
     eval_every: int = 250
     target_acc: float = 0.0
+    curriculum: int = 0
+    lm_weight: float = 0.0
+    balanced: int = 0
     seed: int = 0
     autocast: str = "auto"
     device: str = "auto"
@@ -71,6 +74,9 @@ RESUME_KEYS = (
     "batch_size",
     "max_steps",
     "warmup",
+    "curriculum",
+    "lm_weight",
+    "balanced",
     "seed",
     "autocast",
 )
@@ -81,18 +87,19 @@ def train(a):
     out = prepare(a)
     threads = a.threads
     seed_everything(a.seed)
-    cfg = rs.data_config(a.depth, a.sizes, a.groups, a.questions, a.seed)
+    cfg = rs.data_config(a.depth, a.sizes, a.groups, a.questions, a.seed, balanced=bool(a.balanced))
     files = rs.ensure_data(a.data_dir, cfg)
     splits = {s: rs.read_questions(f) for s, f in files.items()}
     tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
-    task = rs.PromptTask(tok, splits, a.batch_size, a.seed)
+    task = rs.PromptTask(tok, splits, a.batch_size, a.seed, a.curriculum)
     model = rs.build_model(tok, a.layers, a.hidden, a.heads, a.seed)
     dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev)
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(a, k)) for k in RESUME_KEYS)}
     ckpt = out / "checkpoint.pt"
-    resume = load_checkpoint(ckpt, settings, dev) if ckpt.exists() and not a.restart else None
-    tr = Trainer(model, a.lr, a.weight_decay, a.warmup, a.max_steps, dev)
+    added = {"curriculum": 0, "lm_weight": 0.0, "balanced": 0}  # the recipe before these options existed
+    resume = load_checkpoint(ckpt, settings, dev, added) if ckpt.exists() and not a.restart else None
+    tr = Trainer(model, a.lr, a.weight_decay, a.warmup, a.max_steps, dev, a.lm_weight)
     use_bf16 = a.autocast == "bf16" or (a.autocast == "auto" and bf16_fast(dev))
     with run_folder(out, outputs=("results.json", "config.json", "curves.png")):
         write_config(
@@ -159,6 +166,20 @@ def parser():
     p.add_argument("--warmup", type=nonneg_int)
     p.add_argument("--eval-every", type=positive_int)
     p.add_argument("--target-acc", type=float, help="stop once validation accuracy reaches this (0: never)")
+    p.add_argument(
+        "--curriculum", type=nonneg_int, help="epochs that go through the prompts from the shortest to the longest"
+    )
+    p.add_argument(
+        "--lm-weight",
+        type=float,
+        help="weight of the auxiliary next-token loss on the prompt's tokens (0: the answer's loss only)",
+    )
+    p.add_argument(
+        "--balanced",
+        type=int,
+        choices=[0, 1],
+        help="1: as many questions of each kind per theory (no size or 'not' shortcut; a new DATA_DIR)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--autocast", choices=["auto", "bf16", "none"], help="bf16 autocast for the training forward")
     p.add_argument("--device")

@@ -15,16 +15,17 @@ from . import plots
 from .cache import DEFAULT_DIR as DEFAULT_CACHE
 from .cache import FeatureCache, control_recipe, model_fingerprint
 from .cache import key as cache_key
-from .incontext import answer_ids, encode_items, run_items
+from .incontext import answer_ids, auto_batch_size, encode_items, run_items
 from .models import attention_modules, load_model, load_tokenizer, model_device, random_control
-from .probing import ProbeData, run_probe
+from .probing import ProbeData, head_map, predicted_useful, run_probe, selectivity
 from .utils import MechprobeError, add_threads_arg, at_least_two, get_logger, nonneg_int
 
 log = get_logger()
 
 
-def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4):
-    """Model and probe options shared by the LLM drivers; `limit`, `seeds`, `n_demos`: the driver's defaults."""
+def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True):
+    """Model and probe options shared by the LLM drivers; `limit`, `seeds`, `n_demos`: the driver's defaults;
+    probing: a probing driver (per-head map --head-map, HTML view --view-items)."""
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -58,6 +59,20 @@ def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4):
     )
     g.add_argument("--normalize", default="none", choices=["none", "max"])
     g.add_argument("--batch-size", type=nonneg_int, default=0, help="prompts per batch (0: sized to the free memory)")
+    if probing:
+        g.add_argument(
+            "--head-map",
+            type=int,
+            choices=[0, 1],
+            default=ProbeSettings.head_map,
+            help="1: capture per-head features and map S_P1 / S_P2 of each head (probe_by_head.png)",
+        )
+        g.add_argument(
+            "--view-items",
+            type=nonneg_int,
+            default=4,
+            help="items in the interactive view attention_view.html (0: no view)",
+        )
     add_threads_arg(g)
     g.add_argument(
         "--cache-dir",
@@ -85,6 +100,7 @@ class ProbeSettings:
     batch_size: prompts per forward (0: sized to the free memory).
     control_layers: build the control with this many layers and compare only those (0: all).
     cache_dir: where captured features are kept (cache.py); "" keeps none.
+    head_map: 1 = capture per-head features and add the per-head map (S_P1 / S_P2 of each head).
     """
 
     seeds: tuple = (0, 1, 2)
@@ -94,6 +110,7 @@ class ProbeSettings:
     batch_size: int = 0
     control_layers: int = 0
     cache_dir: str = ""
+    head_map: int = 1
 
     @classmethod
     def from_args(cls, a):
@@ -150,31 +167,52 @@ def compared_layers(st, model):
     return list(range(st.control_layers))
 
 
-def features(st, model, enc, word_ids, layers=None, desc="model", model_id=None, build=None):
-    """(features per prompt, answer-word scores) of `model` on the encoded prompts, from the
+def features(st, model, enc, word_ids, layers=None, desc="model", model_id=None, build=None, heads=False):
+    """(features per prompt (S, L, 1), answer-word scores) of `model` on the encoded prompts, from the
     feature cache when st.cache_dir holds them (no forward pass), else captured and stored.
-    A control passes model=None, its recipe as model_id and build() to make it on a miss."""
+    A control passes model=None, its recipe as model_id and build() to make it on a miss.
+
+    With st.head_map the capture is per head, (S, L, H) unnormalised, and the probe's features are
+    its head average (head_average: equal to capturing the average); heads=True then also returns
+    the per-head features (normalised per prompt as asked) as a third value (None without head_map)."""
     cache = FeatureCache(st.cache_dir, bool(st.cache_dir))
-    settings = {"query_pool": st.query_pool, "normalize": st.normalize, "per_head": False, "layers": layers}
+    per_head = bool(st.head_map)
+    norm = "none" if per_head else st.normalize
+    settings = {"query_pool": st.query_pool, "normalize": norm, "per_head": per_head, "layers": layers}
     k = cache_key(model_id or model_fingerprint(model), enc, word_ids, settings)
     hit = cache.get(k, desc)
     if hit is not None:
-        return hit
-    m = model if model is not None else build()
-    feats, scores = run_items(m, enc, word_ids, st.batch_size, st.query_pool, st.normalize, layers=layers, desc=desc)
-    cache.put(k, feats, scores, {"what": desc, **settings, "n_prompts": len(enc)})
-    return feats, scores
+        feats, scores = hit
+    else:
+        m = model if model is not None else build()
+        feats, scores = run_items(m, enc, word_ids, st.batch_size, st.query_pool, norm, per_head, layers, desc)
+        cache.put(k, feats, scores, {"what": desc, **settings, "n_prompts": len(enc)})
+    avg = head_average(feats, st.normalize) if per_head else feats
+    if not heads:
+        return avg, scores
+    return avg, scores, ([_normalise(f, st.normalize) for f in feats] if per_head else None)
 
 
-def control_features(st, model, enc, word_ids):
+def _normalise(f, normalize):
+    return f / f.max() if normalize == "max" and f.max() > 0 else f
+
+
+def head_average(feats, normalize="none"):
+    """Per-head features [(S, L, H)] -> the probe's head-averaged ones [(S, L, 1)], normalised as asked."""
+    return [_normalise(f.mean(-1, keepdims=True), normalize) for f in feats]
+
+
+def control_features(st, model, enc, word_ids, heads=False):
     """Features of the prompts under one random-init control per seed (same architecture,
-    first st.control_layers layers only when set); a control is built only when the cache misses."""
+    first st.control_layers layers only when set); a control is built only when the cache misses.
+    heads=True: a list of (features, per-head features) instead (see features)."""
     feats = []
     for s in st.seeds:
         n = st.control_layers or None
         recipe = "control:" + control_recipe(model, s, n)
         build = lambda s=s, n=n: random_control(model, seed=s, num_layers=n)  # noqa: E731
-        feats.append(features(st, None, enc, word_ids, desc=f"control seed {s}", model_id=recipe, build=build)[0])
+        f = features(st, None, enc, word_ids, desc=f"control seed {s}", model_id=recipe, build=build, heads=heads)
+        feats.append((f[0], f[2]) if heads else f[0])
     return feats
 
 
@@ -193,15 +231,17 @@ def _probe_subset(feats, ctl_feats, items, idx, seeds, folds, device="cpu"):
     return run_probe(data, ctls, seeds, folds, device=device)
 
 
-def probe_items(st, tok, model, items, demos, builder, words, source, by=("group", "depth")):
+def probe_items(st, tok, model, items, demos, builder, words, source, by=("group", "depth"), statement_type=None):
     """Accuracy and probing results (settings `st`, a ProbeSettings) over all items, per depth and
-    per (group, depth); by=("depth",) for per-depth subsets only."""
+    per (group, depth); by=("depth",) for per-depth subsets only. With st.head_map, the per-head map
+    (probing.head_map) and, given statement_type (statement text -> its surface type), the control-task
+    selectivity (probing.selectivity), both on the items of depth >= 1 (where P2 is defined)."""
     t0 = time.time()
     wid = answer_ids(tok, words)
     enc = encode_items(tok, items, demos, builder, source)
     layers = compared_layers(st, model)
     log.info("%d prompts, %d-%d tokens", len(enc), min(len(e["ids"]) for e in enc), max(len(e["ids"]) for e in enc))
-    feats, scores = features(st, model, enc, wid, layers=layers, desc="model")
+    feats, scores, head_feats = features(st, model, enc, wid, layers=layers, desc="model", heads=True)
     gold = np.array([words.index(it["answer"]) if it["answer"] in words else -1 for it in items])
     correct = (scores.argmax(1) == gold) if words else None
 
@@ -223,7 +263,8 @@ def probe_items(st, tok, model, items, demos, builder, words, source, by=("group
             "the original ProofWriter release or generated data)"
         }
         log.info(res["probe"]["undefined"])
-    ctl_feats = control_features(st, model, enc, wid) if has_tree else []
+    ctl = control_features(st, model, enc, wid, heads=True) if has_tree else []
+    ctl_feats = [c[0] for c in ctl]
     groups = {"all": list(range(len(items)))}
     if len(by) == 2:  # (group, depth): groups are never pooled over depths
         known = [it for it in items if it.get(by[1]) is not None]
@@ -245,8 +286,150 @@ def probe_items(st, tok, model, items, demos, builder, words, source, by=("group
         elif has_tree:
             sub["probe"] = {"undefined": f"only {len(idx)} items"}
         res["subsets"][name] = sub
+    if has_tree:
+        deep = [i for i, it in enumerate(items) if (it.get("depth") or 0) >= 1] or list(range(len(items)))
+        dev = probe_device(model)
+        lab = ([items[i]["useful"] for i in deep], [items[i]["step"] for i in deep])
+        if head_feats is not None and len(deep) >= 4:
+            res["head_map"] = head_map(
+                ProbeData([head_feats[i] for i in deep], *lab),
+                [ProbeData([c[1][i] for i in deep], *lab) for c in ctl],
+                st.seeds,
+                st.folds,
+                dev,
+            )
+            res["head_map"]["items"] = len(deep)
+        if statement_type is not None and len(deep) >= 4:
+            types = [statement_type(s) for i in deep for s in items[i]["statements"]]
+            sel = selectivity(ProbeData([feats[i] for i in deep], *lab), types, st.seeds, st.folds, dev)
+            res.update(sel)
+            log.info(
+                "selectivity (F1 real - F1 control task, depth >= 1): P1 %s, P2 %s",
+                fmt(sel["selectivity_p1"]),
+                fmt(sel["selectivity_p2"]),
+            )
     res["seconds"] = round(time.time() - t0, 1)
     return res, feats, scores
+
+
+def knockout_items(st, tok, model, items, demos, builder, words, source, feats, n_items=1024):
+    """Knockout study (knockout.py) on at most n_items items with a tree and a gold answer word (a
+    seeded sample): the question and answer positions (question tokens to the prompt's end) are
+    blocked from the gold useful statements, from those the P1 probe predicts useful (out-of-fold,
+    all layers, folds of the first seed), or from as many not-useful statements drawn per seed;
+    in layers >= l. Summarised over all of them and per depth."""
+    from . import knockout as ko
+
+    keep = [
+        i
+        for i, it in enumerate(items)
+        if it["answer"] in words and it.get("useful") is not None and any(it["useful"]) and not all(it["useful"])
+    ]
+    if not keep:
+        return {"undefined": "no item has both useful and not-useful statements and a gold answer word"}
+    data = ProbeData([feats[i] for i in keep], [items[i]["useful"] for i in keep], [items[i]["step"] for i in keep])
+    pred = predicted_useful(data, st.folds, st.seeds[0], probe_device(model))
+    if len(keep) > n_items:
+        pick = np.sort(np.random.default_rng(st.seeds[0]).choice(len(keep), n_items, replace=False))
+        keep, pred = [keep[j] for j in pick], [pred[j] for j in pick]
+    sel = [items[i] for i in keep]
+    enc = encode_items(tok, sel, [demos[i] for i in keep], builder, source)
+    prompts = [{"ids": e["ids"], "spans": e["spans"], "queries": range(e["query"][0], len(e["ids"]))} for e in enc]
+    conds = ko.conditions([it["useful"] for it in sel], pred, st.seeds)
+    depths = sorted({it["depth"] for it in sel if it.get("depth") is not None})
+    subsets = {f"depth={d}": [j for j, it in enumerate(sel) if it.get("depth") == d] for d in depths}
+    bs = auto_batch_size(model, max(len(e["ids"]) for e in enc), st.batch_size)
+    return ko.knockout_study(
+        model,
+        prompts,
+        [words.index(it["answer"]) for it in sel],
+        conds,
+        ko.layer_windows(len(attention_modules(model))),
+        scored=answer_ids(tok, words),
+        batch_size=bs,
+        desc="knockout",
+        subsets=subsets,
+        cache=FeatureCache(st.cache_dir, bool(st.cache_dir)),
+    )
+
+
+def view_items(st, tok, model, items, demos, builder, words, source, feats, n=4):
+    """HTML-view examples (htmlview.example) of the first n items: the prompt's tokens coloured by the
+    question's attention (pooled over the question tokens as the probe pools them), the gold tree and
+    the probe's out-of-fold tree (probing.oof_tree over all items with a tree)."""
+    from . import htmlview
+    from .capture import capture, pad_batch, pad_queries
+    from .features import pool_queries
+    from .probing import oof_tree
+
+    n = min(n, len(items))
+    if n == 0:
+        return []
+    has_tree = [i for i, it in enumerate(items) if it.get("useful") is not None and any(it["useful"])]
+    trees = {}
+    if len(has_tree) >= 4:
+        data = ProbeData(
+            [feats[i] for i in has_tree], *zip(*[(items[i]["useful"], items[i]["step"]) for i in has_tree])
+        )
+        trees = dict(zip(has_tree, oof_tree(data, st.folds, st.seeds[0], probe_device(model))))
+    enc = encode_items(tok, items[:n], demos[:n], builder, source)
+    ids, mask = pad_batch([e["ids"] for e in enc], 0)
+    rows, last = capture(model, ids, mask, pad_queries([e["query"] for e in enc]), return_logits=True)
+    wid = answer_ids(tok, words) if words else None
+    out = []
+    for j, (it, e) in enumerate(zip(items[:n], enc)):
+        T = len(e["ids"])
+        att = pool_queries(rows[j][:, :, :, :T], st.query_pool, len(e["query"]))  # (L, H, T)
+        offsets = tok(e["text"], return_offsets_mapping=True)["offset_mapping"]
+        pred = trees.get(j)
+        stmts = [
+            {
+                "span": sp,
+                "useful": bool(it["useful"][k]) if it.get("useful") is not None else False,
+                "step": int(it["step"][k]) if it.get("step") is not None else -1,
+                "pred_step": None if pred is None else int(pred[k]),
+            }
+            for k, sp in enumerate(e["spans"])
+        ]
+        guess = words[int(last[j, wid].argmax())] if wid else None
+        out.append(
+            htmlview.example(
+                f"{it['id']} (depth {it.get('depth')})",
+                htmlview.token_texts(e["text"], offsets),
+                att,
+                stmts,
+                it.get("answer"),
+                guess,
+                queries=e["query"],
+            )
+        )
+    return out
+
+
+def write_view(a, st, tok, model, items, demos, builder, words, source, feats, title):
+    """attention_view.html in a.out_dir with the first a.view_items items (none when 0)."""
+    from .htmlview import write_view as write
+
+    if a.view_items:
+        view = view_items(st, tok, model, items, demos, builder, words, source, feats, a.view_items)
+        path = write(Path(a.out_dir) / "attention_view.html", view, f"{title}: the question's attention")
+        log.info("interactive view: %s", path)
+
+
+def report_knockout(study, out, title):
+    """Log the knockout summary (all items and each depth) and plot knockout.png, knockout_<subset>.png."""
+    from .knockout import summary_lines
+
+    if "undefined" in study:
+        log.info("knockout: undefined (%s)", study["undefined"])
+        return
+    for line in summary_lines(study):
+        log.info(line)
+    plots.knockout_figure(study, Path(out) / "knockout.png", f"{title}: all items")
+    for name, sub in study.get("subsets", {}).items():
+        for line in summary_lines(sub):
+            log.info("%s %s", name, line)
+        plots.knockout_figure(sub, Path(out) / f"knockout_{name.replace('=', '')}.png", f"{title}: {name}")
 
 
 def fmt(s):
@@ -289,6 +472,13 @@ def report(res, out, title, key="group"):
     if per:
         plots.by_group_per_depth(
             per, Path(out) / f"probe_by_{key}.png", Path(out) / f"accuracy_by_{key}.png", key, title
+        )
+    if "head_map" in res:
+        hm = res["head_map"]
+        for key in ("top_p1", "top_p2"):
+            log.info("top heads by %s: %s", key[4:].upper(), ", ".join(f"L{l}H{h} {v:.3f}" for l, h, v in hm[key]))
+        plots.head_map_figure(
+            hm, Path(out) / "probe_by_head.png", f"{title}: per-head S vs the same head of the controls (depth >= 1)"
         )
     if "s_p1" in res["subsets"]["all"]:
         plots.probe_curves(

@@ -274,3 +274,46 @@ def by_group_per_depth(per, probe_path, acc_path, key="group", title=""):
     ax.axhline(0.5, color="grey", ls="--", lw=0.8)
     ax.legend(fontsize=8)
     save_figure(fig, acc_path)
+
+
+def knockout_figure(study, path, title=""):
+    """Accuracy, answer-change share and margin drop against the first knocked layer, one line per
+    condition (the random not-useful draws as mean ± std over seeds)."""
+    x = study["windows"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    rand = study.get("random not useful")
+    for ax, key, lab in zip(
+        axes,
+        ("accuracy", "changed", "margin_drop"),
+        ("accuracy", "share of answers changed", "gold-answer margin drop"),
+    ):
+        for name, r in study["conditions"].items():
+            if name.startswith("random not useful"):
+                continue
+            ax.plot(x, r[key], marker="o", ms=3, label=f"{name} ({r['knocked_per_prompt']:.1f}/prompt)")
+        if rand:
+            m, sd = np.array(rand[key]["mean"]), np.array(rand[key]["std"])
+            ax.errorbar(x, m, yerr=sd, marker="o", ms=3, capsize=3, label="random not useful (seeds)")
+        ax.set(xlabel="knocked layers: l and above", ylabel=lab)
+        ax.set_xticks(x)
+        ax.axhline(0, color="grey", lw=0.5)
+    axes[0].axhline(study["base"]["accuracy"], color="grey", ls="--", lw=0.8)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title or "attention knockout: queries blocked from the chosen statements")
+    save_figure(fig, path)
+
+
+def head_map_figure(hm, path, suptitle):
+    """S_P1 and S_P2 of each head alone (probing.head_map): heads x layers heatmaps."""
+    H = len(hm["s_p1"][0])
+    mats = [np.array([[np.nan if v is None else v for v in row] for row in hm[key]]).T for key in ("s_p1", "s_p2")]
+    heatmap_grid(
+        mats,
+        ["S_P1 of each head alone", "S_P2 of each head alone"],
+        path,
+        ylabels=[f"h{h}" for h in range(H)],
+        ylabel="head",
+        vmin=-0.2,
+        vmax=1,
+        suptitle=suptitle,
+    )

@@ -138,6 +138,32 @@ def selectivity(data, types, seeds, n_folds=2, device="cpu"):
     return {k: summarize(v, "labels have a single class") for k, v in rows.items()}
 
 
+def oof_tree(data, n_folds=2, seed=0, device="cpu"):
+    """The tree the probe predicts for every example, out of fold (all layers): per example an
+    (S_i,) array of predicted steps, -1 = predicted not useful. In each fold, P1 is fitted on the
+    other folds' statements and P2 on their useful ones; P2 labels the statements P1 calls useful."""
+    from .knn import knn_predict
+
+    X = data.layers(list(range(data.X.shape[1])))
+    folds = group_folds(data.group, n_folds, seed)
+    pred = np.full(len(X), -1)
+    for f in np.unique(folds):
+        te, tr = folds == f, folds != f
+        u = tr & (data.useful == 1)
+        p1 = knn_predict(X[tr], data.useful[tr], X[te], device=device) if len(np.unique(data.useful[tr])) > 1 else None
+        p1 = np.full(te.sum(), data.useful[tr][0]) if p1 is None else p1
+        hit = np.flatnonzero(te)[p1 == 1]
+        if len(hit) and u.any():
+            steps = data.step[u]
+            pred[hit] = knn_predict(X[u], steps, X[hit], device=device) if len(np.unique(steps)) > 1 else steps[0]
+    return [pred[data.group == g] for g in np.unique(data.group)]
+
+
+def predicted_useful(data, n_folds=2, seed=0, device="cpu"):
+    """P1's out-of-fold predictions (all layers) per example: [(S_i,) 0/1 arrays] (see oof_tree)."""
+    return [(t >= 0).astype(int) for t in oof_tree(data, n_folds, seed, device)]
+
+
 def knn_f1(X, y, groups, n_folds=2, seed=0, k=N_NEIGHBORS, device="cpu"):
     """Macro F1 of out-of-fold kNN predictions on X (N, F); None (undefined) when y has one class."""
     return curve_f1(np.asarray(X)[:, None, :], y, groups, n_folds, seed, False, device, k)["all"]

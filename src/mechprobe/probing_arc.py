@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import arc
 from .incontext import PromptBuilder, pick_demos
-from .llmprobe import ProbeSettings, add_model_args, load_args, probe_items, report
+from .llmprobe import ProbeSettings, add_model_args, load_args, probe_items, report, write_view
 from .utils import (
     MechprobeError,
     get_logger,
@@ -24,7 +24,15 @@ from .utils import (
 log = get_logger()
 
 
-OUTPUTS = ("probe_results.json", "config.json", "probe_by_depth.png", "probe_by_layer.png", "accuracy_by_depth.png")
+OUTPUTS = (
+    "probe_results.json",
+    "config.json",
+    "probe_by_depth.png",
+    "probe_by_layer.png",
+    "probe_by_head.png",
+    "accuracy_by_depth.png",
+    "attention_view.html",
+)
 
 
 def parser():
@@ -66,7 +74,8 @@ def run(a):
     texts = [s for it in items + pool for s in it["statements"] + [it["question"], it["answer"]]]
     tok, model, mpath = load_args(a, texts, out)
     builder = PromptBuilder(suffix="", answer_in_query=True, question_prefix="Question: ", answer_prefix=" Answer: ")
-    res, _, _ = probe_items(ProbeSettings.from_args(a), tok, model, items, demos, builder, [], a.data, by=("depth",))
+    st = ProbeSettings.from_args(a)
+    res, feats, _ = probe_items(st, tok, model, items, demos, builder, [], a.data, by=("depth",))
     res.update(
         {
             "model": mpath,
@@ -85,6 +94,7 @@ def run(a):
     )
     write_json(out / "probe_results.json", res)
     report(res, out, "ARC", key="depth")
+    write_view(a, st, tok, model, items, demos, builder, [], a.data, feats, f"ARC: {mpath}")
     print(f"results: {out / 'probe_results.json'}  plots: {out}/probe_by_depth.png, probe_by_layer.png")
     return res
 

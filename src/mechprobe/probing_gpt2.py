@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import knockout as ko
 from . import ksmallest as ks
 from . import plots
-from .models import load_model, load_tokenizer, random_control
-from .probing import ProbeData, head_map, run_probe, selectivity
+from .models import attention_modules, load_model, load_tokenizer, random_control
+from .probing import ProbeData, head_map, predicted_useful, run_probe, selectivity
 from .utils import (
     MechprobeError,
     add_threads_arg,
@@ -59,6 +60,19 @@ class GPT2ProbeSettings:
     p2_labels: str = "answer"
     batch_size: int = 128
     device: str = "cpu"
+    knockout: int = 1
+
+
+def knockout_gpt2(model, ids, answers, records, data, a):
+    """Knockout study (knockout.py) on the lists: the last token's attention to the gold useful
+    numbers, to the ones the P1 probe predicts useful (folds of the first seed), or to as many
+    not-useful numbers drawn per seed, blocked in layers >= l."""
+    T = ids.shape[1]
+    prompts = [{"ids": row.tolist(), "spans": [(i, i + 1) for i in range(T)], "queries": [T - 1]} for row in ids]
+    pred = predicted_useful(data, a.folds, a.seeds[0], a.device)
+    conds = ko.conditions([r["useful"] for r in records], pred, a.seeds)
+    windows = ko.layer_windows(len(attention_modules(model)))
+    return ko.knockout_study(model, prompts, answers, conds, windows, batch_size=a.batch_size, desc="knockout")
 
 
 def probe_one(model_dir, data_dir, a, pretrained=None):
@@ -90,6 +104,8 @@ def probe_one(model_dir, data_dir, a, pretrained=None):
     res["head_map"] = head_map(heads, control_heads, a.seeds, a.folds, a.device)
     # Hewitt and Liang's control task: the surface type of a statement is the number's value
     res.update(selectivity(data, np.concatenate([r["numbers"] for r in records]), a.seeds, a.folds, a.device))
+    if a.knockout:
+        res["knockout"] = knockout_gpt2(model, ids, answers, records, data, a)
     head_avg = rows.mean(2)  # (N, L, T)
     res.update(
         {
@@ -123,6 +139,7 @@ OUTPUTS = (
     "probe_by_head_k1.png",
     "probe_by_head_k2.png",
     "probe_by_head_k3.png",
+    "knockout_k*.png",
 )
 
 
@@ -155,6 +172,12 @@ def parser():
     )
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--device")
+    p.add_argument(
+        "--knockout",
+        type=int,
+        choices=[0, 1],
+        help="1: attention knockout of the gold / probe-predicted useful / random not-useful numbers",
+    )
     add_threads_arg(p)
     p.set_defaults(**{f.name: f.default for f in fields(GPT2ProbeSettings)})
     return p
@@ -203,18 +226,17 @@ def run(a):
     plots.probe_curves(results, out / "probe_by_layer.png")
     plots.probe_by_k(results, out / "probe_by_k.png")
     for r in results:
+        if "knockout" in r:
+            for line in ko.summary_lines(r["knockout"]):
+                log.info("k=%d %s", r["k"], line)
+            plots.knockout_figure(
+                r["knockout"], out / f"knockout_k{r['k']}.png", f"attention knockout (k={r['k']}): last token blocked"
+            )
         hm = r["head_map"]
-        H = len(hm["s_p1"][0])
-        mats = [[[float("nan") if v is None else v for v in row] for row in hm[key]] for key in ("s_p1", "s_p2")]
-        plots.heatmap_grid(
-            [np.array(m).T for m in mats],
-            ["S_P1 of each head alone", "S_P2 of each head alone"],
+        plots.head_map_figure(
+            hm,
             out / f"probe_by_head_k{r['k']}.png",
-            ylabels=[f"h{h}" for h in range(H)],
-            ylabel="head",
-            vmin=-0.2,
-            vmax=1,
-            suptitle=f"per-head probing scores (k={r['k']}, vs the same head of the controls)",
+            f"per-head probing scores (k={r['k']}, vs the same head of the controls)",
         )
     print(f"results: {out / 'probe_results.json'}  plots: {out / 'probe_by_layer.png'}, {out / 'probe_by_k.png'}")
     return results

@@ -10,8 +10,19 @@ import argparse
 from pathlib import Path
 
 from .incontext import PromptBuilder, pick_demos
-from .llmprobe import ProbeSettings, add_model_args, load_args, load_items_args, probe_items, report
-from .utils import get_logger, run_driver, run_main, seed_everything, write_config, write_json
+from .llmprobe import (
+    ProbeSettings,
+    add_model_args,
+    knockout_items,
+    load_args,
+    load_items_args,
+    probe_items,
+    report,
+    report_knockout,
+    write_view,
+)
+from .proofwriter import statement_type
+from .utils import get_logger, nonneg_int, run_driver, run_main, seed_everything, write_config, write_json
 
 log = get_logger()
 
@@ -24,6 +35,9 @@ OUTPUTS = (
     "probe_by_group.png",
     "probe_by_depth.png",
     "probe_by_layer.png",
+    "probe_by_head.png",
+    "knockout*.png",
+    "attention_view.html",
 )
 
 
@@ -55,6 +69,12 @@ def parser():
     p.add_argument(
         "--naf", action="store_true", help="generated theories get rules with negated conditions (negation as failure)"
     )
+    p.add_argument(
+        "--knockout-items",
+        type=nonneg_int,
+        default=1024,
+        help="attention knockout (is the tree used?) on at most this many questions (0: none)",
+    )
     add_model_args(p, limit=0, n_demos=0)
     return p
 
@@ -75,8 +95,11 @@ def run(a):
     texts = [s for it in items + pool for s in it["statements"] + [it["question"]]]
     tok, model, mpath = load_args(a, texts, out)
     builder = PromptBuilder(suffix="True or False?" if words == ["True", "False"] else "True, False, or Unknown?")
-    res, _, _ = probe_items(ProbeSettings.from_args(a), tok, model, items, demos, builder, words, source)
+    st = ProbeSettings.from_args(a)
+    res, feats, _ = probe_items(st, tok, model, items, demos, builder, words, source, statement_type=statement_type)
     res.update({"model": mpath, "data": source})
+    if a.knockout_items:
+        res["knockout"] = knockout_items(st, tok, model, items, demos, builder, words, source, feats, a.knockout_items)
     write_config(
         out,
         a,
@@ -86,6 +109,9 @@ def run(a):
     )
     write_json(out / "probe_results.json", res)
     report(res, out, "ProofWriter in-context accuracy")
+    if "knockout" in res:
+        report_knockout(res["knockout"], out, "ProofWriter attention knockout")
+    write_view(a, st, tok, model, items, demos, builder, words, source, feats, f"ProofWriter: {mpath}")
     print(
         f"results: {out / 'probe_results.json'}  plots: {out}/accuracy_by_group.png, probe_by_group.png, "
         "probe_by_depth.png, probe_by_layer.png"

@@ -260,6 +260,13 @@ def find_metas(data_dir, split, setting="CWA", depth=None):
     return [f for _, f in sorted(found)]
 
 
+def statement_type(text):
+    """A statement's surface type for the control task (probing.selectivity): its attribute word, the
+    last word ("The cat is red." -> "red"; "If someone is big then they are red." -> "red")."""
+    words = re.findall(r"[A-Za-z]+", text)
+    return words[-1].lower() if words else ""
+
+
 def load_items(
     data,
     setting="CWA",

@@ -154,7 +154,21 @@ def _add_naf(rng, rules, attrs):
     return rules
 
 
-def make_theory(rng, tid, n_statements, max_depth, n_questions=8, naf=False):
+def _rep(e, a):
+    neg = a.startswith("not ")
+    return f'("{e}" "is" "{a[4:] if neg else a}" "{"-" if neg else "+"}")'
+
+
+def _pick(rng, pool, n, derived_share=0.5):
+    """n of pool (tuples whose 4th field is the proof depth), up to derived_share of them derived."""
+    der = [c for c in pool if c[3]]
+    chosen = [der[i] for i in rng.permutation(len(der))[: int(n * derived_share)]]
+    rest = [c for c in pool if c not in chosen]
+    chosen += [rest[i] for i in rng.permutation(len(rest))[: n - len(chosen)]]
+    return chosen
+
+
+def make_theory(rng, tid, n_statements, max_depth, n_questions=8, naf=False, balanced=False):
     n_rules = max(1, n_statements // 3) if n_statements > 1 else 0
     n_facts = n_statements - n_rules
     n_attr = min(len(ATTRS), max(4, n_statements // 2 + 2))
@@ -191,7 +205,13 @@ def make_theory(rng, tid, n_statements, max_depth, n_questions=8, naf=False):
             t: {"text": fact_text(*fa), "representation": f'("{fa[0].lower()}" "is" "{fa[1]}" "+")'}
             for fa, t in facts.items()
         },
-        "rules": {r: {"text": rule_text(c, k), "representation": f"({c} -> {k})"} for r, c, k in rules},
+        "rules": {
+            r: {
+                "text": rule_text(c, k),
+                "representation": f"(({' '.join(_rep('someone', str(x)) for x in c)}) -> {_rep('someone', str(k))})",
+            }
+            for r, c, k in rules
+        },
     }
     th["theory"] = " ".join([v["text"] for v in th["triples"].values()] + [v["text"] for v in th["rules"].values()])
     qs, derived, cands = {}, [], []
@@ -203,9 +223,20 @@ def make_theory(rng, tid, n_statements, max_depth, n_questions=8, naf=False):
             if (e, a) not in known:
                 cands.append((fact_text(e, a), False, "random", None, None))
                 cands.append((fact_text(e, a, True), True, "inv-random", None, None))
-    # up to half of the questions need a rule (depth >= 1), the rest are drawn from everything else
-    chosen = [derived[i] for i in rng.permutation(len(derived))[: n_questions // 2]]
-    chosen += [cands[i] for i in rng.permutation(len(cands))[: n_questions - len(chosen)]]
+    if balanced:
+        # as many questions of each strategy (proof, inv-proof, random, inv-random), so that neither
+        # the word "not" nor the theory's size tells the answer; up to half of the proof-bearing ones
+        # need a rule (depth >= 1)
+        by = {k: [c for c in derived + cands if c[2] == k] for k in ("proof", "inv-proof", "random", "inv-random")}
+        n = min([n_questions // 4] + [len(v) for v in by.values()])
+        chosen = [c for k in by for c in _pick(rng, by[k], n)]
+        chosen = [chosen[i] for i in rng.permutation(len(chosen))]
+    else:
+        # up to half of the questions need a rule (depth >= 1), the rest are drawn from everything else
+        chosen = [derived[i] for i in rng.permutation(len(derived))[: n_questions // 2]]
+        chosen += [cands[i] for i in rng.permutation(len(cands))[: n_questions - len(chosen)]]
+    if not chosen:
+        return None
     for j, (text, ans, strat, d, node) in enumerate(chosen):
         if node is not None:
             m = _FACT_Q.match(text)
@@ -243,15 +274,25 @@ def make_theory(rng, tid, n_statements, max_depth, n_questions=8, naf=False):
 
 
 def generate(
-    out, max_depth=1, sizes=(400, 100, 100), groups=(2, 4, 8, 12, 16, 20, 24), seed=0, n_questions=8, naf=False
+    out,
+    max_depth=1,
+    sizes=(400, 100, 100),
+    groups=(2, 4, 8, 12, 16, 20, 24),
+    seed=0,
+    n_questions=8,
+    naf=False,
+    balanced=False,
 ):
-    """Write `<out>/CWA/depth-<max_depth>/meta-{train,dev,test}.jsonl`; returns the folder."""
+    """Write `<out>/CWA/depth-<max_depth>/meta-{train,dev,test}.jsonl`; returns the folder.
+    balanced: every theory gets as many questions of each of the four strategies (make_theory)."""
     rng = np.random.default_rng(seed)
     folder = Path(out) / "CWA" / f"depth-{max_depth}"
     for split, n in zip(("train", "dev", "test"), sizes):
         rows, tid = [], 0
         while len(rows) < n:
-            th = make_theory(rng, f"{split}{tid}", int(groups[len(rows) % len(groups)]), max_depth, n_questions, naf)
+            th = make_theory(
+                rng, f"{split}{tid}", int(groups[len(rows) % len(groups)]), max_depth, n_questions, naf, balanced
+            )
             tid += 1
             if th is not None:
                 rows.append(th)

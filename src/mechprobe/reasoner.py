@@ -2,8 +2,13 @@
 
 Data: theories from proofwriter_gen in the original release's format (CWA, questions of depth
 0..D, theories of several sizes: the "groups"), split into train / dev / test by theory, with
-every question kind kept so that True / False is balanced: proof (True), inv-proof (False),
-CWA failure ("random": False) and negation as failure ("inv-random": True). `meta.json` records
+every question kind kept: proof (True), inv-proof (False), CWA failure ("random": False) and negation
+as failure ("inv-random": True), drawn as proofwriter_gen draws them (up to half need a rule). That
+draw leaves two shortcuts: the theory's size (small theories hold few provable facts, so most of their
+questions are CWA failures) and the word "not". With balanced=True every theory gets as many
+questions of each kind, so True / False is balanced within every theory and for either polarity
+(README: a model trained on the default draw answers from those shortcuts; on the balanced draw the
+same recipe stays at chance within 15 minutes). `meta.json` records
 the configuration, so a folder holding another one is refused, not silently reused.
 
 Input: exactly the probe's prompt with zero demonstrations,
@@ -14,6 +19,8 @@ with a word-level fast tokenizer (offsets for the statement spans) saved beside 
 
 Training batches are bucketed by length: each epoch's seeded permutation is cut into chunks of
 50 batches, each chunk sorted by prompt length and cut into batches, and the batches shuffled;
+the first `curriculum` epochs instead go through all prompts from the shortest to the longest
+(the smallest theories first: matching a question to one fact is learnt before searching 24);
 right padding with an attention mask, the loss at each prompt's last real token.
 """
 
@@ -33,8 +40,8 @@ MAX_DEPTH = 5
 STRATEGIES = ("proof", "inv-proof", "random", "inv-random")
 
 
-def data_config(depth, sizes, groups, questions, seed, naf=False):
-    return {
+def data_config(depth, sizes, groups, questions, seed, naf=False, balanced=False):
+    cfg = {
         "depth": int(depth),
         "sizes": [int(x) for x in sizes],
         "groups": [int(g) for g in groups],
@@ -43,6 +50,9 @@ def data_config(depth, sizes, groups, questions, seed, naf=False):
         "naf": bool(naf),
         "setting": "CWA",
     }
+    if balanced:  # recorded only when set, so folders generated before the option still match
+        cfg["balanced"] = True
+    return cfg
 
 
 def check_config(cfg):
@@ -92,7 +102,16 @@ def ensure_data(folder, cfg):
         cfg["depth"],
         folder,
     )
-    generate(tmp, cfg["depth"], tuple(cfg["sizes"]), tuple(cfg["groups"]), cfg["seed"], cfg["questions"], cfg["naf"])
+    generate(
+        tmp,
+        cfg["depth"],
+        tuple(cfg["sizes"]),
+        tuple(cfg["groups"]),
+        cfg["seed"],
+        cfg["questions"],
+        cfg["naf"],
+        cfg.get("balanced", False),
+    )
     write_json(tmp / "meta.json", cfg)
     if folder.exists():
         folder.rmdir()
@@ -151,8 +170,8 @@ def build_model(tok, layers=4, hidden=128, heads=4, seed=0, max_positions=1024):
 class PromptTask:
     """ProofWriter questions as a training task (training.run_loop), length-bucketed."""
 
-    def __init__(self, tok, splits, batch_size, seed):
-        self.tok, self.batch_size, self.seed = tok, batch_size, seed
+    def __init__(self, tok, splits, batch_size, seed, curriculum=0):
+        self.tok, self.batch_size, self.seed, self.curriculum = tok, batch_size, seed, curriculum
         self.word_ids = answer_ids(tok, WORDS)
         self.items, self.ids = splits, {}
         for split, items in splits.items():
@@ -175,6 +194,9 @@ class PromptTask:
         perm = rng.permutation(n)
         lengths = np.array([len(self.ids["train"][i]) for i in perm])
         batches = []
+        if epoch < self.curriculum:  # curriculum: the shortest prompts (smallest theories) first
+            srt = perm[np.argsort(lengths, kind="stable")]
+            return [torch.from_numpy(srt[i : i + bs]) for i in range(0, n, bs)]
         for c in range(0, n, 50 * bs):  # sort within chunks of 50 batches, then cut
             chunk = perm[c : c + 50 * bs][np.argsort(lengths[c : c + 50 * bs], kind="stable")]
             batches += [torch.from_numpy(chunk[i : i + bs]) for i in range(0, len(chunk), bs)]

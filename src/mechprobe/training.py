@@ -69,8 +69,10 @@ def warmup_linear_decay(warm, total):
     return lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm))
 
 
-def load_checkpoint(ckpt, settings, dev):
-    """The checkpoint's state when it can resume this run; a clear error when it cannot."""
+def load_checkpoint(ckpt, settings, dev, added=None):
+    """The checkpoint's state when it can resume this run; a clear error when it cannot.
+    added: {setting: value} for settings introduced after the checkpoint was written (a checkpoint
+    that lacks one ran with that value)."""
     try:
         st = torch.load(ckpt, map_location=dev, weights_only=False)
         old = st.get("settings")
@@ -83,6 +85,7 @@ def load_checkpoint(ckpt, settings, dev):
         raise MechprobeError(
             f"{ckpt}: the checkpoint records no settings (an older version wrote it); RESTART=1 starts the run over"
         )
+    old = {**(added or {}), **old}
     diff = [f"{k.upper()} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
     if diff:
         raise MechprobeError(
@@ -96,10 +99,14 @@ class Trainer:
     """The state of one training run: model, optimizer, schedule, step, best, history.
 
     The loss is the cross-entropy of the logits at each prompt's last (real) token against the
-    answer token: L = -log softmax(z_last)[answer]."""
+    answer token: L = -log softmax(z_last)[answer]. With lm_weight > 0 (right-padded batches with a
+    mask), the mean next-token cross-entropy over the prompt's own tokens is added:
+        L += lm_weight * mean_{t < last} -log softmax(z_t)[x_{t+1}]
+    (an auxiliary loss: copying a statement's words into the question is what a reasoner's
+    attention needs to learn, matching the question with the statements)."""
 
-    def __init__(self, model, lr, weight_decay, warmup, total, dev):
-        self.model, self.total, self.dev = model, total, dev
+    def __init__(self, model, lr, weight_decay, warmup, total, dev, lm_weight=0.0):
+        self.model, self.total, self.dev, self.lm_weight = model, total, dev, lm_weight
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -130,9 +137,21 @@ class Trainer:
     def train_step(self, ids, mask, answers, use_bf16):
         """One AdamW step; ids (B, T), mask (B, T) of right-padded prompts or None, answers (B,)."""
         self.model.train()
+        ids, answers = ids.to(self.dev), answers.to(self.dev)
+        mask = None if mask is None else mask.to(self.dev)
         with torch.autocast(torch.device(self.dev).type, dtype=torch.bfloat16, enabled=use_bf16):
-            logits = last_logits(self.model, ids.to(self.dev), None if mask is None else mask.to(self.dev))  # (B, V)
-        loss = F.cross_entropy(logits.float(), answers.to(self.dev))
+            if self.lm_weight and mask is not None:
+                z = self.model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+            else:
+                logits = last_logits(self.model, ids, mask)  # (B, V)
+        if self.lm_weight and mask is not None:
+            last = mask.sum(1) - 1
+            logits = z[torch.arange(len(ids), device=ids.device), last]
+            tgt = ids[:, 1:].masked_fill(torch.arange(1, ids.shape[1], device=ids.device) > last[:, None], -100)
+            lm = F.cross_entropy(z[:, :-1].float().reshape(-1, z.shape[-1]), tgt.reshape(-1), ignore_index=-100)
+            loss = F.cross_entropy(logits.float(), answers) + self.lm_weight * lm
+        else:
+            loss = F.cross_entropy(logits.float(), answers)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
