@@ -33,7 +33,7 @@ def test_rerun_with_other_folds_uses_the_cache(tmp_path, monkeypatch, caplog):
     ]
     first = probing_proofwriter.main([*args, "--out-dir", str(tmp_path / "a")])
     assert len(list((tmp_path / "cache").glob("[!k]*.safetensors"))) == 3  # the model and two controls
-    n_passes = 1 + 4 * 5  # knockout: the unablated pass, 4 windows x 5 conditions (2 random draws)
+    n_passes = 1 + 4 * 6  # knockout: the unablated pass, 4 windows x 6 conditions (2 random draws, all statements)
     assert len(list((tmp_path / "cache").glob("ko-*.safetensors"))) == n_passes
     monkeypatch.setattr(llmprobe, "run_items", forbid)
     monkeypatch.setattr(llmprobe, "random_control", forbid)

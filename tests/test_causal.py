@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from mechprobe import ksmallest as ks
-from mechprobe.causal import head_entropy, normalized_entropy, placed_lists
+from mechprobe.causal import head_entropy, placed_lists
+from mechprobe.features import normalized_entropy, statement_entropy
 from mechprobe.ksmallest import rank_order
 from mechprobe.masking import mask_heads
 from mechprobe.utils import MechprobeError
@@ -16,6 +17,20 @@ def test_entropy_hand_computed():
     p = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.25] * 4, [1.0, 0, 0, 0]])
     e = normalized_entropy(p)
     torch.testing.assert_close(e, torch.tensor([math.log(2) / math.log(4), 1.0, 0.0]), atol=1e-6, rtol=0)
+
+
+def test_statement_entropy_hand_computed():
+    import numpy as np
+
+    f1 = np.zeros((2, 1, 2))  # two statements, one layer, two heads
+    f1[:, 0, 0] = [0.3, 0.3]  # head 0: equal mass on both -> 1
+    f1[:, 0, 1] = [0.6, 0.0]  # head 1: all on one -> 0
+    f2 = np.zeros((4, 1, 2))
+    f2[:, 0, 0] = [0.1, 0.1, 0.1, 0.1]  # uniform -> 1
+    f2[:, 0, 1] = [0.2, 0.2, 0.0, 0.0]  # two of four -> log 2 / log 4 = 0.5
+    one = np.ones((1, 1, 2))  # a single statement: left out
+    e = statement_entropy([f1, f2, one])
+    np.testing.assert_allclose(e, [[1.0, 0.25]], atol=1e-9)
 
 
 def test_rank_vs_position_entropy():

@@ -87,6 +87,8 @@ def test_probing_gpt2_outputs(trained, tmp_path):
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "complete"
     hm = saved["head_map"]
     assert np.array(hm["s_p1"], dtype=float).shape == (2, 2) and len(hm["top_p1"]) <= 5
+    ent = np.array(hm["entropy"])  # beside the map: each head's attention entropy over the numbers
+    assert ent.shape == (2, 2) and ((ent > 0) & (ent <= 1)).all()
     assert (tmp_path / "probe_by_head_k1.png").stat().st_size > 1000
     assert "S_P1=" in (tmp_path / "run.log").read_text()  # the run's log lines, in its folder
     for i in range(2):  # per seed: S is the formula applied to that seed's F1s; the mean is their mean

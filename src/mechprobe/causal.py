@@ -23,6 +23,7 @@ import torch
 from . import ksmallest as ks
 from . import plots
 from .capture import capture
+from .features import normalized_entropy
 from .masking import mask_heads
 from .models import load_model, load_tokenizer
 from .utils import (
@@ -41,12 +42,6 @@ from .utils import (
 
 log = get_logger()
 PRUNING_ORDERS = ("rank", "position")  # the original pruned by both entropies
-
-
-def normalized_entropy(p, dim=-1, eps=1e-12):
-    """-(sum p log p) / log(n) along `dim` (n = size of that dim)."""
-    n = p.shape[dim]
-    return -(p * (p + eps).log()).sum(dim) / np.log(n)
 
 
 def head_entropy(rows, records):

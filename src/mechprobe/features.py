@@ -63,3 +63,24 @@ def statement_features(rows, spans, query_pool="last", per_head=False, normalize
     elif normalize != "none":
         raise MechprobeError(f"normalize {normalize!r}: expected none or max")
     return f
+
+
+def normalized_entropy(p, dim=-1, eps=1e-12):
+    """-(sum p log p) / log(n) along `dim` (n = size of that dim): 1 uniform, 0 one-hot."""
+    import math
+
+    n = p.shape[dim]
+    return -(p * (p + eps).log()).sum(dim) / math.log(n)
+
+
+def statement_entropy(feats):
+    """Per-head features [(S, L, H)] -> (L, H): the mean over examples of the normalised entropy of
+    each head's attention mass over the statements, p_s = f_s / sum_s f_s (examples with S >= 2)."""
+    out = []
+    for f in feats:
+        f = torch.as_tensor(f, dtype=torch.float64)
+        if f.shape[0] < 2:
+            continue
+        p = f / f.sum(0, keepdim=True).clamp_min(1e-12)  # (S, L, H)
+        out.append(normalized_entropy(p, dim=0))
+    return torch.stack(out).mean(0).numpy() if out else None

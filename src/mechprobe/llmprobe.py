@@ -15,6 +15,7 @@ from . import plots
 from .cache import DEFAULT_DIR as DEFAULT_CACHE
 from .cache import FeatureCache, control_recipe, model_fingerprint
 from .cache import key as cache_key
+from .features import statement_entropy
 from .incontext import answer_ids, auto_batch_size, encode_items, run_items
 from .models import attention_modules, load_model, load_tokenizer, model_device, random_control
 from .probing import ProbeData, head_map, predicted_useful, run_probe, selectivity
@@ -149,6 +150,7 @@ def load_items_args(a):
         a.generate,
         a.seeds[0],
         a.naf,
+        pool=a.n_demos > 0,
     )
 
 
@@ -299,6 +301,8 @@ def probe_items(st, tok, model, items, demos, builder, words, source, by=("group
                 dev,
             )
             res["head_map"]["items"] = len(deep)
+            ent = statement_entropy([head_feats[i] for i in deep])  # (L, H), beside the map
+            res["head_map"]["entropy"] = None if ent is None else ent.tolist()
         if statement_type is not None and len(deep) >= 4:
             types = [statement_type(s) for i in deep for s in items[i]["statements"]]
             sel = selectivity(ProbeData([feats[i] for i in deep], *lab), types, st.seeds, st.folds, dev)
@@ -316,8 +320,9 @@ def knockout_items(st, tok, model, items, demos, builder, words, source, feats, 
     """Knockout study (knockout.py) on at most n_items items with a tree and a gold answer word (a
     seeded sample): the question and answer positions (question tokens to the prompt's end) are
     blocked from the gold useful statements, from those the P1 probe predicts useful (out-of-fold,
-    all layers, folds of the first seed), or from as many not-useful statements drawn per seed;
-    in layers >= l. Summarised over all of them and per depth."""
+    all layers, folds of the first seed), from as many not-useful statements drawn per seed, or from
+    every statement (does the answer depend on the theory at all?); in layers >= l. Summarised over
+    all of them and per depth."""
     from . import knockout as ko
 
     keep = [
@@ -336,6 +341,7 @@ def knockout_items(st, tok, model, items, demos, builder, words, source, feats, 
     enc = encode_items(tok, sel, [demos[i] for i in keep], builder, source)
     prompts = [{"ids": e["ids"], "spans": e["spans"], "queries": range(e["query"][0], len(e["ids"]))} for e in enc]
     conds = ko.conditions([it["useful"] for it in sel], pred, st.seeds)
+    conds["all statements"] = [list(range(len(it["statements"]))) for it in sel]  # does it read the theory at all?
     depths = sorted({it["depth"] for it in sel if it.get("depth") is not None})
     subsets = {f"depth={d}": [j for j, it in enumerate(sel) if it.get("depth") == d] for d in depths}
     bs = auto_batch_size(model, max(len(e["ids"]) for e in enc), st.batch_size)

@@ -304,12 +304,16 @@ def knockout_figure(study, path, title=""):
 
 
 def head_map_figure(hm, path, suptitle):
-    """S_P1 and S_P2 of each head alone (probing.head_map): heads x layers heatmaps."""
+    """S_P1 and S_P2 of each head alone (probing.head_map): heads x layers heatmaps, and beside them
+    each head's normalised attention entropy when hm has "entropy" (1 = uniform, 0 = one key)."""
     H = len(hm["s_p1"][0])
-    mats = [np.array([[np.nan if v is None else v for v in row] for row in hm[key]]).T for key in ("s_p1", "s_p2")]
+    keys = [("s_p1", "S_P1 of each head alone"), ("s_p2", "S_P2 of each head alone")]
+    if hm.get("entropy") is not None:
+        keys.append(("entropy", "attention entropy (normalised)"))
+    mats = [np.array([[np.nan if v is None else v for v in row] for row in hm[k]], dtype=float).T for k, _ in keys]
     heatmap_grid(
         mats,
-        ["S_P1 of each head alone", "S_P2 of each head alone"],
+        [t for _, t in keys],
         path,
         ylabels=[f"h{h}" for h in range(H)],
         ylabel="head",

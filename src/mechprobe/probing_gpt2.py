@@ -17,6 +17,7 @@ import torch
 from . import knockout as ko
 from . import ksmallest as ks
 from . import plots
+from .features import normalized_entropy
 from .models import attention_modules, load_model, load_tokenizer, random_control
 from .probing import ProbeData, head_map, predicted_useful, run_probe, selectivity
 from .utils import (
@@ -102,6 +103,8 @@ def probe_one(model_dir, data_dir, a, pretrained=None):
         del pm
     res = run_probe(data, controls, a.seeds, a.folds, ref, device=a.device)
     res["head_map"] = head_map(heads, control_heads, a.seeds, a.folds, a.device)
+    # beside it, each head's attention entropy over the numbers (mean over lists; 1 = uniform)
+    res["head_map"]["entropy"] = normalized_entropy(rows).mean(0).tolist()  # (L, H)
     # Hewitt and Liang's control task: the surface type of a statement is the number's value
     res.update(selectivity(data, np.concatenate([r["numbers"] for r in records]), a.seeds, a.folds, a.device))
     if a.knockout:

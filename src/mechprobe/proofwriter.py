@@ -279,11 +279,13 @@ def load_items(
     generate=False,
     seed=0,
     naf=False,
+    pool=True,
 ):
     """(items, demonstration pool, answer words, source) from a ProofWriter folder (every
     `<setting>/depth-N/meta-<split>.jsonl`, or only depth-`depth_folder`), one meta-*.jsonl, or
     Logic-LLM's processed .json (accuracy only). With generate=True an empty folder first gets
-    synthetic theories (proofwriter_gen). The pool comes from the matching meta-train.jsonl files."""
+    synthetic theories (proofwriter_gen). The pool comes from the matching meta-train.jsonl files
+    (pool=False: not read, an empty pool, for runs without demonstrations)."""
     path = Path(data)
     if path.suffix == ".json":
         items = read_logic_llm(path)
@@ -317,6 +319,8 @@ def load_items(
         ]
     items = read_meta(metas, tuple(depths), max_per_group, skip_bad, groups=groups)
     log.info("read %d questions from %s", len(items), ", ".join(str(m) for m in metas))
+    if not pool:
+        return items, [], ["True", "False"], ", ".join(str(m) for m in metas)
     pool = read_meta(trains, tuple(depths), max_per_group, True, groups=groups) if trains else items
     return items, pool, ["True", "False"], ", ".join(str(m) for m in metas)
 

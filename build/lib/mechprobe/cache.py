@@ -1,0 +1,146 @@
+"""Captured features on disk, so that a rerun that changes only the probe does no forward pass.
+
+An entry holds, for a list of prompts, every prompt's statement features (S_i, L, H') and its
+answer-word scores. Its key hashes everything the numbers depend on:
+  * the model: its config and a fingerprint of its weights (shape, dtype and 64 strided values
+    of every tensor), or, for a random-init control that need not be built, the recipe that
+    builds it (the model's config, the seed, the number of layers, the dtype, torch's version);
+  * the prompts as encoded: every prompt's token ids, statement spans and query positions
+    (so the tokenizer, the data, the demonstrations and the prompt template are all in it);
+  * the answer-word ids, the query pooling, the normalisation, per-head or not, the layers.
+Entries are safetensors files `<key>.safetensors` in the cache folder (default
+runs/feature_cache), written atomically; their metadata repeats the key's parts.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .utils import atomic_path, get_logger
+
+log = get_logger()
+DEFAULT_DIR = "runs/feature_cache"
+
+
+def _h(obj):
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _config(model):
+    """The config without where it was loaded from (a copy of a model elsewhere is the same model)."""
+    return {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+
+
+@torch.no_grad()
+def model_fingerprint(model):
+    """The config and a cheap fingerprint of the weights (64 strided values of each tensor)."""
+    h = hashlib.sha256(json.dumps(_config(model), sort_keys=True, default=str).encode())
+    for name, p in model.state_dict().items():
+        flat = p.reshape(-1)
+        idx = torch.linspace(0, flat.numel() - 1, min(64, flat.numel())).long().to(flat.device)
+        vals = flat[idx].float().cpu().numpy() if p.dtype.is_floating_point else flat[idx].cpu().numpy()
+        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+        h.update(np.ascontiguousarray(vals).tobytes())
+    return h.hexdigest()
+
+
+def control_recipe(model, seed, num_layers):
+    """What builds a random-init control (models.random_control), without building it."""
+    dtype = next(model.parameters()).dtype
+    return _h(
+        {
+            "config": _config(model),
+            "seed": seed,
+            "num_layers": num_layers,
+            "dtype": str(dtype),
+            "torch": torch.__version__,
+        }
+    )
+
+
+def prompts_hash(enc):
+    return _h([[e["ids"], e["spans"], e["query"]] for e in enc])
+
+
+def key(model_id, enc, word_ids, settings):
+    return _h({"model": model_id, "prompts": prompts_hash(enc), "words": list(word_ids), "settings": settings})[:32]
+
+
+def knockout_key(model_id, prompts, knocked, layers, scored):
+    """Key of a knockout pass (knockout.knockout_scores): the model, the prompts (ids, statement
+    spans, query positions), the knocked statements, the layers and the scored token ids."""
+    p = _h([[list(x["ids"]), [list(s) for s in x["spans"]], list(x["queries"])] for x in prompts])
+    k = [[int(i) for i in ks] for ks in knocked]
+    sc = None if scored is None else [int(i) for i in scored]
+    return "ko-" + _h({"model": model_id, "prompts": p, "knocked": k, "layers": layers, "scored": sc})[:29]
+
+
+class FeatureCache:
+    """get(key) -> (feats, scores) or None; put(key, feats, scores, meta). Disabled: always a miss.
+    get_array / put_array: one array (e.g. a knockout pass's scores)."""
+
+    def __init__(self, folder=DEFAULT_DIR, enabled=True):
+        self.folder = Path(folder)
+        self.enabled = enabled
+
+    def path(self, k):
+        return self.folder / f"{k}.safetensors"
+
+    def get(self, k, what="features"):
+        if not self.enabled:
+            return None
+        p = self.path(k)
+        if not p.exists():
+            log.info("feature cache: miss for %s (%s)", what, k[:12])
+            return None
+        from safetensors.numpy import load_file
+
+        try:
+            t = load_file(str(p))
+        except Exception as e:  # noqa: BLE001 - a damaged entry is recomputed
+            log.info("feature cache: unreadable entry %s (%s): recomputing", p, type(e).__name__)
+            return None
+        off = t["offsets"]
+        feats = [t["features"][off[i] : off[i + 1]] for i in range(len(off) - 1)]
+        log.info("feature cache: hit for %s (%s): no forward pass", what, k[:12])
+        return feats, t["scores"]
+
+    def put(self, k, feats, scores, meta=None):
+        if not self.enabled:
+            return
+        from safetensors.numpy import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        off = np.cumsum([0] + [len(f) for f in feats]).astype(np.int64)
+        tensors = {
+            "features": np.ascontiguousarray(np.concatenate(feats).astype(np.float32)),
+            "offsets": off,
+            "scores": np.ascontiguousarray(np.asarray(scores, dtype=np.float32)),
+        }
+        with atomic_path(self.path(k)) as tmp:
+            save_file(tensors, str(tmp), metadata={k2: str(v) for k2, v in (meta or {}).items()})
+
+    def get_array(self, k, what="knockout scores"):
+        if not self.enabled or not self.path(k).exists():
+            return None
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(str(self.path(k)))["array"]
+        except Exception as e:  # noqa: BLE001 - a damaged entry is recomputed
+            log.info("feature cache: unreadable entry %s (%s): recomputing", self.path(k), type(e).__name__)
+            return None
+
+    def put_array(self, k, arr, meta=None):
+        if not self.enabled:
+            return
+        from safetensors.numpy import save_file
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path(k)) as tmp:
+            save_file(
+                {"array": np.ascontiguousarray(arr)}, str(tmp), metadata={k2: str(v) for k2, v in (meta or {}).items()}
+            )

@@ -1,0 +1,394 @@
+"""Corruptions of ProofWriter items and the robustness experiment (run_corrupt_proofwriter.sh).
+
+Each corruption maps an item to a new item (or None when it does not apply) and updates the
+gold tree; the statement to change is drawn with the given rng (the original always took the
+first sentence because its loop never ran).
+
+* negate_unused: negate a statement NOT in the proof.
+* negate_used:   negate a statement IN the proof; the tree no longer holds (tree_valid = False).
+* shuffle:       permute the statements (labels move with them).
+* insert_irrelevant: add a fact about an entity the theory does not mention, not useful.
+
+No corruption assumes its effect on the answer: the gold answer of every corrupted item is
+derived again by logic.answer under the run's setting (CWA with negation as failure, or OWA).
+Negating a used fact need not flip it (a rule "If someone is not x then ..." can re-derive the
+conclusion; under OWA it becomes Unknown), and negating an unused fact can change it through
+such a rule. Items the solver cannot read (e.g. relational sentences), whose clean answer it
+does not reproduce, or whose new answer is not an answer word of the prompt are skipped and
+counted; results report how many gold answers actually changed.
+
+Experiment: over random subsets of questions, the change of accuracy (corrupted - clean)
+against the probing score S_P2 of the clean subset, binned, with Pearson's r and its 95%
+interval (Fisher z; subsets overlap, so the interval is optimistic).
+"""
+
+import argparse
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import logic, plots
+from .incontext import PromptBuilder, answer_ids, encode_items, pick_demos
+from .llmprobe import (
+    ProbeSettings,
+    add_model_args,
+    compared_layers,
+    control_features,
+    features,
+    load_args,
+    load_items_args,
+)
+from .probing import ProbeData, probe_f1, score
+from .utils import (
+    MechprobeError,
+    get_logger,
+    positive_int,
+    run_driver,
+    run_main,
+    seed_everything,
+    write_config,
+    write_json,
+)
+
+log = get_logger()
+_FACT = re.compile(r"^(.+?) is (\w+)\.$")
+NEW_ENTITIES = ["The tiger", "The squirrel", "Gary", "Harry", "The cow", "The bald eagle", "Ivy", "The zebra"]
+
+
+def negate_text(s, style="grammatical"):
+    """'X is a.' -> 'X is not a.' (grammatical); anything else, or style='that': 'That x is false.'"""
+    m = _FACT.match(s)
+    if style == "grammatical" and m and " not " not in s:
+        return f"{m.group(1)} is not {m.group(2)}."
+    body = s.rstrip(".")
+    return f"That {body[0].lower() + body[1:]} is false."
+
+
+def _copy(it, **kw):
+    new = {**it, **kw}
+    for key in ("statements", "useful", "step"):
+        new[key] = list(new[key])
+    return new
+
+
+def negate_unused(it, rng, style="grammatical"):
+    cand = [i for i, u in enumerate(it["useful"]) if not u]
+    if not cand:
+        return None
+    i = int(rng.choice(cand))
+    new = _copy(it, corruption="negate_unused", corrupted_index=i)
+    new["statements"][i] = negate_text(new["statements"][i], style)
+    return new
+
+
+def negate_used(it, rng, style="grammatical"):
+    cand = [i for i, u in enumerate(it["useful"]) if u]
+    if not cand:
+        return None
+    i = int(rng.choice(cand))
+    new = _copy(it, corruption="negate_used", corrupted_index=i, tree_valid=False)
+    new["statements"][i] = negate_text(new["statements"][i], style)
+    return new
+
+
+def shuffle(it, rng, style=None):
+    perm = rng.permutation(len(it["statements"]))
+    new = _copy(it, corruption="shuffle", permutation=perm.tolist())
+    for key in ("statements", "useful", "step"):
+        new[key] = [it[key][j] for j in perm]
+    return new
+
+
+def insert_irrelevant(it, rng, style=None):
+    text = " ".join(it["statements"] + [it["question"]])
+    ents = [e for e in NEW_ENTITIES if e.lower() not in text.lower()]
+    if not ents:
+        return None
+    m = [_FACT.match(s) for s in it["statements"]]
+    attrs = [x.group(2) for x in m if x] or ["red"]
+    fact = f"{rng.choice(ents)} is {rng.choice(attrs)}."
+    i = int(rng.integers(len(it["statements"]) + 1))
+    new = _copy(it, corruption="insert_irrelevant", corrupted_index=i)
+    new["statements"].insert(i, fact)
+    new["useful"].insert(i, False)
+    new["step"].insert(i, -1)
+    new["group"] = len(new["statements"])
+    return new
+
+
+CORRUPTIONS = {
+    "negate_unused": negate_unused,
+    "negate_used": negate_used,
+    "shuffle": shuffle,
+    "insert_irrelevant": insert_irrelevant,
+}
+
+
+def corrupt_all(items, name, seed, style="grammatical", world="CWA", words=("True", "False")):
+    """(kept indices, corrupted items, skipped counts) for one corruption.
+
+    Every corrupted item's answer is derived by logic.answer (see the module docstring); items
+    it cannot apply to, or whose answer cannot be derived, are skipped and counted."""
+    rng = np.random.default_rng(seed)
+    fn = CORRUPTIONS[name]
+    keep, out, skipped = [], [], {}
+
+    def skip(why):
+        skipped[why] = skipped.get(why, 0) + 1
+
+    for i, it in enumerate(items):
+        c = fn(it, rng, style)
+        if c is None:
+            skip("not applicable")
+            continue
+        if logic.answer(it["statements"], it["question"], world) != it["answer"]:
+            skip(f"the solver does not reproduce the clean answer ({world})")
+            continue
+        gold = logic.answer(c["statements"], c["question"], world)
+        if gold is None:
+            skip("the solver cannot read a statement")
+            continue
+        if gold not in words:
+            skip(f"the corrupted answer is {gold}, not one of {'/'.join(words)}")
+            continue
+        c["answer"], c["answer_changed"] = gold, gold != it["answer"]
+        keep.append(i)
+        out.append(c)
+    if skipped:
+        log.info(
+            "%s: %d of %d items skipped: %s",
+            name,
+            len(items) - len(keep),
+            len(items),
+            ", ".join(f"{v} ({k})" for k, v in skipped.items()),
+        )
+    return keep, out, skipped
+
+
+def pearson_ci(x, y, z=1.959964):
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    n = len(x)
+    if n < 4 or x.std() == 0 or y.std() == 0:
+        return {"r": None, "ci95": None, "n": n, "note": "undefined (fewer than 4 subsets or no variation)"}
+    r = float(np.corrcoef(x, y)[0, 1])
+    zr, se = np.arctanh(np.clip(r, -0.999999, 0.999999)), 1 / np.sqrt(n - 3)
+    return {"r": r, "ci95": [float(np.tanh(zr - z * se)), float(np.tanh(zr + z * se))], "n": n}
+
+
+def binned(x, y, n_bins):
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    edges = np.unique(np.quantile(x, np.linspace(0, 1, n_bins + 1)))
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (x >= lo) & ((x <= hi) if hi == edges[-1] else (x < hi))
+        if m.any():
+            out.append(
+                {
+                    "s_p2_low": float(lo),
+                    "s_p2_high": float(hi),
+                    "n": int(m.sum()),
+                    "delta_acc_mean": float(y[m].mean()),
+                    "delta_acc_std": float(y[m].std()),
+                }
+            )
+    return out
+
+
+def subset_study(items, feats, ctl_feats, correct_clean, correct_corr, keep, n_subsets, size, seed, folds, n_bins):
+    """S_P2 of random clean subsets (of the kept items) against their accuracy change."""
+    rng = np.random.default_rng(seed)
+    keep = np.asarray(keep)
+    if size < 2 or size >= len(keep):
+        raise MechprobeError(
+            f"SUBSET_SIZE={size}: subsets must hold at least 2 and fewer than the {len(keep)} items this corruption "
+            "applies to (otherwise every subset is the same set); lower SUBSET_SIZE or raise LIMIT"
+        )
+    rows = []
+    for s in range(n_subsets):
+        j = rng.choice(len(keep), size, replace=False)  # positions within keep
+        idx = keep[j]
+        lab = ([items[i]["useful"] for i in idx], [items[i]["step"] for i in idx])
+        L = feats[idx[0]].shape[1]
+        _, f_m = probe_f1(ProbeData([feats[i] for i in idx], *lab), list(range(L)), folds, seed + s)
+        ctl = [probe_f1(ProbeData([cf[i] for i in idx], *lab), list(range(L)), folds, seed + s)[1] for cf in ctl_feats]
+        s_p2 = [score(f_m, c) for c in ctl]
+        s_p2 = [v for v in s_p2 if v is not None]
+        if not s_p2:
+            continue
+        rows.append(
+            {
+                "s_p2": float(np.mean(s_p2)),
+                "acc_clean": float(correct_clean[idx].mean()),
+                "acc_corrupted": float(correct_corr[j].mean()),
+            }
+        )
+    if not rows:
+        raise MechprobeError(
+            "S_P2 is undefined on every subset (all useful statements share one step: use depth >= 1 questions)"
+        )
+    x = [r["s_p2"] for r in rows]
+    d = [r["acc_corrupted"] - r["acc_clean"] for r in rows]
+    return {"subsets": rows, "correlation": pearson_ci(x, d), "bins": binned(x, d, n_bins)}
+
+
+OUTPUTS = (
+    "corrupt_results.json",
+    "config.json",
+    "corrupt_negate_unused.png",
+    "corrupt_negate_used.png",
+    "corrupt_shuffle.png",
+    "corrupt_insert_irrelevant.png",
+)
+
+
+def parser():
+    p = argparse.ArgumentParser(description="Corrupted ProofWriter: accuracy change against the probing score S_P2.")
+    p.add_argument("--data", required=True, help="ProofWriter folder (CWA/depth-N/) or a meta-*.jsonl; needs proofs")
+    p.add_argument(
+        "--generate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write synthetic theories into --data when it holds none",
+    )
+    p.add_argument(
+        "--naf", action="store_true", help="generated theories get rules with negated conditions (negation as failure)"
+    )
+    p.add_argument("--setting", default="CWA", choices=["CWA", "OWA"])
+    p.add_argument("--split", default="test")
+    p.add_argument(
+        "--depth-folder", type=int, default=None, help="read only this depth-N folder (default: every one, pooled)"
+    )
+    p.add_argument("--depths", type=int, nargs="+", default=[1], help="question depths kept (S_P2 needs >= 1)")
+    p.add_argument("--groups", type=int, nargs="*", default=None)
+    p.add_argument("--max-per-group", type=int, default=1024)
+    p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=list(CORRUPTIONS))
+    p.add_argument(
+        "--negation", default="grammatical", choices=["grammatical", "that"], help="'X is not a.' or 'That x is false.'"
+    )
+    p.add_argument("--n-subsets", type=positive_int, default=200)
+    p.add_argument("--subset-size", type=positive_int, default=32)
+    p.add_argument("--bins", type=positive_int, default=5)
+    add_model_args(p, limit=0, seeds=(0, 1), n_demos=0, probing=False)
+    return p
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
+    return run_driver(a, OUTPUTS, run)
+
+
+@dataclass
+class Clean:
+    """The clean prompts and what the model and its controls did on them."""
+
+    items: list
+    demos: list
+    source: str
+    words: list
+    word_ids: list
+    feats: list
+    ctl_feats: list
+    scores: np.ndarray
+    correct: np.ndarray
+
+
+def run(a):
+    """The run described by the parsed arguments `a` (see main); returns its results."""
+    seed_everything(a.seeds[0])
+    out = Path(a.out_dir)
+    st = settings(a)
+    items, pool, words, source = load_items_args(a)
+    if words != ["True", "False"] or items[0]["useful"] is None:
+        raise MechprobeError(
+            f"{source}: the robustness study needs ProofWriter items with proofs and True/False answers"
+        )
+    items = items[: a.limit] if a.limit else items
+    demos = pick_demos(items, a.n_demos, a.seeds[0], pool)
+    texts = [s for it in items + pool for s in it["statements"] + [it["question"]]]
+    tok, model, mpath = load_args(a, texts + [" ".join(NEW_ENTITIES) + " not That is false"], out)
+    wid = answer_ids(tok, words)
+    enc = encode_items(tok, items, demos, PromptBuilder(), source)
+    feats, scores = features(st, model, enc, wid, layers=compared_layers(st, model), desc="clean")
+    correct = scores.argmax(1) == np.array([words.index(it["answer"]) for it in items])
+    clean = Clean(items, demos, source, words, wid, feats, control_features(st, model, enc, wid), scores, correct)
+    res = {
+        "model": mpath,
+        "data": source,
+        "n_items": len(items),
+        "accuracy_clean": float(correct.mean()),
+        "corruptions": {},
+    }
+    for name in a.corruptions:
+        res["corruptions"][name] = study_corruption(name, a, clean, tok, model, out)
+    write_config(
+        out,
+        a,
+        source.split(", "),
+        model_dtype=str(next(model.parameters()).dtype),
+        model_device=str(next(model.parameters()).device),
+    )
+    write_json(out / "corrupt_results.json", res)
+    print(f"results: {out / 'corrupt_results.json'}  plots: {out}/corrupt_<corruption>.png")
+    return res
+
+
+def settings(a):
+    """The probe settings of the study: no per-head map (it is the probing scripts' job)."""
+    st = ProbeSettings.from_args(a)
+    st.head_map = 0
+    return st
+
+
+def study_corruption(name, a, clean, tok, model, out):
+    """Corrupt every item one way, score the model on the corrupted prompts, relate the accuracy
+    change to S_P2 over random subsets; plot it. Returns that corruption's results."""
+    keep, cor, skipped = corrupt_all(clean.items, name, a.seeds[0], a.negation, a.setting, clean.words)
+    if not keep:
+        return {"undefined": "applies to no item", "skipped": skipped}
+    cenc = encode_items(tok, cor, [clean.demos[i] for i in keep], PromptBuilder(), f"{clean.source} ({name})")
+    _, cscores = features(settings(a), model, cenc, clean.word_ids, desc=name)
+    correct_corr = cscores.argmax(1) == np.array([clean.words.index(it["answer"]) for it in cor])
+    study = subset_study(
+        clean.items,
+        clean.feats,
+        clean.ctl_feats,
+        clean.correct,
+        correct_corr,
+        keep,
+        a.n_subsets,
+        a.subset_size,
+        a.seeds[0],
+        a.folds,
+        a.bins,
+    )
+    n_changed = int(sum(c["answer_changed"] for c in cor))
+    res = {
+        "n_items": len(keep),
+        "skipped": skipped,
+        "accuracy_clean": float(clean.correct[keep].mean()),
+        "accuracy_corrupted": float(correct_corr.mean()),
+        "gold_answer_changed": n_changed / len(keep),
+        "n_gold_answers_changed": n_changed,
+        "prediction_changed": float(np.mean(cscores.argmax(1) != clean.scores[keep].argmax(1))),
+        **study,
+    }
+    c = study["correlation"]
+    r = "undefined" if c["r"] is None else f"{c['r']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]"
+    log.info(
+        "%-18s gold answers changed %d/%d; acc clean %.3f -> corrupted %.3f; r(S_P2, delta acc) = %s",
+        name,
+        n_changed,
+        len(keep),
+        res["accuracy_clean"],
+        res["accuracy_corrupted"],
+        r,
+    )
+    plots.corruption_figure(study, name, out / f"corrupt_{name}.png")
+    return res
+
+
+if __name__ == "__main__":
+    run_main(main)

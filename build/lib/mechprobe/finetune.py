@@ -1,0 +1,293 @@
+"""Finetune (or train from scratch) a GPT-2 on the k-th smallest task (the loop: training.py).
+
+Loss: cross-entropy of the logits at the last input position against the answer token,
+    L = -log softmax(z_T)[answer]      (z_T: logits at the last position, shape (B, V))
+AdamW, linear warm-up then linear decay, validation every `eval_every` steps, best
+checkpoint (by validation accuracy) kept with save_pretrained. The run resumes from
+`<out>/checkpoint.pt` (model, optimizer, scheduler, step, best) after an interruption.
+"""
+
+import argparse
+import math
+from dataclasses import MISSING, asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import ksmallest as ks
+from .models import _check_dir, load_model, load_tokenizer, scratch_gpt2
+from .training import (
+    Trainer,
+    bf16_fast,
+    load_checkpoint,
+    plot_curves,
+    run_loop,
+    save_pretrained_atomic,
+    select_trainable,
+)
+from .utils import (
+    MechprobeError,
+    add_threads_arg,
+    at_least_two,
+    get_logger,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    prepare,
+    run_folder,
+    run_main,
+    seed_everything,
+    write_config,
+    write_json,
+)
+
+log = get_logger()
+
+
+def numeric_init(model, tok, vocab, n_freq=6, scale=0.5):
+    """Add a value encoding to the input/output embeddings of the number tokens (scratch model only).
+
+    For the number of rank i among the N numbers, v = i / (N - 1) and the first 1 + 2*n_freq
+    dimensions get scale * [v - 1/2, sin(pi 2^j v), cos(pi 2^j v) for j < n_freq]. This gives
+    the untrained model the numeracy a pretrained GPT-2 brings (which number is bigger), so it
+    only has to learn the comparison circuit; it changes the initialisation, not the architecture.
+    """
+    order = sorted(int(x) for x in vocab)
+    N = len(order)
+    wte = model.get_input_embeddings().weight
+    for i, x in enumerate(order):
+        v = i / max(1, N - 1)
+        enc = [v - 0.5] + [f(torch.pi * 2**j * v) for j in range(n_freq) for f in (math.sin, math.cos)]
+        wte[ks.answer_token_id(tok, x), : len(enc)] += scale * torch.tensor(enc)
+
+
+def ensure_data(data_dir, model_arg, k, vocab_size, seed, sizes, tok=None, length=16):
+    """Generate the dataset when `data_dir` holds none yet (and say so)."""
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise MechprobeError(f"{data_dir}: is a file; DATA_DIR must be a folder")
+    if (Path(data_dir) / "meta.json").exists():
+        meta = ks.load_meta(data_dir)
+        log.info("using the existing dataset in %s (sizes %s; delete it to regenerate)", data_dir, meta.get("sizes"))
+        return meta
+    log.info(
+        "data directory %s has no dataset yet: generating it (k=%d, %d numbers, sizes %s)",
+        data_dir,
+        k,
+        vocab_size,
+        sizes,
+    )
+    if model_arg == "scratch":
+        vocab, source = list(range(vocab_size)), "range"
+    else:
+        vocab, source = ks.single_token_numbers(tok, vocab_size), f"single-token numbers of {model_arg}"
+    return ks.write_dataset(data_dir, vocab, k, length=length, sizes=sizes, seed=seed, source=source)
+
+
+@dataclass
+class TrainSettings:
+    """One training run (the CLI's options; their defaults are these, the scripts' too).
+
+    lr None: 2e-3 from scratch, 2e-5 for a pretrained model. max_steps 0: epochs decide.
+    target_acc: stop once validation accuracy reaches it (0: never). threads 0: all cores.
+    """
+
+    data_dir: str
+    out_dir: str
+    model: str = "scratch"
+    k: int = 1
+    epochs: int = 2
+    max_steps: int = 3000
+    lr: Optional[float] = None
+    weight_decay: float = 1e-3
+    batch_size: int = 256
+    warmup: int = 200
+    eval_every: int = 250
+    target_acc: float = 0.99
+    tuning: str = "all"
+    seed: int = 0
+    vocab_size: int = 512
+    length: int = 16
+    sizes: tuple = (200000, 2000, 2000)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    numeric_init: int = 0
+    autocast: str = "auto"
+    device: str = "auto"
+    threads: int = 0
+    restart: bool = False
+
+
+# Settings a resumed run must share with its checkpoint (the others: where and how fast it runs).
+RESUME_KEYS = (
+    "model",
+    "k",
+    "data_dir",
+    "epochs",
+    "max_steps",
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "warmup",
+    "tuning",
+    "seed",
+    "vocab_size",
+    "length",
+    "sizes",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "numeric_init",
+    "autocast",
+)
+
+
+def build_model(a, meta, tok):
+    """(model, tokenizer, lr): the scratch model with its word tokenizer, or the pretrained one."""
+    if a.model == "scratch":
+        tok = ks.build_word_tokenizer(meta["vocab"])
+        model = scratch_gpt2(
+            len(tok), n_layer=a.n_layer, n_head=a.n_head, n_embd=a.n_embd, n_positions=max(64, meta["length"])
+        )
+        if a.numeric_init:
+            numeric_init(model, tok, meta["vocab"])
+        return model, tok, a.lr or 2e-3
+    ks.check_vocab_tokens(tok, meta["vocab"], f"{a.data_dir}/meta.json vocabulary with tokenizer {a.model}")
+    return load_model(a.model), tok, a.lr or 2e-5
+
+
+def load_splits(data_dir, tok):
+    """{split: (ids (N, n), answer ids (N,))} for train / val / test."""
+    return {s: ks.encode_records(tok, ks.load_split(data_dir, s)) for s in ("train", "val", "test")}
+
+
+def train(a):
+    """Train or finetune (see the module docstring) with TrainSettings `a`; returns the results
+    written to results.json."""
+    a.sizes = list(a.sizes)
+    out = prepare(a)
+    threads = a.threads
+    seed_everything(a.seed)
+    tok = None if a.model == "scratch" else load_tokenizer(_check_dir(a.model, "model"))
+    meta = ensure_data(a.data_dir, a.model, a.k, a.vocab_size, a.seed, tuple(a.sizes), tok, a.length)
+    if meta["k"] != a.k:
+        raise MechprobeError(f"{a.data_dir}/meta.json: dataset has k={meta['k']} but K={a.k} was asked")
+    model, tok, lr = build_model(a, meta, tok)
+    dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(dev)
+    n_train = select_trainable(model, a.tuning)
+    data = load_splits(a.data_dir, tok)
+    task = ks.ListTask(data, a.batch_size, a.seed)
+    steps_per_epoch = math.ceil(len(data["train"][0]) / a.batch_size)
+    total = a.max_steps or a.epochs * steps_per_epoch
+    if total <= 0:
+        raise MechprobeError("nothing to train: MAX_STEPS=0 and EPOCHS=0; give one of them a positive value")
+    settings = {k: getattr(a, k) for k in RESUME_KEYS}
+    ckpt = out / "checkpoint.pt"
+    resume = load_checkpoint(ckpt, settings, dev) if ckpt.exists() and not a.restart else None
+    tr = Trainer(model, lr, a.weight_decay, a.warmup, total, dev)
+    use_bf16 = a.autocast == "bf16" or (a.autocast == "auto" and bf16_fast(dev))
+    with run_folder(out, outputs=("results.json", "config.json", "curves.png")):
+        config = {
+            **asdict(a),
+            "lr": lr,
+            "bf16_autocast": use_bf16,
+            "total_steps": total,
+            "steps_per_epoch": steps_per_epoch,
+            "trainable_params": n_train,
+            "params": sum(p.numel() for p in model.parameters()),
+            "device": dev,
+            "threads": threads,
+            "model_config": model.config.to_dict(),
+        }
+        write_config(
+            out,
+            config,
+            [Path(a.data_dir) / f"{x}.jsonl" for x in ("train", "val", "test")] + [Path(a.data_dir) / "meta.json"],
+        )
+        if resume is not None:
+            tr.restore(resume)
+            log.info("resuming from %s at step %d/%d (best val acc %.4f)", ckpt, tr.step, total, tr.best)
+        run_loop(tr, task, tok, out, settings, use_bf16, a.eval_every, a.target_acc)
+        return finish(tr, data, tok, out, lr, dev, a.k)
+
+
+def finish(tr, data, tok, out, lr, dev, k):
+    """Save the last model, score last and best on the test split, write results.json and the curves."""
+    save_pretrained_atomic(tr.model, tok, out / "last")
+    res = {
+        "test_acc_last": ks.model_accuracy(tr.model, *data["test"]),
+        "val_acc_best": tr.best,
+        "steps": tr.step,
+        "total_steps": tr.total,
+        "train_seconds": round(tr.elapsed, 1),
+        "lr": lr,
+        "k": k,
+    }
+    res["test_acc_best"] = ks.model_accuracy(load_model(out / "best", device=dev), *data["test"])
+    write_json(out / "results.json", res)
+    plot_curves(tr.history, out / "curves.png")
+    log.info(
+        "test accuracy: last %.4f, best %.4f; %d steps in %.0f s",
+        res["test_acc_last"],
+        res["test_acc_best"],
+        tr.step,
+        tr.elapsed,
+    )
+    return res
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        description="Finetune GPT-2 (or train the embedded scratch GPT-2) on the k-th smallest task.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--model", help="local pretrained GPT-2 folder, or 'scratch' for the embedded default")
+    p.add_argument("--k", type=int)
+    p.add_argument("--data-dir", required=True, help="dataset folder; generated first when it holds no dataset")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--epochs", type=nonneg_int)
+    p.add_argument("--max-steps", type=nonneg_int, help="stop after this many steps (0: epochs decide)")
+    p.add_argument("--lr", type=positive_float, help="default 2e-3 from scratch, 2e-5 for a pretrained model")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--warmup", type=nonneg_int)
+    p.add_argument("--eval-every", type=positive_int)
+    p.add_argument("--target-acc", type=float, help="stop early once validation accuracy reaches this (0: never)")
+    p.add_argument("--tuning", help="all | attn | mlp | ln")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--vocab-size", type=positive_int, help="numbers in the vocabulary when the data must be generated")
+    p.add_argument("--length", type=at_least_two, help="numbers per list when the data must be generated")
+    p.add_argument("--sizes", type=positive_int, nargs=3, metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--n-layer", type=positive_int, help="scratch model only")
+    p.add_argument("--n-head", type=positive_int, help="scratch model only")
+    p.add_argument("--n-embd", type=positive_int, help="scratch model only")
+    p.add_argument(
+        "--numeric-init",
+        type=int,
+        help="scratch model only: 1 = start the number embeddings from a value encoding (see numeric_init), "
+        "0 = plain random init",
+    )
+    p.add_argument(
+        "--autocast",
+        choices=["auto", "bf16", "none"],
+        help="bf16 autocast for the training forward (auto: when the device computes bf16 natively); "
+        "weights and evaluation stay fp32",
+    )
+    p.add_argument("--device")
+    add_threads_arg(p)
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    p.set_defaults(**{f.name: f.default for f in fields(TrainSettings) if f.default is not MISSING})
+    return p
+
+
+def main(argv=None):
+    a = TrainSettings(**vars(parser().parse_args(argv)))
+    if not 0 <= a.k < a.length and not (Path(a.data_dir) / "meta.json").exists():
+        raise MechprobeError(f"K={a.k} is outside the list: expected 0 <= K < {a.length}")
+    return train(a)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,200 @@
+"""Train a ProofWriter reasoner from scratch (run_finetune_proofwriter.sh): a small LLaMA that
+answers "True or False?" for the probe's prompt with zero demonstrations (reasoner.py), with the
+training loop of the GPT-2 task (training.py: resume, best checkpoint by validation accuracy,
+curves). results.json: test accuracy overall, per question depth, per strategy, on the
+proof-bearing questions per depth, per number of statements; train seconds and steps.
+"""
+
+import argparse
+from dataclasses import MISSING, asdict, dataclass, fields
+
+import torch
+
+from . import reasoner as rs
+from .training import Trainer, bf16_fast, load_checkpoint, plot_curves, run_loop, save_pretrained_atomic
+from .utils import (
+    MechprobeError,
+    add_threads_arg,
+    get_logger,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    prepare,
+    run_folder,
+    run_main,
+    seed_everything,
+    write_config,
+    write_json,
+)
+
+log = get_logger()
+
+
+@dataclass
+class ReasonerSettings:
+    """One run (the CLI's options take these defaults, as the script)."""
+
+    data_dir: str = "data/proofwriter/reasoner"
+    out_dir: str = "runs/finetune_proofwriter"
+    depth: int = 1
+    sizes: tuple = (6000, 300, 300)
+    groups: tuple = (2, 4, 8, 12, 16, 20, 24)
+    questions: int = 8
+    layers: int = 4
+    hidden: int = 128
+    heads: int = 4
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    batch_size: int = 64
+    max_steps: int = 2200
+    warmup: int = 100
+    eval_every: int = 250
+    target_acc: float = 0.0
+    curriculum: int = 0
+    lm_weight: float = 0.0
+    balanced: int = 0
+    seed: int = 0
+    autocast: str = "auto"
+    device: str = "auto"
+    threads: int = 0
+    restart: bool = False
+
+
+RESUME_KEYS = (
+    "data_dir",
+    "depth",
+    "sizes",
+    "groups",
+    "questions",
+    "layers",
+    "hidden",
+    "heads",
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "max_steps",
+    "warmup",
+    "curriculum",
+    "lm_weight",
+    "balanced",
+    "seed",
+    "autocast",
+)
+
+
+def train(a):
+    """Train (or resume) the reasoner with ReasonerSettings `a`; returns results.json's content."""
+    out = prepare(a)
+    threads = a.threads
+    seed_everything(a.seed)
+    cfg = rs.data_config(a.depth, a.sizes, a.groups, a.questions, a.seed, balanced=bool(a.balanced))
+    files = rs.ensure_data(a.data_dir, cfg)
+    splits = {s: rs.read_questions(f) for s, f in files.items()}
+    tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
+    task = rs.PromptTask(tok, splits, a.batch_size, a.seed, a.curriculum)
+    model = rs.build_model(tok, a.layers, a.hidden, a.heads, a.seed)
+    dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(dev)
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(a, k)) for k in RESUME_KEYS)}
+    ckpt = out / "checkpoint.pt"
+    added = {"curriculum": 0, "lm_weight": 0.0, "balanced": 0}  # the recipe before these options existed
+    resume = load_checkpoint(ckpt, settings, dev, added) if ckpt.exists() and not a.restart else None
+    tr = Trainer(model, a.lr, a.weight_decay, a.warmup, a.max_steps, dev, a.lm_weight)
+    use_bf16 = a.autocast == "bf16" or (a.autocast == "auto" and bf16_fast(dev))
+    with run_folder(out, outputs=("results.json", "config.json", "curves.png")):
+        write_config(
+            out,
+            asdict(a),
+            list(files.values()),
+            device=dev,
+            threads=threads,
+            bf16_autocast=use_bf16,
+            params=sum(p.numel() for p in model.parameters()),
+            n_questions={s: len(v) for s, v in splits.items()},
+            model_config=model.config.to_dict(),
+        )
+        if resume is not None:
+            tr.restore(resume)
+            log.info("resuming from %s at step %d/%d (best val acc %.4f)", ckpt, tr.step, a.max_steps, tr.best)
+        log.info(
+            "%d training questions, %d parameters", len(splits["train"]), sum(p.numel() for p in model.parameters())
+        )
+        run_loop(tr, task, tok, out, settings, use_bf16, a.eval_every, a.target_acc)
+        save_pretrained_atomic(tr.model, tok, out / "last")
+        from .models import load_model
+
+        best = load_model(out / "best", device=dev)
+        res = {
+            "test": task.breakdown(best, "test"),
+            "test_last": task.breakdown(tr.model, "test")["accuracy"],
+            "val_acc_best": tr.best,
+            "steps": tr.step,
+            "train_seconds": round(tr.elapsed, 1),
+        }
+        write_json(out / "results.json", res)
+        plot_curves(tr.history, out / "curves.png")
+        pd = res["test"]["proof_by_depth"]
+        log.info(
+            "test accuracy %.4f (best checkpoint); proof questions by depth: %s; %d steps in %.0f s",
+            res["test"]["accuracy"],
+            ", ".join(f"{d}: {v['accuracy']:.3f}" for d, v in pd.items() if v),
+            tr.step,
+            tr.elapsed,
+        )
+        print(f"model: {out / 'best'}  results: {out / 'results.json'}  curves: {out / 'curves.png'}")
+        return res
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        description="Train a ProofWriter reasoner (a small LLaMA) from scratch on generated theories.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--data-dir", help="generated here first (train/dev/test theories) when it holds no data")
+    p.add_argument("--out-dir")
+    p.add_argument("--depth", type=nonneg_int, help=f"questions of depth 0..DEPTH (at most {rs.MAX_DEPTH})")
+    p.add_argument("--sizes", type=positive_int, nargs=3, metavar=("TRAIN", "DEV", "TEST"), help="theories per split")
+    p.add_argument("--groups", type=positive_int, nargs="+", help="numbers of statements of the theories")
+    p.add_argument("--questions", type=positive_int, help="questions per theory")
+    p.add_argument("--layers", type=positive_int)
+    p.add_argument("--hidden", type=positive_int)
+    p.add_argument("--heads", type=positive_int)
+    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--batch-size", type=positive_int)
+    p.add_argument("--max-steps", type=positive_int)
+    p.add_argument("--warmup", type=nonneg_int)
+    p.add_argument("--eval-every", type=positive_int)
+    p.add_argument("--target-acc", type=float, help="stop once validation accuracy reaches this (0: never)")
+    p.add_argument(
+        "--curriculum", type=nonneg_int, help="epochs that go through the prompts from the shortest to the longest"
+    )
+    p.add_argument(
+        "--lm-weight",
+        type=float,
+        help="weight of the auxiliary next-token loss on the prompt's tokens (0: the answer's loss only)",
+    )
+    p.add_argument(
+        "--balanced",
+        type=int,
+        choices=[0, 1],
+        help="1: as many questions of each kind per theory (no size or 'not' shortcut; a new DATA_DIR)",
+    )
+    p.add_argument("--seed", type=int)
+    p.add_argument("--autocast", choices=["auto", "bf16", "none"], help="bf16 autocast for the training forward")
+    p.add_argument("--device")
+    add_threads_arg(p)
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    p.set_defaults(**{f.name: f.default for f in fields(ReasonerSettings) if f.default is not MISSING})
+    return p
+
+
+def main(argv=None):
+    a = ReasonerSettings(**vars(parser().parse_args(argv)))
+    if a.hidden % a.heads:
+        raise MechprobeError(f"HIDDEN={a.hidden} is not a multiple of HEADS={a.heads}")
+    return train(a)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,275 @@
+"""Exact k-nearest-neighbour classification for the probe, with per-layer curves that scale.
+
+Prediction rule (the same as sklearn's KNeighborsClassifier(n_neighbors=k, weights="distance")):
+the k training rows nearest in Euclidean distance vote with weight 1/d; when a query has
+training rows at distance 0, those vote with weight 1 and the others 0; the class with the
+largest total wins, the smallest class index on a tie.
+
+Features come layer by layer: X (N, L, D) (D = 1 head-averaged, or H per head). Two curves:
+  * single:     layer l alone. With D = 1 this is a one-dimensional search: sort the training
+                values once; the k nearest of a query are a contiguous run of the sorted values
+                next to its insertion point, found by a binary search of log2(k) steps, for all
+                layers at once. O(L (n log n + m log k)).
+  * cumulative: layers 0..l. The squared distance is additive over layers,
+                    d2_l(i, j) = d2_{l-1}(i, j) + ||x_il - x_jl||^2      (non-decreasing in l),
+                so each query keeps C candidates (its C nearest at the prefix where they were
+                chosen, l0) and a bound tau: every other row had d2_{l0} >= tau, hence
+                d2_l >= tau for all l >= l0. While the k-th nearest candidate has d2_l <= tau,
+                the candidates' top k is the exact top k; only the queries whose bound fails are
+                searched again in full (a matrix product over the prefix). The all-layers probe
+                is the last point of this curve.
+Full searches (sklearn's compiled brute force on the CPU; torch, ||b||^2 - 2 a.b in float32, on a
+GPU) choose candidates, with a margin on tau for their rounding; the candidates' distances are
+then computed exactly from differences. The rest runs in torch on the given device (a GPU when
+the model is on one), in blocks of queries so memory stays bounded; torch and sklearn spread the
+work over the machine's cores.
+"""
+
+import numpy as np
+import torch
+
+N_NEIGHBORS = 8
+_U = 1.2e-7  # twice float32's unit roundoff: the GPU search's rounding margin per summed term (see _Prefix.search)
+_U64 = 4.5e-16  # the same for the float64 search on the CPU
+TREE_MAX_DIMS = 16  # up to this many dimensions sklearn's trees search a whole prefix faster than the bound
+SKLEARN_MIN_ROWS = 4096  # below this many training rows a call to sklearn costs more than torch's search
+
+
+def vote(d, lab, n_classes):
+    """Distance-weighted vote. d (m, k) distances, lab (m, k) class indices -> (m,) class index."""
+    zero = d == 0
+    w = torch.where(zero.any(1, keepdim=True), zero.to(d.dtype), 1.0 / d)
+    scores = torch.zeros(d.shape[0], n_classes, dtype=d.dtype, device=d.device).scatter_add_(1, lab, w)
+    return scores.argmax(1)  # first maximum: the smallest class index on a tie
+
+
+def _block(m, per_query, budget=1 << 23):
+    """Queries per block so that the largest per-block tensor (float64) stays around 64 MiB."""
+    return int(max(1, min(m, budget // max(1, per_query))))
+
+
+class _Prefix:
+    """Training rows flattened over layers, with cumulative squared norms per layer prefix.
+
+    Rows are centred on the training mean (distances do not change; the dot-product search
+    loses less to rounding). The search runs in float32, the exact distances in float64.
+    """
+
+    def __init__(self, tr):  # tr (n, L, D)
+        self.n, self.L, self.D = tr.shape
+        self.mean = tr.mean(0, keepdim=True)
+        tr = tr - self.mean
+        self.flat = tr.reshape(self.n, -1)  # (n, L*D) float64
+        self.flat32 = self.flat.float()
+        self.sq = (tr * tr).sum(2).cumsum(1)  # (n, L): ||x_{0..l}||^2
+
+    def center(self, te):
+        """Queries (m, L, D) -> centred and flattened (m, L*D)."""
+        return (te - self.mean).reshape(te.shape[0], -1)
+
+    def search(self, te_flat, lo, hi, c):
+        """Candidates among all rows for centred queries te_flat (b, L*D) on layers [lo, hi):
+        (idx (b, c), tau (b,)): every row outside idx has squared distance >= tau.
+
+        On the CPU with many rows, sklearn's brute-force search (compiled, multi-threaded, float64);
+        otherwise torch in float32, ranking rows by ||x||^2 - 2 q.x (||q||^2 is a constant of the
+        query's row)."""
+        a, b = lo * self.D, hi * self.D
+        tr_sq = self.sq[:, hi - 1] - (self.sq[:, lo - 1] if lo > 0 else 0)
+        q = te_flat[:, a:b]
+        q_sq = (q * q).sum(1)
+        if c >= self.n:
+            idx = torch.arange(self.n, device=q.device).expand(q.shape[0], self.n)
+            return idx, torch.full((q.shape[0],), float("inf"), dtype=q.dtype, device=q.device)
+        if q.device.type == "cpu" and self.n >= SKLEARN_MIN_ROWS:
+            from sklearn.neighbors import NearestNeighbors
+
+            d, idx = (
+                NearestNeighbors(n_neighbors=c, algorithm="brute").fit(self.flat[:, a:b].numpy()).kneighbors(q.numpy())
+            )
+            # float64 rounding of ||q||^2 + ||x||^2 - 2 q.x over F dimensions: at most (F + 4) u64 (2 ||x||^2 + ||q||^2)
+            tau = torch.from_numpy(d[:, -1] ** 2) - _U64 * (b - a + 4) * (2 * tr_sq.max() + q_sq)
+            return torch.from_numpy(idx), tau
+        part = torch.addmm(tr_sq.float()[None, :], q.float(), self.flat32[:, a:b].T, alpha=-2)  # (b, n)
+        vals, idx = torch.topk(part, c, dim=1, largest=False, sorted=False)
+        # float32 rounding of ||x||^2 - 2 q.x over F = b - a dimensions is at most (F + 4) u (2 ||x||^2 + ||q||^2)
+        tau = vals.max(1).values.double() + q_sq - _U * (b - a + 4) * (2 * tr_sq.max() + q_sq)
+        return idx, tau
+
+    def exact(self, te_flat, idx, lo, hi):
+        """Exact squared distances (b, c) from each query to its candidates on layers [lo, hi)."""
+        a, b = lo * self.D, hi * self.D
+        diff = te_flat[:, None, a:b] - self.flat[idx, a:b]
+        return (diff * diff).sum(-1)
+
+
+def _finish(d2, idx, y, k, n_classes):
+    """Top k of the candidates' squared distances -> predicted class per query."""
+    top, j = torch.topk(d2, k, dim=1, largest=False)
+    return vote(top.sqrt(), y[idx.gather(1, j)], n_classes)
+
+
+def _cumulative(tr, y, te, k, n_classes, n_cand):
+    """Predictions (L, m) for every prefix of layers 0..l."""
+    P = _Prefix(tr)
+    m, L, _ = te.shape
+    k = min(k, P.n)
+    c = min(P.n, max(n_cand, 2 * k))
+    out = torch.empty(L, m, dtype=torch.long, device=te.device)
+    sk = te.device.type == "cpu" and P.n >= SKLEARN_MIN_ROWS  # sklearn's search holds no (b, n) matrix of ours
+    bs = _block(m, c * P.D * L if sk else max(P.n, c * P.D * L))
+    for r0 in range(0, m, bs):
+        q = P.center(te[r0 : r0 + bs])
+        idx, tau = P.search(q, 0, 1, c)
+        d2 = P.exact(q, idx, 0, 1)
+        for l in range(L):
+            if l > 0:
+                d2 += P.exact(q, idx, l, l + 1)
+            bad = torch.kthvalue(d2, k, dim=1).values > tau
+            if bad.any():  # the bound failed: search these queries again over layers 0..l
+                rows = bad.nonzero().squeeze(1)
+                i2, t2 = P.search(q[rows], 0, l + 1, c)
+                idx[rows], tau[rows] = i2, t2
+                d2[rows] = P.exact(q[rows], i2, 0, l + 1)
+            out[l, r0 : r0 + bs] = _finish(d2, idx, y, k, n_classes)
+    return out
+
+
+def _cumulative_trees(tr, y, te, k, n_classes):
+    """Predictions (L, m) for every prefix with sklearn's neighbour search per prefix: the fast exact
+    path on the CPU when the prefixes have few dimensions (a tree), the same neighbours as
+    KNeighborsClassifier, voted as above."""
+    from sklearn.neighbors import NearestNeighbors
+
+    n, L, D = tr.shape
+    k = min(k, n)
+    out = torch.empty(L, te.shape[0], dtype=torch.long)
+    for l in range(L):
+        nn = NearestNeighbors(n_neighbors=k).fit(tr[:, : l + 1].reshape(n, -1).numpy())
+        d, idx = nn.kneighbors(te[:, : l + 1].reshape(te.shape[0], -1).numpy())
+        out[l] = vote(torch.from_numpy(d), y[torch.from_numpy(idx)], n_classes)
+    return out
+
+
+def _general(tr, y, te, k, n_classes):
+    """Predictions (m,) on all features of tr (n, F), te (m, F): a search for 4k candidates, checked
+    exact by its bound; queries whose bound fails search again with 8 times as many."""
+    P = _Prefix(tr[:, None, :])
+    k = min(k, P.n)
+    out = torch.empty(te.shape[0], dtype=torch.long, device=te.device)
+    sk = te.device.type == "cpu" and P.n >= SKLEARN_MIN_ROWS
+    bs = _block(te.shape[0], 32 * k * P.D if sk else max(P.n, 4 * k * P.D))
+    for r0 in range(0, te.shape[0], bs):
+        q = P.center(te[r0 : r0 + bs, None, :])
+        rows = torch.arange(q.shape[0], device=q.device)
+        c = min(P.n, 4 * k)
+        while len(rows):
+            idx, tau = P.search(q[rows], 0, 1, c)
+            d2 = P.exact(q[rows], idx, 0, 1)
+            ok = torch.kthvalue(d2, k, dim=1).values <= tau
+            out[r0 + rows[ok]] = _finish(d2[ok], idx[ok], y, k, n_classes)
+            rows, c = rows[~ok], min(P.n, 8 * c)
+    return out
+
+
+def _one_dim(tr, y, te, k, n_classes):
+    """Predictions (L, m) for every layer alone, one-dimensional features tr (n, L), te (m, L).
+
+    Per layer the training values are sorted once; the k nearest of a query form a contiguous run
+    [lo, lo + k) of the sorted values with lo in [pos - k, pos] (pos: the query's insertion point),
+    and lo is the first start whose left end is no farther than the value just past its right end,
+    found by a binary search of ceil(log2(k + 1)) steps. All layers at once; no top-k."""
+    n, L = tr.shape
+    k = min(k, n)
+    s, order = torch.sort(tr.T.contiguous(), dim=1)  # (L, n)
+    ys = y[order]  # (L, n)
+    x = te.T.contiguous()  # (L, m)
+    pos = torch.searchsorted(s, x)
+    lo, hi = (pos - k).clamp(0, n - k), pos.clamp(0, n - k)  # the answer lies in [lo, hi]
+    inf = torch.full((L, 1), float("inf"), dtype=s.dtype, device=s.device)
+    ext = torch.cat([s, inf], 1)  # s[n] = +inf: nothing lies past the end
+    while bool((lo < hi).any()):
+        mid = (lo + hi) // 2
+        right = (x - ext.gather(1, mid)) > (ext.gather(1, mid + k) - x)  # the run should start further right
+        lo = torch.where(right & (lo < hi), mid + 1, lo)
+        hi = torch.where(~right & (lo < hi), mid, hi)
+    idx = lo[:, :, None] + torch.arange(k, device=s.device)  # (L, m, k)
+    d = _take(s, idx) - x[:, :, None]  # (L, m, k)
+    lab = _take(ys, idx)
+    pred = vote(d.abs().reshape(-1, k), lab.reshape(-1, k), n_classes)
+    return pred.reshape(L, -1)
+
+
+def _take(a, idx):
+    """a (L, n), idx (L, m, k) -> a[l, idx[l, i, j]] (L, m, k)."""
+    L, m, k = idx.shape
+    return a.gather(1, idx.reshape(L, m * k)).reshape(L, m, k)
+
+
+def knn_predict(X_train, y_train, X_test, k=N_NEIGHBORS, device="cpu"):
+    """Class predictions for X_test (m, F) from X_train (n, F), labels y_train (n,) (any values)."""
+    classes, yi = np.unique(np.asarray(y_train), return_inverse=True)
+    tr = torch.as_tensor(np.asarray(X_train, dtype=np.float64), device=device)
+    te = torch.as_tensor(np.asarray(X_test, dtype=np.float64), device=device)
+    pred = _general(
+        tr.reshape(len(tr), -1), torch.as_tensor(yi, device=device), te.reshape(len(te), -1), k, len(classes)
+    )
+    return classes[pred.cpu().numpy()]
+
+
+def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64, cumulative=True):
+    """Out-of-fold predictions for every layer selection.
+
+    X (N, L, D) features, y (N,) labels, folds (N,) fold of each row. Returns a dict of
+    (L, N) arrays of predicted labels: "cumulative"[l] from layers 0..l (the last row is the
+    all-layers probe) and, when curves, "single"[l] from layer l alone. Without curves,
+    "cumulative" holds the all-layers row only; with cumulative=False only "single" is computed.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim == 2:
+        X = X[:, :, None]
+    classes, yi = np.unique(np.asarray(y), return_inverse=True)
+    N, L, D = X.shape
+    Xt = torch.as_tensor(X, device=device)
+    yt = torch.as_tensor(yi, device=device)
+    cum = np.zeros((L, N), dtype=np.int64)
+    single = np.empty((L, N), dtype=np.int64) if curves else None
+    for f in np.unique(folds):
+        te_m, tr_m = folds == f, folds != f
+        if not tr_m.any():
+            raise ValueError("a fold left no training data")
+        tr, te, ytr = (
+            Xt[torch.as_tensor(tr_m, device=device)],
+            Xt[torch.as_tensor(te_m, device=device)],
+            yt[torch.as_tensor(tr_m, device=device)],
+        )
+        if curves and cumulative:
+            if Xt.device.type == "cpu" and L * D <= TREE_MAX_DIMS:
+                cum[:, te_m] = _cumulative_trees(tr, ytr, te, k, len(classes)).numpy()
+            else:
+                cum[:, te_m] = _cumulative(tr, ytr, te, k, len(classes), n_cand).cpu().numpy()
+        if curves and D == 1:
+            single[:, te_m] = _one_dim(tr[:, :, 0], ytr, te[:, :, 0], k, len(classes)).cpu().numpy()
+        elif curves:
+            for l in range(L):
+                p = _general(tr[:, l].contiguous(), ytr, te[:, l].contiguous(), k, len(classes))
+                single[l, te_m] = p.cpu().numpy()
+        else:
+            flat_tr, flat_te = tr.reshape(len(tr), -1), te.reshape(len(te), -1)
+            cum[L - 1, te_m] = _general(flat_tr, ytr, flat_te, k, len(classes)).cpu().numpy()
+    out = {"cumulative": classes[cum] if curves else classes[cum[-1:]]} if cumulative else {}
+    if curves:
+        out["single"] = classes[single]
+    return out
+
+
+def macro_f1(y, pred, labels):
+    """Macro F1 over `labels` (as sklearn's f1_score(average="macro", labels=labels), zero_division=0)."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    f1 = []
+    for c in labels:
+        tp = np.sum((pred == c) & (y == c))
+        fp = np.sum((pred == c) & (y != c))
+        fn = np.sum((pred != c) & (y == c))
+        f1.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1))

@@ -1,0 +1,285 @@
+"""Attention knockout: is the reasoning tree used? Block the query positions' attention to chosen
+statements inside the forward, and measure what the answer loses.
+
+For the chosen layers l, every (query q, key t) entry with q in the query set Q_b and t in the
+blocked key set K_b of prompt b gets -inf added to its attention mask:
+    A[l, h, q, t] = softmax_t( q_q . k_t / sqrt(d) + m_qt + (-inf if q in Q_b and t in K_b) )
+so a blocked key gets weight 0 and the rest of the row renormalises. No weight changes. The
+edit is a forward pre-hook on each chosen layer's attention module that rewrites its
+`attention_mask` argument, so it acts the same under the rows attention function (capture.py),
+eager attention (the hook method) and SDPA.
+
+A study (knockout_study) compares conditions, each a set of statements per prompt:
+nothing; the gold useful statements; the statements the probe predicts useful; as many
+not-useful statements drawn at random (one draw per seed). For each condition and each layer
+window (layers >= l; l = 0 is all layers) it reports, over the prompts:
+  accuracy       argmax of the scored tokens == gold
+  changed        share of prompts whose argmax differs from the unablated model's
+  margin_drop    mean of  m_0 - m,  m = z_gold - max_{j != gold} z_j  over the scored tokens
+                 (m_0 without knockout)
+"""
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from .capture import pad_batch
+from .models import attention_modules, model_device
+from .utils import MechprobeError, progress
+
+
+@contextmanager
+def knockout(model, query_mask, key_mask, layers=None):
+    """While active, the positions of query_mask (B, T) bool do not attend to those of key_mask
+    (B, T) bool, in `layers` (None: all). Every forward inside must have these B prompts of T tokens."""
+    mods = attention_modules(model)
+    layers = list(range(len(mods))) if layers is None else sorted(set(int(l) for l in layers))
+    bad = [l for l in layers if not 0 <= l < len(mods)]
+    if bad:
+        raise MechprobeError(f"knockout layers {bad} do not exist (the model has {len(mods)} layers)")
+    qm, km = torch.as_tensor(query_mask, dtype=torch.bool), torch.as_tensor(key_mask, dtype=torch.bool)
+    if qm.shape != km.shape or qm.dim() != 2:
+        raise MechprobeError(f"query_mask {tuple(qm.shape)} and key_mask {tuple(km.shape)} must both be (B, T)")
+    B, T = qm.shape
+    causal = torch.ones(T, T, dtype=torch.bool).tril()  # (T, T) key t visible from query q
+    blocked = qm[:, :, None] & km[:, None, :]  # (B, Tq, Tk)
+    left = (causal & ~blocked).any(-1) | ~qm  # every query keeps a key
+    if not left.all():
+        b, q = (~left).nonzero()[0].tolist()
+        raise MechprobeError(f"knockout would block every key of query position {q} in prompt {b}")
+    blocked = blocked[:, None]  # (B, 1, T, T)
+    cache = {}
+
+    def pre_hook(module, args, kwargs):
+        h = kwargs.get("hidden_states", args[0] if args else None)
+        if h is None or h.shape[0] != B or h.shape[1] != T:
+            raise MechprobeError(
+                f"knockout was set for {B} prompts of {T} tokens; the forward has {tuple(h.shape[:2])}"
+            )
+        m = kwargs.get("attention_mask")
+        key = (h.device, h.dtype, None if m is None else (m.dtype, tuple(m.shape)))
+        if key not in cache:
+            cache.clear()
+            cache[key] = blocked.to(h.device)
+        blk = cache[key]
+        if m is None:  # SDPA's causal shortcut: build the causal mask it stands for
+            m = torch.zeros(B, 1, T, T, dtype=h.dtype, device=h.device).masked_fill(~causal.to(h.device), float("-inf"))
+        if m.shape[-1] > T:  # a key axis longer than the prompt (static cache): extend with False
+            blk = torch.nn.functional.pad(blk, (0, m.shape[-1] - T))
+        m = m.expand(B, *m.shape[1:])
+        kwargs["attention_mask"] = m & ~blk if m.dtype == torch.bool else m.masked_fill(blk, float("-inf"))
+        return args, kwargs
+
+    handles = []
+    try:
+        for l in layers:
+            handles.append(mods[l][1].register_forward_pre_hook(pre_hook, with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def key_masks(prompts, knocked, T):
+    """(B, T) bool key mask: the token spans of the knocked statements of each prompt."""
+    km = torch.zeros(len(prompts), T, dtype=torch.bool)
+    for b, (p, ks) in enumerate(zip(prompts, knocked)):
+        for s in ks:
+            a, e = p["spans"][s]
+            km[b, a:e] = True
+    return km
+
+
+@torch.no_grad()
+def knockout_scores(model, prompts, knocked, layers, scored=None, batch_size=64, cache=None, model_id=None):
+    """Scores (N, W) at each prompt's last token with the knocked statements blocked from its
+    queries in `layers` (knocked: statement indices per prompt; layers None: no knockout).
+
+    prompts: dicts with "ids" (token ids), "spans" (statement token ranges [start, end)),
+    "queries" (the query positions). scored: the token ids scored (W of them; None: all, W = V).
+    cache: a cache.FeatureCache (with model_id, the model's fingerprint) that keeps each pass."""
+    if cache is not None and cache.enabled:
+        from .cache import knockout_key
+
+        k = knockout_key(model_id, prompts, knocked, None if layers is None else list(layers), scored)
+        hit = cache.get_array(k)
+        if hit is not None:
+            return torch.from_numpy(hit)
+        z = knockout_scores(model, prompts, knocked, layers, scored, batch_size)
+        cache.put_array(k, z.numpy(), {"what": "knockout", "layers": layers})
+        return z
+    dev = model_device(model)
+    model.eval()
+    out = [None] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]["ids"]))
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        batch = [prompts[i] for i in idx]
+        ids, mask = pad_batch([p["ids"] for p in batch], 0)
+        T = ids.shape[1]
+        qm = torch.zeros(len(idx), T, dtype=torch.bool)
+        for b, p in enumerate(batch):
+            qm[b, list(p["queries"])] = True
+        km = key_masks(batch, [knocked[i] for i in idx], T)
+        # a prompt whose query would see no key at all is left out of the condition (a NaN row)
+        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        whole = (
+            ((causal & ~km[:, None, :]).any(-1) | ~qm).all(1)
+            if layers is not None
+            else torch.ones(len(idx), dtype=torch.bool)
+        )
+        km[~whole] = False
+        last = mask.sum(1) - 1
+        if layers is None or not km.any():
+            z = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+        else:
+            with knockout(model, qm, km, layers):
+                z = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+        z = z[torch.arange(len(idx), device=z.device), last.to(z.device)].float().cpu()  # (b, V)
+        if scored is not None:
+            z = z[:, scored]
+        z[~whole] = float("nan")
+        for b, i in enumerate(idx):
+            out[i] = z[b]
+    return torch.stack(out)
+
+
+def margins(z, gold):
+    """z (N, W) scores, gold (N,) index into W: z_gold - max_{j != gold} z_j."""
+    g = z.gather(1, gold[:, None])[:, 0]
+    other = z.scatter(1, gold[:, None], float("-inf")).max(1).values
+    return g - other
+
+
+def conditions(useful, predicted, seeds):
+    """{name: statement indices per prompt}: nothing, gold useful, probe-predicted useful, and for
+    each seed as many not-useful statements as there are useful ones, drawn at random (all the
+    not-useful ones when there are fewer)."""
+    out = {
+        "nothing": [[] for _ in useful],
+        "gold useful": [list(np.flatnonzero(u)) for u in useful],
+        "probe-predicted useful": [list(np.flatnonzero(p)) for p in predicted],
+    }
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        draw = []
+        for u in useful:
+            u = np.asarray(u, bool)
+            pool = np.flatnonzero(~u)
+            draw.append(sorted(rng.choice(pool, size=min(int(u.sum()), len(pool)), replace=False).tolist()))
+        out[f"random not useful (seed {seed})"] = draw
+    return out
+
+
+def layer_windows(n_layers, max_windows=8):
+    """Windows layers >= l, for l = 0 (all layers) and evenly spaced starts (at most max_windows)."""
+    step = max(1, -(-n_layers // max_windows))
+    return [list(range(l, n_layers)) for l in range(0, n_layers, step)]
+
+
+def knockout_study(
+    model, prompts, gold, conds, windows, scored=None, batch_size=64, desc=None, subsets=None, cache=None
+):
+    """Accuracy, answer-change share and margin drop per condition and window (module docstring).
+
+    gold: (N,) index of the gold answer among the scored tokens. subsets: optional {name: prompt
+    indices}, each summarised like the whole. Returns {"base": {...}, "windows": [first layer of each
+    window], "n_prompts", "conditions": {name: {"knocked_per_prompt": mean, "accuracy": [per window],
+    "changed": [...], "margin_drop": [...]}}, "random not useful": mean and std over the seeds' draws,
+    "subsets": {name: the same for its prompts}}. cache: a cache.FeatureCache keeping every pass."""
+    from .cache import model_fingerprint
+
+    gold = torch.as_tensor(gold, dtype=torch.long)
+    mid = model_fingerprint(model) if cache is not None and cache.enabled else None
+    z0 = knockout_scores(model, prompts, [[] for _ in prompts], None, scored, batch_size, cache, mid)
+    m0, p0 = margins(z0, gold), z0.argmax(1)
+    per = {}  # condition -> (correct, changed, margin drop), each (windows, N)
+    bar = progress(total=len(conds) * len(windows), desc=desc, unit="pass", disable=desc is None)
+    for name, knocked in conds.items():
+        rows = []
+        for w in windows:
+            z = knockout_scores(model, prompts, knocked, w, scored, batch_size, cache, mid)
+            p, skip = z.nan_to_num(0.0).argmax(1), z.isnan().any(1)
+            nan = torch.full_like(m0, float("nan"))
+            rows.append(
+                (
+                    torch.where(skip, nan, (p == gold).float()),
+                    torch.where(skip, nan, (p != p0).float()),
+                    torch.where(skip, nan, m0 - margins(z, gold)),
+                )
+            )
+            bar.update(1)
+        per[name] = [torch.stack(x).numpy() for x in zip(*rows)]
+    bar.close()
+
+    def summary(idx):
+        idx = np.asarray(idx, dtype=int)
+        res = {
+            "n_prompts": len(idx),
+            "base": {"accuracy": float((p0 == gold)[idx].float().mean()), "margin": float(m0[idx].mean())},
+            "windows": [w[0] for w in windows],
+            "conditions": {},
+        }
+        for name, (acc, chg, drop) in per.items():
+            skipped = np.isnan(acc[:, idx]).sum(1)
+            res["conditions"][name] = {
+                "knocked_per_prompt": float(np.mean([len(conds[name][i]) for i in idx])),
+                "accuracy": _mean(acc[:, idx]),
+                "changed": _mean(chg[:, idx]),
+                "margin_drop": _mean(drop[:, idx]),
+            }
+            if skipped.any():  # prompts whose every key the condition would block
+                res["conditions"][name]["skipped_prompts"] = skipped.tolist()
+        rand = [r for n, r in res["conditions"].items() if n.startswith("random not useful")]
+        if rand:
+            res["random not useful"] = {
+                key: {
+                    "mean": _nan_none(np.nanmean(_arr([r[key] for r in rand]), 0)),
+                    "std": _nan_none(np.nanstd(_arr([r[key] for r in rand]), 0)),
+                }
+                for key in ("accuracy", "changed", "margin_drop")
+            }
+        return res
+
+    out = summary(range(len(prompts)))
+    if subsets:
+        out["subsets"] = {name: summary(idx) for name, idx in subsets.items() if len(idx)}
+    return out
+
+
+def _arr(rows):
+    return np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float)
+
+
+def _nan_none(a):
+    return [None if np.isnan(v) else float(v) for v in a]
+
+
+def _f(v):
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _mean(a):
+    """Mean over prompts (axis 1) of the prompts the condition applied to; None where none did."""
+    n = (~np.isnan(a)).sum(1)
+    tot = np.nansum(a, 1)
+    return [float(t / c) if c else None for t, c in zip(tot, n)]
+
+
+def summary_lines(study):
+    """One log line per condition at the all-layers window (and at the others' mean for random)."""
+    lines = [f"knockout, all layers ({study['n_prompts']} prompts, base accuracy {study['base']['accuracy']:.3f}):"]
+    for name, r in study["conditions"].items():
+        if name.startswith("random not useful"):
+            continue
+        lines.append(
+            f"  {name:<24} {r['knocked_per_prompt']:5.1f} statements: accuracy {_f(r['accuracy'][0])}, "
+            f"changed {_f(r['changed'][0])}, margin drop {_f(r['margin_drop'][0])}"
+            + (f" ({r['skipped_prompts'][0]} prompts left out: every key knocked)" if "skipped_prompts" in r else "")
+        )
+    rnd = study.get("random not useful")
+    if rnd:
+        parts = [f"{key.replace('_', ' ')} {_f(rnd[key]['mean'][0])}±{_f(rnd[key]['std'][0])}" for key in rnd]
+        lines.append("  random not useful (seeds)         " + ", ".join(parts))
+    return lines

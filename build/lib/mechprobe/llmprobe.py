@@ -1,0 +1,492 @@
+"""The probe on in-context statement items (ProofWriter, ARC): shared driver and CLI options.
+
+For each item the queries are the question's tokens and the keys each statement's tokens
+(features: see features.py). Accuracy compares the next-token scores of the answer words.
+Results are given for all items, per group (number of statements) and per proof depth.
+"""
+
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from . import plots
+from .cache import DEFAULT_DIR as DEFAULT_CACHE
+from .cache import FeatureCache, control_recipe, model_fingerprint
+from .cache import key as cache_key
+from .incontext import answer_ids, auto_batch_size, encode_items, run_items
+from .models import attention_modules, load_model, load_tokenizer, model_device, random_control
+from .probing import ProbeData, head_map, predicted_useful, run_probe, selectivity
+from .utils import MechprobeError, add_threads_arg, at_least_two, get_logger, nonneg_int
+
+log = get_logger()
+
+
+def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True):
+    """Model and probe options shared by the LLM drivers; `limit`, `seeds`, `n_demos`: the driver's defaults;
+    probing: a probing driver (per-head map --head-map, HTML view --view-items)."""
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        required=True,
+        help="local causal LM folder (LLaMA, Mistral, Qwen, GPT-2, ...), or 'tiny' for a tiny random LLaMA (CPU check)",
+    )
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (shard over all visible GPUs)")
+    g.add_argument("--load-in-8bit", action="store_true", help="8-bit weights via bitsandbytes")
+    g.add_argument("--trust-remote-code", action="store_true")
+    g.add_argument(
+        "--control-layers",
+        type=nonneg_int,
+        default=0,
+        help="build the random-init control with only this many layers and compare only those layers (0: all)",
+    )
+    g = p.add_argument_group("probe")
+    g.add_argument("--n-demos", type=nonneg_int, default=n_demos, help="in-context demonstrations")
+    g.add_argument(
+        "--limit", type=nonneg_int, default=limit, help="use only the first N items (0: all) - try a few first"
+    )
+    g.add_argument(
+        "--seeds", type=int, nargs="+", default=list(seeds), help="random-init controls, fold splits, demonstrations"
+    )
+    g.add_argument("--folds", type=at_least_two, default=2)
+    g.add_argument(
+        "--query-pool",
+        default="mean",
+        choices=["mean", "max", "last"],
+        help="pooling over the question tokens (same for model and control)",
+    )
+    g.add_argument("--normalize", default="none", choices=["none", "max"])
+    g.add_argument("--batch-size", type=nonneg_int, default=0, help="prompts per batch (0: sized to the free memory)")
+    if probing:
+        g.add_argument(
+            "--head-map",
+            type=int,
+            choices=[0, 1],
+            default=ProbeSettings.head_map,
+            help="1: capture per-head features and map S_P1 / S_P2 of each head (probe_by_head.png)",
+        )
+        g.add_argument(
+            "--view-items",
+            type=nonneg_int,
+            default=4,
+            help="items in the interactive view attention_view.html (0: no view)",
+        )
+    add_threads_arg(g)
+    g.add_argument(
+        "--cache-dir",
+        default=DEFAULT_CACHE,
+        help="captured features are kept here, keyed by model, prompts and settings",
+    )
+    g.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="capture again (and do not store) even when the cache holds the features",
+    )
+    g.add_argument("--out-dir", required=True)
+    return p
+
+
+@dataclass
+class ProbeSettings:
+    """How the probe runs on in-context items (the library's settings; drivers build one from their
+    arguments with from_args).
+
+    seeds: one random-init control, fold split and demonstration draw per seed (distinct).
+    folds: cross-validation folds, grouped by item (>= 2).
+    query_pool: pooling over the question's tokens, the same for model and control: mean | max | last.
+    normalize: none | max (divide each item's statements x layers matrix by its maximum).
+    batch_size: prompts per forward (0: sized to the free memory).
+    control_layers: build the control with this many layers and compare only those (0: all).
+    cache_dir: where captured features are kept (cache.py); "" keeps none.
+    head_map: 1 = capture per-head features and add the per-head map (S_P1 / S_P2 of each head).
+    """
+
+    seeds: tuple = (0, 1, 2)
+    folds: int = 2
+    query_pool: str = "mean"
+    normalize: str = "none"
+    batch_size: int = 0
+    control_layers: int = 0
+    cache_dir: str = ""
+    head_map: int = 1
+
+    @classmethod
+    def from_args(cls, a):
+        st = cls(**{f.name: getattr(a, f.name) for f in fields(cls) if hasattr(a, f.name)})
+        st.cache_dir = "" if getattr(a, "no_cache", False) else getattr(a, "cache_dir", "")
+        return st
+
+
+def load(model, texts_for_tiny, out, dtype="float32", device="cpu", load_in_8bit=False, trust_remote_code=False):
+    """(tokenizer, model, path): a local model folder, or "tiny" for a tiny random LLaMA with a word
+    tokenizer built from `texts_for_tiny` (in `out`, keyed by its vocabulary)."""
+    if model == "tiny":
+        from .tiny import tiny_llama_dir
+
+        path = tiny_llama_dir(Path(out) / "tiny_llama", texts_for_tiny)
+        log.info("using a tiny random LLaMA built in %s (a pipeline check: its scores are near chance)", path)
+    else:
+        path = model
+    m = load_model(path, dtype, device, load_in_8bit, trust_remote_code)
+    return load_tokenizer(path), m, str(path)
+
+
+def load_items_args(a):
+    """proofwriter.load_items with the data options of the ProofWriter drivers."""
+    from .proofwriter import load_items
+
+    return load_items(
+        a.data,
+        a.setting,
+        a.split,
+        a.depth_folder,
+        a.depths,
+        a.max_per_group,
+        a.skip_bad,
+        a.groups,
+        a.generate,
+        a.seeds[0],
+        a.naf,
+        pool=a.n_demos > 0,
+    )
+
+
+def load_args(a, texts_for_tiny, out):
+    """load() with the model options of add_model_args."""
+    return load(a.model, texts_for_tiny, out, a.dtype, a.device, a.load_in_8bit, a.trust_remote_code)
+
+
+def compared_layers(st, model):
+    """Layers the model is probed on: all (None), or the first st.control_layers ones."""
+    if not st.control_layers:
+        return None
+    L = len(attention_modules(model))
+    if st.control_layers > L:
+        raise MechprobeError(f"CONTROL_LAYERS={st.control_layers} exceeds the model's {L} layers")
+    return list(range(st.control_layers))
+
+
+def features(st, model, enc, word_ids, layers=None, desc="model", model_id=None, build=None, heads=False):
+    """(features per prompt (S, L, 1), answer-word scores) of `model` on the encoded prompts, from the
+    feature cache when st.cache_dir holds them (no forward pass), else captured and stored.
+    A control passes model=None, its recipe as model_id and build() to make it on a miss.
+
+    With st.head_map the capture is per head, (S, L, H) unnormalised, and the probe's features are
+    its head average (head_average: equal to capturing the average); heads=True then also returns
+    the per-head features (normalised per prompt as asked) as a third value (None without head_map)."""
+    cache = FeatureCache(st.cache_dir, bool(st.cache_dir))
+    per_head = bool(st.head_map)
+    norm = "none" if per_head else st.normalize
+    settings = {"query_pool": st.query_pool, "normalize": norm, "per_head": per_head, "layers": layers}
+    k = cache_key(model_id or model_fingerprint(model), enc, word_ids, settings)
+    hit = cache.get(k, desc)
+    if hit is not None:
+        feats, scores = hit
+    else:
+        m = model if model is not None else build()
+        feats, scores = run_items(m, enc, word_ids, st.batch_size, st.query_pool, norm, per_head, layers, desc)
+        cache.put(k, feats, scores, {"what": desc, **settings, "n_prompts": len(enc)})
+    avg = head_average(feats, st.normalize) if per_head else feats
+    if not heads:
+        return avg, scores
+    return avg, scores, ([_normalise(f, st.normalize) for f in feats] if per_head else None)
+
+
+def _normalise(f, normalize):
+    return f / f.max() if normalize == "max" and f.max() > 0 else f
+
+
+def head_average(feats, normalize="none"):
+    """Per-head features [(S, L, H)] -> the probe's head-averaged ones [(S, L, 1)], normalised as asked."""
+    return [_normalise(f.mean(-1, keepdims=True), normalize) for f in feats]
+
+
+def control_features(st, model, enc, word_ids, heads=False):
+    """Features of the prompts under one random-init control per seed (same architecture,
+    first st.control_layers layers only when set); a control is built only when the cache misses.
+    heads=True: a list of (features, per-head features) instead (see features)."""
+    feats = []
+    for s in st.seeds:
+        n = st.control_layers or None
+        recipe = "control:" + control_recipe(model, s, n)
+        build = lambda s=s, n=n: random_control(model, seed=s, num_layers=n)  # noqa: E731
+        f = features(st, None, enc, word_ids, desc=f"control seed {s}", model_id=recipe, build=build, heads=heads)
+        feats.append((f[0], f[2]) if heads else f[0])
+    return feats
+
+
+def probe_device(model):
+    """Where the kNN runs: the model's GPU when it has one, else the CPU."""
+    dev = model_device(model)
+    return str(dev) if dev.type == "cuda" else "cpu"
+
+
+def _probe_subset(feats, ctl_feats, items, idx, seeds, folds, device="cpu"):
+    data = ProbeData([feats[i] for i in idx], [items[i]["useful"] for i in idx], [items[i]["step"] for i in idx])
+    ctls = [
+        ProbeData([cf[i] for i in idx], [items[i]["useful"] for i in idx], [items[i]["step"] for i in idx])
+        for cf in ctl_feats
+    ]
+    return run_probe(data, ctls, seeds, folds, device=device)
+
+
+def probe_items(st, tok, model, items, demos, builder, words, source, by=("group", "depth"), statement_type=None):
+    """Accuracy and probing results (settings `st`, a ProbeSettings) over all items, per depth and
+    per (group, depth); by=("depth",) for per-depth subsets only. With st.head_map, the per-head map
+    (probing.head_map) and, given statement_type (statement text -> its surface type), the control-task
+    selectivity (probing.selectivity), both on the items of depth >= 1 (where P2 is defined)."""
+    t0 = time.time()
+    wid = answer_ids(tok, words)
+    enc = encode_items(tok, items, demos, builder, source)
+    layers = compared_layers(st, model)
+    log.info("%d prompts, %d-%d tokens", len(enc), min(len(e["ids"]) for e in enc), max(len(e["ids"]) for e in enc))
+    feats, scores, head_feats = features(st, model, enc, wid, layers=layers, desc="model", heads=True)
+    gold = np.array([words.index(it["answer"]) if it["answer"] in words else -1 for it in items])
+    correct = (scores.argmax(1) == gold) if words else None
+
+    def acc(idx):
+        ok = [i for i in idx if gold[i] >= 0]
+        return float(correct[ok].mean()) if words and ok else None
+
+    res = {
+        "n_items": len(items),
+        "answer_words": words,
+        "answer_token_ids": wid,
+        "accuracy": acc(range(len(items))),
+        "prompt_tokens": {"min": min(len(e["ids"]) for e in enc), "max": max(len(e["ids"]) for e in enc)},
+    }
+    has_tree = all(it.get("useful") is not None for it in items)
+    if not has_tree:
+        res["probe"] = {
+            "undefined": f"{source} has no proof trees: the probe needs the useful statements and their steps (use "
+            "the original ProofWriter release or generated data)"
+        }
+        log.info(res["probe"]["undefined"])
+    ctl = control_features(st, model, enc, wid, heads=True) if has_tree else []
+    ctl_feats = [c[0] for c in ctl]
+    groups = {"all": list(range(len(items)))}
+    if len(by) == 2:  # (group, depth): groups are never pooled over depths
+        known = [it for it in items if it.get(by[1]) is not None]
+        for d in sorted({it[by[1]] for it in known}):
+            groups[f"{by[1]}={d}"] = [i for i, it in enumerate(items) if it.get(by[1]) == d]
+        for g in sorted({it[by[0]] for it in known}):
+            for d in sorted({it[by[1]] for it in known if it[by[0]] == g}):
+                groups[f"{by[0]}={g},{by[1]}={d}"] = [
+                    i for i, it in enumerate(items) if it[by[0]] == g and it[by[1]] == d
+                ]
+    else:
+        for v in sorted({it[by[0]] for it in items if it.get(by[0]) is not None}):
+            groups[f"{by[0]}={v}"] = [i for i, it in enumerate(items) if it.get(by[0]) == v]
+    res["subsets"] = {}
+    for name, idx in groups.items():
+        sub = {"n_items": len(idx), "accuracy": acc(idx)}
+        if has_tree and len(idx) >= 4:
+            sub.update(_probe_subset(feats, ctl_feats, items, idx, st.seeds, st.folds, probe_device(model)))
+        elif has_tree:
+            sub["probe"] = {"undefined": f"only {len(idx)} items"}
+        res["subsets"][name] = sub
+    if has_tree:
+        deep = [i for i, it in enumerate(items) if (it.get("depth") or 0) >= 1] or list(range(len(items)))
+        dev = probe_device(model)
+        lab = ([items[i]["useful"] for i in deep], [items[i]["step"] for i in deep])
+        if head_feats is not None and len(deep) >= 4:
+            res["head_map"] = head_map(
+                ProbeData([head_feats[i] for i in deep], *lab),
+                [ProbeData([c[1][i] for i in deep], *lab) for c in ctl],
+                st.seeds,
+                st.folds,
+                dev,
+            )
+            res["head_map"]["items"] = len(deep)
+        if statement_type is not None and len(deep) >= 4:
+            types = [statement_type(s) for i in deep for s in items[i]["statements"]]
+            sel = selectivity(ProbeData([feats[i] for i in deep], *lab), types, st.seeds, st.folds, dev)
+            res.update(sel)
+            log.info(
+                "selectivity (F1 real - F1 control task, depth >= 1): P1 %s, P2 %s",
+                fmt(sel["selectivity_p1"]),
+                fmt(sel["selectivity_p2"]),
+            )
+    res["seconds"] = round(time.time() - t0, 1)
+    return res, feats, scores
+
+
+def knockout_items(st, tok, model, items, demos, builder, words, source, feats, n_items=1024):
+    """Knockout study (knockout.py) on at most n_items items with a tree and a gold answer word (a
+    seeded sample): the question and answer positions (question tokens to the prompt's end) are
+    blocked from the gold useful statements, from those the P1 probe predicts useful (out-of-fold,
+    all layers, folds of the first seed), from as many not-useful statements drawn per seed, or from
+    every statement (does the answer depend on the theory at all?); in layers >= l. Summarised over
+    all of them and per depth."""
+    from . import knockout as ko
+
+    keep = [
+        i
+        for i, it in enumerate(items)
+        if it["answer"] in words and it.get("useful") is not None and any(it["useful"]) and not all(it["useful"])
+    ]
+    if not keep:
+        return {"undefined": "no item has both useful and not-useful statements and a gold answer word"}
+    data = ProbeData([feats[i] for i in keep], [items[i]["useful"] for i in keep], [items[i]["step"] for i in keep])
+    pred = predicted_useful(data, st.folds, st.seeds[0], probe_device(model))
+    if len(keep) > n_items:
+        pick = np.sort(np.random.default_rng(st.seeds[0]).choice(len(keep), n_items, replace=False))
+        keep, pred = [keep[j] for j in pick], [pred[j] for j in pick]
+    sel = [items[i] for i in keep]
+    enc = encode_items(tok, sel, [demos[i] for i in keep], builder, source)
+    prompts = [{"ids": e["ids"], "spans": e["spans"], "queries": range(e["query"][0], len(e["ids"]))} for e in enc]
+    conds = ko.conditions([it["useful"] for it in sel], pred, st.seeds)
+    conds["all statements"] = [list(range(len(it["statements"]))) for it in sel]  # does it read the theory at all?
+    depths = sorted({it["depth"] for it in sel if it.get("depth") is not None})
+    subsets = {f"depth={d}": [j for j, it in enumerate(sel) if it.get("depth") == d] for d in depths}
+    bs = auto_batch_size(model, max(len(e["ids"]) for e in enc), st.batch_size)
+    return ko.knockout_study(
+        model,
+        prompts,
+        [words.index(it["answer"]) for it in sel],
+        conds,
+        ko.layer_windows(len(attention_modules(model))),
+        scored=answer_ids(tok, words),
+        batch_size=bs,
+        desc="knockout",
+        subsets=subsets,
+        cache=FeatureCache(st.cache_dir, bool(st.cache_dir)),
+    )
+
+
+def view_items(st, tok, model, items, demos, builder, words, source, feats, n=4):
+    """HTML-view examples (htmlview.example) of the first n items: the prompt's tokens coloured by the
+    question's attention (pooled over the question tokens as the probe pools them), the gold tree and
+    the probe's out-of-fold tree (probing.oof_tree over all items with a tree)."""
+    from . import htmlview
+    from .capture import capture, pad_batch, pad_queries
+    from .features import pool_queries
+    from .probing import oof_tree
+
+    n = min(n, len(items))
+    if n == 0:
+        return []
+    has_tree = [i for i, it in enumerate(items) if it.get("useful") is not None and any(it["useful"])]
+    trees = {}
+    if len(has_tree) >= 4:
+        data = ProbeData(
+            [feats[i] for i in has_tree], *zip(*[(items[i]["useful"], items[i]["step"]) for i in has_tree])
+        )
+        trees = dict(zip(has_tree, oof_tree(data, st.folds, st.seeds[0], probe_device(model))))
+    enc = encode_items(tok, items[:n], demos[:n], builder, source)
+    ids, mask = pad_batch([e["ids"] for e in enc], 0)
+    rows, last = capture(model, ids, mask, pad_queries([e["query"] for e in enc]), return_logits=True)
+    wid = answer_ids(tok, words) if words else None
+    out = []
+    for j, (it, e) in enumerate(zip(items[:n], enc)):
+        T = len(e["ids"])
+        att = pool_queries(rows[j][:, :, :, :T], st.query_pool, len(e["query"]))  # (L, H, T)
+        offsets = tok(e["text"], return_offsets_mapping=True)["offset_mapping"]
+        pred = trees.get(j)
+        stmts = [
+            {
+                "span": sp,
+                "useful": bool(it["useful"][k]) if it.get("useful") is not None else False,
+                "step": int(it["step"][k]) if it.get("step") is not None else -1,
+                "pred_step": None if pred is None else int(pred[k]),
+            }
+            for k, sp in enumerate(e["spans"])
+        ]
+        guess = words[int(last[j, wid].argmax())] if wid else None
+        out.append(
+            htmlview.example(
+                f"{it['id']} (depth {it.get('depth')})",
+                htmlview.token_texts(e["text"], offsets),
+                att,
+                stmts,
+                it.get("answer"),
+                guess,
+                queries=e["query"],
+            )
+        )
+    return out
+
+
+def write_view(a, st, tok, model, items, demos, builder, words, source, feats, title):
+    """attention_view.html in a.out_dir with the first a.view_items items (none when 0)."""
+    from .htmlview import write_view as write
+
+    if a.view_items:
+        view = view_items(st, tok, model, items, demos, builder, words, source, feats, a.view_items)
+        path = write(Path(a.out_dir) / "attention_view.html", view, f"{title}: the question's attention")
+        log.info("interactive view: %s", path)
+
+
+def report_knockout(study, out, title):
+    """Log the knockout summary (all items and each depth) and plot knockout.png, knockout_<subset>.png."""
+    from .knockout import summary_lines
+
+    if "undefined" in study:
+        log.info("knockout: undefined (%s)", study["undefined"])
+        return
+    for line in summary_lines(study):
+        log.info(line)
+    plots.knockout_figure(study, Path(out) / "knockout.png", f"{title}: all items")
+    for name, sub in study.get("subsets", {}).items():
+        for line in summary_lines(sub):
+            log.info("%s %s", name, line)
+        plots.knockout_figure(sub, Path(out) / f"knockout_{name.replace('=', '')}.png", f"{title}: {name}")
+
+
+def fmt(s):
+    if not isinstance(s, dict):
+        return "-"
+    return f"{s['mean']:.3f}±{s['std']:.3f}" if "mean" in s else "undef."
+
+
+def report(res, out, title, key="group"):
+    """Log a table, write plots of accuracy and S_P1/S_P2 by depth and by `key` for each depth."""
+    for name, sub in res["subsets"].items():
+        acc = "-" if sub["accuracy"] is None else f"{sub['accuracy']:.3f}"
+        log.info(
+            "%-22s n=%-5d acc=%s  S_P1=%s  S_P2=%s",
+            name,
+            sub["n_items"],
+            acc,
+            fmt(sub.get("s_p1")),
+            fmt(sub.get("s_p2")),
+        )
+    subs = [(n.split("=", 1)[1], s) for n, s in res["subsets"].items() if n.startswith("depth=") and "," not in n]
+    if subs and "s_p1" in subs[0][1]:
+        plots.probe_by_k(
+            [{**s, "label": v} for v, s in subs], Path(out) / "probe_by_depth.png", label_key="label", xlabel="depth"
+        )
+    if subs and subs[0][1]["accuracy"] is not None:
+        plots.accuracy_bars(
+            [v for v, _ in subs],
+            [s["accuracy"] for _, s in subs],
+            [s["n_items"] for _, s in subs],
+            Path(out) / "accuracy_by_depth.png",
+            xlabel="depth",
+            title=title,
+        )
+    per = {}  # depth -> [(group, subset)]
+    for n, s in res["subsets"].items():
+        if n.startswith(key + "=") and ",depth=" in n:
+            g, d = n[len(key) + 1 :].split(",depth=")
+            per.setdefault(int(d), []).append((int(g), s))
+    if per:
+        plots.by_group_per_depth(
+            per, Path(out) / f"probe_by_{key}.png", Path(out) / f"accuracy_by_{key}.png", key, title
+        )
+    if "head_map" in res:
+        hm = res["head_map"]
+        for key in ("top_p1", "top_p2"):
+            log.info("top heads by %s: %s", key[4:].upper(), ", ".join(f"L{l}H{h} {v:.3f}" for l, h, v in hm[key]))
+        plots.head_map_figure(
+            hm, Path(out) / "probe_by_head.png", f"{title}: per-head S vs the same head of the controls (depth >= 1)"
+        )
+    if "s_p1" in res["subsets"]["all"]:
+        plots.probe_curves(
+            [{**res["subsets"]["all"], "label": "all"}],
+            Path(out) / "probe_by_layer.png",
+            label_key="label",
+            label_fmt="{}",
+        )

@@ -1,0 +1,213 @@
+"""Loading causal LMs from local folders, the embedded scratch GPT-2, and random-init controls.
+
+Everything is local: `from_pretrained(path)` on a directory, never a hub name.
+Attention is always eager, the only implementation that returns attention weights.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+
+from .utils import MechprobeError, check_device, get_logger
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+# The embedded default: a small GPT-2-architecture model trained from scratch on task A.
+SCRATCH_GPT2 = dict(n_layer=4, n_head=4, n_embd=128, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+
+
+def _check_dir(path, what="model"):
+    p = Path(path)
+    if not p.is_dir():
+        raise MechprobeError(f"{path}: {what} directory not found (expected a local folder written by save_pretrained)")
+    if what == "model":
+        cfg = p / "config.json"
+        if not cfg.exists():
+            raise MechprobeError(
+                f"{path}: no config.json; expected a Hugging Face model folder (config.json + weights)"
+            )
+        try:
+            json.loads(cfg.read_text())
+        except json.JSONDecodeError as e:
+            raise MechprobeError(f"{cfg}: line {e.lineno}: malformed config.json ({e.msg})") from None
+        if (
+            not any(p.glob("*.safetensors"))
+            and not any(p.glob("*.bin"))
+            and not any(p.glob("*.safetensors.index.json"))
+        ):
+            raise MechprobeError(f"{path}: no weights (*.safetensors or *.bin) found next to config.json")
+    return p
+
+
+def load_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    _check_dir(path, "tokenizer")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds
+        raise MechprobeError(
+            f"{path}: could not load a tokenizer ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
+
+
+def load_model(path, dtype="float32", device="cpu", load_in_8bit=False, trust_remote_code=False):
+    """Load a local causal LM with eager attention.
+
+    device: 'cpu', 'cuda', 'cuda:1', or 'auto' (shard over every visible GPU with accelerate).
+    """
+    from transformers import AutoModelForCausalLM
+
+    if device != "auto":
+        check_device(device)
+    _check_dir(path, "model")
+    if dtype not in DTYPES:
+        raise MechprobeError(f"dtype {dtype!r} not supported; expected one of float32, bfloat16, float16")
+    kw = dict(dtype=DTYPES[dtype], attn_implementation="eager", trust_remote_code=trust_remote_code)
+    if load_in_8bit:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise MechprobeError(
+                "8-bit loading needs the bitsandbytes package (pip install bitsandbytes) and a CUDA GPU"
+            ) from None
+        from transformers import BitsAndBytesConfig
+
+        kw["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kw["device_map"] = "auto"
+    elif device == "auto":
+        kw["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, **kw)
+    except Exception as e:  # noqa: BLE001
+        raise MechprobeError(
+            f"{path}: could not load the model ({type(e).__name__}: {str(e).splitlines()[0][:300]})"
+        ) from None
+    if "device_map" not in kw:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def model_device(model):
+    return next(model.parameters()).device
+
+
+def scratch_gpt2(vocab_size, **overrides):
+    """The embedded default architecture (random weights)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    cfg = GPT2Config(vocab_size=vocab_size, bos_token_id=0, eos_token_id=0, **{**SCRATCH_GPT2, **overrides})
+    cfg._attn_implementation = "eager"
+    return GPT2LMHeadModel(cfg)
+
+
+def random_control(model, seed=0, num_layers=None):
+    """A randomly initialised model of the same architecture (its config), built without loading weights.
+
+    num_layers: build only the first layers (for a model too big to duplicate); the caller must
+    then compare only those layers.
+    """
+    from transformers import AutoModelForCausalLM
+
+    cfg = model.config.__class__.from_dict(model.config.to_dict())
+    cfg._attn_implementation = "eager"
+    if num_layers is not None:
+        for key in ("num_hidden_layers", "n_layer"):
+            if hasattr(cfg, key):
+                setattr(cfg, key, num_layers)
+    torch.manual_seed(seed)
+    dtype = next(model.parameters()).dtype
+    if not dtype.is_floating_point:  # an 8-bit model: its control is built in float16
+        dtype = torch.float16
+    if getattr(cfg, "quantization_config", None) is not None:
+        del cfg.quantization_config  # the control is a plain model
+    ctl = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=dtype)
+    return ctl.to(model_device(model)).eval()
+
+
+# Per architecture (config.model_type): the self-attention module of layer i, and the name of its
+# output projection (whose input is the concatenation of the heads' outputs). Covered by tests.
+ARCHITECTURES = {
+    "gpt2": ("transformer.h.{i}.attn", "c_proj"),
+    "llama": ("model.layers.{i}.self_attn", "o_proj"),
+    "mistral": ("model.layers.{i}.self_attn", "o_proj"),
+    "qwen2": ("model.layers.{i}.self_attn", "o_proj"),
+    "qwen3": ("model.layers.{i}.self_attn", "o_proj"),
+    "gemma": ("model.layers.{i}.self_attn", "o_proj"),
+    "gpt_oss": ("model.layers.{i}.self_attn", "o_proj"),
+    "gpt_neox": ("gpt_neox.layers.{i}.attention", "dense"),
+}
+OUT_PROJ_NAMES = ("o_proj", "c_proj", "out_proj", "dense")
+
+
+def _num_layers(cfg):
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if getattr(cfg, key, None) is not None:
+            return int(getattr(cfg, key))
+    return None
+
+
+def attention_modules(model):
+    """The self-attention modules of a decoder, ordered by layer: list of (name, module).
+
+    Found through ARCHITECTURES by the config's model_type; for another architecture, guessed
+    from the class names (modules named *Attention with an output projection), and logged."""
+    mt = getattr(model.config, "model_type", None)
+    n = _num_layers(model.config)
+    if mt in ARCHITECTURES and n is not None:
+        path, _ = ARCHITECTURES[mt]
+        try:
+            model.get_submodule(path.format(i=0))
+        except AttributeError:  # a base model without the LM head's wrapper: no first component
+            path = path.split(".", 1)[1]
+        return [(path.format(i=i), model.get_submodule(path.format(i=i))) for i in range(n)]
+    found = []
+    for name, m in model.named_modules():
+        cls = type(m).__name__
+        if (
+            cls.endswith("Attention")
+            and any(hasattr(m, o) for o in OUT_PROJ_NAMES)
+            and getattr(m, "is_cross_attention", False) is False
+        ):
+            found.append((name, m))
+    if not found:
+        raise MechprobeError(
+            f"{type(model).__name__}: no self-attention modules found (model_type {mt!r} is not in "
+            "models.ARCHITECTURES, "
+            "and no module is named *Attention with an output projection)"
+        )
+    if all(getattr(m, "layer_idx", None) is not None for _, m in found):
+        found.sort(key=lambda nm: nm[1].layer_idx)
+    get_logger().info(
+        "model_type %r is not in models.ARCHITECTURES: attention modules guessed from class names (%s ...)",
+        mt,
+        found[0][0],
+    )
+    return found
+
+
+def num_heads(model):
+    cfg = model.config
+    return getattr(cfg, "num_attention_heads", None) or cfg.n_head
+
+
+def output_projection(attn, model_type=None):
+    """The output projection of an attention module (by ARCHITECTURES, else the usual names)."""
+    if model_type in ARCHITECTURES:
+        return getattr(attn, ARCHITECTURES[model_type][1])
+    for o in OUT_PROJ_NAMES:
+        if hasattr(attn, o):
+            return getattr(attn, o)
+    raise MechprobeError(f"{type(attn).__name__}: no output projection found (looked for {', '.join(OUT_PROJ_NAMES)})")

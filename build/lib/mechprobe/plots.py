@@ -1,0 +1,319 @@
+"""All figures. Each function takes plain numbers (the same ones written to JSON) and a path."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .utils import save_figure  # noqa: E402
+
+
+def _mean_std(summaries):
+    m = np.array([s.get("mean", np.nan) for s in summaries], dtype=float)
+    sd = np.array([s.get("std", 0.0) for s in summaries], dtype=float)
+    return m, sd
+
+
+def probe_curves(results, path, label_key="k", label_fmt="k={}"):
+    """S_P1 / S_P2 per layer (each layer alone, and layers 0..l), one line per result."""
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    for r in results:
+        for row, mode in enumerate(("single", "cumulative")):
+            for col, key in enumerate(("s_p1", "s_p2")):
+                m, sd = _mean_std(r["curves"][mode][key])
+                x = np.arange(len(m))
+                ax = axes[row, col]
+                ax.plot(x, m, marker="o", ms=3, label=label_fmt.format(r[label_key]))
+                ax.fill_between(x, m - sd, m + sd, alpha=0.2)
+    for row, mode in enumerate(("layer l alone", "layers 0..l")):
+        for col, key in enumerate(("S_P1 (useful?)", "S_P2 (which step?)")):
+            axes[row, col].set(title=f"{key}, {mode}", ylabel="probing score S", ylim=(-0.2, 1.05))
+            axes[row, col].axhline(0, color="grey", lw=0.5)
+    for ax in axes[1]:
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes[0, 0].legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def probe_by_k(results, path, label_key="k", xlabel="k (0-indexed rank of the answer)"):
+    """Bars of S_P1 and S_P2 (mean ± std over seeds) per result; undefined scores are marked."""
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(results) + 2), 3.5))
+    x = np.arange(len(results))
+    low = 0.0
+    for j, key in enumerate(("s_p1", "s_p2")):
+        m, sd = _mean_std([r.get(key, {}) for r in results])
+        if np.isfinite(m).any():
+            low = min(low, np.nanmin(m - sd))
+        ax.bar(
+            x + (j - 0.5) * 0.38, np.nan_to_num(m), 0.38, yerr=sd, capsize=3, label=key.upper().replace("S_P", "S_P")
+        )
+        for i, v in enumerate(m):
+            if np.isnan(v):
+                ax.text(x[i] + (j - 0.5) * 0.38, 0.02, "undef.", ha="center", rotation=90, fontsize=8)
+    ax.set_xticks(x, [str(r[label_key]) for r in results])
+    ax.set(xlabel=xlabel, ylabel="probing score S", ylim=(min(0.0, low - 0.05), 1.05))
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def heatmap_grid(
+    mats,
+    titles,
+    path,
+    ylabels,
+    xlabel="layer",
+    ylabel="",
+    suptitle="",
+    vmin=None,
+    vmax=None,
+    fmt=".2f",
+    pdf=False,
+    cmap="viridis",
+):
+    """Side-by-side heatmaps with one shared colour scale; mats: list of (rows, cols) arrays."""
+    mats = [np.asarray(m, dtype=float) for m in mats]
+    vmin = min(m.min() for m in mats) if vmin is None else vmin
+    vmax = max(m.max() for m in mats) if vmax is None else vmax
+    n = len(mats)
+    rows, cols = mats[0].shape
+    fig, axes = plt.subplots(
+        1, n, figsize=(max(0.45 * cols, 2.2) * n + 2.5, 0.32 * rows + 1.8), squeeze=False, sharey=True
+    )
+    im = None
+    for i, (ax, m, t) in enumerate(zip(axes[0], mats, titles)):
+        im = ax.imshow(m, aspect="auto", vmin=vmin, vmax=vmax, cmap=cmap)
+        ax.set_title(t, fontsize=9)
+        ax.set_xticks(range(m.shape[1]))
+        if i == 0:
+            ax.set_yticks(range(m.shape[0]), ylabels if ylabels is not None else range(m.shape[0]), fontsize=7)
+        ax.set_xlabel(xlabel)
+        if m.size <= 400:
+            for i in range(m.shape[0]):
+                for j in range(m.shape[1]):
+                    ax.text(
+                        j,
+                        i,
+                        format(m[i, j], fmt),
+                        ha="center",
+                        va="center",
+                        fontsize=5.5,
+                        color="white" if m[i, j] < (vmin + vmax) / 2 else "black",
+                    )
+    axes[0, 0].set_ylabel(ylabel)
+    fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    save_figure(fig, path, pdf=pdf)
+
+
+def pruning_curves(pruning, path, orders=("rank",), title=""):
+    """Accuracy against share of heads masked: random (mean ± std band), and for each entropy
+    order lowest- and highest-entropy first."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    r = pruning["random"]
+    x = np.array([p["share"] for p in r])
+    m = np.array([p["mean"] for p in r])
+    sd = np.array([p["std"] for p in r])
+    ax.plot(x, m, marker="o", ms=3, color="black", label="random heads (mean ± std)")
+    ax.fill_between(x, m - sd, m + sd, color="grey", alpha=0.25)
+    for o, ls in zip(orders, ("-", "--", ":")):
+        for key, lab, c in (
+            ("low_entropy_first", "lowest entropy first", "tab:blue"),
+            ("high_entropy_first", "highest entropy first", "tab:red"),
+        ):
+            ax.plot(
+                [p["share"] for p in pruning[o][key]],
+                [p["accuracy"] for p in pruning[o][key]],
+                marker="s",
+                ms=3,
+                ls=ls,
+                color=c,
+                label=f"{lab} ({o} entropy)",
+            )
+    ax.set(xlabel="share of heads masked", ylabel="test accuracy", ylim=(-0.02, 1.02), title=title)
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def attention_flow(layers_att, useful, path, title="", tokens=None):
+    """Lines from each query token to each earlier key, per layer; alpha = weight.
+
+    layers_att: (L, T, T) attention (averaged over the kept heads); useful: positions to colour.
+    """
+    A = np.asarray(layers_att)
+    L, T, _ = A.shape
+    fig, ax = plt.subplots(figsize=(0.45 * T + 2, 0.6 * L + 1.5))
+    mx = A.max() if A.max() > 0 else 1.0
+    for l in range(L):
+        for q in range(T):
+            for k in range(q + 1):
+                w = A[l, q, k] / mx
+                if w < 0.02:
+                    continue
+                c = "tab:red" if k in useful else "tab:blue"
+                ax.plot([k, q], [l, l + 1], color=c, alpha=float(min(1.0, w)), lw=1.2)
+    for l in range(L + 1):
+        ax.scatter(range(T), [l] * T, s=8, c=["tab:red" if t in useful else "grey" for t in range(T)], zorder=3)
+    ax.set_yticks(range(L + 1), ["input"] + [f"layer {l}" for l in range(L)], fontsize=7)
+    ax.set_xticks(
+        range(T), tokens if tokens is not None else range(T), fontsize=7, rotation=90 if tokens is not None else 0
+    )
+    ax.set(title=title, xlabel="position (red: useful numbers)")
+    save_figure(fig, path)
+
+
+def tree_figure(values, gold_step, pred_step, att, path, title=""):
+    """One example: gold tree vs the probe's predicted tree, with the attention per layer.
+
+    values: statement labels; gold_step / pred_step: step per statement (-1 = not useful);
+    att: (S, L) attention each statement receives per layer.
+    """
+    att = np.asarray(att)
+    S, L = att.shape
+    fig, axes = plt.subplots(1, 3, figsize=(13, 0.3 * S + 2), gridspec_kw={"width_ratios": [1, 1, 1.4]})
+    for ax, steps, name in ((axes[0], gold_step, "gold tree"), (axes[1], pred_step, "probe's tree")):
+        used = [i for i in range(S) if steps[i] >= 0]
+        by_step = {}
+        for i in used:
+            by_step.setdefault(steps[i], []).append(i)
+        for s, items in sorted(by_step.items()):
+            for j, i in enumerate(items):
+                ax.scatter(j, s, s=500, c="tab:red" if s == max(by_step) else "tab:orange", zorder=3)
+                ax.text(j, s, str(values[i]), ha="center", va="center", fontsize=8, zorder=4)
+        for s in sorted(by_step)[:-1]:
+            for j, _ in enumerate(by_step[s]):
+                ax.annotate(
+                    "", xy=(0, s + 1 - 0.15), xytext=(j, s + 0.15), arrowprops=dict(arrowstyle="->", color="grey")
+                )
+        ax.set(
+            title=f"{name} ({len(used)} of {S} useful)",
+            ylabel="step (0 = used first)",
+            xlim=(-1, 3),
+            ylim=(-0.7, max(list(by_step) + [0]) + 0.7),
+        )
+        ax.set_xticks([])
+    im = axes[2].imshow(att, aspect="auto", cmap="viridis")
+    axes[2].set_yticks(range(S), [f"{values[i]}{' *' if gold_step[i] >= 0 else ''}" for i in range(S)], fontsize=7)
+    axes[2].set(xlabel="layer", title="attention received (* = useful)")
+    fig.colorbar(im, ax=axes[2])
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def accuracy_bars(labels, accs, counts, path, xlabel="", title="", chance=None):
+    """In-context accuracy per subset, with the number of items on each bar."""
+    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(labels) + 2), 3.5))
+    x = np.arange(len(labels))
+    ax.bar(x, accs, color="tab:blue")
+    for i, (a, n) in enumerate(zip(accs, counts)):
+        ax.text(i, a + 0.01, f"n={n}", ha="center", fontsize=7)
+    if chance is not None:
+        ax.axhline(chance, color="grey", ls="--", lw=0.8, label="chance")
+    ax.set_xticks(x, labels)
+    ax.set(xlabel=xlabel, ylabel="accuracy", ylim=(0, 1.05), title=title)
+    save_figure(fig, path)
+
+
+def corruption_figure(study, name, path):
+    """Accuracy change (corrupted - clean) against S_P2 per subset, with binned means and r."""
+    x = np.array([r["s_p2"] for r in study["subsets"]])
+    d = np.array([r["acc_corrupted"] - r["acc_clean"] for r in study["subsets"]])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.scatter(x, d, s=8, alpha=0.4, label="random subsets")
+    b = study["bins"]
+    ax.errorbar(
+        [(r["s_p2_low"] + r["s_p2_high"]) / 2 for r in b],
+        [r["delta_acc_mean"] for r in b],
+        yerr=[r["delta_acc_std"] for r in b],
+        color="tab:red",
+        marker="o",
+        capsize=3,
+        label="binned mean ± std",
+    )
+    c = study["correlation"]
+    r = "undefined" if c["r"] is None else f"r = {c['r']:.2f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}]"
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set(xlabel="S_P2 of the clean subset", ylabel="accuracy change (corrupted - clean)", title=f"{name}: {r}")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def by_group_per_depth(per, probe_path, acc_path, key="group", title=""):
+    """per = {depth: [(group, subset result)]}: one line per depth of S_P1, S_P2 (depth >= 1 only:
+    at depth 0 every useful statement is step 0) and accuracy against the group."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    for d, rows in sorted(per.items()):
+        rows = sorted(rows)
+        x = np.array([g for g, _ in rows])
+        for ax, metric in zip(axes, ("s_p1", "s_p2")):
+            if metric == "s_p2" and d == 0:
+                continue
+            m, sd = _mean_std([s.get(metric, {}) for _, s in rows])
+            ax.errorbar(x, m, yerr=sd, marker="o", ms=3, capsize=3, label=f"depth {d}")
+    for ax, t in zip(axes, ("S_P1 (useful?)", "S_P2 (which step?), depth >= 1")):
+        ax.set(title=t, xlabel=f"{key} (number of statements)", ylim=(-0.2, 1.05))
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("probing score S")
+    save_figure(fig, probe_path)
+    if all(s["accuracy"] is None for rows in per.values() for _, s in rows):
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for d, rows in sorted(per.items()):
+        rows = sorted(rows)
+        ax.plot(
+            [g for g, _ in rows],
+            [np.nan if s["accuracy"] is None else s["accuracy"] for _, s in rows],
+            marker="o",
+            label=f"depth {d}",
+        )
+    ax.set(xlabel=f"{key} (number of statements)", ylabel="accuracy", ylim=(0, 1.05), title=title)
+    ax.axhline(0.5, color="grey", ls="--", lw=0.8)
+    ax.legend(fontsize=8)
+    save_figure(fig, acc_path)
+
+
+def knockout_figure(study, path, title=""):
+    """Accuracy, answer-change share and margin drop against the first knocked layer, one line per
+    condition (the random not-useful draws as mean ± std over seeds)."""
+    x = study["windows"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    rand = study.get("random not useful")
+    for ax, key, lab in zip(
+        axes,
+        ("accuracy", "changed", "margin_drop"),
+        ("accuracy", "share of answers changed", "gold-answer margin drop"),
+    ):
+        for name, r in study["conditions"].items():
+            if name.startswith("random not useful"):
+                continue
+            ax.plot(x, r[key], marker="o", ms=3, label=f"{name} ({r['knocked_per_prompt']:.1f}/prompt)")
+        if rand:
+            m, sd = np.array(rand[key]["mean"]), np.array(rand[key]["std"])
+            ax.errorbar(x, m, yerr=sd, marker="o", ms=3, capsize=3, label="random not useful (seeds)")
+        ax.set(xlabel="knocked layers: l and above", ylabel=lab)
+        ax.set_xticks(x)
+        ax.axhline(0, color="grey", lw=0.5)
+    axes[0].axhline(study["base"]["accuracy"], color="grey", ls="--", lw=0.8)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title or "attention knockout: queries blocked from the chosen statements")
+    save_figure(fig, path)
+
+
+def head_map_figure(hm, path, suptitle):
+    """S_P1 and S_P2 of each head alone (probing.head_map): heads x layers heatmaps."""
+    H = len(hm["s_p1"][0])
+    mats = [np.array([[np.nan if v is None else v for v in row] for row in hm[key]]).T for key in ("s_p1", "s_p2")]
+    heatmap_grid(
+        mats,
+        ["S_P1 of each head alone", "S_P2 of each head alone"],
+        path,
+        ylabels=[f"h{h}" for h in range(H)],
+        ylabel="head",
+        vmin=-0.2,
+        vmax=1,
+        suptitle=suptitle,
+    )

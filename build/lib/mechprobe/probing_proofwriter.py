@@ -1,0 +1,123 @@
+"""ProofWriter in context: accuracy and the MechanisticProbe (run_probing_proofwriter.sh).
+
+Data: the original release (`<data-dir>/CWA/depth-N/meta-<split>.jsonl`, filtered as in the
+paper: proofs present, no NAF, no OR, QDep in --depths, capped per group), generated
+theories in that format when --generate is given and the folder holds none, or Logic-LLM's
+processed file (a .json: accuracy only, it has no proofs).
+"""
+
+import argparse
+from pathlib import Path
+
+from .incontext import PromptBuilder, pick_demos
+from .llmprobe import (
+    ProbeSettings,
+    add_model_args,
+    knockout_items,
+    load_args,
+    load_items_args,
+    probe_items,
+    report,
+    report_knockout,
+    write_view,
+)
+from .proofwriter import statement_type
+from .utils import get_logger, nonneg_int, run_driver, run_main, seed_everything, write_config, write_json
+
+log = get_logger()
+
+
+OUTPUTS = (
+    "probe_results.json",
+    "config.json",
+    "accuracy_by_group.png",
+    "accuracy_by_depth.png",
+    "probe_by_group.png",
+    "probe_by_depth.png",
+    "probe_by_layer.png",
+    "probe_by_head.png",
+    "knockout*.png",
+    "attention_view.html",
+)
+
+
+def parser():
+    p = argparse.ArgumentParser(description="ProofWriter: in-context accuracy and the MechanisticProbe on a causal LM.")
+    p.add_argument(
+        "--data",
+        required=True,
+        help="ProofWriter folder (with CWA/depth-N/), one meta-*.jsonl, or Logic-LLM's dev.json",
+    )
+    p.add_argument(
+        "--generate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write synthetic theories into --data when it holds none",
+    )
+    p.add_argument("--setting", default="CWA", choices=["CWA", "OWA"])
+    p.add_argument("--split", default="test")
+    p.add_argument(
+        "--depth-folder",
+        type=int,
+        default=None,
+        help="read only this depth-N folder (default: every depth-N folder of the split, pooled)",
+    )
+    p.add_argument("--depths", type=int, nargs="+", default=[0, 1], help="question depths (QDep) kept")
+    p.add_argument("--groups", type=int, nargs="*", default=None, help="numbers of statements kept (default: all)")
+    p.add_argument("--max-per-group", type=int, default=1024)
+    p.add_argument("--skip-bad", action="store_true", help="skip (and count) malformed questions instead of stopping")
+    p.add_argument(
+        "--naf", action="store_true", help="generated theories get rules with negated conditions (negation as failure)"
+    )
+    p.add_argument(
+        "--knockout-items",
+        type=nonneg_int,
+        default=1024,
+        help="attention knockout (is the tree used?) on at most this many questions (0: none)",
+    )
+    add_model_args(p, limit=0, n_demos=0)
+    return p
+
+
+def main(argv=None):
+    a = parser().parse_args(argv)
+    return run_driver(a, OUTPUTS, run)
+
+
+def run(a):
+    """The run described by the parsed arguments `a` (see main); returns its results."""
+    seed_everything(a.seeds[0])
+    out = Path(a.out_dir)
+    items, pool, words, source = load_items_args(a)
+    if a.limit:
+        items = items[: a.limit]
+    demos = pick_demos(items, a.n_demos, a.seeds[0], pool)
+    texts = [s for it in items + pool for s in it["statements"] + [it["question"]]]
+    tok, model, mpath = load_args(a, texts, out)
+    builder = PromptBuilder(suffix="True or False?" if words == ["True", "False"] else "True, False, or Unknown?")
+    st = ProbeSettings.from_args(a)
+    res, feats, _ = probe_items(st, tok, model, items, demos, builder, words, source, statement_type=statement_type)
+    res.update({"model": mpath, "data": source})
+    if a.knockout_items:
+        res["knockout"] = knockout_items(st, tok, model, items, demos, builder, words, source, feats, a.knockout_items)
+    write_config(
+        out,
+        a,
+        source.split(", "),
+        model_dtype=str(next(model.parameters()).dtype),
+        model_device=str(next(model.parameters()).device),
+    )
+    write_json(out / "probe_results.json", res)
+    report(res, out, "ProofWriter in-context accuracy")
+    if "knockout" in res:
+        report_knockout(res["knockout"], out, "ProofWriter attention knockout")
+    write_view(a, st, tok, model, items, demos, builder, words, source, feats, f"ProofWriter: {mpath}")
+    print(
+        f"results: {out / 'probe_results.json'}  plots: {out}/accuracy_by_group.png, probe_by_group.png, "
+        "probe_by_depth.png, probe_by_layer.png"
+    )
+    return res
+
+
+if __name__ == "__main__":
+    run_main(main)

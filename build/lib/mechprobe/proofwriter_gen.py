@@ -1,0 +1,329 @@
+"""Synthetic ProofWriter theories in the original release's exact format (for runs with no download).
+
+A theory has entities ("The cat", "Bob"), facts "The cat is red." (tripleN) and rules
+"If someone is red then they are big." / "If someone is red and kind then they are big."
+(ruleN). Forward chaining (rounds of rule application) gives every derivable fact with a
+proof of minimal depth. Questions, closed-world (CWA):
+  * "E is a."      derivable  -> True,  strategy proof,     QDep = depth of the shortest proof;
+                   every well-founded proof is listed, joined by OR (as in the release)
+  * "E is not a."  derivable  -> False, strategy inv-proof, the same proof
+  * "E is a."      not derivable -> False, CWA failure, QLen ""  (dropped by the paper's filter)
+  * "E is not a."  not derivable -> True by negation as failure (NAF; dropped by the filter)
+With naf=True some rules have a negated condition, "If someone is not x then they are y." (x an
+attribute that no rule concludes, so negation is stratified): it fires for every entity of
+which x is not a fact. Proofs through such a condition contain NAF (dropped by the paper's
+filter); half of these rules mirror a positive rule with the same conclusion, so negating a
+fact a proof uses can re-derive the conclusion (see logic.py).
+
+CLI:  python -m mechprobe.proofwriter_gen --out data/proofwriter/synthetic --max-depth 1
+"""
+
+import argparse
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .utils import get_logger, run_main, write_jsonl
+
+_FACT_Q = re.compile(r"^(.+) is (?:not )?(\w+)\.$")
+ENTITIES = [
+    "The cat",
+    "The dog",
+    "The bear",
+    "The mouse",
+    "The lion",
+    "The rabbit",
+    "Bob",
+    "Anne",
+    "Charlie",
+    "Dave",
+    "Erin",
+    "Fiona",
+]
+ATTRS = [
+    "red",
+    "big",
+    "kind",
+    "cold",
+    "round",
+    "young",
+    "blue",
+    "green",
+    "rough",
+    "nice",
+    "quiet",
+    "smart",
+    "furry",
+    "white",
+]
+
+
+def fact_text(e, a, neg=False):
+    return f"{e} is {'not ' if neg else ''}{a}."
+
+
+def rule_text(conds, concl):
+    return f"If someone is {' and '.join(conds)} then they are {concl}."
+
+
+def _neg(c):
+    """The attribute of a negated condition "not x", else None."""
+    return c[4:] if c.startswith("not ") else None
+
+
+def _holds(e, c, known):
+    """Condition c ("x" or "not x") of entity e; a negated x is never concluded by a rule."""
+    x = _neg(c)
+    return (e, x) not in known if x else (e, c) in known
+
+
+def proof_string(nodes):
+    """Serialise proof trees (alternatives joined by OR) in ProofWriter's syntax (see proofwriter.parse_proof)."""
+
+    def prem(n):
+        if n[0] == "fact":
+            return n[1]
+        if n[0] == "naf":
+            return "NAF"
+        return "((" + " ".join(prem(p) for p in n[2]) + f") -> {n[1]})"
+
+    nodes = nodes if isinstance(nodes, list) else [nodes]
+    return "[" + " OR ".join(f"({prem(n)})" for n in nodes) + "]"
+
+
+def all_proofs(fa, facts, rules, known, visiting=frozenset(), cap=4):
+    """Every well-founded proof of fact `fa` (up to `cap`): a triple, or a rule whose conditions
+    have proofs that do not go through `fa` itself."""
+    from itertools import product
+
+    e, a = fa
+    out = [("fact", facts[fa])] if fa in facts else []
+    for rid, conds, concl in rules:
+        if concl != a or any(not _holds(e, c, known) or (e, c) in visiting or (e, c) == fa for c in conds):
+            continue
+        subs = [
+            [("naf", _neg(c))] if _neg(c) else all_proofs((e, c), facts, rules, known, visiting | {fa}, cap)
+            for c in conds
+        ]
+        for combo in product(*subs):
+            out.append(("rule", rid, list(combo), None))
+            if len(out) >= cap:
+                return out
+    return out
+
+
+def closure(facts, rules, entities):
+    """Forward chaining. facts {(e, a): tripleId}; rules [(ruleId, conds, concl)].
+
+    Returns {(e, a): (depth, proof node)} with minimal depth per derivable fact.
+    """
+    known = {fa: (0, ("fact", tid)) for fa, tid in facts.items()}
+    changed = True
+    while changed:
+        changed = False
+        new = {}
+        for rid, conds, concl in rules:
+            for e in entities:
+                if all(_holds(e, c, known) for c in conds) and (e, concl) not in known and (e, concl) not in new:
+                    prem = [known[(e, c)] if not _neg(c) else (0, ("naf", _neg(c))) for c in conds]
+                    new[(e, concl)] = (1 + max(d for d, _ in prem), ("rule", rid, [p for _, p in prem], None))
+        if new:
+            known.update(new)
+            changed = True
+    return known
+
+
+def tree_size(node):
+    return 1 if node[0] in ("fact", "naf") else 1 + sum(tree_size(p) for p in node[2])
+
+
+def _add_naf(rng, rules, attrs):
+    """Give about half the rules a negated condition on an attribute no rule concludes (see the docstring)."""
+    base = [a for a in attrs if a not in {c for _, _, c in rules}]
+    for j, (rid, conds, concl) in enumerate(rules):
+        if not base or rng.random() < 0.5:
+            continue
+        mirror = [c for c in conds if c in base]
+        if mirror and rng.random() < 0.5:  # "if x then y" becomes also "if not x then y" (a new rule replaces it)
+            rules[j] = (rid, [f"not {mirror[0]}"], concl)
+            rules.append((f"rule{len(rules) + 1}", conds, concl))
+        else:
+            x = str(rng.choice([a for a in base if a != concl and a not in conds] or base))
+            rules[j] = (rid, conds[: int(rng.integers(0, len(conds) + 1))] + [f"not {x}"], concl)
+    return rules
+
+
+def _rep(e, a):
+    neg = a.startswith("not ")
+    return f'("{e}" "is" "{a[4:] if neg else a}" "{"-" if neg else "+"}")'
+
+
+def _pick(rng, pool, n, derived_share=0.5):
+    """n of pool (tuples whose 4th field is the proof depth), up to derived_share of them derived."""
+    der = [c for c in pool if c[3]]
+    chosen = [der[i] for i in rng.permutation(len(der))[: int(n * derived_share)]]
+    rest = [c for c in pool if c not in chosen]
+    chosen += [rest[i] for i in rng.permutation(len(rest))[: n - len(chosen)]]
+    return chosen
+
+
+def make_theory(rng, tid, n_statements, max_depth, n_questions=8, naf=False, balanced=False):
+    n_rules = max(1, n_statements // 3) if n_statements > 1 else 0
+    n_facts = n_statements - n_rules
+    n_attr = min(len(ATTRS), max(4, n_statements // 2 + 2))
+    n_ent = max(int(rng.integers(1, 4)), -(-(n_facts + 2) // n_attr))
+    ents = list(rng.choice(ENTITIES, n_ent, replace=False))
+    attrs = list(rng.choice(ATTRS, n_attr, replace=False))
+    pairs = [(e, a) for e in ents for a in attrs]
+    pick = rng.choice(len(pairs), n_facts, replace=False)
+    facts = {pairs[i]: f"triple{j + 1}" for j, i in enumerate(pick)}
+    rules = []
+    for j in range(n_rules):
+        nc = int(rng.integers(1, 3))
+        e = ents[int(rng.integers(len(ents)))]
+        have = [a for (x, a) in facts if x == e]
+        # conditions mostly drawn from what one entity has, so that rules fire
+        conds = (
+            list(rng.choice(have, min(nc, len(have)), replace=False))
+            if have and rng.random() < 0.7
+            else list(rng.choice(attrs, nc, replace=False))
+        )
+        rest = [a for a in attrs if a not in conds]
+        rules.append((f"rule{j + 1}", conds, str(rng.choice(rest))))
+    if naf:
+        rules = _add_naf(rng, rules, attrs)
+    known = closure(facts, rules, ents)
+    if max(d for d, _ in known.values()) > max_depth:
+        return None
+    th = {
+        "id": f"Synth-CWA-D{max_depth}-{tid}",
+        "maxD": max_depth,
+        "NFact": len(facts),
+        "NRule": len(rules),
+        "triples": {
+            t: {"text": fact_text(*fa), "representation": f'("{fa[0].lower()}" "is" "{fa[1]}" "+")'}
+            for fa, t in facts.items()
+        },
+        "rules": {
+            r: {
+                "text": rule_text(c, k),
+                "representation": f"(({' '.join(_rep('someone', str(x)) for x in c)}) -> {_rep('someone', str(k))})",
+            }
+            for r, c, k in rules
+        },
+    }
+    th["theory"] = " ".join([v["text"] for v in th["triples"].values()] + [v["text"] for v in th["rules"].values()])
+    qs, derived, cands = {}, [], []
+    for (e, a), (d, node) in known.items():
+        for c in ((fact_text(e, a), True, "proof", d, node), (fact_text(e, a, True), False, "inv-proof", d, node)):
+            (derived if d > 0 else cands).append(c)
+    for e in ents:
+        for a in attrs:
+            if (e, a) not in known:
+                cands.append((fact_text(e, a), False, "random", None, None))
+                cands.append((fact_text(e, a, True), True, "inv-random", None, None))
+    if balanced:
+        # as many questions of each strategy (proof, inv-proof, random, inv-random), so that neither
+        # the word "not" nor the theory's size tells the answer; up to half of the proof-bearing ones
+        # need a rule (depth >= 1)
+        by = {k: [c for c in derived + cands if c[2] == k] for k in ("proof", "inv-proof", "random", "inv-random")}
+        n = min([n_questions // 4] + [len(v) for v in by.values()])
+        chosen = [c for k in by for c in _pick(rng, by[k], n)]
+        chosen = [chosen[i] for i in rng.permutation(len(chosen))]
+    else:
+        # up to half of the questions need a rule (depth >= 1), the rest are drawn from everything else
+        chosen = [derived[i] for i in rng.permutation(len(derived))[: n_questions // 2]]
+        chosen += [cands[i] for i in rng.permutation(len(cands))[: n_questions - len(chosen)]]
+    if not chosen:
+        return None
+    for j, (text, ans, strat, d, node) in enumerate(chosen):
+        if node is not None:
+            m = _FACT_Q.match(text)
+            alts = all_proofs((m.group(1), m.group(2)), facts, rules, known)
+            alts = [node] + [x for x in alts if x != node]  # the shortest first; several proofs are joined by OR
+            q = {
+                "question": text,
+                "answer": ans,
+                "QDep": d,
+                "QLen": tree_size(node),
+                "strategy": strat,
+                "proofs": proof_string(alts),
+            }
+        elif ans:
+            q = {
+                "question": text,
+                "answer": ans,
+                "QDep": 0,
+                "QLen": 1,
+                "strategy": strat,
+                "proofs": f"[(({text[:-1]}) NAF)]",
+            }
+        else:
+            q = {
+                "question": text,
+                "answer": ans,
+                "QDep": 0,
+                "QLen": "",
+                "strategy": strat,
+                "proofs": f"[@0: {text}[CWA. Example of deepest failure = (FAIL)]]",
+            }
+        qs[f"Q{j + 1}"] = q
+    th["questions"] = qs
+    return th
+
+
+def generate(
+    out,
+    max_depth=1,
+    sizes=(400, 100, 100),
+    groups=(2, 4, 8, 12, 16, 20, 24),
+    seed=0,
+    n_questions=8,
+    naf=False,
+    balanced=False,
+):
+    """Write `<out>/CWA/depth-<max_depth>/meta-{train,dev,test}.jsonl`; returns the folder.
+    balanced: every theory gets as many questions of each of the four strategies (make_theory)."""
+    rng = np.random.default_rng(seed)
+    folder = Path(out) / "CWA" / f"depth-{max_depth}"
+    for split, n in zip(("train", "dev", "test"), sizes):
+        rows, tid = [], 0
+        while len(rows) < n:
+            th = make_theory(
+                rng, f"{split}{tid}", int(groups[len(rows) % len(groups)]), max_depth, n_questions, naf, balanced
+            )
+            tid += 1
+            if th is not None:
+                rows.append(th)
+        write_jsonl(folder / f"meta-{split}.jsonl", rows)
+    return folder
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description="Generate synthetic ProofWriter theories in the original CWA meta-*.jsonl format."
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-depth", type=int, default=1)
+    p.add_argument(
+        "--sizes",
+        type=int,
+        nargs=3,
+        default=[400, 100, 100],
+        metavar=("TRAIN", "DEV", "TEST"),
+        help="theories per split",
+    )
+    p.add_argument(
+        "--groups", type=int, nargs="+", default=[2, 4, 8, 12, 16, 20, 24], help="numbers of statements per theory"
+    )
+    p.add_argument("--questions", type=int, default=8, help="questions per theory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--naf", action="store_true", help="rules with negated conditions (negation as failure)")
+    a = p.parse_args(argv)
+    folder = generate(a.out, a.max_depth, tuple(a.sizes), tuple(a.groups), a.seed, a.questions, a.naf)
+    get_logger().info("wrote %s", folder)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,254 @@
+"""A ProofWriter reasoner trained from scratch: its data, tokenizer, model and training task.
+
+Data: theories from proofwriter_gen in the original release's format (CWA, questions of depth
+0..D, theories of several sizes: the "groups"), split into train / dev / test by theory, with
+every question kind kept: proof (True), inv-proof (False), CWA failure ("random": False) and negation
+as failure ("inv-random": True), drawn as proofwriter_gen draws them (up to half need a rule). That
+draw leaves two shortcuts: the theory's size (small theories hold few provable facts, so most of their
+questions are CWA failures) and the word "not". With balanced=True every theory gets as many
+questions of each kind, so True / False is balanced within every theory and for either polarity
+(README: a model trained on the default draw answers from those shortcuts; on the balanced draw the
+same recipe stays at chance within 15 minutes). `meta.json` records
+the configuration, so a folder holding another one is refused, not silently reused.
+
+Input: exactly the probe's prompt with zero demonstrations,
+    "<statement> <statement> ... <question> True or False?"
+and the answer is read at the last position from the two answer tokens (" True", " False"),
+as the probe reads any LLM (incontext.py). The model is a LlamaForCausalLM built from a config,
+with a word-level fast tokenizer (offsets for the statement spans) saved beside it.
+
+Training batches are bucketed by length: each epoch's seeded permutation is cut into chunks of
+50 batches, each chunk sorted by prompt length and cut into batches, and the batches shuffled;
+the first `curriculum` epochs instead go through all prompts from the shortest to the longest
+(the smallest theories first: matching a question to one fact is learnt before searching 24);
+right padding with an attention mask, the loss at each prompt's last real token.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .incontext import PromptBuilder, answer_ids
+from .utils import MechprobeError, get_logger, iter_jsonl, write_json
+
+log = get_logger()
+WORDS = ["True", "False"]
+MAX_DEPTH = 5
+STRATEGIES = ("proof", "inv-proof", "random", "inv-random")
+
+
+def data_config(depth, sizes, groups, questions, seed, naf=False, balanced=False):
+    cfg = {
+        "depth": int(depth),
+        "sizes": [int(x) for x in sizes],
+        "groups": [int(g) for g in groups],
+        "questions": int(questions),
+        "seed": int(seed),
+        "naf": bool(naf),
+        "setting": "CWA",
+    }
+    if balanced:  # recorded only when set, so folders generated before the option still match
+        cfg["balanced"] = True
+    return cfg
+
+
+def check_config(cfg):
+    if not 0 <= cfg["depth"] <= MAX_DEPTH:
+        raise MechprobeError(f"DEPTH={cfg['depth']}: expected a question depth between 0 and {MAX_DEPTH}")
+    if len(cfg["sizes"]) != 3 or min(cfg["sizes"]) < 1:
+        raise MechprobeError(
+            f"SIZES={' '.join(map(str, cfg['sizes']))}: expected three positive numbers of theories (train dev test)"
+        )
+    if not cfg["groups"] or min(cfg["groups"]) < 1 or max(cfg["groups"]) > 40:
+        raise MechprobeError(
+            f"GROUPS={' '.join(map(str, cfg['groups']))}: expected numbers of statements between 1 and 40"
+        )
+    if cfg["questions"] < 1:
+        raise MechprobeError(f"QUESTIONS={cfg['questions']}: expected at least 1 question per theory")
+
+
+def ensure_data(folder, cfg):
+    """The split files of `folder` for configuration `cfg`, generated (atomically) when absent."""
+    from .proofwriter_gen import generate
+
+    check_config(cfg)
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise MechprobeError(f"{folder}: is a file; DATA_DIR must be a folder")
+    meta = folder / "meta.json"
+    if meta.exists():
+        old = json.loads(meta.read_text())
+        diff = [f"{k.upper()} {old.get(k)!r} (folder) vs {v!r} (asked)" for k, v in cfg.items() if old.get(k) != v]
+        if diff:
+            raise MechprobeError(
+                f"{folder} holds data of another configuration ({'; '.join(diff)}); "
+                "choose another DATA_DIR or delete it"
+            )
+        log.info("using the existing data in %s", folder)
+        return split_files(folder, cfg)
+    if folder.exists() and any(folder.iterdir()):
+        raise MechprobeError(
+            f"{folder}: holds files but no meta.json (an incomplete dataset?); delete it or choose another DATA_DIR"
+        )
+    tmp = folder.with_name("." + folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.info(
+        "generating %s theories (train/dev/test) of %s statements, questions of depth 0..%d, into %s",
+        cfg["sizes"],
+        cfg["groups"],
+        cfg["depth"],
+        folder,
+    )
+    generate(
+        tmp,
+        cfg["depth"],
+        tuple(cfg["sizes"]),
+        tuple(cfg["groups"]),
+        cfg["seed"],
+        cfg["questions"],
+        cfg["naf"],
+        cfg.get("balanced", False),
+    )
+    write_json(tmp / "meta.json", cfg)
+    if folder.exists():
+        folder.rmdir()
+    tmp.rename(folder)
+    return split_files(folder, cfg)
+
+
+def split_files(folder, cfg):
+    base = Path(folder) / "CWA" / f"depth-{cfg['depth']}"
+    return {s: base / f"meta-{f}.jsonl" for s, f in (("train", "train"), ("val", "dev"), ("test", "test"))}
+
+
+def read_questions(path):
+    """Every question of a meta-*.jsonl (all kinds), as items: statements, question, answer word,
+    depth (QDep), strategy, group (number of statements), id."""
+    from .proofwriter import _theory_problem, theory_statements
+
+    items = []
+    for line, th in iter_jsonl(path):
+        problem = _theory_problem(th)
+        if problem:
+            raise MechprobeError(f"{path}:{line}: {problem}")
+        _, texts = theory_statements(th)
+        for qid, q in th["questions"].items():
+            if not isinstance(q, dict) or q.get("answer") not in (True, False):
+                raise MechprobeError(f"{path}:{line}: question {qid}: expected an object with a true/false answer")
+            items.append(
+                {
+                    "id": f"{th.get('id', line)}/{qid}",
+                    "statements": texts,
+                    "question": q["question"],
+                    "answer": "True" if q["answer"] else "False",
+                    "depth": int(q.get("QDep") or 0),
+                    "strategy": q.get("strategy", "?"),
+                    "group": len(texts),
+                }
+            )
+    if not items:
+        raise MechprobeError(f"{path}: no question")
+    return items
+
+
+def build_tokenizer(items):
+    from .tiny import word_tokenizer
+
+    return word_tokenizer([s for it in items for s in it["statements"] + [it["question"]]] + ["True or False ?"])
+
+
+def build_model(tok, layers=4, hidden=128, heads=4, seed=0, max_positions=1024):
+    """A LlamaForCausalLM from a config (intermediate size 4 x hidden), eager attention."""
+    from .tiny import llama_from_config
+
+    return llama_from_config(tok, layers, hidden, heads, heads, 4 * hidden, seed, max_positions)
+
+
+class PromptTask:
+    """ProofWriter questions as a training task (training.run_loop), length-bucketed."""
+
+    def __init__(self, tok, splits, batch_size, seed, curriculum=0):
+        self.tok, self.batch_size, self.seed, self.curriculum = tok, batch_size, seed, curriculum
+        self.word_ids = answer_ids(tok, WORDS)
+        self.items, self.ids = splits, {}
+        for split, items in splits.items():
+            texts = [PromptBuilder().build(it, [])[0] for it in items]
+            enc = tok(texts, add_special_tokens=True)["input_ids"]
+            unk = [i for i, e in enumerate(enc) if tok.unk_token_id in e]
+            if unk:
+                raise MechprobeError(
+                    f"{split}: {len(unk)} prompts have words the tokenizer does not know "
+                    f"(first: {texts[unk[0]][:80]!r})"
+                )
+            self.ids[split] = enc
+        self.answers = {
+            s: torch.tensor([self.word_ids[WORDS.index(it["answer"])] for it in its]) for s, its in splits.items()
+        }
+
+    def epoch_batches(self, epoch):
+        n, bs = len(self.ids["train"]), self.batch_size
+        rng = np.random.default_rng(self.seed * 1000 + epoch)
+        perm = rng.permutation(n)
+        lengths = np.array([len(self.ids["train"][i]) for i in perm])
+        batches = []
+        if epoch < self.curriculum:  # curriculum: the shortest prompts (smallest theories) first
+            srt = perm[np.argsort(lengths, kind="stable")]
+            return [torch.from_numpy(srt[i : i + bs]) for i in range(0, n, bs)]
+        for c in range(0, n, 50 * bs):  # sort within chunks of 50 batches, then cut
+            chunk = perm[c : c + 50 * bs][np.argsort(lengths[c : c + 50 * bs], kind="stable")]
+            batches += [torch.from_numpy(chunk[i : i + bs]) for i in range(0, len(chunk), bs)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def pad(self, split, idx):
+        from .capture import pad_batch
+
+        ids, mask = pad_batch([self.ids[split][int(i)] for i in idx], self.tok.pad_token_id)
+        return ids, mask
+
+    def batch(self, idx):
+        ids, mask = self.pad("train", idx)
+        return ids, mask, self.answers["train"][idx]
+
+    @torch.no_grad()
+    def predictions(self, model, split, batch_size=128):
+        """Predicted answer index (0 True, 1 False) per question: argmax of the two answer tokens' logits."""
+        from .training import last_logits
+
+        model.eval()
+        dev = next(model.parameters()).device
+        order = np.argsort([len(x) for x in self.ids[split]], kind="stable")
+        pred = np.empty(len(order), dtype=int)
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            ids, mask = self.pad(split, idx)
+            logits = last_logits(model, ids.to(dev), mask.to(dev))[:, self.word_ids]
+            pred[idx] = logits.argmax(-1).cpu().numpy()
+        return pred
+
+    def accuracy(self, model, split):
+        gold = np.array([WORDS.index(it["answer"]) for it in self.items[split]])
+        return float((self.predictions(model, split) == gold).mean())
+
+    def breakdown(self, model, split):
+        """Accuracy overall, per question depth, per strategy, and on the proof-bearing questions per depth."""
+        its = self.items[split]
+        ok = self.predictions(model, split) == np.array([WORDS.index(it["answer"]) for it in its])
+
+        def acc(sel):
+            sel = np.asarray(sel, bool)
+            return {"accuracy": float(ok[sel].mean()), "n": int(sel.sum())} if sel.any() else None
+
+        res = {"accuracy": float(ok.mean()), "n": len(its)}
+        res["by_depth"] = {str(d): acc([it["depth"] == d for it in its]) for d in sorted({it["depth"] for it in its})}
+        res["by_strategy"] = {
+            s: acc([it["strategy"] == s for it in its]) for s in sorted({it["strategy"] for it in its})
+        }
+        res["proof_by_depth"] = {
+            str(d): acc([it["depth"] == d and it["strategy"] in ("proof", "inv-proof") for it in its])
+            for d in sorted({it["depth"] for it in its})
+        }
+        res["by_group"] = {str(g): acc([it["group"] == g for it in its]) for g in sorted({it["group"] for it in its})}
+        return res

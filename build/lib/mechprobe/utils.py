@@ -1,0 +1,417 @@
+"""Small shared helpers: errors, atomic writes, JSONL reading, seeding, logging."""
+
+import argparse
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+
+class MechprobeError(Exception):
+    """An error caused by the user's input; `main` prints it as one line and exits 2."""
+
+
+LOG_FORMAT = logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S")
+
+
+def get_logger(name="mechprobe"):
+    """The package's logger: INFO and up, a NullHandler only (the CLIs attach a stream, runs a file)."""
+    log = logging.getLogger(name)
+    if not log.handlers:
+        log.addHandler(logging.NullHandler())
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.INFO)
+    return log
+
+
+def cli_setup():
+    """What a command line (not the library) sets: offline mode, log lines on stderr, quiet transformers."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    log = get_logger()
+    if not any(getattr(h, "_mechprobe_cli", False) for h in log.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(LOG_FORMAT)
+        h._mechprobe_cli = True
+        log.addHandler(h)
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        disable_progress_bars()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def progress(iterable=None, **kw):
+    """tqdm, shown only when stderr is a terminal (log files stay readable)."""
+    from tqdm import tqdm
+
+    off = kw.pop("disable", False)
+    return tqdm(iterable, disable=off or not sys.stderr.isatty(), dynamic_ncols=True, **kw)
+
+
+def seed_everything(seed):
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path in the same folder; rename it onto `path` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _jsonable(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def write_json(path, obj):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, default=_jsonable, allow_nan=False)
+            f.write("\n")
+
+
+def write_jsonl(path, rows):
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            for r in rows:
+                f.write(json.dumps(r, default=_jsonable) + "\n")
+
+
+def read_json(path, what="JSON file"):
+    path = Path(path)
+    if not path.exists():
+        raise MechprobeError(f"{path}: {what} not found")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise MechprobeError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def iter_jsonl(path, on_error=None):
+    """Yield (line_number, object) for each non-blank line; a bad line raises naming file and line,
+    or, given on_error(line_number, message), is reported to it and skipped."""
+    path = Path(path)
+    if not path.exists():
+        raise MechprobeError(f"{path}: file not found")
+    if path.is_dir():
+        raise MechprobeError(f"{path}: is a folder; expected a JSONL file")
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                msg = (
+                    f"{path}:{i}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1}); "
+                    "expected UTF-8 JSON lines"
+                )
+                if on_error is None:
+                    raise MechprobeError(msg) from None
+                on_error(i, msg)
+                continue
+            if not line.strip():
+                continue
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as e:
+                msg = f"{path}:{i}: malformed JSON line ({e.msg}); expected one JSON object per line"
+                if on_error is None:
+                    raise MechprobeError(msg) from None
+                on_error(i, msg)
+
+
+def sha256_file(path):
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def provenance(data_files=()):
+    """Where a run's numbers come from: package versions, git commit, command line, data hashes."""
+    import platform
+    import subprocess
+
+    versions = {"python": platform.python_version()}
+    for pkg in ("mechprobe", "torch", "transformers", "tokenizers", "numpy", "scikit-learn", "safetensors"):
+        try:
+            from importlib.metadata import version
+
+            versions[pkg] = version(pkg)
+        except Exception:  # noqa: BLE001 - not installed
+            pass
+    try:
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                cwd=Path(__file__).resolve().parent,
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    files = {}
+    for f in data_files:
+        f = Path(f)
+        if f.is_file():
+            files[str(f)] = sha256_file(f)
+    return {
+        "versions": versions,
+        "git_commit": commit,
+        "command": sys.argv,
+        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "data_sha256": files,
+    }
+
+
+def write_config(out, settings, data_files=(), **extra):
+    """config.json: the run's settings, `extra` (e.g. device, dtype, threads) and its provenance."""
+    cfg = {
+        **(vars(settings) if isinstance(settings, argparse.Namespace) else dict(settings)),
+        **extra,
+        "provenance": provenance(data_files),
+    }
+    write_json(Path(out) / "config.json", cfg)
+    return cfg
+
+
+def save_figure(fig, path, pdf=False):
+    """Save a matplotlib figure atomically as PNG (and PDF beside it when asked)."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    if pdf:
+        with atomic_path(path.with_suffix(".pdf")) as tmp:
+            fig.savefig(tmp, format="pdf", bbox_inches="tight")
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- argument checks (argparse types)
+
+
+def _typed(cast, ok, what):
+    def check(text):
+        try:
+            v = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what}")
+        return v
+
+    check.__name__ = what
+    return check
+
+
+positive_int = _typed(int, lambda v: v >= 1, "an integer >= 1")
+nonneg_int = _typed(int, lambda v: v >= 0, "an integer >= 0")
+at_least_two = _typed(int, lambda v: v >= 2, "an integer >= 2")
+positive_float = _typed(float, lambda v: v > 0, "a number > 0")
+share = _typed(float, lambda v: 0 <= v <= 1, "a number between 0 and 1")
+
+
+def distinct_seeds(seeds):
+    if len(set(seeds)) != len(seeds):
+        raise MechprobeError(
+            f"SEEDS={' '.join(map(str, seeds))}: a seed is repeated; give distinct seeds (the spread over seeds "
+            "would be wrong)"
+        )
+    return seeds
+
+
+def set_threads(n):
+    """torch intra- and inter-op threads (0: torch's default, all cores). Two torch processes on
+    the same cores slow each other down many times over: give each a share of the cores."""
+    import torch
+
+    if n:
+        torch.set_num_threads(n)
+        try:
+            torch.set_num_interop_threads(n)
+        except RuntimeError:  # only settable before any parallel work started
+            pass
+    return torch.get_num_threads()
+
+
+def check_device(device):
+    """A clear error for a CUDA device on a machine without one."""
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise MechprobeError(
+            f"DEVICE={device}: this machine has no CUDA GPU (torch.cuda.is_available() is False); use DEVICE=cpu"
+        )
+    return device
+
+
+def add_threads_arg(p):
+    p.add_argument(
+        "--threads",
+        type=nonneg_int,
+        default=0,
+        help="torch threads (0: all cores); lower it when another job shares the cores",
+    )
+
+
+def prepare(a):
+    """What every run checks and sets first: the device (unless "auto"), torch's threads (a.threads
+    becomes the number in use), distinct seeds where there are seeds, an OUT_DIR that is no file.
+    Returns the output folder."""
+    if a.device != "auto":
+        check_device(a.device)
+    a.threads = set_threads(a.threads)
+    if getattr(a, "seeds", None) is not None:
+        distinct_seeds(list(a.seeds))
+    out = Path(a.out_dir)
+    if out.exists() and not out.is_dir():
+        raise MechprobeError(f"{out}: is a file; OUT_DIR must be a folder")
+    return out
+
+
+def run_driver(a, outputs, run):
+    """prepare(a), then run(a) inside run_folder(a.out_dir, outputs); returns its results."""
+    prepare(a)
+    with run_folder(a.out_dir, outputs):
+        return run(a)
+
+
+# ---------------------------------------------------------------- run folders
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def run_folder(out, outputs=(), keep=()):
+    """Own an output folder for one run: all-or-nothing outputs, one run at a time.
+
+    * `out` must be a folder (created if missing); a file there is an error.
+    * A lock (`.lock`, holding the pid): a second run into the same folder stops at once naming
+      the other's pid; a lock left by a dead process is taken over.
+    * Leftovers of interrupted writes (`.*.tmp*`) and the stale `outputs` of an earlier run (file
+      names or glob patterns; `keep` are never removed, e.g. a checkpoint to resume from) are removed at the start,
+      so no file of an older run sits beside this run's.
+    * `run.log` holds the run's log lines.
+    * `status.json` says "running" (with the run's id and pid) until the run ends, then
+      "complete", or "failed" / "interrupted": a reader can tell whether the folder holds a
+      finished run.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MechprobeError(f"{out}: is a file; OUT_DIR must be a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / ".lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            other = int(lock.read_text().strip() or 0)
+        except (OSError, ValueError):
+            other = 0
+        if other and other != os.getpid() and _pid_alive(other):
+            raise MechprobeError(
+                f"{out}: another run (pid {other}) is writing into this folder; wait for it or choose another OUT_DIR"
+            ) from None
+        lock.unlink(missing_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    try:
+        for f in out.iterdir():
+            if f.name.startswith(".") and ".tmp" in f.name:
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
+        for pattern in outputs:  # file names or glob patterns
+            for f in out.glob(pattern):
+                if f.name not in keep and f.is_file():
+                    f.unlink()
+        write_json(
+            out / "status.json",
+            {"status": "running", "run_id": run_id, "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+        )
+        fh = logging.FileHandler(out / "run.log", mode="w")
+        fh.setFormatter(LOG_FORMAT)
+        fh.stream.write(
+            f"[{time.strftime('%H:%M:%S')}] run {run_id} into {out}: {' '.join(sys.argv)}\n"
+        )  # run.log only
+        get_logger().addHandler(fh)
+        try:
+            yield run_id
+        except KeyboardInterrupt:
+            write_json(out / "status.json", {"status": "interrupted", "run_id": run_id})
+            raise
+        except BaseException as e:
+            write_json(out / "status.json", {"status": "failed", "run_id": run_id, "error": str(e)[:500]})
+            raise
+        write_json(
+            out / "status.json",
+            {"status": "complete", "run_id": run_id, "finished": time.strftime("%Y-%m-%d %H:%M:%S")},
+        )
+    finally:
+        for h in list(get_logger().handlers):
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == (out / "run.log").resolve():
+                get_logger().removeHandler(h)
+                h.close()
+        lock.unlink(missing_ok=True)
+
+
+def run_main(fn):
+    """Run a CLI main; user errors print one line (no traceback) and exit with status 2."""
+    cli_setup()
+    try:
+        return fn()
+    except MechprobeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
