@@ -22,6 +22,7 @@ BATCH_SIZE=${BATCH_SIZE:-0}
 CACHE_DIR=${CACHE_DIR:-runs/feature_cache}  # captured features kept here; a rerun that changes only the probe does no forward pass
 CACHE=${CACHE:-1}                         # 0: capture again (--no-cache)
 HEAD_MAP=${HEAD_MAP:-1}                   # 1: per-head map of S_P1 / S_P2 (probe_by_head.png; per-head features in the cache)
+KNOCKOUT_ITEMS=${KNOCKOUT_ITEMS:-1024}    # attention knockout (is the tree used?) on at most this many items (0: none)
 VIEW_ITEMS=${VIEW_ITEMS:-4}               # items in the interactive view attention_view.html (0: none)
 OUT_DIR=${OUT_DIR:-runs/probing_arc}
 
@@ -33,5 +34,5 @@ flags=()
 [ -n "$DEMO_DATA" ] && flags+=(--demo-data "$DEMO_DATA")
 python -m mechprobe.probing_arc --data "$DATA" --max-depth "$MAX_DEPTH" --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" \
   --seeds $SEEDS --query-pool "$QUERY_POOL" --dtype "$DTYPE" --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" \
-  --batch-size "$BATCH_SIZE" --cache-dir "$CACHE_DIR" --head-map "$HEAD_MAP" --view-items "$VIEW_ITEMS" --out-dir "$OUT_DIR" "${flags[@]}"
-echo "outputs: $OUT_DIR (probe_results.json, config.json, probe_by_depth.png, probe_by_layer.png, probe_by_head.png, attention_view.html)"
+  --batch-size "$BATCH_SIZE" --cache-dir "$CACHE_DIR" --head-map "$HEAD_MAP" --knockout-items "$KNOCKOUT_ITEMS" --view-items "$VIEW_ITEMS" --out-dir "$OUT_DIR" "${flags[@]}"
+echo "outputs: $OUT_DIR (probe_results.json, config.json, probe_by_depth.png, probe_by_layer.png, probe_by_head.png, knockout*.png, attention_view.html)"

@@ -149,3 +149,9 @@ def test_probing_arc_on_street_fixture(tmp_path):
     assert res["subsets"]["all"]["s_p1"]["n_seeds"] == 1
     assert "undefined" in res["subsets"]["all"]["s_p2"]  # every useful premise is step 0 here
     assert (tmp_path / "o" / "probe_by_layer.png").exists()
+    ko = res["knockout"]  # free-text answers: the drop of the answer tokens' log-probability
+    assert ko["metrics"] == ["logprob_drop"] and ko["base"]["answer_logprob"] < 0
+    assert ko["conditions"]["nothing"]["logprob_drop"] == [0.0] * len(ko["windows"])
+    assert ko["conditions"]["gold useful"]["knocked_per_prompt"] == 2.0  # premises 1 and 2 of 3
+    assert ko["conditions"]["all statements"]["logprob_drop"][0] != 0.0
+    assert (tmp_path / "o" / "knockout.png").exists() and (tmp_path / "o" / "attention_view.html").exists()

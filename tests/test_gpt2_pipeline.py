@@ -102,6 +102,7 @@ def test_probing_gpt2_outputs(trained, tmp_path):
     assert ko["conditions"]["gold useful"]["knocked_per_prompt"] == 2.0  # k=1: two useful numbers per list
     assert set(ko["random not useful"]["margin_drop"]) == {"mean", "std"}
     assert (tmp_path / "knockout_k1.png").stat().st_size > 1000
+    assert (tmp_path / "selectivity_k1.png").stat().st_size > 1000
 
 
 def test_probing_gpt2_k0_undefined(tmp_path):

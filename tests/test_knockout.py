@@ -203,3 +203,24 @@ def test_a_prompt_whose_every_key_would_be_knocked_is_left_out():
     assert every["accuracy"] == [0.0] and every["changed"] == [1.0]  # the second alone: the small 3 knocked
     z = knockout_scores(model, prompts, conds["everything"], [0])
     assert torch.isnan(z[0]).all() and not torch.isnan(z[1]).any()
+
+
+def test_free_text_answer_logprob_by_hand():
+    """scored="answer": the mean log-probability of the answer tokens, by hand, with and without knockout."""
+    model = tiny_llama()
+    prompts = [
+        {"ids": [5, 6, 7, 8, 9, 10, 11], "spans": [(0, 2), (2, 4)], "queries": [4, 5, 6], "target": (5, 7)},
+        {"ids": [12, 13, 14, 15, 16], "spans": [(0, 1), (1, 3)], "queries": [3, 4], "target": (4, 5)},
+    ]
+    z = knockout_scores(model, prompts, [[], []], None, scored="answer")
+    with torch.no_grad():
+        for i, p in enumerate(prompts):
+            lp = model(input_ids=torch.tensor([p["ids"]])).logits[0].log_softmax(-1)
+            a, b = p["target"]
+            expect = torch.stack([lp[t - 1, p["ids"][t]] for t in range(a, b)]).mean()
+            assert z[i, 0].item() == pytest.approx(expect.item(), abs=1e-5)
+    conds = {"nothing": [[], []], "first": [[0], [0]]}
+    res = knockout_study(model, prompts, None, conds, layer_windows(2), scored="answer")
+    assert res["metrics"] == ["logprob_drop"] and res["conditions"]["nothing"]["logprob_drop"] == [0.0, 0.0]
+    zk = knockout_scores(model, prompts, conds["first"], [0, 1], scored="answer")
+    assert res["conditions"]["first"]["logprob_drop"][0] == pytest.approx(float((z - zk).mean()), abs=1e-6)

@@ -249,6 +249,7 @@ def test_probing_reads_the_release_layout_and_never_pools_depths(release, tmp_pa
     assert hm["items"] == subs["depth=1"]["n_items"]
     assert len(hm["entropy"]) == 4 and all(0 < v <= 1 for row in hm["entropy"] for v in row)
     assert (tmp_path / "o" / "probe_by_head.png").stat().st_size > 1000
+    assert (tmp_path / "o" / "selectivity.png").stat().st_size > 1000
     assert set(res["selectivity_p1"]) >= {"mean", "std"} and "control_task_f1_p2" in res
     # knockout: nothing knocked is the unablated model, per depth too
     ko = res["knockout"]

@@ -72,9 +72,9 @@ def key(model_id, enc, word_ids, settings):
 def knockout_key(model_id, prompts, knocked, layers, scored):
     """Key of a knockout pass (knockout.knockout_scores): the model, the prompts (ids, statement
     spans, query positions), the knocked statements, the layers and the scored token ids."""
-    p = _h([[list(x["ids"]), [list(s) for s in x["spans"]], list(x["queries"])] for x in prompts])
+    p = _h([[list(x["ids"]), [list(s) for s in x["spans"]], list(x["queries"]), x.get("target")] for x in prompts])
     k = [[int(i) for i in ks] for ks in knocked]
-    sc = None if scored is None else [int(i) for i in scored]
+    sc = scored if scored is None or isinstance(scored, str) else [int(i) for i in scored]
     return "ko-" + _h({"model": model_id, "prompts": p, "knocked": k, "layers": layers, "scored": sc})[:29]
 
 

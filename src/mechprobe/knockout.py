@@ -97,7 +97,8 @@ def knockout_scores(model, prompts, knocked, layers, scored=None, batch_size=64,
     queries in `layers` (knocked: statement indices per prompt; layers None: no knockout).
 
     prompts: dicts with "ids" (token ids), "spans" (statement token ranges [start, end)),
-    "queries" (the query positions). scored: the token ids scored (W of them; None: all, W = V).
+    "queries" (the query positions). scored: the token ids scored (W of them; None: all, W = V);
+    "answer": (N, 1), the mean log-probability of the prompt's answer tokens (its "target" range).
     cache: a cache.FeatureCache (with model_id, the model's fingerprint) that keeps each pass."""
     if cache is not None and cache.enabled:
         from .cache import knockout_key
@@ -136,13 +137,24 @@ def knockout_scores(model, prompts, knocked, layers, scored=None, batch_size=64,
         else:
             with knockout(model, qm, km, layers):
                 z = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
-        z = z[torch.arange(len(idx), device=z.device), last.to(z.device)].float().cpu()  # (b, V)
-        if scored is not None:
-            z = z[:, scored]
+        if isinstance(scored, str):  # "answer": mean log-probability of each prompt's answer tokens
+            lp = z.float().log_softmax(-1)
+            z = torch.stack([_answer_logprob(lp[b], ids[b], p["target"]) for b, p in enumerate(batch)])[:, None].cpu()
+        else:
+            z = z[torch.arange(len(idx), device=z.device), last.to(z.device)].float().cpu()  # (b, V)
+            if scored is not None:
+                z = z[:, scored]
         z[~whole] = float("nan")
         for b, i in enumerate(idx):
             out[i] = z[b]
     return torch.stack(out)
+
+
+def _answer_logprob(lp, ids, target):
+    """Mean of log p(x_t | x_<t) over the answer tokens t in [a, b): lp (T, V) log-softmax, ids (T,)."""
+    a, b = target
+    t = torch.arange(a, b, device=lp.device)
+    return lp[t - 1, ids.to(lp.device)[t]].mean()
 
 
 def margins(z, gold):
@@ -178,57 +190,70 @@ def layer_windows(n_layers, max_windows=8):
     return [list(range(l, n_layers)) for l in range(0, n_layers, step)]
 
 
+METRICS = ("accuracy", "changed", "margin_drop")  # scored answers (a gold index among the scored tokens)
+LOGPROB_METRICS = ("logprob_drop",)  # free-text answers (scored="answer")
+
+
 def knockout_study(
     model, prompts, gold, conds, windows, scored=None, batch_size=64, desc=None, subsets=None, cache=None
 ):
     """Accuracy, answer-change share and margin drop per condition and window (module docstring).
 
-    gold: (N,) index of the gold answer among the scored tokens. subsets: optional {name: prompt
-    indices}, each summarised like the whole. Returns {"base": {...}, "windows": [first layer of each
-    window], "n_prompts", "conditions": {name: {"knocked_per_prompt": mean, "accuracy": [per window],
-    "changed": [...], "margin_drop": [...]}}, "random not useful": mean and std over the seeds' draws,
-    "subsets": {name: the same for its prompts}}. cache: a cache.FeatureCache keeping every pass."""
+    gold: (N,) index of the gold answer among the scored tokens; with scored="answer" (free-text
+    answers: each prompt has "target", the token range of its answer) gold is None and the one
+    metric is logprob_drop, the drop of the answer tokens' mean log-probability. subsets: optional
+    {name: prompt indices}, each summarised like the whole. Returns {"metrics", "base", "windows":
+    [first layer of each window], "n_prompts", "conditions": {name: {"knocked_per_prompt": mean,
+    <metric>: [per window]}}, "random not useful": mean and std over the seeds' draws, "subsets":
+    {name: the same for its prompts}}. cache: a cache.FeatureCache keeping every pass."""
     from .cache import model_fingerprint
 
-    gold = torch.as_tensor(gold, dtype=torch.long)
+    free = isinstance(scored, str) and scored == "answer"
+    metrics = LOGPROB_METRICS if free else METRICS
     mid = model_fingerprint(model) if cache is not None and cache.enabled else None
     z0 = knockout_scores(model, prompts, [[] for _ in prompts], None, scored, batch_size, cache, mid)
-    m0, p0 = margins(z0, gold), z0.argmax(1)
-    per = {}  # condition -> (correct, changed, margin drop), each (windows, N)
+    if free:
+        m0 = z0[:, 0]
+    else:
+        gold = torch.as_tensor(gold, dtype=torch.long)
+        m0, p0 = margins(z0, gold), z0.argmax(1)
+    per = {}  # condition -> one (windows, N) array per metric
     bar = progress(total=len(conds) * len(windows), desc=desc, unit="pass", disable=desc is None)
     for name, knocked in conds.items():
         rows = []
         for w in windows:
             z = knockout_scores(model, prompts, knocked, w, scored, batch_size, cache, mid)
-            p, skip = z.nan_to_num(0.0).argmax(1), z.isnan().any(1)
+            skip = z.isnan().any(1)
             nan = torch.full_like(m0, float("nan"))
-            rows.append(
-                (
-                    torch.where(skip, nan, (p == gold).float()),
-                    torch.where(skip, nan, (p != p0).float()),
-                    torch.where(skip, nan, m0 - margins(z, gold)),
-                )
-            )
+            if free:
+                vals = (m0 - z[:, 0],)
+            else:
+                p = z.nan_to_num(0.0).argmax(1)
+                vals = ((p == gold).float(), (p != p0).float(), m0 - margins(z, gold))
+            rows.append(tuple(torch.where(skip, nan, v) for v in vals))
             bar.update(1)
         per[name] = [torch.stack(x).numpy() for x in zip(*rows)]
     bar.close()
 
     def summary(idx):
         idx = np.asarray(idx, dtype=int)
+        base = (
+            {"answer_logprob": float(m0[idx].mean())}
+            if free
+            else {"accuracy": float((p0 == gold)[idx].float().mean()), "margin": float(m0[idx].mean())}
+        )
         res = {
+            "metrics": list(metrics),
             "n_prompts": len(idx),
-            "base": {"accuracy": float((p0 == gold)[idx].float().mean()), "margin": float(m0[idx].mean())},
+            "base": base,
             "windows": [w[0] for w in windows],
             "conditions": {},
         }
-        for name, (acc, chg, drop) in per.items():
-            skipped = np.isnan(acc[:, idx]).sum(1)
-            res["conditions"][name] = {
-                "knocked_per_prompt": float(np.mean([len(conds[name][i]) for i in idx])),
-                "accuracy": _mean(acc[:, idx]),
-                "changed": _mean(chg[:, idx]),
-                "margin_drop": _mean(drop[:, idx]),
-            }
+        for name, arrays in per.items():
+            skipped = np.isnan(arrays[0][:, idx]).sum(1)
+            res["conditions"][name] = {"knocked_per_prompt": float(np.mean([len(conds[name][i]) for i in idx]))}
+            for key, arr in zip(metrics, arrays):
+                res["conditions"][name][key] = _mean(arr[:, idx])
             if skipped.any():  # prompts whose every key the condition would block
                 res["conditions"][name]["skipped_prompts"] = skipped.tolist()
         rand = [r for n, r in res["conditions"].items() if n.startswith("random not useful")]
@@ -238,7 +263,7 @@ def knockout_study(
                     "mean": _nan_none(np.nanmean(_arr([r[key] for r in rand]), 0)),
                     "std": _nan_none(np.nanstd(_arr([r[key] for r in rand]), 0)),
                 }
-                for key in ("accuracy", "changed", "margin_drop")
+                for key in metrics
             }
         return res
 
@@ -269,15 +294,15 @@ def _mean(a):
 
 def summary_lines(study):
     """One log line per condition at the all-layers window (and at the others' mean for random)."""
-    lines = [f"knockout, all layers ({study['n_prompts']} prompts, base accuracy {study['base']['accuracy']:.3f}):"]
+    metrics = study.get("metrics", METRICS)
+    base = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in study["base"].items())
+    lines = [f"knockout, all layers ({study['n_prompts']} prompts, unablated: {base}):"]
     for name, r in study["conditions"].items():
         if name.startswith("random not useful"):
             continue
-        lines.append(
-            f"  {name:<24} {r['knocked_per_prompt']:5.1f} statements: accuracy {_f(r['accuracy'][0])}, "
-            f"changed {_f(r['changed'][0])}, margin drop {_f(r['margin_drop'][0])}"
-            + (f" ({r['skipped_prompts'][0]} prompts left out: every key knocked)" if "skipped_prompts" in r else "")
-        )
+        vals = ", ".join(f"{k.replace('_', ' ')} {_f(r[k][0])}" for k in metrics)
+        left = f" ({r['skipped_prompts'][0]} prompts left out: every key knocked)" if "skipped_prompts" in r else ""
+        lines.append(f"  {name:<24} {r['knocked_per_prompt']:5.1f} statements: {vals}{left}")
     rnd = study.get("random not useful")
     if rnd:
         parts = [f"{key.replace('_', ' ')} {_f(rnd[key]['mean'][0])}±{_f(rnd[key]['std'][0])}" for key in rnd]

@@ -15,7 +15,7 @@ from . import plots
 from .cache import DEFAULT_DIR as DEFAULT_CACHE
 from .cache import FeatureCache, control_recipe, model_fingerprint
 from .cache import key as cache_key
-from .features import statement_entropy
+from .features import statement_entropy, token_spans
 from .incontext import answer_ids, auto_batch_size, encode_items, run_items
 from .models import attention_modules, load_model, load_tokenizer, model_device, random_control
 from .probing import ProbeData, head_map, predicted_useful, run_probe, selectivity
@@ -67,6 +67,12 @@ def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True):
             choices=[0, 1],
             default=ProbeSettings.head_map,
             help="1: capture per-head features and map S_P1 / S_P2 of each head (probe_by_head.png)",
+        )
+        g.add_argument(
+            "--knockout-items",
+            type=nonneg_int,
+            default=1024,
+            help="attention knockout (is the tree used?) on at most this many items (0: none)",
         )
         g.add_argument(
             "--view-items",
@@ -317,21 +323,29 @@ def probe_items(st, tok, model, items, demos, builder, words, source, by=("group
 
 
 def knockout_items(st, tok, model, items, demos, builder, words, source, feats, n_items=1024):
-    """Knockout study (knockout.py) on at most n_items items with a tree and a gold answer word (a
-    seeded sample): the question and answer positions (question tokens to the prompt's end) are
-    blocked from the gold useful statements, from those the P1 probe predicts useful (out-of-fold,
-    all layers, folds of the first seed), from as many not-useful statements drawn per seed, or from
-    every statement (does the answer depend on the theory at all?); in layers >= l. Summarised over
-    all of them and per depth."""
+    """Knockout study (knockout.py) on at most n_items items with a tree (a seeded sample): the
+    question and answer positions (question tokens to the prompt's end) are blocked from the gold
+    useful statements, from those the P1 probe predicts useful (out-of-fold, all layers, folds of
+    the first seed), from as many not-useful statements drawn per seed, or from every statement
+    (does the answer depend on the theory at all?); in layers >= l. Summarised over all of them and
+    per depth. With answer words (ProofWriter): accuracy, changed answers, margin drop; without
+    (ARC: the answer is text at the prompt's end), the drop of its tokens' mean log-probability."""
     from . import knockout as ko
 
+    free = not words
     keep = [
         i
         for i, it in enumerate(items)
-        if it["answer"] in words and it.get("useful") is not None and any(it["useful"]) and not all(it["useful"])
+        if (free or it["answer"] in words)
+        and it.get("useful") is not None
+        and any(it["useful"])
+        and not all(it["useful"])
     ]
     if not keep:
-        return {"undefined": "no item has both useful and not-useful statements and a gold answer word"}
+        return {
+            "undefined": "no item has both useful and not-useful statements"
+            + ("" if free else " and a gold answer word")
+        }
     data = ProbeData([feats[i] for i in keep], [items[i]["useful"] for i in keep], [items[i]["step"] for i in keep])
     pred = predicted_useful(data, st.folds, st.seeds[0], probe_device(model))
     if len(keep) > n_items:
@@ -340,6 +354,12 @@ def knockout_items(st, tok, model, items, demos, builder, words, source, feats, 
     sel = [items[i] for i in keep]
     enc = encode_items(tok, sel, [demos[i] for i in keep], builder, source)
     prompts = [{"ids": e["ids"], "spans": e["spans"], "queries": range(e["query"][0], len(e["ids"]))} for e in enc]
+    if free:
+        for p, e, it in zip(prompts, enc, sel):
+            a = e["text"].rindex(it["answer"])  # the answer ends the prompt
+            off = tok(e["text"], return_offsets_mapping=True)["offset_mapping"]
+            ((t0, t1),) = token_spans(off, [(a, a + len(it["answer"]))], e["text"], f"{source}: {it['id']} (answer)")
+            p["target"] = (max(t0, 1), t1)
     conds = ko.conditions([it["useful"] for it in sel], pred, st.seeds)
     conds["all statements"] = [list(range(len(it["statements"]))) for it in sel]  # does it read the theory at all?
     depths = sorted({it["depth"] for it in sel if it.get("depth") is not None})
@@ -348,10 +368,10 @@ def knockout_items(st, tok, model, items, demos, builder, words, source, feats, 
     return ko.knockout_study(
         model,
         prompts,
-        [words.index(it["answer"]) for it in sel],
+        None if free else [words.index(it["answer"]) for it in sel],
         conds,
         ko.layer_windows(len(attention_modules(model))),
-        scored=answer_ids(tok, words),
+        scored="answer" if free else answer_ids(tok, words),
         batch_size=bs,
         desc="knockout",
         subsets=subsets,
@@ -479,6 +499,8 @@ def report(res, out, title, key="group"):
         plots.by_group_per_depth(
             per, Path(out) / f"probe_by_{key}.png", Path(out) / f"accuracy_by_{key}.png", key, title
         )
+    if "selectivity_p1" in res:
+        plots.selectivity_figure(res, Path(out) / "selectivity.png", f"{title}: control-task selectivity (depth >= 1)")
     if "head_map" in res:
         hm = res["head_map"]
         for key in ("top_p1", "top_p2"):

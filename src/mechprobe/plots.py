@@ -105,7 +105,7 @@ def heatmap_grid(
     axes[0, 0].set_ylabel(ylabel)
     fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
     if suptitle:
-        fig.suptitle(suptitle)
+        fig.suptitle(suptitle, y=1.0 + 0.25 / fig.get_figheight())  # above the panels' titles (tight bbox)
     save_figure(fig, path, pdf=pdf)
 
 
@@ -277,27 +277,35 @@ def by_group_per_depth(per, probe_path, acc_path, key="group", title=""):
 
 
 def knockout_figure(study, path, title=""):
-    """Accuracy, answer-change share and margin drop against the first knocked layer, one line per
-    condition (the random not-useful draws as mean ± std over seeds)."""
+    """Each metric of the study (accuracy, share of answers changed, margin drop; or the answer's
+    log-probability drop) against the first knocked layer, one line per condition (the random
+    not-useful draws as mean ± std over seeds)."""
     x = study["windows"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    labels = {
+        "accuracy": "accuracy",
+        "changed": "share of answers changed",
+        "margin_drop": "gold-answer margin drop",
+        "logprob_drop": "answer log-probability drop",
+    }
+    metrics = study.get("metrics", ["accuracy", "changed", "margin_drop"])
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics) + 0.4, 3.8), squeeze=False)
+    axes = axes[0]
     rand = study.get("random not useful")
-    for ax, key, lab in zip(
-        axes,
-        ("accuracy", "changed", "margin_drop"),
-        ("accuracy", "share of answers changed", "gold-answer margin drop"),
-    ):
+    for ax, key in zip(axes, metrics):
         for name, r in study["conditions"].items():
             if name.startswith("random not useful"):
                 continue
-            ax.plot(x, r[key], marker="o", ms=3, label=f"{name} ({r['knocked_per_prompt']:.1f}/prompt)")
+            y = [np.nan if v is None else v for v in r[key]]
+            ax.plot(x, y, marker="o", ms=3, label=f"{name} ({r['knocked_per_prompt']:.1f}/prompt)")
         if rand:
-            m, sd = np.array(rand[key]["mean"]), np.array(rand[key]["std"])
+            m = np.array([np.nan if v is None else v for v in rand[key]["mean"]])
+            sd = np.array([0 if v is None else v for v in rand[key]["std"]])
             ax.errorbar(x, m, yerr=sd, marker="o", ms=3, capsize=3, label="random not useful (seeds)")
-        ax.set(xlabel="knocked layers: l and above", ylabel=lab)
+        ax.set(xlabel="knocked layers: l and above", ylabel=labels[key])
         ax.set_xticks(x)
         ax.axhline(0, color="grey", lw=0.5)
-    axes[0].axhline(study["base"]["accuracy"], color="grey", ls="--", lw=0.8)
+    if "accuracy" in study["base"]:
+        axes[0].axhline(study["base"]["accuracy"], color="grey", ls="--", lw=0.8)
     axes[0].legend(fontsize=7)
     fig.suptitle(title or "attention knockout: queries blocked from the chosen statements")
     save_figure(fig, path)
@@ -321,3 +329,27 @@ def head_map_figure(hm, path, suptitle):
         vmax=1,
         suptitle=suptitle,
     )
+
+
+def selectivity_figure(res, path, title=""):
+    """Control-task selectivity (probing.selectivity): per probe, F1 on the real labels, F1 on the
+    control task (labels fixed at random per surface type) and, when given, the random-init
+    control's F1 on the real labels; the selectivity (real - control task) written above."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    w = 0.26
+    for i, p in enumerate(("p1", "p2")):
+        sel, ctl = res.get(f"selectivity_{p}", {}), res.get(f"control_task_f1_{p}", {})
+        if "mean" not in sel or "mean" not in ctl:
+            continue
+        real = sel["mean"] + ctl["mean"]
+        bars = [(real, "real labels", "tab:blue"), (ctl["mean"], "control task", "tab:orange")]
+        rnd = res.get(f"control_f1_{p}", {})
+        if "mean" in rnd:
+            bars.append((rnd["mean"], "random-init model", "tab:grey"))
+        for j, (v, lab, c) in enumerate(bars):
+            ax.bar(i + (j - 1) * w, v, w, color=c, label=lab if i == 0 else None)
+        ax.text(i, real + 0.04, f"selectivity {sel['mean']:.3f} ± {sel['std']:.3f}", ha="center", fontsize=8)
+    ax.set_xticks([0, 1], ["P1 (useful?)", "P2 (step)"])
+    ax.set(ylabel="macro F1 (all layers)", ylim=(0, 1.15), title=title or "control-task selectivity")
+    ax.legend(fontsize=7, loc="lower right")
+    save_figure(fig, path)

@@ -10,7 +10,16 @@ from pathlib import Path
 
 from . import arc
 from .incontext import PromptBuilder, pick_demos
-from .llmprobe import ProbeSettings, add_model_args, load_args, probe_items, report, write_view
+from .llmprobe import (
+    ProbeSettings,
+    add_model_args,
+    knockout_items,
+    load_args,
+    probe_items,
+    report,
+    report_knockout,
+    write_view,
+)
 from .utils import (
     MechprobeError,
     get_logger,
@@ -32,6 +41,7 @@ OUTPUTS = (
     "probe_by_head.png",
     "accuracy_by_depth.png",
     "attention_view.html",
+    "knockout*.png",
 )
 
 
@@ -92,8 +102,12 @@ def run(a):
         model_dtype=str(next(model.parameters()).dtype),
         model_device=str(next(model.parameters()).device),
     )
+    if a.knockout_items:
+        res["knockout"] = knockout_items(st, tok, model, items, demos, builder, [], a.data, feats, a.knockout_items)
     write_json(out / "probe_results.json", res)
     report(res, out, "ARC", key="depth")
+    if "knockout" in res:
+        report_knockout(res["knockout"], out, "ARC attention knockout")
     write_view(a, st, tok, model, items, demos, builder, [], a.data, feats, f"ARC: {mpath}")
     print(f"results: {out / 'probe_results.json'}  plots: {out}/probe_by_depth.png, probe_by_layer.png")
     return res

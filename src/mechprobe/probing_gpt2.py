@@ -143,6 +143,7 @@ OUTPUTS = (
     "probe_by_head_k2.png",
     "probe_by_head_k3.png",
     "knockout_k*.png",
+    "selectivity_k*.png",
 )
 
 
@@ -235,6 +236,7 @@ def run(a):
             plots.knockout_figure(
                 r["knockout"], out / f"knockout_k{r['k']}.png", f"attention knockout (k={r['k']}): last token blocked"
             )
+        plots.selectivity_figure(r, out / f"selectivity_k{r['k']}.png", f"control-task selectivity (k={r['k']})")
         hm = r["head_map"]
         plots.head_map_figure(
             hm,

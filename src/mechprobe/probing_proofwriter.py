@@ -22,7 +22,7 @@ from .llmprobe import (
     write_view,
 )
 from .proofwriter import statement_type
-from .utils import get_logger, nonneg_int, run_driver, run_main, seed_everything, write_config, write_json
+from .utils import get_logger, run_driver, run_main, seed_everything, write_config, write_json
 
 log = get_logger()
 
@@ -36,6 +36,7 @@ OUTPUTS = (
     "probe_by_depth.png",
     "probe_by_layer.png",
     "probe_by_head.png",
+    "selectivity.png",
     "knockout*.png",
     "attention_view.html",
 )
@@ -68,12 +69,6 @@ def parser():
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) malformed questions instead of stopping")
     p.add_argument(
         "--naf", action="store_true", help="generated theories get rules with negated conditions (negation as failure)"
-    )
-    p.add_argument(
-        "--knockout-items",
-        type=nonneg_int,
-        default=1024,
-        help="attention knockout (is the tree used?) on at most this many questions (0: none)",
     )
     add_model_args(p, limit=0, n_demos=0)
     return p
