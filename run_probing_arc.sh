@@ -22,7 +22,7 @@ BATCH_SIZE=${BATCH_SIZE:-0}
 CACHE_DIR=${CACHE_DIR:-runs/feature_cache}  # captured features kept here; a rerun that changes only the probe does no forward pass
 CACHE=${CACHE:-1}                         # 0: capture again (--no-cache)
 HEAD_MAP=${HEAD_MAP:-1}                   # 1: per-head map of S_P1 / S_P2 (probe_by_head.png; per-head features in the cache)
-KNOCKOUT_ITEMS=${KNOCKOUT_ITEMS:-1024}    # attention knockout (is the tree used?) on at most this many items (0: none)
+KNOCKOUT_ITEMS=${KNOCKOUT_ITEMS:-32}      # attention knockout (is the tree used?) on at most this many items (0: none; 29 passes over ~1,300-token prompts each)
 VIEW_ITEMS=${VIEW_ITEMS:-4}               # items in the interactive view attention_view.html (0: none)
 OUT_DIR=${OUT_DIR:-runs/probing_arc}
 

@@ -81,6 +81,24 @@ def knockout(model, query_mask, key_mask, layers=None):
             h.remove()
 
 
+@contextmanager
+def fast_attention(model):
+    """SDPA attention for the duration (no (T, T) weight matrix is built; the knockout's mask edit
+    acts on it the same), back to the model's own implementation after; unchanged where the model
+    has no SDPA path."""
+    old = getattr(model.config, "_attn_implementation", None)
+    try:
+        model.set_attn_implementation("sdpa")
+        switched = old != "sdpa"
+    except Exception:  # noqa: BLE001 - a model without SDPA keeps its attention
+        switched = False
+    try:
+        yield
+    finally:
+        if switched:
+            model.set_attn_implementation(old)
+
+
 def key_masks(prompts, knocked, T):
     """(B, T) bool key mask: the token spans of the knocked statements of each prompt."""
     km = torch.zeros(len(prompts), T, dtype=torch.bool)
@@ -132,11 +150,12 @@ def knockout_scores(model, prompts, knocked, layers, scored=None, batch_size=64,
         )
         km[~whole] = False
         last = mask.sum(1) - 1
-        if layers is None or not km.any():
-            z = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
-        else:
-            with knockout(model, qm, km, layers):
+        with fast_attention(model):
+            if layers is None or not km.any():
                 z = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+            else:
+                with knockout(model, qm, km, layers):
+                    z = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
         if isinstance(scored, str):  # "answer": mean log-probability of each prompt's answer tokens
             lp = z.float().log_softmax(-1)
             z = torch.stack([_answer_logprob(lp[b], ids[b], p["target"]) for b, p in enumerate(batch)])[:, None].cpu()

@@ -24,9 +24,10 @@ from .utils import MechprobeError, add_threads_arg, at_least_two, get_logger, no
 log = get_logger()
 
 
-def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True):
+def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True, knockout_items=1024):
     """Model and probe options shared by the LLM drivers; `limit`, `seeds`, `n_demos`: the driver's defaults;
-    probing: a probing driver (per-head map --head-map, HTML view --view-items)."""
+    probing: a probing driver (per-head map --head-map, knockout --knockout-items with the driver's
+    default `knockout_items`, HTML view --view-items)."""
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
@@ -71,7 +72,7 @@ def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True):
         g.add_argument(
             "--knockout-items",
             type=nonneg_int,
-            default=1024,
+            default=knockout_items,
             help="attention knockout (is the tree used?) on at most this many items (0: none)",
         )
         g.add_argument(

@@ -57,7 +57,7 @@ def parser():
         help="file to draw demonstrations from (default: the same file, never the item itself)",
     )
     p.add_argument("--max-depth", type=int, default=2, help="keep items whose proof depth is at most this")
-    add_model_args(p)
+    add_model_args(p, knockout_items=32)  # ARC's prompts (4 demonstrations) are long: 29 passes each
     return p
 
 
