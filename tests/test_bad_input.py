@@ -116,6 +116,33 @@ def test_finetune_numbers_out_of_range(capsys, tmp_path, flag, value):
     assert not (tmp_path / "data").exists()
 
 
+@pytest.mark.parametrize(
+    "module,flag,value,msg",
+    [
+        ("finetune_proofwriter", "--lm-weight", "-1", "expected a number >= 0"),
+        ("finetune_proofwriter", "--curriculum", "-1", "expected an integer >= 0"),
+        ("finetune_proofwriter", "--balanced", "2", "invalid choice"),
+        ("probing_gpt2", "--knockout", "2", "invalid choice"),
+        ("probing_proofwriter", "--knockout-items", "-1", "expected an integer >= 0"),
+        ("probing_proofwriter", "--view-items", "-2", "expected an integer >= 0"),
+        ("probing_arc", "--head-map", "3", "invalid choice"),
+    ],
+)
+def test_new_options_out_of_range(capsys, tmp_path, module, flag, value, msg):
+    import importlib
+
+    mod = importlib.import_module(f"mechprobe.{module}")
+    base = {
+        "finetune_proofwriter": ["--out-dir", str(tmp_path / "o")],
+        "probing_gpt2": ["--models", "m", "--data-dirs", "d", "--out-dir", str(tmp_path / "o")],
+        "probing_proofwriter": ["--data", "d", "--model", "tiny", "--out-dir", str(tmp_path / "o")],
+        "probing_arc": ["--model", "tiny", "--out-dir", str(tmp_path / "o")],
+    }[module]
+    code, err = cli_error(capsys, mod.main, [*base, flag, value])
+    assert code == 2 and f"argument {flag}" in err and msg in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_zero_steps_and_duplicate_seeds(tmp_path):
     with pytest.raises(MechprobeError, match="nothing to train: MAX_STEPS=0 and EPOCHS=0"):
         finetune.main(args(tmp_path, "r", "--max-steps", "0", "--epochs", "0"))

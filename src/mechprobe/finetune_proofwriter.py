@@ -16,6 +16,7 @@ from .utils import (
     MechprobeError,
     add_threads_arg,
     get_logger,
+    nonneg_float,
     nonneg_int,
     positive_float,
     positive_int,
@@ -171,7 +172,7 @@ def parser():
     )
     p.add_argument(
         "--lm-weight",
-        type=float,
+        type=nonneg_float,
         help="weight of the auxiliary next-token loss on the prompt's tokens (0: the answer's loss only)",
     )
     p.add_argument(

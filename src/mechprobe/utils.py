@@ -249,6 +249,7 @@ positive_int = _typed(int, lambda v: v >= 1, "an integer >= 1")
 nonneg_int = _typed(int, lambda v: v >= 0, "an integer >= 0")
 at_least_two = _typed(int, lambda v: v >= 2, "an integer >= 2")
 positive_float = _typed(float, lambda v: v > 0, "a number > 0")
+nonneg_float = _typed(float, lambda v: v >= 0, "a number >= 0")
 share = _typed(float, lambda v: 0 <= v <= 1, "a number between 0 and 1")
 
 
