@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-from .models import attention_modules, model_device
+from .models import attention_modules, last_logits, model_device
 from .utils import MechprobeError
 
 ROWS_IMPL = "mechprobe_rows"
@@ -228,15 +228,10 @@ def capture(model, input_ids, attention_mask, query_positions, layers=None, retu
     if method not in ("auto", "rows", "hooks"):
         raise MechprobeError(f"capture method {method!r}: expected auto, rows or hooks")
     use_rows = method == "rows" or (method == "auto" and rows_supported(model))
-    last = lengths - 1
-    kw = {}
-    if _accepts_logits_to_keep(model):
-        keep = torch.unique(last)  # the LM head runs on these positions only
-        kw["logits_to_keep"] = keep.to(dev)
     try:
         with (RowsRecorder if use_rows else AttentionRecorder)(model, layers) as rec:
             rec.query_positions = qp
-            out = model(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev), **kw)
+            logits = last_logits(model, input_ids.to(dev), attention_mask.to(dev))  # (B, V)
             if use_rows and len(rec.rows) != len(rec.layers) and method == "auto":
                 use_rows = None  # this model's attention does not use the interface: fall back below
             else:
@@ -249,14 +244,4 @@ def capture(model, input_ids, attention_mask, query_positions, layers=None, retu
         use_rows = None
     if use_rows is None:
         return capture(model, input_ids, attention_mask, query_positions, layers, return_logits, "hooks")
-    if not return_logits:
-        return Capture(rows, None)
-    col = torch.searchsorted(kw["logits_to_keep"].cpu(), last) if kw else last
-    logits = out.logits[torch.arange(len(last), device=out.logits.device), col.to(out.logits.device)]  # (B, V)
-    return Capture(rows, logits.float().cpu())
-
-
-def _accepts_logits_to_keep(model):
-    import inspect
-
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    return Capture(rows, logits.float().cpu() if return_logits else None)

@@ -83,7 +83,7 @@ def pick_demos(items, n_demos, seed, pool=None):
 
 
 def encode_items(tokenizer, items, demos, builder, source="items"):
-    """Token ids, statement token spans and question token positions of every prompt."""
+    """Token ids, statement token spans, question token positions, text and offset mapping of every prompt."""
     enc = []
     for it, ds in zip(items, demos):
         text, spans, qspan = builder.build(it, ds)
@@ -91,7 +91,15 @@ def encode_items(tokenizer, items, demos, builder, source="items"):
         where = f"{source}:{it['line']}: question {it['id']}" if "line" in it else f"{source}: question {it['id']}"
         st = token_spans(e["offset_mapping"], spans, text, where)
         ((q0, q1),) = token_spans(e["offset_mapping"], [qspan], text, where + " (question)")
-        enc.append({"ids": e["input_ids"], "spans": st, "query": list(range(q0, q1)), "text": text})
+        enc.append(
+            {
+                "ids": e["input_ids"],
+                "spans": st,
+                "query": list(range(q0, q1)),
+                "text": text,
+                "offsets": e["offset_mapping"],
+            }
+        )
     return enc
 
 

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from .capture import pad_batch
-from .models import attention_modules, model_device
+from .capture import pad_batch, pad_queries
+from .models import attention_modules, logits_at, model_device
 from .utils import MechprobeError, progress
 
 
@@ -42,14 +42,13 @@ def knockout(model, query_mask, key_mask, layers=None):
     if qm.shape != km.shape or qm.dim() != 2:
         raise MechprobeError(f"query_mask {tuple(qm.shape)} and key_mask {tuple(km.shape)} must both be (B, T)")
     B, T = qm.shape
-    causal = torch.ones(T, T, dtype=torch.bool).tril()  # (T, T) key t visible from query q
-    blocked = qm[:, :, None] & km[:, None, :]  # (B, Tq, Tk)
-    left = (causal & ~blocked).any(-1) | ~qm  # every query keeps a key
-    if not left.all():
-        b, q = (~left).nonzero()[0].tolist()
+    starved = starved_queries(qm, km)
+    if starved.any():
+        b, q = starved.nonzero()[0].tolist()
         raise MechprobeError(f"knockout would block every key of query position {q} in prompt {b}")
-    blocked = blocked[:, None]  # (B, 1, T, T)
-    cache = {}
+    causal = torch.ones(T, T, dtype=torch.bool).tril()  # (T, T) key t visible from query q
+    blocked = (qm[:, :, None] & km[:, None, :])[:, None]  # (B, 1, Tq, Tk)
+    on_device = {}  # the blocked entries on each device the layers run on
 
     def pre_hook(module, args, kwargs):
         h = kwargs.get("hidden_states", args[0] if args else None)
@@ -58,11 +57,7 @@ def knockout(model, query_mask, key_mask, layers=None):
                 f"knockout was set for {B} prompts of {T} tokens; the forward has {tuple(h.shape[:2])}"
             )
         m = kwargs.get("attention_mask")
-        key = (h.device, h.dtype, None if m is None else (m.dtype, tuple(m.shape)))
-        if key not in cache:
-            cache.clear()
-            cache[key] = blocked.to(h.device)
-        blk = cache[key]
+        blk = on_device.setdefault(h.device, blocked.to(h.device))
         if m is None:  # SDPA's causal shortcut: build the causal mask it stands for
             m = torch.zeros(B, 1, T, T, dtype=h.dtype, device=h.device).masked_fill(~causal.to(h.device), float("-inf"))
         if m.shape[-1] > T:  # a key axis longer than the prompt (static cache): extend with False
@@ -79,6 +74,14 @@ def knockout(model, query_mask, key_mask, layers=None):
     finally:
         for h in handles:
             h.remove()
+
+
+def starved_queries(query_mask, key_mask):
+    """(B, T) bool: the query positions that would see no key at all (under the causal mask) once
+    the keys of key_mask are blocked from them."""
+    T = query_mask.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    return query_mask & ~(causal & ~key_mask[:, None, :]).any(-1)
 
 
 @contextmanager
@@ -140,40 +143,30 @@ def knockout_scores(model, prompts, knocked, layers, scored=None, batch_size=64,
         qm = torch.zeros(len(idx), T, dtype=torch.bool)
         for b, p in enumerate(batch):
             qm[b, list(p["queries"])] = True
-        km = key_masks(batch, [knocked[i] for i in idx], T)
-        # a prompt whose query would see no key at all is left out of the condition (a NaN row)
-        causal = torch.ones(T, T, dtype=torch.bool).tril()
-        whole = (
-            ((causal & ~km[:, None, :]).any(-1) | ~qm).all(1)
-            if layers is not None
-            else torch.ones(len(idx), dtype=torch.bool)
-        )
-        km[~whole] = False
-        last = mask.sum(1) - 1
+        km = key_masks(batch, [knocked[i] for i in idx], T) if layers is not None else torch.zeros_like(qm)
+        starved = starved_queries(qm, km).any(1)  # left out of the condition (a NaN row)
+        km[starved] = False
+        if isinstance(scored, str):  # "answer": the positions that predict each answer token
+            pos = pad_queries([range(p["target"][0] - 1, p["target"][1] - 1) for p in batch])
+        else:
+            pos = (mask.sum(1) - 1)[:, None]  # the last token
+        pos_ok = pos >= 0
         with fast_attention(model):
-            if layers is None or not km.any():
-                z = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
+            if not km.any():
+                z = logits_at(model, ids.to(dev), mask.to(dev), pos.clamp(min=0)).float().cpu()  # (b, P, V)
             else:
                 with knockout(model, qm, km, layers):
-                    z = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
-        if isinstance(scored, str):  # "answer": mean log-probability of each prompt's answer tokens
-            lp = z.float().log_softmax(-1)
-            z = torch.stack([_answer_logprob(lp[b], ids[b], p["target"]) for b, p in enumerate(batch)])[:, None].cpu()
+                    z = logits_at(model, ids.to(dev), mask.to(dev), pos.clamp(min=0)).float().cpu()
+        if isinstance(scored, str):  # mean log-probability of each prompt's answer tokens
+            nxt = ids.gather(1, (pos.clamp(min=0) + 1).clamp(max=T - 1))  # (b, P) the tokens predicted
+            lp = z.log_softmax(-1).gather(2, nxt[:, :, None])[:, :, 0]
+            z = ((lp * pos_ok).sum(1) / pos_ok.sum(1))[:, None]
         else:
-            z = z[torch.arange(len(idx), device=z.device), last.to(z.device)].float().cpu()  # (b, V)
-            if scored is not None:
-                z = z[:, scored]
-        z[~whole] = float("nan")
+            z = z[:, 0] if scored is None else z[:, 0, scored]
+        z[starved] = float("nan")
         for b, i in enumerate(idx):
             out[i] = z[b]
     return torch.stack(out)
-
-
-def _answer_logprob(lp, ids, target):
-    """Mean of log p(x_t | x_<t) over the answer tokens t in [a, b): lp (T, V) log-softmax, ids (T,)."""
-    a, b = target
-    t = torch.arange(a, b, device=lp.device)
-    return lp[t - 1, ids.to(lp.device)[t]].mean()
 
 
 def margins(z, gold):

@@ -358,8 +358,8 @@ def knockout_items(st, tok, model, items, demos, builder, words, source, feats, 
     if free:
         for p, e, it in zip(prompts, enc, sel):
             a = e["text"].rindex(it["answer"])  # the answer ends the prompt
-            off = tok(e["text"], return_offsets_mapping=True)["offset_mapping"]
-            ((t0, t1),) = token_spans(off, [(a, a + len(it["answer"]))], e["text"], f"{source}: {it['id']} (answer)")
+            where = f"{source}: {it['id']} (answer)"
+            ((t0, t1),) = token_spans(e["offsets"], [(a, a + len(it["answer"]))], e["text"], where)
             p["target"] = (max(t0, 1), t1)
     conds = ko.conditions([it["useful"] for it in sel], pred, st.seeds)
     conds["all statements"] = [list(range(len(it["statements"]))) for it in sel]  # does it read the theory at all?
@@ -407,7 +407,6 @@ def view_items(st, tok, model, items, demos, builder, words, source, feats, n=4)
     for j, (it, e) in enumerate(zip(items[:n], enc)):
         T = len(e["ids"])
         att = pool_queries(rows[j][:, :, :, :T], st.query_pool, len(e["query"]))  # (L, H, T)
-        offsets = tok(e["text"], return_offsets_mapping=True)["offset_mapping"]
         pred = trees.get(j)
         stmts = [
             {
@@ -422,7 +421,7 @@ def view_items(st, tok, model, items, demos, builder, words, source, feats, n=4)
         out.append(
             htmlview.example(
                 f"{it['id']} (depth {it.get('depth')})",
-                htmlview.token_texts(e["text"], offsets),
+                htmlview.token_texts(e["text"], e["offsets"]),
                 att,
                 stmts,
                 it.get("answer"),

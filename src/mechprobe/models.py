@@ -104,6 +104,31 @@ def model_device(model):
     return next(model.parameters()).device
 
 
+def last_logits(model, ids, mask=None):
+    """Logits (B, V) at each prompt's last real token (right padding, mask (B, T); None: no padding)."""
+    last = mask.sum(1) - 1 if mask is not None else torch.full((len(ids),), ids.shape[1] - 1, device=ids.device)
+    return logits_at(model, ids, mask, last[:, None])[:, 0]
+
+
+def logits_at(model, ids, mask, positions):
+    """Logits (B, P, V) at positions (B, P) of each prompt. Where the model takes `logits_to_keep`,
+    its LM head runs on those positions only (not on all T: (B, T, V) is large for a real vocabulary)."""
+    positions = positions.to(ids.device)
+    if _accepts_logits_to_keep(model):
+        keep = torch.unique(positions)
+        z = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits  # (B, K, V)
+        col = torch.searchsorted(keep, positions)
+    else:
+        z, col = model(input_ids=ids, attention_mask=mask).logits, positions
+    return z.gather(1, col.to(z.device)[:, :, None].expand(-1, -1, z.shape[-1]))
+
+
+def _accepts_logits_to_keep(model):
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
 def scratch_gpt2(vocab_size, **overrides):
     """The embedded default architecture (random weights)."""
     from transformers import GPT2Config, GPT2LMHeadModel

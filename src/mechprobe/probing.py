@@ -149,9 +149,8 @@ def oof_tree(data, n_folds=2, seed=0, device="cpu"):
     pred = np.full(len(X), -1)
     for f in np.unique(folds):
         te, tr = folds == f, folds != f
-        u = tr & (data.useful == 1)
-        p1 = knn_predict(X[tr], data.useful[tr], X[te], device=device) if len(np.unique(data.useful[tr])) > 1 else None
-        p1 = np.full(te.sum(), data.useful[tr][0]) if p1 is None else p1
+        u, y1 = tr & (data.useful == 1), data.useful[tr]
+        p1 = knn_predict(X[tr], y1, X[te], device=device) if len(np.unique(y1)) > 1 else np.full(te.sum(), y1[0])
         hit = np.flatnonzero(te)[p1 == 1]
         if len(hit) and u.any():
             steps = data.step[u]

@@ -155,6 +155,7 @@ def _add_naf(rng, rules, attrs):
 
 
 def _rep(e, a):
+    """The release's representation of "e is a" ("e is not x" for a = "not x")."""
     neg = a.startswith("not ")
     return f'("{e}" "is" "{a[4:] if neg else a}" "{"-" if neg else "+"}")'
 
@@ -202,8 +203,7 @@ def make_theory(rng, tid, n_statements, max_depth, n_questions=8, naf=False, bal
         "NFact": len(facts),
         "NRule": len(rules),
         "triples": {
-            t: {"text": fact_text(*fa), "representation": f'("{fa[0].lower()}" "is" "{fa[1]}" "+")'}
-            for fa, t in facts.items()
+            t: {"text": fact_text(*fa), "representation": _rep(fa[0].lower(), fa[1])} for fa, t in facts.items()
         },
         "rules": {
             r: {

@@ -215,7 +215,7 @@ class PromptTask:
     @torch.no_grad()
     def predictions(self, model, split, batch_size=128):
         """Predicted answer index (0 True, 1 False) per question: argmax of the two answer tokens' logits."""
-        from .training import last_logits
+        from .models import last_logits
 
         model.eval()
         dev = next(model.parameters()).device

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .models import last_logits
 from .utils import MechprobeError, atomic_path, get_logger, progress
 
 log = get_logger()
@@ -139,19 +140,19 @@ class Trainer:
         self.model.train()
         ids, answers = ids.to(self.dev), answers.to(self.dev)
         mask = None if mask is None else mask.to(self.dev)
+        aux = bool(self.lm_weight) and mask is not None
         with torch.autocast(torch.device(self.dev).type, dtype=torch.bfloat16, enabled=use_bf16):
-            if self.lm_weight and mask is not None:
+            if aux:
                 z = self.model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+                last = mask.sum(1) - 1
+                logits = z[torch.arange(len(ids), device=ids.device), last]
             else:
                 logits = last_logits(self.model, ids, mask)  # (B, V)
-        if self.lm_weight and mask is not None:
-            last = mask.sum(1) - 1
-            logits = z[torch.arange(len(ids), device=ids.device), last]
+        loss = F.cross_entropy(logits.float(), answers)
+        if aux:
             tgt = ids[:, 1:].masked_fill(torch.arange(1, ids.shape[1], device=ids.device) > last[:, None], -100)
             lm = F.cross_entropy(z[:, :-1].float().reshape(-1, z.shape[-1]), tgt.reshape(-1), ignore_index=-100)
-            loss = F.cross_entropy(logits.float(), answers) + self.lm_weight * lm
-        else:
-            loss = F.cross_entropy(logits.float(), answers)
+            loss = loss + self.lm_weight * lm
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -160,14 +161,6 @@ class Trainer:
         self.step += 1
         self.history["train"].append((self.step, loss.item()))
         return loss.item()
-
-
-def last_logits(model, ids, mask=None):
-    """Logits (B, V) at each prompt's last real token (right padding, mask (B, T); None: no padding)."""
-    if mask is None:
-        return model(input_ids=ids, logits_to_keep=1).logits[:, -1]
-    out = model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
-    return out[torch.arange(len(ids), device=ids.device), mask.sum(1) - 1]
 
 
 def run_loop(tr, task, tok, out, settings, use_bf16, eval_every, target_acc=0.0):
