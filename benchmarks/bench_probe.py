@@ -13,7 +13,8 @@ Timed, for the model and one random-init control (two datasets), P1 on every sta
 the useful ones, 2 folds grouped by example, one seed:
   all-layers probe | single-layer curves (L fits) | cumulative curves (L fits)
 sklearn: KNeighborsClassifier(8, weights="distance") (what probe.py used before);
-new: mechprobe.knn. Predictions are compared (the number that differ is printed).
+new: mechprobe.knn (its compiled loops warmed up first; the one-time compile is printed).
+Predictions are compared (the number that differ is printed).
 --paper-scale: 131,072 statements x 32 layers, 3 seeds, curves, and the 8 group subsets, new
 path only (the sklearn path would take hours).
 Peak memory: growth of the process's peak resident set (VmHWM, reset before) during the new path.
@@ -151,11 +152,11 @@ def run_new(datasets, L, device):
             t0 = time.perf_counter()
             preds.append(knn.fold_curves(X, y, folds, device=device, curves=False)["cumulative"][-1])
             t["all"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            knn.fold_curves(X, y, folds, device=device, cumulative=False)  # every layer and fold at once
+            t["single"] += time.perf_counter() - t0
             for f in np.unique(folds):
                 tr, te = torch.as_tensor(folds != f, device=device), torch.as_tensor(folds == f, device=device)
-                t0 = time.perf_counter()
-                knn._one_dim(Xt[tr][:, :, 0], yt[tr], Xt[te][:, :, 0], 8, len(classes))  # every layer at once
-                t["single"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 knn._cumulative(Xt[tr], yt[tr], Xt[te], 8, len(classes), 64)
                 t["cumulative"] += time.perf_counter() - t0
@@ -223,6 +224,10 @@ def main():
     model = make(a.n, a.layers, 0)
     control = (make(a.n, a.layers, 1)[0], *model[1:])
     datasets = [model, control]
+    t0 = time.perf_counter()
+    warm = structured(256, 2, 0)
+    run_new([warm], 2, a.device)  # compiles (or loads from numba's cache) the compiled loops outside the timings
+    print(f"warm-up (numba compile or cache load) {time.perf_counter() - t0:.1f} s", flush=True)
     peak_reset()
     base = peak_mib()
     t_new, p_new = run_new(datasets, a.layers, a.device)

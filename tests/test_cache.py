@@ -33,8 +33,8 @@ def test_rerun_with_other_folds_uses_the_cache(tmp_path, monkeypatch, caplog):
     ]
     first = probing_proofwriter.main([*args, "--out-dir", str(tmp_path / "a")])
     assert len(list((tmp_path / "cache").glob("[!k]*.safetensors"))) == 3  # the model and two controls
-    n_passes = 1 + 4 * 6  # knockout: the unablated pass, 4 windows x 6 conditions (2 random draws, all statements)
-    assert len(list((tmp_path / "cache").glob("ko-*.safetensors"))) == n_passes
+    n_stores = 1 + 4  # knockout: one store of rows per layer set (the unablated pass, 4 windows)
+    assert len(list((tmp_path / "cache").glob("ko-*.safetensors"))) == n_stores
     monkeypatch.setattr(llmprobe, "run_items", forbid)
     monkeypatch.setattr(llmprobe, "random_control", forbid)
     from transformers import LlamaForCausalLM

@@ -46,6 +46,49 @@ def test_predictions_equal_sklearn(kind, N, L, D):
             assert abs(knn.macro_f1(y, ours[mode][l], [0, 1, 2]) - f1_score(y, ref[mode][l], average="macro")) < 1e-9
 
 
+@pytest.mark.parametrize("path", ["compiled", "torch"])
+def test_single_layer_paths_equal_sklearn(path, monkeypatch):
+    """The compiled one-sort-per-layer loops (numba) and the torch per-fold search, three folds."""
+    if path == "compiled" and knn.numba is None:
+        pytest.skip("numba is not installed")
+    if path == "torch":
+        monkeypatch.setattr(knn, "numba", None)
+    rng = np.random.default_rng(11)
+    N, L = 900, 4
+    y = rng.integers(0, 3, N)
+    X = rng.random((N, L, 1)) + 0.05 * y[:, None, None]
+    X[:5, 0, 0] = X[5:10, 0, 0]  # exact matches: a query at distance 0 from training rows
+    folds = rng.integers(0, 3, N)
+    got = knn.fold_curves(X, y, folds, cumulative=False)["single"]
+    for l in range(L):
+        pred = np.empty_like(y)
+        for f in range(3):
+            tr, te = folds != f, folds == f
+            pred[te] = KNeighborsClassifier(8, weights="distance").fit(X[tr, l], y[tr]).predict(X[te, l])
+        np.testing.assert_array_equal(got[l], pred, err_msg=f"layer {l}")
+
+
+def test_tree_and_brute_searches_exact(monkeypatch):
+    """The CPU's full searches (sorted run on 1 dimension, k-d tree up to KDTREE_MAX_DIMS, sklearn's brute
+    force above), forced at a small size, keep the cumulative curve equal to sklearn's."""
+    monkeypatch.setattr(knn, "SKLEARN_MIN_ROWS", 0)
+    rng = np.random.default_rng(3)
+    N, L = 1200, 9
+    y = rng.integers(0, 2, N)
+    X = np.cumsum(rng.standard_normal((N, L, 1)) * 0.3, axis=1) + 0.3 * y[:, None, None]
+    tr, te = torch.as_tensor(X[:600]), torch.as_tensor(X[600:])
+    calls = []
+    search = knn._Prefix.search
+    monkeypatch.setattr(
+        knn._Prefix, "search", lambda self, q, lo, hi, c: calls.append(hi - lo) or search(self, q, lo, hi, c)
+    )
+    got = knn._cumulative(tr, torch.as_tensor(y[:600]), te, 8, 2, n_cand=16)
+    assert {1, 2, L} <= set(calls) and max(calls) > knn.KDTREE_MAX_DIMS  # every kind of search ran
+    for l in range(L):
+        clf = KNeighborsClassifier(8, weights="distance").fit(X[:600, : l + 1, 0], y[:600])
+        np.testing.assert_array_equal(got[l].numpy(), clf.predict(X[600:, : l + 1, 0]), err_msg=f"layer {l}")
+
+
 def test_small_candidate_sets_still_exact():
     """With 8 candidates per query the bound fails at almost every layer: the searches again must keep it exact."""
     rng = np.random.default_rng(5)

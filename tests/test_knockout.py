@@ -224,3 +224,46 @@ def test_free_text_answer_logprob_by_hand():
     assert res["metrics"] == ["logprob_drop"] and res["conditions"]["nothing"]["logprob_drop"] == [0.0, 0.0]
     zk = knockout_scores(model, prompts, conds["first"], [0, 1], scored="answer")
     assert res["conditions"]["first"]["logprob_drop"][0] == pytest.approx(float((z - zk).mean()), abs=1e-6)
+
+
+def test_cached_passes_rerun_only_the_prompts_whose_knocked_statements_changed(tmp_path, monkeypatch):
+    """The knockout store keeps one row per prompt and knocked set: a second study whose predicted
+    condition differs in two prompts runs exactly those, and every row equals an uncached pass."""
+    from mechprobe.cache import FeatureCache, model_fingerprint
+
+    model = copy_model()
+    rng = np.random.default_rng(3)
+    prompts, gold, useful = [], [], []
+    for _ in range(10):
+        toks = rng.choice(np.arange(9, 15), size=6, replace=False)
+        at = int(rng.integers(6))
+        toks[at] = rng.integers(1, 7)
+        prompts.append({"ids": toks.tolist() + [15], "spans": [(i, i + 1) for i in range(6)], "queries": [6]})
+        gold.append(int(toks[at]))
+        useful.append(np.eye(6, dtype=int)[at])
+    cache = FeatureCache(tmp_path)
+    scored = list(range(1, 7))
+    first = knockout_study(model, prompts, gold, conditions(useful, useful, [0]), [[0]], scored=scored, cache=cache)
+    assert len(list(tmp_path.glob("ko-*.safetensors"))) == 2  # one store per layer set: unablated, window 0
+    pred = [u.copy() for u in useful]
+    pred[2], pred[7] = np.roll(pred[2], 1), np.roll(pred[7], 1)  # the probe now predicts another statement
+    calls = []
+    forward = type(model).forward
+
+    def counted(self, *a, **k):
+        calls.append(len(k["input_ids"] if "input_ids" in k else a[0]))
+        return forward(self, *a, **k)
+
+    monkeypatch.setattr(type(model), "forward", counted)
+    second = knockout_study(model, prompts, gold, conditions(useful, pred, [0]), [[0]], scored=scored, cache=cache)
+    assert calls == [2]  # one forward over the two changed prompts
+    assert second["conditions"]["gold useful"] == first["conditions"]["gold useful"]
+    monkeypatch.undo()
+    again = knockout_scores(model, prompts, [np.flatnonzero(p).tolist() for p in pred], [0], scored=scored)  # uncached
+    knocked = [np.flatnonzero(p).tolist() for p in pred]
+    stats = {}
+    cached = knockout_scores(
+        model, prompts, knocked, [0], scored, cache=cache, model_id=model_fingerprint(model), stats=stats
+    )
+    assert stats == {"run": 0, "asked": 10}
+    torch.testing.assert_close(cached, again)

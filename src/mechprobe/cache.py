@@ -69,18 +69,27 @@ def key(model_id, enc, word_ids, settings):
     return _h({"model": model_id, "prompts": prompts_hash(enc), "words": list(word_ids), "settings": settings})[:32]
 
 
-def knockout_key(model_id, prompts, knocked, layers, scored):
-    """Key of a knockout pass (knockout.knockout_scores): the model, the prompts (ids, statement
-    spans, query positions), the knocked statements, the layers and the scored token ids."""
-    p = _h([[list(x["ids"]), [list(s) for s in x["spans"]], list(x["queries"]), x.get("target")] for x in prompts])
-    k = [[int(i) for i in ks] for ks in knocked]
+def knockout_store_key(model_id, layers, scored):
+    """Key of the store of knockout passes (knockout.knockout_scores) of one model, layer set and
+    scored token ids; its rows are keyed by knockout_row_key."""
     sc = scored if scored is None or isinstance(scored, str) else [int(i) for i in scored]
-    return "ko-" + _h({"model": model_id, "prompts": p, "knocked": k, "layers": layers, "scored": sc})[:29]
+    return "ko-" + _h({"model": model_id, "layers": layers, "scored": sc})[:29]
+
+
+def prompt_key(p):
+    """Digest of a knockout prompt: token ids, statement spans, query positions, answer target."""
+    return _h([list(p["ids"]), [list(s) for s in p["spans"]], list(p["queries"]), p.get("target")])
+
+
+def knockout_row_key(pkey, knocked):
+    """16-byte key of one prompt (its prompt_key) with the statements knocked in it."""
+    return hashlib.sha256(f"{pkey}:{sorted(int(i) for i in knocked)}".encode()).digest()[:16]
 
 
 class FeatureCache:
     """get(key) -> (feats, scores) or None; put(key, feats, scores, meta). Disabled: always a miss.
-    get_array / put_array: one array (e.g. a knockout pass's scores)."""
+    get_rows / put_rows: a store of rows by 16-byte key (the knockout passes, one row per prompt and
+    knocked set, so a rerun recomputes only the prompts whose knocked statements changed)."""
 
     def __init__(self, folder=DEFAULT_DIR, enabled=True):
         self.folder = Path(folder)
@@ -123,24 +132,30 @@ class FeatureCache:
         with atomic_path(self.path(k)) as tmp:
             save_file(tensors, str(tmp), metadata={k2: str(v) for k2, v in (meta or {}).items()})
 
-    def get_array(self, k, what="knockout scores"):
+    def get_rows(self, k):
+        """{16-byte row key: row (W,)} of the store k (empty when absent or unreadable)."""
         if not self.enabled or not self.path(k).exists():
-            return None
+            return {}
         from safetensors.numpy import load_file
 
         try:
-            return load_file(str(self.path(k)))["array"]
+            t = load_file(str(self.path(k)))
         except Exception as e:  # noqa: BLE001 - a damaged entry is recomputed
             log.info("feature cache: unreadable entry %s (%s): recomputing", self.path(k), type(e).__name__)
-            return None
+            return {}
+        return dict(zip((bytes(r) for r in t["keys"]), t["rows"]))
 
-    def put_array(self, k, arr, meta=None):
+    def put_rows(self, k, rows, meta=None):
+        """Write the store k: rows {16-byte key: row (W,)}, replacing the file atomically."""
         if not self.enabled:
             return
         from safetensors.numpy import save_file
 
         self.folder.mkdir(parents=True, exist_ok=True)
+        keys = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(len(rows), 16)
         with atomic_path(self.path(k)) as tmp:
             save_file(
-                {"array": np.ascontiguousarray(arr)}, str(tmp), metadata={k2: str(v) for k2, v in (meta or {}).items()}
+                {"keys": np.ascontiguousarray(keys), "rows": np.ascontiguousarray(np.stack(list(rows.values())))},
+                str(tmp),
+                metadata={k2: str(v) for k2, v in (meta or {}).items()},
             )

@@ -6,10 +6,12 @@ training rows at distance 0, those vote with weight 1 and the others 0; the clas
 largest total wins, the smallest class index on a tie.
 
 Features come layer by layer: X (N, L, D) (D = 1 head-averaged, or H per head). Two curves:
-  * single:     layer l alone. With D = 1 this is a one-dimensional search: sort the training
-                values once; the k nearest of a query are a contiguous run of the sorted values
-                next to its insertion point, found by a binary search of log2(k) steps, for all
-                layers at once. O(L (n log n + m log k)).
+  * single:     layer l alone. With D = 1 this is a one-dimensional search: the k nearest of a
+                query are a contiguous run of the sorted training values next to its insertion
+                point. On the CPU (numba): one sort of all N values per layer serves every fold, and
+                each query's run grows from its insertion point, O(L N (log N + F k)); on a GPU
+                (torch): per fold, a sort and a binary search of log2(k) steps for all layers at
+                once, O(L (n log n + m log k)).
   * cumulative: layers 0..l. The squared distance is additive over layers,
                     d2_l(i, j) = d2_{l-1}(i, j) + ||x_il - x_jl||^2      (non-decreasing in l),
                 so each query keeps C candidates (its C nearest at the prefix where they were
@@ -18,7 +20,8 @@ Features come layer by layer: X (N, L, D) (D = 1 head-averaged, or H per head). 
                 the candidates' top k is the exact top k; only the queries whose bound fails are
                 searched again in full (a matrix product over the prefix). The all-layers probe
                 is the last point of this curve.
-Full searches (sklearn's compiled brute force on the CPU; torch, ||b||^2 - 2 a.b in float32, on a
+Full searches (a run of sorted values on one dimension; on the CPU a k-d tree up to KDTREE_MAX_DIMS
+dimensions and sklearn's compiled brute force above; torch, ||b||^2 - 2 a.b in float32, on a
 GPU) choose candidates, with a margin on tau for their rounding; the candidates' distances are
 then computed exactly from differences. The rest runs in torch on the given device (a GPU when
 the model is on one), in blocks of queries so memory stays bounded; torch and sklearn spread the
@@ -28,11 +31,17 @@ work over the machine's cores.
 import numpy as np
 import torch
 
+try:  # compiled loops for the single-layer curves on the CPU; without numba, the torch path below
+    import numba
+except ImportError:  # pragma: no cover - numba is in requirements.txt
+    numba = None
+
 N_NEIGHBORS = 8
 _U = 1.2e-7  # twice float32's unit roundoff: the GPU search's rounding margin per summed term (see _Prefix.search)
 _U64 = 4.5e-16  # the same for the float64 search on the CPU
 TREE_MAX_DIMS = 16  # up to this many dimensions sklearn's trees search a whole prefix faster than the bound
 SKLEARN_MIN_ROWS = 4096  # below this many training rows a call to sklearn costs more than torch's search
+KDTREE_MAX_DIMS = 5  # up to this many dimensions a k-d tree answers a re-search faster than brute force (measured)
 
 
 def vote(d, lab, n_classes):
@@ -62,6 +71,7 @@ class _Prefix:
         self.flat = tr.reshape(self.n, -1)  # (n, L*D) float64
         self.flat32 = self.flat.float()
         self.sq = (tr * tr).sum(2).cumsum(1)  # (n, L): ||x_{0..l}||^2
+        self.trees = {}  # (a, b) -> index of the columns [a, b) of flat (sorted values or a KDTree), built on first use
 
     def center(self, te):
         """Queries (m, L, D) -> centred and flattened (m, L*D)."""
@@ -81,6 +91,23 @@ class _Prefix:
         if c >= self.n:
             idx = torch.arange(self.n, device=q.device).expand(q.shape[0], self.n)
             return idx, torch.full((q.shape[0],), float("inf"), dtype=q.dtype, device=q.device)
+        if b - a == 1:  # one dimension: the c nearest are a run of the sorted values
+            if (a, b) not in self.trees:
+                self.trees[a, b] = torch.sort(self.flat[:, a])
+            s, order = self.trees[a, b]
+            x = q[:, 0]
+            lo = _runs(s[None], x[None].contiguous(), c)[0]
+            ext = torch.cat([s.new_full((1,), -float("inf")), s, s.new_full((1,), float("inf"))])
+            out = torch.minimum(x - ext[lo], ext[lo + c + 1] - x)  # the nearest value outside the run
+            return order[lo[:, None] + torch.arange(c, device=q.device)], out * out * (1 - 1e-12)
+        if q.device.type == "cpu" and self.n >= SKLEARN_MIN_ROWS and b - a <= KDTREE_MAX_DIMS:
+            from sklearn.neighbors import KDTree
+
+            if (a, b) not in self.trees:
+                self.trees[a, b] = KDTree(self.flat[:, a:b].numpy())
+            d, idx = self.trees[a, b].query(q.numpy(), k=c)
+            # the tree's distances are sums of squared differences, as exact() computes them: a relative margin
+            return torch.from_numpy(idx), torch.from_numpy(d[:, -1] ** 2) * (1 - 1e-12)
         if q.device.type == "cpu" and self.n >= SKLEARN_MIN_ROWS:
             from sklearn.neighbors import NearestNeighbors
 
@@ -90,17 +117,26 @@ class _Prefix:
             # float64 rounding of ||q||^2 + ||x||^2 - 2 q.x over F dimensions: at most (F + 4) u64 (2 ||x||^2 + ||q||^2)
             tau = torch.from_numpy(d[:, -1] ** 2) - _U64 * (b - a + 4) * (2 * tr_sq.max() + q_sq)
             return torch.from_numpy(idx), tau
-        part = torch.addmm(tr_sq.float()[None, :], q.float(), self.flat32[:, a:b].T, alpha=-2)  # (b, n)
-        vals, idx = torch.topk(part, c, dim=1, largest=False, sorted=False)
+        idx, top = [], []
+        bs = _block(q.shape[0], self.n)
+        for r0 in range(0, q.shape[0], bs):  # blocks of queries: one (bs, n) matrix at a time
+            part = torch.addmm(tr_sq.float()[None, :], q[r0 : r0 + bs].float(), self.flat32[:, a:b].T, alpha=-2)
+            vals, i = torch.topk(part, c, dim=1, largest=False, sorted=False)
+            idx.append(i)
+            top.append(vals.max(1).values.double())
         # float32 rounding of ||x||^2 - 2 q.x over F = b - a dimensions is at most (F + 4) u (2 ||x||^2 + ||q||^2)
-        tau = vals.max(1).values.double() + q_sq - _U * (b - a + 4) * (2 * tr_sq.max() + q_sq)
-        return idx, tau
+        tau = torch.cat(top) + q_sq - _U * (b - a + 4) * (2 * tr_sq.max() + q_sq)
+        return torch.cat(idx), tau
 
     def exact(self, te_flat, idx, lo, hi):
         """Exact squared distances (b, c) from each query to its candidates on layers [lo, hi)."""
         a, b = lo * self.D, hi * self.D
-        diff = te_flat[:, None, a:b] - self.flat[idx, a:b]
-        return (diff * diff).sum(-1)
+        out = torch.empty(idx.shape, dtype=self.flat.dtype, device=idx.device)
+        bs = _block(idx.shape[0], idx.shape[1] * (b - a))
+        for r0 in range(0, idx.shape[0], bs):  # blocks of queries: one (bs, c, F) difference at a time
+            diff = te_flat[r0 : r0 + bs, None, a:b] - self.flat[idx[r0 : r0 + bs], a:b]
+            out[r0 : r0 + bs] = (diff * diff).sum(-1)
+        return out
 
 
 def _finish(d2, idx, y, k, n_classes):
@@ -110,28 +146,26 @@ def _finish(d2, idx, y, k, n_classes):
 
 
 def _cumulative(tr, y, te, k, n_classes, n_cand):
-    """Predictions (L, m) for every prefix of layers 0..l."""
+    """Predictions (L, m) for every prefix of layers 0..l: layer by layer for all queries, one search
+    per layer for the queries whose bound failed (the searches and distances run in blocks)."""
     P = _Prefix(tr)
     m, L, _ = te.shape
     k = min(k, P.n)
     c = min(P.n, max(n_cand, 2 * k))
     out = torch.empty(L, m, dtype=torch.long, device=te.device)
-    sk = te.device.type == "cpu" and P.n >= SKLEARN_MIN_ROWS  # sklearn's search holds no (b, n) matrix of ours
-    bs = _block(m, c * P.D * L if sk else max(P.n, c * P.D * L))
-    for r0 in range(0, m, bs):
-        q = P.center(te[r0 : r0 + bs])
-        idx, tau = P.search(q, 0, 1, c)
-        d2 = P.exact(q, idx, 0, 1)
-        for l in range(L):
-            if l > 0:
-                d2 += P.exact(q, idx, l, l + 1)
-            bad = torch.kthvalue(d2, k, dim=1).values > tau
-            if bad.any():  # the bound failed: search these queries again over layers 0..l
-                rows = bad.nonzero().squeeze(1)
-                i2, t2 = P.search(q[rows], 0, l + 1, c)
-                idx[rows], tau[rows] = i2, t2
-                d2[rows] = P.exact(q[rows], i2, 0, l + 1)
-            out[l, r0 : r0 + bs] = _finish(d2, idx, y, k, n_classes)
+    q = P.center(te)  # (m, L*D)
+    idx, tau = P.search(q, 0, 1, c)  # (m, c), (m,)
+    d2 = P.exact(q, idx, 0, 1)  # (m, c)
+    for l in range(L):
+        if l > 0:
+            d2 += P.exact(q, idx, l, l + 1)
+        bad = torch.kthvalue(d2, k, dim=1).values > tau
+        if bad.any():  # the bound failed: search these queries again over layers 0..l
+            rows = bad.nonzero().squeeze(1)
+            i2, t2 = P.search(q[rows], 0, l + 1, c)
+            idx[rows], tau[rows] = i2, t2
+            d2[rows] = P.exact(q[rows], i2, 0, l + 1)
+        out[l] = _finish(d2, idx, y, k, n_classes)
     return out
 
 
@@ -139,14 +173,17 @@ def _cumulative_trees(tr, y, te, k, n_classes):
     """Predictions (L, m) for every prefix with sklearn's neighbour search per prefix: the fast exact
     path on the CPU when the prefixes have few dimensions (a tree), the same neighbours as
     KNeighborsClassifier, voted as above."""
-    from sklearn.neighbors import NearestNeighbors
+    from sklearn.neighbors import KDTree, NearestNeighbors
 
     n, L, D = tr.shape
     k = min(k, n)
     out = torch.empty(L, te.shape[0], dtype=torch.long)
     for l in range(L):
-        nn = NearestNeighbors(n_neighbors=k).fit(tr[:, : l + 1].reshape(n, -1).numpy())
-        d, idx = nn.kneighbors(te[:, : l + 1].reshape(te.shape[0], -1).numpy())
+        a, b = tr[:, : l + 1].reshape(n, -1).numpy(), te[:, : l + 1].reshape(te.shape[0], -1).numpy()
+        if a.shape[1] < 16:  # the tree sklearn's "auto" picks; called directly (no per-call dispatch)
+            d, idx = KDTree(a).query(b, k=k)
+        else:
+            d, idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(a).kneighbors(b)
         out[l] = vote(torch.from_numpy(d), y[torch.from_numpy(idx)], n_classes)
     return out
 
@@ -157,18 +194,15 @@ def _general(tr, y, te, k, n_classes):
     P = _Prefix(tr[:, None, :])
     k = min(k, P.n)
     out = torch.empty(te.shape[0], dtype=torch.long, device=te.device)
-    sk = te.device.type == "cpu" and P.n >= SKLEARN_MIN_ROWS
-    bs = _block(te.shape[0], 32 * k * P.D if sk else max(P.n, 4 * k * P.D))
-    for r0 in range(0, te.shape[0], bs):
-        q = P.center(te[r0 : r0 + bs, None, :])
-        rows = torch.arange(q.shape[0], device=q.device)
-        c = min(P.n, 4 * k)
-        while len(rows):
-            idx, tau = P.search(q[rows], 0, 1, c)
-            d2 = P.exact(q[rows], idx, 0, 1)
-            ok = torch.kthvalue(d2, k, dim=1).values <= tau
-            out[r0 + rows[ok]] = _finish(d2[ok], idx[ok], y, k, n_classes)
-            rows, c = rows[~ok], min(P.n, 8 * c)
+    q = P.center(te[:, None, :])
+    rows = torch.arange(q.shape[0], device=q.device)
+    c = min(P.n, 4 * k)
+    while len(rows):
+        idx, tau = P.search(q[rows], 0, 1, c)
+        d2 = P.exact(q[rows], idx, 0, 1)
+        ok = torch.kthvalue(d2, k, dim=1).values <= tau
+        out[rows[ok]] = _finish(d2[ok], idx[ok], y, k, n_classes)
+        rows, c = rows[~ok], min(P.n, 8 * c)
     return out
 
 
@@ -184,20 +218,86 @@ def _one_dim(tr, y, te, k, n_classes):
     s, order = torch.sort(tr.T.contiguous(), dim=1)  # (L, n)
     ys = y[order]  # (L, n)
     x = te.T.contiguous()  # (L, m)
+    lo = _runs(s, x, k)
+    idx = lo[:, :, None] + torch.arange(k, device=s.device)  # (L, m, k)
+    d = _take(s, idx) - x[:, :, None]  # (L, m, k)
+    lab = _take(ys, idx)
+    pred = vote(d.abs().reshape(-1, k), lab.reshape(-1, k), n_classes)
+    return pred.reshape(L, -1)
+
+
+def _runs(s, x, k):
+    """Start lo (L, m) of the run [lo, lo + k) of sorted values s (L, n) nearest to each x (L, m)."""
+    n = s.shape[1]
     pos = torch.searchsorted(s, x)
     lo, hi = (pos - k).clamp(0, n - k), pos.clamp(0, n - k)  # the answer lies in [lo, hi]
-    inf = torch.full((L, 1), float("inf"), dtype=s.dtype, device=s.device)
+    inf = torch.full((s.shape[0], 1), float("inf"), dtype=s.dtype, device=s.device)
     ext = torch.cat([s, inf], 1)  # s[n] = +inf: nothing lies past the end
     while bool((lo < hi).any()):
         mid = (lo + hi) // 2
         right = (x - ext.gather(1, mid)) > (ext.gather(1, mid + k) - x)  # the run should start further right
         lo = torch.where(right & (lo < hi), mid + 1, lo)
         hi = torch.where(~right & (lo < hi), mid, hi)
-    idx = lo[:, :, None] + torch.arange(k, device=s.device)  # (L, m, k)
-    d = _take(s, idx) - x[:, :, None]  # (L, m, k)
-    lab = _take(ys, idx)
-    pred = vote(d.abs().reshape(-1, k), lab.reshape(-1, k), n_classes)
-    return pred.reshape(L, -1)
+    return lo
+
+
+def _one_dim_folds_loops(XT, y, fold, n_folds, k, n_classes, out):
+    """Compiled body of _one_dim_folds: per layer (in parallel) one sort of all N values, then per fold
+    one pass that lists the training values in order and one that grows each query's run of k nearest
+    from its insertion point (the nearer side first, the left one on a tie) and votes."""
+    L, N = XT.shape
+    for l in numba.prange(L):
+        order = np.argsort(XT[l])
+        sv, sl, sf = XT[l][order], y[order], fold[order]  # values, labels, folds in sorted order
+        vals, labs = np.empty(N), np.empty(N, np.int64)
+        dist, lab, score = np.empty(k), np.empty(k, np.int64), np.empty(n_classes)
+        for f in range(n_folds):
+            nt = 0
+            for p in range(N):
+                if sf[p] != f:
+                    vals[nt], labs[nt] = sv[p], sl[p]
+                    nt += 1
+            kk = min(k, nt)
+            below = 0  # training values before position p
+            for p in range(N):
+                if sf[p] != f:
+                    below += 1
+                    continue
+                x, a, b, zeros = sv[p], below - 1, below, 0
+                for t in range(kk):
+                    if b >= nt or (a >= 0 and x - vals[a] <= vals[b] - x):
+                        dist[t], lab[t] = x - vals[a], labs[a]
+                        a -= 1
+                    else:
+                        dist[t], lab[t] = vals[b] - x, labs[b]
+                        b += 1
+                    zeros += dist[t] == 0.0
+                score[:] = 0.0
+                for t in range(kk):
+                    if zeros == 0:
+                        score[lab[t]] += 1.0 / dist[t]
+                    elif dist[t] == 0.0:
+                        score[lab[t]] += 1.0
+                best = 0
+                for c in range(1, n_classes):
+                    if score[c] > score[best]:
+                        best = c
+                out[l, order[p]] = best
+
+
+if numba is not None:
+    _one_dim_folds_loops = numba.njit(parallel=True, cache=True)(_one_dim_folds_loops)
+
+
+def _one_dim_folds(X, y, fold, k, n_classes):
+    """Out-of-fold predictions (L, N) for every layer alone: X (N, L) float64, y (N,) class indices,
+    fold (N,) fold indices 0..F-1; every fold must leave training rows. One sort per layer serves every
+    fold, O(L N (log N + F k)), compiled (numba)."""
+    out = np.empty((X.shape[1], X.shape[0]), dtype=np.int64)
+    XT = np.ascontiguousarray(np.asarray(X, dtype=np.float64).T)
+    y, fold = np.ascontiguousarray(y, dtype=np.int64), np.ascontiguousarray(fold, dtype=np.int64)
+    _one_dim_folds_loops(XT, y, fold, int(fold.max()) + 1, k, n_classes, out)
+    return out
 
 
 def _take(a, idx):
@@ -234,10 +334,14 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
     yt = torch.as_tensor(yi, device=device)
     cum = np.zeros((L, N), dtype=np.int64)
     single = np.empty((L, N), dtype=np.int64) if curves else None
-    for f in np.unique(folds):
+    fold_ids, fold_idx = np.unique(folds, return_inverse=True)
+    if len(fold_ids) < 2:
+        raise ValueError("a fold left no training data")
+    compiled = curves and D == 1 and numba is not None and Xt.device.type == "cpu"
+    if compiled:  # every fold's single-layer curve from one sort per layer
+        single = _one_dim_folds(X[:, :, 0], yi, fold_idx, k, len(classes))
+    for f in fold_ids:
         te_m, tr_m = folds == f, folds != f
-        if not tr_m.any():
-            raise ValueError("a fold left no training data")
         tr, te, ytr = (
             Xt[torch.as_tensor(tr_m, device=device)],
             Xt[torch.as_tensor(te_m, device=device)],
@@ -248,7 +352,9 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
                 cum[:, te_m] = _cumulative_trees(tr, ytr, te, k, len(classes)).numpy()
             else:
                 cum[:, te_m] = _cumulative(tr, ytr, te, k, len(classes), n_cand).cpu().numpy()
-        if curves and D == 1:
+        if compiled:
+            pass
+        elif curves and D == 1:
             single[:, te_m] = _one_dim(tr[:, :, 0], ytr, te[:, :, 0], k, len(classes)).cpu().numpy()
         elif curves:
             for l in range(L):

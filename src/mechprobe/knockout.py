@@ -26,7 +26,9 @@ import torch
 
 from .capture import pad_batch, pad_queries
 from .models import attention_modules, logits_at, model_device
-from .utils import MechprobeError, progress
+from .utils import MechprobeError, get_logger, progress
+
+log = get_logger()
 
 
 @contextmanager
@@ -113,24 +115,32 @@ def key_masks(prompts, knocked, T):
 
 
 @torch.no_grad()
-def knockout_scores(model, prompts, knocked, layers, scored=None, batch_size=64, cache=None, model_id=None):
+def knockout_scores(model, prompts, knocked, layers, scored=None, batch_size=64, cache=None, model_id=None, stats=None):
     """Scores (N, W) at each prompt's last token with the knocked statements blocked from its
     queries in `layers` (knocked: statement indices per prompt; layers None: no knockout).
 
     prompts: dicts with "ids" (token ids), "spans" (statement token ranges [start, end)),
-    "queries" (the query positions). scored: the token ids scored (W of them; None: all, W = V);
+    "queries" (the query positions), optionally "key" (cache.prompt_key). scored: the token ids
+    scored (W of them; None: all, W = V);
     "answer": (N, 1), the mean log-probability of the prompt's answer tokens (its "target" range).
-    cache: a cache.FeatureCache (with model_id, the model's fingerprint) that keeps each pass."""
+    cache: a cache.FeatureCache (with model_id, the model's fingerprint) that keeps each prompt's row
+    per knocked set, so that only prompts not seen with these knocked statements are run."""
     if cache is not None and cache.enabled:
-        from .cache import knockout_key
+        from .cache import knockout_row_key, knockout_store_key, prompt_key
 
-        k = knockout_key(model_id, prompts, knocked, None if layers is None else list(layers), scored)
-        hit = cache.get_array(k)
-        if hit is not None:
-            return torch.from_numpy(hit)
-        z = knockout_scores(model, prompts, knocked, layers, scored, batch_size)
-        cache.put_array(k, z.numpy(), {"what": "knockout", "layers": layers})
-        return z
+        k = knockout_store_key(model_id, None if layers is None else list(layers), scored)
+        store = cache.get_rows(k)
+        rk = [knockout_row_key(p.get("key") or prompt_key(p), ks) for p, ks in zip(prompts, knocked)]
+        miss = [i for i, r in enumerate(rk) if r not in store]
+        if miss:
+            z = knockout_scores(
+                model, [prompts[i] for i in miss], [knocked[i] for i in miss], layers, scored, batch_size
+            )
+            store.update(zip((rk[i] for i in miss), z.numpy()))
+            cache.put_rows(k, store, {"what": "knockout", "layers": layers})
+        if stats is not None:  # prompts run / prompts asked, summed over the calls
+            stats["run"], stats["asked"] = stats.get("run", 0) + len(miss), stats.get("asked", 0) + len(prompts)
+        return torch.from_numpy(np.stack([store[r] for r in rk]))
     dev = model_device(model)
     model.eval()
     out = [None] * len(prompts)
@@ -222,8 +232,14 @@ def knockout_study(
 
     free = isinstance(scored, str) and scored == "answer"
     metrics = LOGPROB_METRICS if free else METRICS
-    mid = model_fingerprint(model) if cache is not None and cache.enabled else None
-    z0 = knockout_scores(model, prompts, [[] for _ in prompts], None, scored, batch_size, cache, mid)
+    mid = None
+    if cache is not None and cache.enabled:
+        from .cache import prompt_key
+
+        mid = model_fingerprint(model)
+        prompts = [{**p, "key": prompt_key(p)} for p in prompts]  # hashed once for every pass
+    stats = {}
+    z0 = knockout_scores(model, prompts, [[] for _ in prompts], None, scored, batch_size, cache, mid, stats)
     if free:
         m0 = z0[:, 0]
     else:
@@ -234,7 +250,7 @@ def knockout_study(
     for name, knocked in conds.items():
         rows = []
         for w in windows:
-            z = knockout_scores(model, prompts, knocked, w, scored, batch_size, cache, mid)
+            z = knockout_scores(model, prompts, knocked, w, scored, batch_size, cache, mid, stats)
             skip = z.isnan().any(1)
             nan = torch.full_like(m0, float("nan"))
             if free:
@@ -246,6 +262,9 @@ def knockout_study(
             bar.update(1)
         per[name] = [torch.stack(x).numpy() for x in zip(*rows)]
     bar.close()
+    if stats:
+        hit = stats["asked"] - stats["run"]
+        log.info("knockout cache: %d of %d prompt passes from the cache, %d run", hit, stats["asked"], stats["run"])
 
     def summary(idx):
         idx = np.asarray(idx, dtype=int)
