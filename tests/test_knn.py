@@ -128,3 +128,29 @@ def test_curve_f1_matches_probe_on_folds_grouped_by_example():
     ref = sklearn_curves(data.X, data.useful, folds)
     assert res["all"] == pytest.approx(f1_score(data.useful, ref["cumulative"][-1], average="macro"), abs=1e-9)
     assert res["single"][1] == pytest.approx(f1_score(data.useful, ref["single"][1], average="macro"), abs=1e-9)
+
+
+def test_threads_setting_reaches_the_compiled_loops():
+    if knn.numba is None:
+        pytest.skip("numba is not installed")
+    from mechprobe.utils import set_threads
+
+    before_torch, before_numba = torch.get_num_threads(), knn.numba.get_num_threads()
+    try:
+        assert set_threads(1) == 1 and knn.numba.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before_torch)
+        knn.numba.set_num_threads(before_numba)
+
+
+def test_blocks_of_queries_do_not_change_the_answer(monkeypatch):
+    """Searches and distances run in blocks of queries (bounded memory): blocks of 7 give sklearn's answer."""
+    rng = np.random.default_rng(8)
+    N, L = 400, 5
+    y = rng.integers(0, 2, N)
+    X = np.cumsum(rng.standard_normal((N, L, 2)) * 0.3, axis=1) + 0.3 * y[:, None, None]
+    monkeypatch.setattr(knn, "_block", lambda m, per_query, budget=0: 7)
+    got = knn._cumulative(torch.as_tensor(X[:200]), torch.as_tensor(y[:200]), torch.as_tensor(X[200:]), 8, 2, 16)
+    for l in range(L):
+        clf = KNeighborsClassifier(8, weights="distance").fit(X[:200, : l + 1].reshape(200, -1), y[:200])
+        np.testing.assert_array_equal(got[l].numpy(), clf.predict(X[200:, : l + 1].reshape(200, -1)))

@@ -263,8 +263,9 @@ def distinct_seeds(seeds):
 
 
 def set_threads(n):
-    """torch intra- and inter-op threads (0: torch's default, all cores). Two torch processes on
-    the same cores slow each other down many times over: give each a share of the cores."""
+    """torch intra- and inter-op threads and numba's (the kNN's compiled loops) (0: the defaults,
+    all cores). Two torch processes on the same cores slow each other down many times over: give
+    each a share of the cores."""
     import torch
 
     if n:
@@ -272,6 +273,12 @@ def set_threads(n):
         try:
             torch.set_num_interop_threads(n)
         except RuntimeError:  # only settable before any parallel work started
+            pass
+        try:
+            import numba
+
+            numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+        except ImportError:  # the kNN's torch path needs no thread setting of its own
             pass
     return torch.get_num_threads()
 
