@@ -164,6 +164,32 @@ def test_curriculum_epoch_goes_from_short_to_long_prompts(trained, tmp_path):
     assert sorted(int(i) for b in task.epoch_batches(0) for i in b) == list(range(len(splits["train"])))
 
 
+def test_staged_phase_lets_the_groups_in_one_by_one(trained):
+    from mechprobe.models import load_tokenizer
+
+    d, _ = trained
+    files = rs.split_files(d / "data", json.loads((d / "data" / "meta.json").read_text()))
+    tok = load_tokenizer(d / "run" / "best")
+    splits = {s: rs.read_questions(f) for s, f in files.items()}
+    group = [it["group"] for it in splits["train"]]
+    spe = len(rs.PromptTask(tok, splits, 16, 0).epoch_batches(0))
+    S = spe + spe // 2  # the staged phase runs over into epoch 1
+    task = rs.PromptTask(tok, splits, 16, 0, stage_steps=S)
+    steps = [b for e in (0, 1) for b in task.epoch_batches(e)]
+    for t, b in enumerate(steps):
+        top = max(group[int(i)] for i in b)
+        if t < S // 2:  # groups (4, 8): the first half of the staged steps sees only 4-statement theories
+            assert task.stage_group(t) == 4 and top == 4
+        elif t < S:
+            assert task.stage_group(t) == 8
+        else:
+            assert task.stage_group(t) is None
+    assert max(group[int(i)] for b in steps[S // 2 : S] for i in b) == 8
+    assert [b.tolist() for b in task.epoch_batches(1)] == [b.tolist() for b in task.epoch_batches(1)]  # seeded
+    plain = rs.PromptTask(tok, splits, 16, 0).epoch_batches(1)
+    assert [b.tolist() for b in steps[S:]] == [b.tolist() for b in plain[S - spe :]]  # after it: as before
+
+
 def test_auxiliary_next_token_loss_by_hand():
     import torch.nn.functional as F
 

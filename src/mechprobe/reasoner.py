@@ -21,7 +21,9 @@ Training batches are bucketed by length: each epoch's seeded permutation is cut 
 50 batches, each chunk sorted by prompt length and cut into batches, and the batches shuffled;
 the first `curriculum` epochs instead go through all prompts from the shortest to the longest
 (the smallest theories first: matching a question to one fact is learnt before searching 24);
-right padding with an attention mask, the loss at each prompt's last real token.
+with stage_steps, the first stage_steps batches are drawn from the smallest theories only, the
+larger groups let in one at a time (equal shares); right padding with an attention mask, the loss
+at each prompt's last real token.
 """
 
 import json
@@ -170,8 +172,12 @@ def build_model(tok, layers=4, hidden=128, heads=4, seed=0, max_positions=1024):
 class PromptTask:
     """ProofWriter questions as a training task (training.run_loop), length-bucketed."""
 
-    def __init__(self, tok, splits, batch_size, seed, curriculum=0):
+    def __init__(self, tok, splits, batch_size, seed, curriculum=0, stage_steps=0):
         self.tok, self.batch_size, self.seed, self.curriculum = tok, batch_size, seed, curriculum
+        self.stage_steps = stage_steps
+        train_groups = np.array([it["group"] for it in splits["train"]])
+        self.groups = sorted(set(train_groups.tolist()))
+        self.pools = {g: np.flatnonzero(train_groups <= g) for g in self.groups}  # theories of <= g statements
         self.word_ids = answer_ids(tok, WORDS)
         self.items, self.ids = splits, {}
         for split, items in splits.items():
@@ -196,11 +202,28 @@ class PromptTask:
         batches = []
         if epoch < self.curriculum:  # curriculum: the shortest prompts (smallest theories) first
             srt = perm[np.argsort(lengths, kind="stable")]
-            return [torch.from_numpy(srt[i : i + bs]) for i in range(0, n, bs)]
+            return self._staged(epoch, [torch.from_numpy(srt[i : i + bs]) for i in range(0, n, bs)])
         for c in range(0, n, 50 * bs):  # sort within chunks of 50 batches, then cut
             chunk = perm[c : c + 50 * bs][np.argsort(lengths[c : c + 50 * bs], kind="stable")]
             batches += [torch.from_numpy(chunk[i : i + bs]) for i in range(0, len(chunk), bs)]
-        return [batches[i] for i in rng.permutation(len(batches))]
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        return self._staged(epoch, batches)
+
+    def stage_group(self, step):
+        """The largest number of statements let in at this step of the staged phase (None after it):
+        the groups in turn, each for an equal share of the first stage_steps steps."""
+        if step >= self.stage_steps:
+            return None
+        return self.groups[step * len(self.groups) // self.stage_steps]
+
+    def _staged(self, epoch, batches):
+        """Batches of the staged phase replaced by seeded draws from the theories let in at their step."""
+        spe = len(batches)
+        for i in range(min(spe, max(0, self.stage_steps - epoch * spe))):
+            pool = self.pools[self.stage_group(epoch * spe + i)]
+            rng = np.random.default_rng([self.seed, epoch * spe + i])
+            batches[i] = torch.from_numpy(rng.choice(pool, min(self.batch_size, len(pool)), replace=False))
+        return batches
 
     def pad(self, split, idx):
         from .capture import pad_batch
