@@ -46,8 +46,9 @@ def test_predictions_equal_sklearn(kind, N, L, D):
             assert abs(knn.macro_f1(y, ours[mode][l], [0, 1, 2]) - f1_score(y, ref[mode][l], average="macro")) < 1e-9
 
 
+@pytest.mark.parametrize("n_classes", [2, 3])
 @pytest.mark.parametrize("path", ["compiled", "torch"])
-def test_single_layer_paths_equal_sklearn(path, monkeypatch):
+def test_single_layer_paths_equal_sklearn(path, n_classes, monkeypatch):
     """The compiled one-sort-per-layer loops (numba) and the torch per-fold search, three folds."""
     if path == "compiled" and knn.numba is None:
         pytest.skip("numba is not installed")
@@ -55,7 +56,7 @@ def test_single_layer_paths_equal_sklearn(path, monkeypatch):
         monkeypatch.setattr(knn, "numba", None)
     rng = np.random.default_rng(11)
     N, L = 900, 4
-    y = rng.integers(0, 3, N)
+    y = rng.integers(0, n_classes, N)
     X = rng.random((N, L, 1)) + 0.05 * y[:, None, None]
     X[:5, 0, 0] = X[5:10, 0, 0]  # exact matches: a query at distance 0 from training rows
     folds = rng.integers(0, 3, N)
@@ -154,3 +155,28 @@ def test_blocks_of_queries_do_not_change_the_answer(monkeypatch):
     for l in range(L):
         clf = KNeighborsClassifier(8, weights="distance").fit(X[:200, : l + 1].reshape(200, -1), y[:200])
         np.testing.assert_array_equal(got[l].numpy(), clf.predict(X[200:, : l + 1].reshape(200, -1)))
+
+
+def test_radix_argsort_orders_float64_values():
+    """The compiled sort keys on float32-rounded bits, then orders each run of equal keys by the float64
+    values: negatives, zeros, exact ties, and values closer than a float32 step (runs short and long)."""
+    if knn.numba is None:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(4)
+    x = np.concatenate(
+        [
+            rng.standard_normal(3000) * 10.0 ** rng.integers(-6, 6, 3000),
+            np.zeros(50),
+            -np.zeros(5),
+            np.repeat(rng.random(20), 7),  # exact ties
+            1.0 + rng.random(30) * 1e-12,  # a short run of one float32 key
+            0.5 + rng.random(500) * 1e-13,  # a long run (np.argsort inside)
+            [np.inf, -np.inf],
+        ]
+    )
+    x = x[rng.permutation(len(x))]
+    n = len(x)
+    work = (np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.uint32), np.empty(n, np.uint32))
+    order = knn._radix_argsort(x, *work, np.empty(2048, np.int64))
+    assert sorted(order.tolist()) == list(range(n))
+    np.testing.assert_array_equal(x[order], np.sort(x))

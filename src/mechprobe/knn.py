@@ -8,8 +8,8 @@ largest total wins, the smallest class index on a tie.
 Features come layer by layer: X (N, L, D) (D = 1 head-averaged, or H per head). Two curves:
   * single:     layer l alone. With D = 1 this is a one-dimensional search: the k nearest of a
                 query are a contiguous run of the sorted training values next to its insertion
-                point. On the CPU (numba): one sort of all N values per layer serves every fold, and
-                each query's run grows from its insertion point, O(L N (log N + F k)); on a GPU
+                point. On the CPU (numba): one radix sort of all N values per layer serves every
+                fold, and each query's run is found next to its insertion point, O(L N F k); on a GPU
                 (torch): per fold, a sort and a binary search of log2(k) steps for all layers at
                 once, O(L (n log n + m log k)).
   * cumulative: layers 0..l. The squared distance is additive over layers,
@@ -241,58 +241,125 @@ def _runs(s, x, k):
     return lo
 
 
+def _radix_argsort(x, order, tmp, keys, ktmp, cnt):
+    """Argsort of float64 x (n,) in O(n): an LSD radix sort (3 passes of 11 bits) on the float32-rounded
+    values (rounding is monotone: x_i <= x_j implies f32(x_i) <= f32(x_j)), then each run of equal
+    float32 keys put in float64 order (insertion; np.argsort for a run longer than 64). order, tmp
+    (n,) int64, keys, ktmp (n,) uint32, cnt (2048,) int64 are work arrays; returns the order."""
+    n = x.shape[0]
+    for i in range(n):  # float bits -> unsigned keys in the same order (negatives flipped)
+        kb = np.float32(x[i]).view(np.uint32)
+        keys[i] = ~kb if kb >> 31 else kb | np.uint32(0x80000000)
+        order[i] = i
+    for shift in (0, 11, 22):
+        cnt[:] = 0
+        for i in range(n):
+            cnt[(keys[i] >> shift) & 2047] += 1
+        tot = 0
+        for d in range(2048):
+            c = cnt[d]
+            cnt[d] = tot
+            tot += c
+        for i in range(n):
+            d = (keys[i] >> shift) & 2047
+            j = cnt[d]
+            cnt[d] = j + 1
+            tmp[j], ktmp[j] = order[i], keys[i]
+        order, tmp, keys, ktmp = tmp, order, ktmp, keys
+    i = 0
+    while i < n:
+        j = i + 1
+        while j < n and keys[j] == keys[i]:
+            j += 1
+        if j - i > 64:
+            run = order[i:j].copy()
+            order[i:j] = run[np.argsort(x[run])]
+        else:
+            for a in range(i + 1, j):
+                v, xv, b = order[a], x[order[a]], a - 1
+                while b >= i and x[order[b]] > xv:
+                    order[b + 1] = order[b]
+                    b -= 1
+                order[b + 1] = v
+        i = j
+    return order
+
+
 def _one_dim_folds_loops(XT, y, fold, n_folds, k, n_classes, out):
-    """Compiled body of _one_dim_folds: per layer (in parallel) one sort of all N values, then per fold
-    one pass that lists the training values in order and one that grows each query's run of k nearest
-    from its insertion point (the nearer side first, the left one on a tie) and votes."""
+    """Compiled body of _one_dim_folds: per layer (in parallel) one sort of all N values; per fold one
+    pass that lists the training values in order (with k sentinels of -inf / +inf on either side) and
+    one that finds each query's run of k nearest next to its insertion point (a, the number on its
+    left, counts the i < k with left_i <= right_{k-1-i}: a monotone predicate) and votes."""
     L, N = XT.shape
     for l in numba.prange(L):
-        order = np.argsort(XT[l])
-        sv, sl, sf = XT[l][order], y[order], fold[order]  # values, labels, folds in sorted order
-        vals, labs = np.empty(N), np.empty(N, np.int64)
-        dist, lab, score = np.empty(k), np.empty(k, np.int64), np.empty(n_classes)
+        x = XT[l]
+        order = _radix_argsort(
+            x,
+            np.empty(N, np.int64),
+            np.empty(N, np.int64),
+            np.empty(N, np.uint32),
+            np.empty(N, np.uint32),
+            np.empty(2048, np.int64),
+        )
+        sv, sf = x[order], fold[order]  # values and folds in sorted order
+        pred = np.empty(N, np.int64)  # in sorted order
+        vals, labs = np.empty(N + 2 * k), np.zeros(N + 2 * k, np.int64)
+        score = np.empty(n_classes)
+        vals[:k] = -np.inf
         for f in range(n_folds):
             nt = 0
             for p in range(N):
                 if sf[p] != f:
-                    vals[nt], labs[nt] = sv[p], sl[p]
+                    vals[k + nt], labs[k + nt] = sv[p], y[order[p]]
                     nt += 1
+            vals[k + nt : 2 * k + nt] = np.inf
             kk = min(k, nt)
-            below = 0  # training values before position p
+            below = k  # index in vals of the first training value after the query
             for p in range(N):
                 if sf[p] != f:
                     below += 1
                     continue
-                x, a, b, zeros = sv[p], below - 1, below, 0
+                xq, a = sv[p], 0
                 for t in range(kk):
-                    if b >= nt or (a >= 0 and x - vals[a] <= vals[b] - x):
-                        dist[t], lab[t] = x - vals[a], labs[a]
-                        a -= 1
-                    else:
-                        dist[t], lab[t] = vals[b] - x, labs[b]
-                        b += 1
-                    zeros += dist[t] == 0.0
+                    a += (xq - vals[below - 1 - t]) <= (vals[below + kk - 1 - t] - xq)
+                lo = below - a  # vals[lo : lo + kk] are the kk nearest
+                zeros = 0
+                for t in range(lo, lo + kk):
+                    zeros += vals[t] == xq
+                if zeros == 0 and n_classes == 2:  # two classes: two sums, no scatter
+                    s0, s1 = 0.0, 0.0
+                    for t in range(lo, lo + kk):
+                        w = 1.0 / abs(vals[t] - xq)
+                        if labs[t] == 1:
+                            s1 += w
+                        else:
+                            s0 += w
+                    pred[p] = 1 if s1 > s0 else 0
+                    continue
                 score[:] = 0.0
-                for t in range(kk):
+                for t in range(lo, lo + kk):
                     if zeros == 0:
-                        score[lab[t]] += 1.0 / dist[t]
-                    elif dist[t] == 0.0:
-                        score[lab[t]] += 1.0
+                        score[labs[t]] += 1.0 / abs(vals[t] - xq)
+                    elif vals[t] == xq:
+                        score[labs[t]] += 1.0
                 best = 0
                 for c in range(1, n_classes):
                     if score[c] > score[best]:
                         best = c
-                out[l, order[p]] = best
+                pred[p] = best
+        for p in range(N):
+            out[l, order[p]] = pred[p]
 
 
 if numba is not None:
+    _radix_argsort = numba.njit(cache=True)(_radix_argsort)
     _one_dim_folds_loops = numba.njit(parallel=True, cache=True)(_one_dim_folds_loops)
 
 
 def _one_dim_folds(X, y, fold, k, n_classes):
     """Out-of-fold predictions (L, N) for every layer alone: X (N, L) float64, y (N,) class indices,
-    fold (N,) fold indices 0..F-1; every fold must leave training rows. One sort per layer serves every
-    fold, O(L N (log N + F k)), compiled (numba)."""
+    fold (N,) fold indices 0..F-1; every fold must leave training rows. One radix sort per layer serves
+    every fold, O(L N (1 + F k)), compiled (numba)."""
     out = np.empty((X.shape[1], X.shape[0]), dtype=np.int64)
     XT = np.ascontiguousarray(np.asarray(X, dtype=np.float64).T)
     y, fold = np.ascontiguousarray(y, dtype=np.int64), np.ascontiguousarray(fold, dtype=np.int64)
