@@ -236,7 +236,7 @@ def main():
     print(
         f"new     ({a.n} statements x {a.layers} layers, model + control, P1 + P2, 2 folds): all-layers "
         f"{t_new['all']:.1f} s, "
-        f"single curves {t_new['single']:.1f} s, cumulative curves {t_new['cumulative']:.1f} s; total {tot_new:.1f} s",
+        f"single curves {t_new['single']:.2f} s, cumulative curves {t_new['cumulative']:.1f} s; total {tot_new:.1f} s",
         flush=True,
     )
     if a.skip_sklearn:

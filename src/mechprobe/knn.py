@@ -285,14 +285,14 @@ def _radix_argsort(x, order, tmp, keys, ktmp, cnt):
     return order
 
 
-def _one_dim_folds_loops(XT, y, fold, n_folds, k, n_classes, out):
+def _one_dim_folds_loops(X, y, fold, n_folds, k, n_classes, out):
     """Compiled body of _one_dim_folds: per layer (in parallel) one sort of all N values; per fold one
     pass that lists the training values in order (with k sentinels of -inf / +inf on either side) and
     one that finds each query's run of k nearest next to its insertion point (a, the number on its
     left, counts the i < k with left_i <= right_{k-1-i}: a monotone predicate) and votes."""
-    L, N = XT.shape
+    N, L = X.shape
     for l in numba.prange(L):
-        x = XT[l]
+        x = X[:, l].copy()  # this layer's values, contiguous (read from X (N, L) in the threads)
         order = _radix_argsort(
             x,
             np.empty(N, np.int64),
@@ -323,6 +323,12 @@ def _one_dim_folds_loops(XT, y, fold, n_folds, k, n_classes, out):
                 for t in range(kk):
                     a += (xq - vals[below - 1 - t]) <= (vals[below + kk - 1 - t] - xq)
                 lo = below - a  # vals[lo : lo + kk] are the kk nearest
+                same = 1
+                for t in range(lo + 1, lo + kk):
+                    same &= labs[t] == labs[lo]
+                if same:  # one label among the neighbours: the vote needs no weights
+                    pred[p] = labs[lo]
+                    continue
                 zeros = 0
                 for t in range(lo, lo + kk):
                     zeros += vals[t] == xq
@@ -361,9 +367,9 @@ def _one_dim_folds(X, y, fold, k, n_classes):
     fold (N,) fold indices 0..F-1; every fold must leave training rows. One radix sort per layer serves
     every fold, O(L N (1 + F k)), compiled (numba)."""
     out = np.empty((X.shape[1], X.shape[0]), dtype=np.int64)
-    XT = np.ascontiguousarray(np.asarray(X, dtype=np.float64).T)
+    X = np.ascontiguousarray(X, dtype=np.float64)  # a copy only when X is not C-contiguous (N, L)
     y, fold = np.ascontiguousarray(y, dtype=np.int64), np.ascontiguousarray(fold, dtype=np.int64)
-    _one_dim_folds_loops(XT, y, fold, int(fold.max()) + 1, k, n_classes, out)
+    _one_dim_folds_loops(X, y, fold, int(fold.max()) + 1, k, n_classes, out)
     return out
 
 
@@ -399,7 +405,7 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
     N, L, D = X.shape
     Xt = torch.as_tensor(X, device=device)
     yt = torch.as_tensor(yi, device=device)
-    cum = np.zeros((L, N), dtype=np.int64)
+    cum = np.zeros((L, N), dtype=np.int64) if cumulative or not curves else None
     single = np.empty((L, N), dtype=np.int64) if curves else None
     fold_ids, fold_idx = np.unique(folds, return_inverse=True)
     if len(fold_ids) < 2:
@@ -407,7 +413,7 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
     compiled = curves and D == 1 and numba is not None and Xt.device.type == "cpu"
     if compiled:  # every fold's single-layer curve from one sort per layer
         single = _one_dim_folds(X[:, :, 0], yi, fold_idx, k, len(classes))
-    for f in fold_ids:
+    for f in fold_ids if not (compiled and not cumulative) else ():  # nothing left to do per fold
         te_m, tr_m = folds == f, folds != f
         tr, te, ytr = (
             Xt[torch.as_tensor(tr_m, device=device)],
@@ -432,7 +438,7 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
             cum[L - 1, te_m] = _general(flat_tr, ytr, flat_te, k, len(classes)).cpu().numpy()
     out = {"cumulative": classes[cum] if curves else classes[cum[-1:]]} if cumulative else {}
     if curves:
-        out["single"] = classes[single]
+        out["single"] = single if np.array_equal(classes, np.arange(len(classes))) else classes[single]
     return out
 
 
