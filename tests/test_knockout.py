@@ -151,17 +151,23 @@ def copy_model():
     return model
 
 
-def test_study_nothing_is_the_baseline_and_knocking_the_copied_token_hurts():
-    model = copy_model()
-    rng = np.random.default_rng(0)
+def copy_prompts(rng, n):
+    """n prompts for copy_model: six one-token statements, one of them the "small" token (the useful
+    statement, whose value is the gold answer), then the query token 15."""
     prompts, gold, useful = [], [], []
-    for _ in range(12):
+    for _ in range(n):
         toks = rng.choice(np.arange(9, 15), size=6, replace=False)
         at = int(rng.integers(6))
         toks[at] = rng.integers(1, 7)
         prompts.append({"ids": toks.tolist() + [15], "spans": [(i, i + 1) for i in range(6)], "queries": [6]})
         gold.append(int(toks[at]))
         useful.append(np.eye(6, dtype=int)[at])
+    return prompts, gold, useful
+
+
+def test_study_nothing_is_the_baseline_and_knocking_the_copied_token_hurts():
+    model = copy_model()
+    prompts, gold, useful = copy_prompts(np.random.default_rng(0), 12)
     conds = conditions(useful, useful, seeds=[0, 1])
     res = knockout_study(model, prompts, gold, conds, layer_windows(1))
     c = res["conditions"]
@@ -232,15 +238,7 @@ def test_cached_passes_rerun_only_the_prompts_whose_knocked_statements_changed(t
     from mechprobe.cache import FeatureCache, model_fingerprint
 
     model = copy_model()
-    rng = np.random.default_rng(3)
-    prompts, gold, useful = [], [], []
-    for _ in range(10):
-        toks = rng.choice(np.arange(9, 15), size=6, replace=False)
-        at = int(rng.integers(6))
-        toks[at] = rng.integers(1, 7)
-        prompts.append({"ids": toks.tolist() + [15], "spans": [(i, i + 1) for i in range(6)], "queries": [6]})
-        gold.append(int(toks[at]))
-        useful.append(np.eye(6, dtype=int)[at])
+    prompts, gold, useful = copy_prompts(np.random.default_rng(3), 10)
     cache = FeatureCache(tmp_path)
     scored = list(range(1, 7))
     first = knockout_study(model, prompts, gold, conditions(useful, useful, [0]), [[0]], scored=scored, cache=cache)

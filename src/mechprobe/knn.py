@@ -39,6 +39,7 @@ except ImportError:  # pragma: no cover - numba is in requirements.txt
 N_NEIGHBORS = 8
 _U = 1.2e-7  # twice float32's unit roundoff: the GPU search's rounding margin per summed term (see _Prefix.search)
 _U64 = 4.5e-16  # the same for the float64 search on the CPU
+_REL = 1e-12  # relative margin on tau for searches whose distances come from differences, as exact()'s do
 TREE_MAX_DIMS = 16  # up to this many dimensions sklearn's trees search a whole prefix faster than the bound
 SKLEARN_MIN_ROWS = 4096  # below this many training rows a call to sklearn costs more than torch's search
 KDTREE_MAX_DIMS = 5  # up to this many dimensions a k-d tree answers a re-search faster than brute force (measured)
@@ -71,7 +72,7 @@ class _Prefix:
         self.flat = tr.reshape(self.n, -1)  # (n, L*D) float64
         self.flat32 = self.flat.float()
         self.sq = (tr * tr).sum(2).cumsum(1)  # (n, L): ||x_{0..l}||^2
-        self.trees = {}  # (a, b) -> index of the columns [a, b) of flat (sorted values or a KDTree), built on first use
+        self.index = {}  # (a, b) -> search index of the columns [a, b) of flat (sorted values or a KDTree), built once
 
     def center(self, te):
         """Queries (m, L, D) -> centred and flattened (m, L*D)."""
@@ -92,22 +93,21 @@ class _Prefix:
             idx = torch.arange(self.n, device=q.device).expand(q.shape[0], self.n)
             return idx, torch.full((q.shape[0],), float("inf"), dtype=q.dtype, device=q.device)
         if b - a == 1:  # one dimension: the c nearest are a run of the sorted values
-            if (a, b) not in self.trees:
-                self.trees[a, b] = torch.sort(self.flat[:, a])
-            s, order = self.trees[a, b]
+            if (a, b) not in self.index:
+                self.index[a, b] = torch.sort(self.flat[:, a])
+            s, order = self.index[a, b]
             x = q[:, 0]
             lo = _runs(s[None], x[None].contiguous(), c)[0]
             ext = torch.cat([s.new_full((1,), -float("inf")), s, s.new_full((1,), float("inf"))])
             out = torch.minimum(x - ext[lo], ext[lo + c + 1] - x)  # the nearest value outside the run
-            return order[lo[:, None] + torch.arange(c, device=q.device)], out * out * (1 - 1e-12)
+            return order[lo[:, None] + torch.arange(c, device=q.device)], out * out * (1 - _REL)
         if q.device.type == "cpu" and self.n >= SKLEARN_MIN_ROWS and b - a <= KDTREE_MAX_DIMS:
             from sklearn.neighbors import KDTree
 
-            if (a, b) not in self.trees:
-                self.trees[a, b] = KDTree(self.flat[:, a:b].numpy())
-            d, idx = self.trees[a, b].query(q.numpy(), k=c)
-            # the tree's distances are sums of squared differences, as exact() computes them: a relative margin
-            return torch.from_numpy(idx), torch.from_numpy(d[:, -1] ** 2) * (1 - 1e-12)
+            if (a, b) not in self.index:
+                self.index[a, b] = KDTree(self.flat[:, a:b].numpy())
+            d, idx = self.index[a, b].query(q.numpy(), k=c)
+            return torch.from_numpy(idx), torch.from_numpy(d[:, -1] ** 2) * (1 - _REL)
         if q.device.type == "cpu" and self.n >= SKLEARN_MIN_ROWS:
             from sklearn.neighbors import NearestNeighbors
 
@@ -413,32 +413,33 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
     compiled = curves and D == 1 and numba is not None and Xt.device.type == "cpu"
     if compiled:  # every fold's single-layer curve from one sort per layer
         single = _one_dim_folds(X[:, :, 0], yi, fold_idx, k, len(classes))
-    for f in fold_ids if not (compiled and not cumulative) else ():  # nothing left to do per fold
+    for f in [] if compiled and not cumulative else fold_ids:  # the work left per fold
         te_m, tr_m = folds == f, folds != f
         tr, te, ytr = (
             Xt[torch.as_tensor(tr_m, device=device)],
             Xt[torch.as_tensor(te_m, device=device)],
             yt[torch.as_tensor(tr_m, device=device)],
         )
-        if curves and cumulative:
+        if not curves:
+            flat_tr, flat_te = tr.reshape(len(tr), -1), te.reshape(len(te), -1)
+            cum[L - 1, te_m] = _general(flat_tr, ytr, flat_te, k, len(classes)).cpu().numpy()
+            continue
+        if cumulative:
             if Xt.device.type == "cpu" and L * D <= TREE_MAX_DIMS:
                 cum[:, te_m] = _cumulative_trees(tr, ytr, te, k, len(classes)).numpy()
             else:
                 cum[:, te_m] = _cumulative(tr, ytr, te, k, len(classes), n_cand).cpu().numpy()
         if compiled:
-            pass
-        elif curves and D == 1:
+            continue
+        if D == 1:
             single[:, te_m] = _one_dim(tr[:, :, 0], ytr, te[:, :, 0], k, len(classes)).cpu().numpy()
-        elif curves:
+        else:
             for l in range(L):
                 p = _general(tr[:, l].contiguous(), ytr, te[:, l].contiguous(), k, len(classes))
                 single[l, te_m] = p.cpu().numpy()
-        else:
-            flat_tr, flat_te = tr.reshape(len(tr), -1), te.reshape(len(te), -1)
-            cum[L - 1, te_m] = _general(flat_tr, ytr, flat_te, k, len(classes)).cpu().numpy()
     out = {"cumulative": classes[cum] if curves else classes[cum[-1:]]} if cumulative else {}
     if curves:
-        out["single"] = single if np.array_equal(classes, np.arange(len(classes))) else classes[single]
+        out["single"] = classes[single]
     return out
 
 
