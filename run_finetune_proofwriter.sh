@@ -22,6 +22,7 @@ EVAL_EVERY=${EVAL_EVERY:-250}
 LM_WEIGHT=${LM_WEIGHT:-0.0}                       # auxiliary next-token loss on the prompt's tokens (0: the answer's loss only)
 CURRICULUM=${CURRICULUM:-0}                       # epochs that go from the shortest prompts (smallest theories) to the longest
 STAGE_STEPS=${STAGE_STEPS:-0}                     # first steps on the smallest theories only, larger groups let in one by one
+POSITIVE_STEPS=${POSITIVE_STEPS:-0}               # first steps on the questions without "not" only
 BALANCED=${BALANCED:-0}                           # 1: as many questions of each kind per theory, no shortcut (use another DATA_DIR)
 SEED=${SEED:-0}
 DEVICE=${DEVICE:-auto}
@@ -34,6 +35,6 @@ flags=()
 [ "$RESTART" = 1 ] && flags+=(--restart)
 python -m mechprobe.finetune_proofwriter --data-dir "$DATA_DIR" --out-dir "$OUT_DIR" --depth "$DEPTH" --sizes $SIZES \
   --groups $STATEMENTS --questions "$QUESTIONS" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --lr "$LR" \
-  --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --eval-every "$EVAL_EVERY" --curriculum "$CURRICULUM" --stage-steps "$STAGE_STEPS" --lm-weight "$LM_WEIGHT" --balanced "$BALANCED" --seed "$SEED" \
+  --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --eval-every "$EVAL_EVERY" --curriculum "$CURRICULUM" --stage-steps "$STAGE_STEPS" --positive-steps "$POSITIVE_STEPS" --lm-weight "$LM_WEIGHT" --balanced "$BALANCED" --seed "$SEED" \
   --device "$DEVICE" --threads "$THREADS" "${flags[@]}"
 echo "outputs: $OUT_DIR (best/ and last/ models, results.json, config.json, curves.png, run.log)"

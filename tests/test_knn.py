@@ -180,3 +180,23 @@ def test_radix_argsort_orders_float64_values():
     order = knn._radix_argsort(x, *work, np.empty(2048, np.int64))
     assert sorted(order.tolist()) == list(range(n))
     np.testing.assert_array_equal(x[order], np.sort(x))
+
+
+@pytest.mark.parametrize(
+    "y",
+    [
+        np.array([1, 0, 1, 1, 0]),
+        np.array([3, 7, 3, 0, 7], dtype=np.int32),  # gaps between the classes
+        np.array([True, False, True]),
+        np.array([-2, 5, -2]),  # negative: the np.unique path
+        np.array(["b", "a", "b"]),
+        np.array([2, 2, 2], dtype=np.uint8),
+    ],
+)
+def test_label_encoding_equals_np_unique(y):
+    classes, yi = knn._encode(y)
+    ref_classes, ref_yi = np.unique(y, return_inverse=True)
+    assert classes.dtype == ref_classes.dtype and np.array_equal(classes, ref_classes)
+    assert np.array_equal(yi, ref_yi)
+    back = knn._decode(classes, yi)
+    assert back.dtype == y.dtype and np.array_equal(back, y)

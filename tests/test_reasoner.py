@@ -190,6 +190,28 @@ def test_staged_phase_lets_the_groups_in_one_by_one(trained):
     assert [b.tolist() for b in steps[S:]] == [b.tolist() for b in plain[S - spe :]]  # after it: as before
 
 
+def test_positive_phase_draws_only_questions_without_not(trained):
+    from mechprobe.models import load_tokenizer
+
+    d, _ = trained
+    files = rs.split_files(d / "data", json.loads((d / "data" / "meta.json").read_text()))
+    tok = load_tokenizer(d / "run" / "best")
+    splits = {s: rs.read_questions(f) for s, f in files.items()}
+    train, spe = splits["train"], len(rs.PromptTask(tok, splits, 16, 0).epoch_batches(0))
+    assert rs.is_negated("Bob is not big.") and not rs.is_negated("Bob is big.") and not rs.is_negated("Nothing.")
+    P = spe + 2
+    task = rs.PromptTask(tok, splits, 16, 0, stage_steps=2, positive_steps=P)
+    steps = [b for e in (0, 1) for b in task.epoch_batches(e)]
+    for t, b in enumerate(steps[:P]):
+        assert not any(" not " in train[int(i)]["question"] for i in b) and len(b) == 16
+        assert (
+            t >= 1 or max(train[int(i)]["group"] for i in b) == 4
+        )  # the staged phase (step 0: 4 statements) holds too
+    assert any(" not " in train[int(i)]["question"] for b in steps[P:] for i in b)
+    plain = rs.PromptTask(tok, splits, 16, 0).epoch_batches(1)
+    assert [b.tolist() for b in steps[P:]] == [b.tolist() for b in plain[P - spe :]]  # after it: as before
+
+
 def test_auxiliary_next_token_loss_by_hand():
     import torch.nn.functional as F
 

@@ -53,6 +53,7 @@ class ReasonerSettings:
     target_acc: float = 0.0
     curriculum: int = 0
     stage_steps: int = 0
+    positive_steps: int = 0
     lm_weight: float = 0.0
     balanced: int = 0
     seed: int = 0
@@ -78,6 +79,7 @@ RESUME_KEYS = (
     "warmup",
     "curriculum",
     "stage_steps",
+    "positive_steps",
     "lm_weight",
     "balanced",
     "seed",
@@ -94,13 +96,19 @@ def train(a):
     files = rs.ensure_data(a.data_dir, cfg)
     splits = {s: rs.read_questions(f) for s, f in files.items()}
     tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
-    task = rs.PromptTask(tok, splits, a.batch_size, a.seed, a.curriculum, a.stage_steps)
+    task = rs.PromptTask(tok, splits, a.batch_size, a.seed, a.curriculum, a.stage_steps, a.positive_steps)
     model = rs.build_model(tok, a.layers, a.hidden, a.heads, a.seed)
     dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev)
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(a, k)) for k in RESUME_KEYS)}
     ckpt = out / "checkpoint.pt"
-    added = {"curriculum": 0, "stage_steps": 0, "lm_weight": 0.0, "balanced": 0}  # before these options existed
+    added = {
+        "curriculum": 0,
+        "stage_steps": 0,
+        "positive_steps": 0,
+        "lm_weight": 0.0,
+        "balanced": 0,
+    }  # before these options existed
     resume = load_checkpoint(ckpt, settings, dev, added) if ckpt.exists() and not a.restart else None
     tr = Trainer(model, a.lr, a.weight_decay, a.warmup, a.max_steps, dev, a.lm_weight)
     use_bf16 = a.autocast == "bf16" or (a.autocast == "auto" and bf16_fast(dev))
@@ -177,6 +185,12 @@ def parser():
         type=nonneg_int,
         help="first steps trained on the smallest theories, the larger groups let in one by one "
         "(equal shares of these steps; 0: none)",
+    )
+    p.add_argument(
+        "--positive-steps",
+        type=nonneg_int,
+        help="first steps trained on the questions without 'not' only (whether the statement holds is learnt "
+        "before its negation; 0: none)",
     )
     p.add_argument(
         "--lm-weight",

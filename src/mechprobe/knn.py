@@ -301,24 +301,24 @@ def _one_dim_folds_loops(X, y, fold, n_folds, k, n_classes, out):
             np.empty(N, np.uint32),
             np.empty(2048, np.int64),
         )
-        sv, sf = x[order], fold[order]  # values and folds in sorted order
+        sv, sf, sy = x[order], fold[order], y[order]  # values, folds and labels in sorted order
         pred = np.empty(N, np.int64)  # in sorted order
         vals, labs = np.empty(N + 2 * k), np.zeros(N + 2 * k, np.int64)
+        qpos, qbelow = np.empty(N, np.int64), np.empty(N, np.int64)  # each query's sorted position, its index in vals
         score = np.empty(n_classes)
         vals[:k] = -np.inf
         for f in range(n_folds):
-            nt = 0
-            for p in range(N):
-                if sf[p] != f:
-                    vals[k + nt], labs[k + nt] = sv[p], y[order[p]]
-                    nt += 1
+            nt, nq = 0, 0
+            for p in range(N):  # branch-free: every value written, the counters advance by fold
+                isq = sf[p] == f
+                vals[k + nt], labs[k + nt] = sv[p], sy[p]
+                qpos[nq], qbelow[nq] = p, k + nt  # below: index in vals of the first training value after it
+                nt += 1 - isq
+                nq += isq
             vals[k + nt : 2 * k + nt] = np.inf
             kk = min(k, nt)
-            below = k  # index in vals of the first training value after the query
-            for p in range(N):
-                if sf[p] != f:
-                    below += 1
-                    continue
+            for j in range(nq):
+                p, below = qpos[j], qbelow[j]
                 xq, a = sv[p], 0
                 for t in range(kk):
                     a += (xq - vals[below - 1 - t]) <= (vals[below + kk - 1 - t] - xq)
@@ -333,14 +333,12 @@ def _one_dim_folds_loops(X, y, fold, n_folds, k, n_classes, out):
                 for t in range(lo, lo + kk):
                     zeros += vals[t] == xq
                 if zeros == 0 and n_classes == 2:  # two classes: two sums, no scatter
-                    s0, s1 = 0.0, 0.0
-                    for t in range(lo, lo + kk):
+                    s, s1 = 0.0, 0.0
+                    for t in range(lo, lo + kk):  # no branch on the label
                         w = 1.0 / abs(vals[t] - xq)
-                        if labs[t] == 1:
-                            s1 += w
-                        else:
-                            s0 += w
-                    pred[p] = 1 if s1 > s0 else 0
+                        s += w
+                        s1 += w * labs[t]
+                    pred[p] = s1 > s - s1
                     continue
                 score[:] = 0.0
                 for t in range(lo, lo + kk):
@@ -359,7 +357,8 @@ def _one_dim_folds_loops(X, y, fold, n_folds, k, n_classes, out):
 
 if numba is not None:
     _radix_argsort = numba.njit(cache=True)(_radix_argsort)
-    _one_dim_folds_loops = numba.njit(parallel=True, cache=True)(_one_dim_folds_loops)
+    # error_model="numpy": no zero check on the divisions (the vote divides only by nonzero distances)
+    _one_dim_folds_loops = numba.njit(parallel=True, cache=True, error_model="numpy")(_one_dim_folds_loops)
 
 
 def _one_dim_folds(X, y, fold, k, n_classes):
@@ -367,10 +366,30 @@ def _one_dim_folds(X, y, fold, k, n_classes):
     fold (N,) fold indices 0..F-1; every fold must leave training rows. One radix sort per layer serves
     every fold, O(L N (1 + F k)), compiled (numba)."""
     out = np.empty((X.shape[1], X.shape[0]), dtype=np.int64)
-    X = np.ascontiguousarray(X, dtype=np.float64)  # a copy only when X is not C-contiguous (N, L)
+    X = np.asarray(X, dtype=np.float64)  # any strides: each layer is copied out in its thread
     y, fold = np.ascontiguousarray(y, dtype=np.int64), np.ascontiguousarray(fold, dtype=np.int64)
     _one_dim_folds_loops(X, y, fold, int(fold.max()) + 1, k, n_classes, out)
     return out
+
+
+def _encode(y):
+    """(classes, index of each label in classes): np.unique(y, return_inverse=True), by counting when y holds
+    small non-negative integers (labels of the probe: 0/1, steps), 10 x faster on 65,536 rows."""
+    y = np.asarray(y)
+    if y.dtype.kind in "iub" and y.size and 0 <= y.min() and y.max() < 1 << 16:
+        yy = y.astype(np.int64, copy=False)
+        classes = np.flatnonzero(np.bincount(yy))
+        lut = np.zeros(int(classes[-1]) + 1, np.int64)
+        lut[classes] = np.arange(len(classes))
+        return classes.astype(y.dtype), lut[yy]
+    return np.unique(y, return_inverse=True)
+
+
+def _decode(classes, pred):
+    """Labels of class indices pred: classes[pred], without the gather when classes are 0..C-1."""
+    if classes.dtype.kind in "iu" and np.array_equal(classes, np.arange(len(classes))):
+        return pred.astype(classes.dtype, copy=False)
+    return classes[pred]
 
 
 def _take(a, idx):
@@ -381,13 +400,13 @@ def _take(a, idx):
 
 def knn_predict(X_train, y_train, X_test, k=N_NEIGHBORS, device="cpu"):
     """Class predictions for X_test (m, F) from X_train (n, F), labels y_train (n,) (any values)."""
-    classes, yi = np.unique(np.asarray(y_train), return_inverse=True)
+    classes, yi = _encode(y_train)
     tr = torch.as_tensor(np.asarray(X_train, dtype=np.float64), device=device)
     te = torch.as_tensor(np.asarray(X_test, dtype=np.float64), device=device)
     pred = _general(
         tr.reshape(len(tr), -1), torch.as_tensor(yi, device=device), te.reshape(len(te), -1), k, len(classes)
     )
-    return classes[pred.cpu().numpy()]
+    return _decode(classes, pred.cpu().numpy())
 
 
 def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64, cumulative=True):
@@ -401,7 +420,7 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
     X = np.asarray(X, dtype=np.float64)
     if X.ndim == 2:
         X = X[:, :, None]
-    classes, yi = np.unique(np.asarray(y), return_inverse=True)
+    classes, yi = _encode(y)
     N, L, D = X.shape
     Xt = torch.as_tensor(X, device=device)
     yt = torch.as_tensor(yi, device=device)
@@ -412,7 +431,7 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
         raise ValueError("a fold left no training data")
     compiled = curves and D == 1 and numba is not None and Xt.device.type == "cpu"
     if compiled:  # every fold's single-layer curve from one sort per layer
-        single = _one_dim_folds(X[:, :, 0], yi, fold_idx, k, len(classes))
+        single = _one_dim_folds(X.reshape(N, L), yi, fold_idx, k, len(classes))  # a view: D == 1
     for f in [] if compiled and not cumulative else fold_ids:  # the work left per fold
         te_m, tr_m = folds == f, folds != f
         tr, te, ytr = (
@@ -437,9 +456,9 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
             for l in range(L):
                 p = _general(tr[:, l].contiguous(), ytr, te[:, l].contiguous(), k, len(classes))
                 single[l, te_m] = p.cpu().numpy()
-    out = {"cumulative": classes[cum] if curves else classes[cum[-1:]]} if cumulative else {}
+    out = {"cumulative": _decode(classes, cum if curves else cum[-1:])} if cumulative else {}
     if curves:
-        out["single"] = classes[single]
+        out["single"] = _decode(classes, single)
     return out
 
 

@@ -22,7 +22,10 @@ Training batches are bucketed by length: each epoch's seeded permutation is cut 
 the first `curriculum` epochs instead go through all prompts from the shortest to the longest
 (the smallest theories first: matching a question to one fact is learnt before searching 24);
 with stage_steps, the first stage_steps batches are drawn from the smallest theories only, the
-larger groups let in one at a time (equal shares); right padding with an attention mask, the loss
+larger groups let in one at a time (equal shares); with positive_steps, the first positive_steps
+batches hold only questions without "not" (whether a statement holds is learnt apart from its
+negation: on the balanced draw the answer is the XOR of the two, with no signal in either alone);
+right padding with an attention mask, the loss
 at each prompt's last real token.
 """
 
@@ -156,6 +159,11 @@ def read_questions(path):
     return items
 
 
+def is_negated(question):
+    """Whether a question is a negated statement ("Bob is not big.", "The cat does not eat the dog.")."""
+    return " not " in f" {question} "
+
+
 def build_tokenizer(items):
     from .tiny import word_tokenizer
 
@@ -172,12 +180,13 @@ def build_model(tok, layers=4, hidden=128, heads=4, seed=0, max_positions=1024):
 class PromptTask:
     """ProofWriter questions as a training task (training.run_loop), length-bucketed."""
 
-    def __init__(self, tok, splits, batch_size, seed, curriculum=0, stage_steps=0):
+    def __init__(self, tok, splits, batch_size, seed, curriculum=0, stage_steps=0, positive_steps=0):
         self.tok, self.batch_size, self.seed, self.curriculum = tok, batch_size, seed, curriculum
-        self.stage_steps = stage_steps
+        self.stage_steps, self.positive_steps = stage_steps, positive_steps
         train_groups = np.array([it["group"] for it in splits["train"]])
         self.groups = sorted(set(train_groups.tolist()))
-        self.pools = {g: np.flatnonzero(train_groups <= g) for g in self.groups}  # theories of <= g statements
+        self.pools = {g: train_groups <= g for g in self.groups}  # theories of <= g statements
+        self.positive = np.array([not is_negated(it["question"]) for it in splits["train"]])
         self.word_ids = answer_ids(tok, WORDS)
         self.items, self.ids = splits, {}
         for split, items in splits.items():
@@ -216,11 +225,20 @@ class PromptTask:
             return None
         return self.groups[step * len(self.groups) // self.stage_steps]
 
+    def pool(self, step):
+        """Training questions a batch of this step is drawn from (None: all, in the epoch's order): the
+        theories let in by the staged phase, and only the questions without "not" in the positive phase."""
+        group = self.stage_group(step)
+        if group is None and step >= self.positive_steps:
+            return None
+        sel = self.pools[group] if group is not None else np.ones(len(self.positive), bool)
+        return np.flatnonzero(sel & self.positive if step < self.positive_steps else sel)
+
     def _staged(self, epoch, batches):
-        """Batches of the staged phase replaced by seeded draws from the theories let in at their step."""
+        """Batches of the staged and positive phases replaced by seeded draws from their step's pool."""
         spe = len(batches)
-        for i in range(min(spe, max(0, self.stage_steps - epoch * spe))):
-            pool = self.pools[self.stage_group(epoch * spe + i)]
+        for i in range(min(spe, max(0, max(self.stage_steps, self.positive_steps) - epoch * spe))):
+            pool = self.pool(epoch * spe + i)
             rng = np.random.default_rng([self.seed, epoch * spe + i])
             batches[i] = torch.from_numpy(rng.choice(pool, min(self.batch_size, len(pool)), replace=False))
         return batches
