@@ -199,6 +199,7 @@ class PromptTask:
                     f"(first: {texts[unk[0]][:80]!r})"
                 )
             self.ids[split] = enc
+        self.lengths = np.array([len(x) for x in self.ids["train"]])
         self.answers = {
             s: torch.tensor([self.word_ids[WORDS.index(it["answer"])] for it in its]) for s, its in splits.items()
         }
@@ -235,13 +236,33 @@ class PromptTask:
         return np.flatnonzero(sel & self.positive if step < self.positive_steps else sel)
 
     def _staged(self, epoch, batches):
-        """Batches of the staged and positive phases replaced by seeded draws from their step's pool."""
+        """Batches of the staged and positive phases replaced by seeded draws from their step's pool,
+        bucketed by length: up to 50 steps with the same pool draw their questions together, sorted
+        by prompt length and cut into batches, in a seeded order."""
         spe = len(batches)
-        for i in range(min(spe, max(0, max(self.stage_steps, self.positive_steps) - epoch * spe))):
-            pool = self.pool(epoch * spe + i)
-            rng = np.random.default_rng([self.seed, epoch * spe + i])
-            batches[i] = torch.from_numpy(rng.choice(pool, min(self.batch_size, len(pool)), replace=False))
+        end = min(spe, max(0, max(self.stage_steps, self.positive_steps) - epoch * spe))
+        i = 0
+        while i < end:
+            step = epoch * spe + i
+            key = self._phase(step)
+            j = i + 1
+            while j < end and j - i < 50 and self._phase(epoch * spe + j) == key:
+                j += 1
+            pool, n = self.pool(step), j - i
+            bs = min(self.batch_size, len(pool))
+            rng = np.random.default_rng([self.seed, step])
+            if n * bs <= len(pool):
+                draw = rng.choice(pool, n * bs, replace=False)
+            else:  # a small pool (the smallest theories): each batch drawn apart
+                draw = np.concatenate([rng.choice(pool, bs, replace=False) for _ in range(n)])
+            draw = draw[np.argsort(self.lengths[draw], kind="stable")]
+            for b, o in enumerate(rng.permutation(n)):
+                batches[i + b] = torch.from_numpy(draw[o * bs : (o + 1) * bs])
+            i = j
         return batches
+
+    def _phase(self, step):
+        return self.stage_group(step), step < self.positive_steps
 
     def pad(self, split, idx):
         from .capture import pad_batch
