@@ -425,13 +425,14 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
     Xt = torch.as_tensor(X, device=device)
     yt = torch.as_tensor(yi, device=device)
     cum = np.zeros((L, N), dtype=np.int64) if cumulative or not curves else None
-    single = np.empty((L, N), dtype=np.int64) if curves else None
     fold_ids, fold_idx = np.unique(folds, return_inverse=True)
     if len(fold_ids) < 2:
         raise ValueError("a fold left no training data")
     compiled = curves and D == 1 and numba is not None and Xt.device.type == "cpu"
     if compiled:  # every fold's single-layer curve from one sort per layer
         single = _one_dim_folds(X.reshape(N, L), yi, fold_idx, k, len(classes))  # a view: D == 1
+    else:
+        single = np.empty((L, N), dtype=np.int64) if curves else None
     for f in [] if compiled and not cumulative else fold_ids:  # the work left per fold
         te_m, tr_m = folds == f, folds != f
         tr, te, ytr = (

@@ -25,8 +25,7 @@ with stage_steps, the first stage_steps batches are drawn from the smallest theo
 larger groups let in one at a time (equal shares); with positive_steps, the first positive_steps
 batches hold only questions without "not" (whether a statement holds is learnt apart from its
 negation: on the balanced draw the answer is the XOR of the two, with no signal in either alone);
-right padding with an attention mask, the loss
-at each prompt's last real token.
+right padding with an attention mask, the loss at each prompt's last real token.
 """
 
 import json
@@ -208,7 +207,7 @@ class PromptTask:
         n, bs = len(self.ids["train"]), self.batch_size
         rng = np.random.default_rng(self.seed * 1000 + epoch)
         perm = rng.permutation(n)
-        lengths = np.array([len(self.ids["train"][i]) for i in perm])
+        lengths = self.lengths[perm]
         batches = []
         if epoch < self.curriculum:  # curriculum: the shortest prompts (smallest theories) first
             srt = perm[np.argsort(lengths, kind="stable")]
@@ -226,14 +225,16 @@ class PromptTask:
             return None
         return self.groups[step * len(self.groups) // self.stage_steps]
 
+    def _phase(self, step):
+        """(largest group let in or None, positive phase?) at this step."""
+        return self.stage_group(step), step < self.positive_steps
+
     def pool(self, step):
-        """Training questions a batch of this step is drawn from (None: all, in the epoch's order): the
+        """Training questions a batch of this step (in the staged or positive phase) is drawn from: the
         theories let in by the staged phase, and only the questions without "not" in the positive phase."""
-        group = self.stage_group(step)
-        if group is None and step >= self.positive_steps:
-            return None
+        group, positive = self._phase(step)
         sel = self.pools[group] if group is not None else np.ones(len(self.positive), bool)
-        return np.flatnonzero(sel & self.positive if step < self.positive_steps else sel)
+        return np.flatnonzero(sel & self.positive if positive else sel)
 
     def _staged(self, epoch, batches):
         """Batches of the staged and positive phases replaced by seeded draws from their step's pool,
@@ -260,9 +261,6 @@ class PromptTask:
                 batches[i + b] = torch.from_numpy(draw[o * bs : (o + 1) * bs])
             i = j
         return batches
-
-    def _phase(self, step):
-        return self.stage_group(step), step < self.positive_steps
 
     def pad(self, split, idx):
         from .capture import pad_batch
