@@ -23,6 +23,7 @@ CACHE_DIR=${CACHE_DIR:-runs/feature_cache}  # captured features kept here; a rer
 CACHE=${CACHE:-1}                         # 0: capture again (--no-cache)
 HEAD_MAP=${HEAD_MAP:-1}                   # 1: per-head map of S_P1 / S_P2 (probe_by_head.png; per-head features in the cache)
 KNOCKOUT_ITEMS=${KNOCKOUT_ITEMS:-32}      # attention knockout (is the tree used?) on at most this many items (0: none; 29 passes over ~1,300-token prompts each)
+KNOCKOUT_FOLDS=${KNOCKOUT_FOLDS:-2}        # folds of the probe predictions the knockout blocks (apart from FOLDS: a rerun with other FOLDS reuses its passes)
 VIEW_ITEMS=${VIEW_ITEMS:-4}               # items in the interactive view attention_view.html (0: none)
 OUT_DIR=${OUT_DIR:-runs/probing_arc}
 
@@ -34,5 +35,5 @@ flags=()
 [ -n "$DEMO_DATA" ] && flags+=(--demo-data "$DEMO_DATA")
 python -m mechprobe.probing_arc --data "$DATA" --max-depth "$MAX_DEPTH" --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" \
   --seeds $SEEDS --query-pool "$QUERY_POOL" --dtype "$DTYPE" --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" \
-  --batch-size "$BATCH_SIZE" --cache-dir "$CACHE_DIR" --head-map "$HEAD_MAP" --knockout-items "$KNOCKOUT_ITEMS" --view-items "$VIEW_ITEMS" --out-dir "$OUT_DIR" "${flags[@]}"
+  --batch-size "$BATCH_SIZE" --cache-dir "$CACHE_DIR" --head-map "$HEAD_MAP" --knockout-items "$KNOCKOUT_ITEMS" --knockout-folds "$KNOCKOUT_FOLDS" --view-items "$VIEW_ITEMS" --out-dir "$OUT_DIR" "${flags[@]}"
 echo "outputs: $OUT_DIR (probe_results.json, config.json, probe_by_depth.png, probe_by_layer.png, probe_by_head.png, knockout*.png, attention_view.html)"

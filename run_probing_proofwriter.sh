@@ -27,6 +27,7 @@ LOAD_IN_8BIT=${LOAD_IN_8BIT:-0}
 CONTROL_LAYERS=${CONTROL_LAYERS:-0}       # 0: the control has all the model's layers
 BATCH_SIZE=${BATCH_SIZE:-0}               # 0: sized to the free memory
 KNOCKOUT_ITEMS=${KNOCKOUT_ITEMS:-1024}    # attention knockout (is the tree used?) on at most this many questions (0: none)
+KNOCKOUT_FOLDS=${KNOCKOUT_FOLDS:-2}        # folds of the probe predictions the knockout blocks (apart from FOLDS: a rerun with other FOLDS reuses its passes)
 HEAD_MAP=${HEAD_MAP:-1}                   # 1: per-head map of S_P1 / S_P2 (probe_by_head.png; per-head features in the cache)
 VIEW_ITEMS=${VIEW_ITEMS:-4}               # questions in the interactive view attention_view.html (0: none)
 CACHE_DIR=${CACHE_DIR:-runs/feature_cache}  # captured features kept here; a rerun that changes only the probe does no forward pass
@@ -47,5 +48,5 @@ if [ "$GENERATE" = 1 ]; then flags+=(--generate); else flags+=(--no-generate); f
 [ -n "$DEPTH_FOLDER" ] && flags+=(--depth-folder "$DEPTH_FOLDER")
 python -m mechprobe.probing_proofwriter --data "$DATA" --split "$SPLIT" --depths $DEPTHS --max-per-group "$MAX_PER_GROUP" \
   --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" --seeds $SEEDS --folds "$FOLDS" --query-pool "$QUERY_POOL" --dtype "$DTYPE" \
-  --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" --batch-size "$BATCH_SIZE" --cache-dir "$CACHE_DIR" --knockout-items "$KNOCKOUT_ITEMS" --head-map "$HEAD_MAP" --view-items "$VIEW_ITEMS" --out-dir "$OUT_DIR" "${flags[@]}"
+  --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" --batch-size "$BATCH_SIZE" --cache-dir "$CACHE_DIR" --knockout-items "$KNOCKOUT_ITEMS" --knockout-folds "$KNOCKOUT_FOLDS" --head-map "$HEAD_MAP" --view-items "$VIEW_ITEMS" --out-dir "$OUT_DIR" "${flags[@]}"
 echo "outputs: $OUT_DIR (probe_results.json, config.json, accuracy_by_group.png, probe_by_group.png, probe_by_depth.png, probe_by_layer.png, knockout*.png, probe_by_head.png, selectivity.png, attention_view.html)"

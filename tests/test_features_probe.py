@@ -15,6 +15,25 @@ def test_token_spans_from_offsets():
         token_spans([(0, 0), (0, 2)], [(5, 6)], text="ab    x")
 
 
+def test_token_spans_binary_search_equals_the_scan():
+    """The binary search over ordered offsets gives the spans of the definition (tokens with s < b and e > a),
+    on random tokenisations with special tokens (0, 0) anywhere, and names a span split by one."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        cuts = np.sort(rng.choice(np.arange(1, 200), rng.integers(2, 40), replace=False)).tolist()
+        offsets = [(a, b) for a, b in zip([0] + cuts, cuts)]
+        for _ in range(rng.integers(0, 3)):
+            offsets.insert(int(rng.integers(0, len(offsets) + 1)), (0, 0))
+        a = int(rng.integers(0, cuts[-1] - 1))
+        b = int(rng.integers(a + 1, cuts[-1] + 1))
+        ref = [t for t, (s, e) in enumerate(offsets) if e > s and s < b and e > a]
+        if ref == list(range(ref[0], ref[-1] + 1)):
+            assert token_spans(offsets, [(a, b)]) == [(ref[0], ref[-1] + 1)]
+        else:
+            with pytest.raises(MechprobeError, match="non-contiguous tokens"):
+                token_spans(offsets, [(a, b)])
+
+
 def test_statement_features_hand_computed():
     # L=1, H=2, Q=2, T=4
     rows = torch.tensor([[[[0.1, 0.2, 0.3, 0.4], [0.0, 0.5, 0.5, 0.0]], [[0.3, 0.2, 0.1, 0.4], [0.2, 0.2, 0.2, 0.4]]]])

@@ -37,7 +37,7 @@ def test_predictions_equal_sklearn(kind, N, L, D):
         X = np.cumsum(rng.standard_normal((N, L, D)) * 0.3, axis=1) + 0.2 * y[:, None, None] + 5.0
     else:
         X = rng.random((N, L, D))
-    folds = rng.integers(0, 2, N)
+    folds = rng.integers(0, 2 + (D > 1), N)  # three folds for the 3-dimensional features
     ours = knn.fold_curves(X, y, folds)
     ref = sklearn_curves(X, y, folds)
     for mode in ("single", "cumulative"):
@@ -88,6 +88,58 @@ def test_tree_and_brute_searches_exact(monkeypatch):
     for l in range(L):
         clf = KNeighborsClassifier(8, weights="distance").fit(X[:600, : l + 1, 0], y[:600])
         np.testing.assert_array_equal(got[l].numpy(), clf.predict(X[600:, : l + 1, 0]), err_msg=f"layer {l}")
+
+
+def scan_split(tr, ytr, te, k=8, n_classes=2):
+    """knn._cumulative_scan on a train / test split: the training rows fold 0, the queries fold 1."""
+    X = np.concatenate([tr, te])
+    fold = np.repeat([0, 1], [len(tr), len(te)])
+    return knn._cumulative_scan(
+        X, np.concatenate([ytr, np.zeros(len(te), int)]), fold, np.arange(len(tr), len(X)), k, n_classes
+    )
+
+
+@pytest.mark.parametrize("D", [1, 4])
+def test_compiled_scan_equals_sklearn_with_duplicates_and_an_offset(D):
+    """The CPU's cumulative curve for few dimensions (a scan along each prefix's principal axis): equal to
+    sklearn with exact duplicate rows (distance 0, same label), a large common offset (rounding of the
+    projections) and a class signal orthogonal to the principal axis (the scan must go far)."""
+    if knn.numba is None:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(7 + D)
+    n, m, L = 700, 300, 4
+    y = rng.integers(0, 2, n + m)
+    spread = np.cumsum(rng.standard_normal((n + m, L, D)), axis=1)  # correlated over layers: the principal axis
+    X = 1e3 + spread + 0.05 * (2 * y[:, None, None] - 1) * np.array([1.0, -1.0] * (L // 2))[None, :, None]
+    X[n : n + 20], y[n : n + 20] = X[:20], y[:20]  # queries equal to training rows
+    X[20:40], y[20:40] = X[:20], y[:20]  # duplicated training rows
+    got = scan_split(X[:n], y[:n], X[n:])
+    for l in range(L):
+        clf = KNeighborsClassifier(8, weights="distance").fit(X[:n, : l + 1].reshape(n, -1), y[:n])
+        np.testing.assert_array_equal(got[l], clf.predict(X[n:, : l + 1].reshape(m, -1)), err_msg=f"prefix {l}")
+
+
+def test_compiled_scan_breaks_distance_ties_by_training_index():
+    """Features on a coarse grid tie at the k-th distance with other labels: the scan keeps, among equal
+    distances, the training rows of smaller index (a brute-force reference sorted by (distance, index))."""
+    if knn.numba is None:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(2)
+    n, m, L = 400, 150, 3
+    X = rng.integers(0, 4, (n + m, L, 1)).astype(np.float64)
+    y = rng.integers(0, 2, n + m)
+    got = scan_split(X[:n], y[:n], X[n:])
+    ties = 0
+    for l in range(L):
+        a, b = X[:n, : l + 1, 0], X[n:, : l + 1, 0]
+        d2 = ((b[:, None, :] - a[None]) ** 2).sum(-1)  # (m, n)
+        ref = []
+        for q in range(m):
+            order = np.lexsort((np.arange(n), d2[q]))[:8]  # by distance, then by index
+            ties += d2[q, order[-1]] == np.sort(d2[q])[8]  # the 9th nearest ties with the 8th
+            ref.append(knn.vote(torch.as_tensor(np.sqrt(d2[q, order]))[None], torch.as_tensor(y[order])[None], 2))
+        np.testing.assert_array_equal(got[l], torch.cat(ref).numpy(), err_msg=f"prefix {l}")
+    assert ties > 100  # the case is exercised
 
 
 def test_small_candidate_sets_still_exact():

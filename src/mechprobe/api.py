@@ -17,7 +17,7 @@ from typing import Optional
 
 from .incontext import PromptBuilder, pick_demos
 from .llmprobe import ProbeSettings, probe_items, report
-from .models import load_model, load_tokenizer
+from .models import ModelFolder, TokenizerFolder
 from .utils import MechprobeError, distinct_seeds, iter_jsonl, write_json
 
 
@@ -175,7 +175,7 @@ def probe(
 ):
     """The MechanisticProbe of `model` on `items` against random-init controls of its architecture.
 
-    model, tokenizer: objects, or a local model folder (str / Path) for either.
+    model, tokenizer: objects, or a local model folder (str / Path) for either (loaded on first use).
     items: Items, mappings with Item's fields, or a datasets.Dataset of them.
     answer_words: the words whose next-token scores give the answer (each item's answer is one).
     n_demos: in-context demonstrations drawn from `demo_pool` (default: the items, never the item).
@@ -184,10 +184,10 @@ def probe(
     """
     st = settings or ProbeSettings(**settings_kw)
     distinct_seeds(list(st.seeds))
-    if isinstance(model, (str, Path)):
-        model = load_model(model)
+    if isinstance(model, (str, Path)):  # loaded on first use: settings.cache_dir may serve the whole run
+        model = ModelFolder(model)
     if isinstance(tokenizer, (str, Path)):
-        tokenizer = load_tokenizer(tokenizer)
+        tokenizer = TokenizerFolder(tokenizer)
     its = [it.as_dict(i) for i, it in enumerate(as_items(items))]
     words = list(answer_words)
     bad = sorted({it["answer"] for it in its} - set(words))

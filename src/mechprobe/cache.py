@@ -25,6 +25,15 @@ log = get_logger()
 DEFAULT_DIR = "runs/feature_cache"
 
 
+def _version(pkg):
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(pkg)
+    except PackageNotFoundError:
+        return None
+
+
 def _h(obj):
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -36,7 +45,10 @@ def _config(model):
 
 @torch.no_grad()
 def model_fingerprint(model):
-    """The config and a cheap fingerprint of the weights (64 strided values of each tensor)."""
+    """The config and a cheap fingerprint of the weights (64 strided values of each tensor); for a
+    models.ModelFolder not loaded yet, its files' fingerprint (config.json, sampled weight bytes)."""
+    if hasattr(model, "fingerprint"):
+        return model.fingerprint()
     h = hashlib.sha256(json.dumps(_config(model), sort_keys=True, default=str).encode())
     for name, p in model.state_dict().items():
         flat = p.reshape(-1)
@@ -48,15 +60,23 @@ def model_fingerprint(model):
 
 
 def control_recipe(model, seed, num_layers):
-    """What builds a random-init control (models.random_control), without building it."""
-    dtype = next(model.parameters()).dtype
+    """What builds a random-init control (models.random_control), without building it (nor loading a
+    models.ModelFolder: its config.json and dtype stand for the loaded config)."""
+    from .models import DTYPES, ModelFolder
+
+    if isinstance(model, ModelFolder):
+        config = {k: v for k, v in model.config().items() if k not in ("_name_or_path", "transformers_version")}
+        dtype = torch.float16 if model.load_in_8bit else DTYPES[model.dtype]
+    else:
+        config, dtype = _config(model), next(model.parameters()).dtype
     return _h(
         {
-            "config": _config(model),
+            "config": config,
             "seed": seed,
             "num_layers": num_layers,
             "dtype": str(dtype),
             "torch": torch.__version__,
+            "transformers": _version("transformers"),  # its initialisation code draws the weights
         }
     )
 
@@ -131,6 +151,64 @@ class FeatureCache:
         }
         with atomic_path(self.path(k)) as tmp:
             save_file(tensors, str(tmp), metadata={k2: str(v) for k2, v in (meta or {}).items()})
+
+    def get_prompts(self, k, what):
+        """(encoded prompts, answer-word ids) stored by put_prompts under k, or None."""
+        if not self.enabled:
+            return None
+        p = self.path(k)
+        if not p.exists():
+            log.info("feature cache: miss for %s (%s)", what, k[:12])
+            return None
+        from safetensors.numpy import load_file
+
+        try:
+            t = load_file(str(p))
+        except Exception as e:  # noqa: BLE001 - a damaged entry is recomputed
+            log.info("feature cache: unreadable entry %s (%s): recomputing", p, type(e).__name__)
+            return None
+        parts = {}
+        for name in ("ids", "offsets", "spans", "query", "text"):
+            cut = np.cumsum(t[name + "_len"])[:-1]
+            parts[name] = np.split(t[name], cut)
+        enc = [
+            {
+                "ids": ids.tolist(),
+                "spans": [tuple(x) for x in sp.tolist()],
+                "query": q.tolist(),
+                "text": tx.tobytes().decode(),
+                "offsets": [tuple(x) for x in off.tolist()],
+            }
+            for ids, sp, q, tx, off in zip(*(parts[n] for n in ("ids", "spans", "query", "text", "offsets")))
+        ]
+        log.info("feature cache: hit for %s (%s)", what, k[:12])
+        return enc, t["word_ids"].tolist()
+
+    def put_prompts(self, k, enc, word_ids, meta=None):
+        """Store encoded prompts (incontext.encode_items) and the answer-word ids under k: each field
+        concatenated over the prompts, with the prompts' lengths."""
+        if not self.enabled:
+            return
+        from safetensors.numpy import save_file
+
+        def cat(rows, dtype, width=None):
+            arrs = [np.asarray(r, dtype=dtype).reshape(-1, width) if width else np.asarray(r, dtype) for r in rows]
+            empty = np.zeros((0, width) if width else 0, dtype)
+            return np.ascontiguousarray(np.concatenate(arrs) if arrs else empty), np.array([len(a) for a in arrs])
+
+        t = {}
+        for name, rows, dtype, width in (
+            ("ids", [e["ids"] for e in enc], np.int64, None),
+            ("offsets", [e["offsets"] for e in enc], np.int64, 2),
+            ("spans", [e["spans"] for e in enc], np.int64, 2),
+            ("query", [e["query"] for e in enc], np.int64, None),
+            ("text", [np.frombuffer(e["text"].encode(), np.uint8) for e in enc], np.uint8, None),
+        ):
+            t[name], t[name + "_len"] = cat(rows, dtype, width)
+        t["word_ids"] = np.asarray(word_ids, dtype=np.int64)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path(k)) as tmp:
+            save_file(t, str(tmp), metadata={k2: str(v) for k2, v in (meta or {}).items()})
 
     def get_rows(self, k):
         """{16-byte row key: row (W,)} of the store k (empty when absent or unreadable)."""

@@ -23,14 +23,13 @@ from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from .models import attention_modules, last_logits, model_device
 from .utils import MechprobeError
 
 ROWS_IMPL = "mechprobe_rows"
 _ACTIVE = []  # the recorder of the forward in progress (rows method)
+_REGISTERED = []  # ROWS_IMPL once register_rows() has run
 # Keyword arguments that the rows function may ignore: the mask already encodes them (sliding
 # window), or they do not touch the attention weights. Any other argument that is not None
 # (e.g. gpt-oss's attention sinks `s_aux`, Gemma's `softcap`) changes the weights in a way the
@@ -89,8 +88,17 @@ def rows_attention(module, query, key, value, attention_mask, scaling=None, drop
     return out.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(ROWS_IMPL, rows_attention)
-AttentionMaskInterface.register(ROWS_IMPL, eager_mask)
+def register_rows():
+    """Register rows_attention (and the eager mask) under ROWS_IMPL with transformers, once. Done on first
+    use, not at import: importing transformers' attention interface costs seconds, and a run served by
+    the feature cache never needs it."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    if not _REGISTERED:
+        AttentionInterface.register(ROWS_IMPL, rows_attention)
+        AttentionMaskInterface.register(ROWS_IMPL, eager_mask)
+        _REGISTERED.append(ROWS_IMPL)
 
 
 def rows_supported(model):
@@ -199,6 +207,7 @@ class RowsRecorder(Recorder):
     """The rows method: switches the attention implementation to ROWS_IMPL and back."""
 
     def __enter__(self):
+        register_rows()
         self.old = self.model.config._attn_implementation
         self.model.set_attn_implementation(ROWS_IMPL)
         _ACTIVE.append(self)

@@ -30,15 +30,17 @@ from pathlib import Path
 import numpy as np
 
 from . import logic, plots
-from .incontext import PromptBuilder, answer_ids, encode_items, pick_demos
+from .incontext import PromptBuilder, pick_demos
 from .llmprobe import (
     ProbeSettings,
     add_model_args,
     compared_layers,
     control_features,
+    encode,
     features,
     load_args,
     load_items_args,
+    model_info,
 )
 from .probing import ProbeData, probe_f1, score
 from .utils import (
@@ -309,8 +311,7 @@ def run(a):
     demos = pick_demos(items, a.n_demos, a.seeds[0], pool)
     texts = [s for it in items + pool for s in it["statements"] + [it["question"]]]
     tok, model, mpath = load_args(a, texts + [" ".join(NEW_ENTITIES) + " not That is false"], out)
-    wid = answer_ids(tok, words)
-    enc = encode_items(tok, items, demos, PromptBuilder(), source)
+    enc, wid = encode(st, tok, items, demos, PromptBuilder(), words, source)
     feats, scores = features(st, model, enc, wid, layers=compared_layers(st, model), desc="clean")
     correct = scores.argmax(1) == np.array([words.index(it["answer"]) for it in items])
     clean = Clean(items, demos, source, words, wid, feats, control_features(st, model, enc, wid), scores, correct)
@@ -327,8 +328,7 @@ def run(a):
         out,
         a,
         source.split(", "),
-        model_dtype=str(next(model.parameters()).dtype),
-        model_device=str(next(model.parameters()).device),
+        **model_info(model),
     )
     write_json(out / "corrupt_results.json", res)
     print(f"results: {out / 'corrupt_results.json'}  plots: {out}/corrupt_<corruption>.png")
@@ -348,7 +348,9 @@ def study_corruption(name, a, clean, tok, model, out):
     keep, cor, skipped = corrupt_all(clean.items, name, a.seeds[0], a.negation, a.setting, clean.words)
     if not keep:
         return {"undefined": "applies to no item", "skipped": skipped}
-    cenc = encode_items(tok, cor, [clean.demos[i] for i in keep], PromptBuilder(), f"{clean.source} ({name})")
+    cenc, _ = encode(
+        settings(a), tok, cor, [clean.demos[i] for i in keep], PromptBuilder(), clean.words, f"{clean.source} ({name})"
+    )
     _, cscores = features(settings(a), model, cenc, clean.word_ids, desc=name)
     correct_corr = cscores.argmax(1) == np.array([clean.words.index(it["answer"]) for it in cor])
     study = subset_study(

@@ -22,14 +22,25 @@ def token_spans(offsets, char_spans, text=None, where="prompt"):
     """Map character spans to token index ranges [start, end) with the tokenizer's offset mapping.
 
     offsets: list of (start, end) character offsets per token (special tokens are (0, 0)).
+    A span covers the tokens that overlap it (s < b and e > a); with the non-empty tokens in
+    character order (any tokenizer's), those are found by two binary searches.
     """
+    import bisect
+
+    real = [t for t, (s, e) in enumerate(offsets) if e > s]  # token indices of non-empty tokens
+    starts, ends = [offsets[t][0] for t in real], [offsets[t][1] for t in real]
+    ordered = all(x <= y for x, y in zip(ends, starts[1:]))
     spans = []
     for j, (a, b) in enumerate(char_spans):
-        toks = [t for t, (s, e) in enumerate(offsets) if e > s and s < b and e > a]
+        if ordered:
+            lo, hi = bisect.bisect_right(ends, a), bisect.bisect_left(starts, b)  # real[lo:hi] overlap [a, b)
+            toks = real[lo:hi]
+        else:
+            toks = [t for t, (s, e) in enumerate(offsets) if e > s and s < b and e > a]
         if not toks:
             snippet = f" {text[a:b]!r}" if text is not None else ""
             raise MechprobeError(f"{where}: statement {j} (characters {a}-{b}{snippet}) maps to no token")
-        if toks != list(range(toks[0], toks[-1] + 1)):
+        if toks[-1] - toks[0] != len(toks) - 1:
             raise MechprobeError(f"{where}: statement {j} (characters {a}-{b}) maps to non-contiguous tokens {toks}")
         spans.append((toks[0], toks[-1] + 1))
     return spans

@@ -19,7 +19,11 @@ Features come layer by layer: X (N, L, D) (D = 1 head-averaged, or H per head). 
                 d2_l >= tau for all l >= l0. While the k-th nearest candidate has d2_l <= tau,
                 the candidates' top k is the exact top k; only the queries whose bound fails are
                 searched again in full (a matrix product over the prefix). The all-layers probe
-                is the last point of this curve.
+                is the last point of this curve. With few dimensions (L D <= SCAN_MAX_DIMS) on the
+                CPU, a compiled scan instead: per prefix the rows sorted by their projection on the
+                first principal axis u; since (u.(x - q))^2 <= ||x - q||^2, each query scans
+                outward from its place in that order and stops once the projected gap exceeds
+                its k-th distance.
 Full searches (a run of sorted values on one dimension; on the CPU a k-d tree up to KDTREE_MAX_DIMS
 dimensions and sklearn's compiled brute force above; torch, ||b||^2 - 2 a.b in float32, on a
 GPU) choose candidates, with a margin on tau for their rounding; the candidates' distances are
@@ -40,7 +44,7 @@ N_NEIGHBORS = 8
 _U = 1.2e-7  # twice float32's unit roundoff: the GPU search's rounding margin per summed term (see _Prefix.search)
 _U64 = 4.5e-16  # the same for the float64 search on the CPU
 _REL = 1e-12  # relative margin on tau for searches whose distances come from differences, as exact()'s do
-TREE_MAX_DIMS = 16  # up to this many dimensions sklearn's trees search a whole prefix faster than the bound
+SCAN_MAX_DIMS = 16  # up to this many dimensions the compiled scan along the principal axis beats the bound
 SKLEARN_MIN_ROWS = 4096  # below this many training rows a call to sklearn costs more than torch's search
 KDTREE_MAX_DIMS = 5  # up to this many dimensions a k-d tree answers a re-search faster than brute force (measured)
 
@@ -169,28 +173,102 @@ def _cumulative(tr, y, te, k, n_classes, n_cand):
     return out
 
 
-def _cumulative_trees(tr, y, te, k, n_classes):
-    """Predictions (L, m) for every prefix with sklearn's neighbour search per prefix: the fast exact
-    path on the CPU when the prefixes have few dimensions (a tree), the same neighbours as
-    KNeighborsClassifier, voted as above."""
-    from sklearn.neighbors import KDTree, NearestNeighbors
+def _scan_loops(S, sp, sy, si, sf, Q, qp, qf, kf, n_classes, tol, out):
+    """Compiled body of _cumulative_scan for one prefix: rows S (n, F) sorted by their projection sp (n,)
+    on a unit vector u, with labels sy, row indices si and folds sf; queries Q (m, F), their projections
+    qp and folds qf; a query's neighbours are the rows of the other folds, kf[fold] of them. From each
+    query's place in the order the rows are visited by |u.(x - q)|, the nearer side first, keeping the
+    k smallest squared distances (computed from differences; among equal distances the smaller row
+    index); since (u.(x - q))^2 <= ||x - q||^2, the scan stops once |u.(x - q)| - tol (tol: a bound
+    on the projections' rounding) exceeds the k-th distance: every row not visited is strictly farther."""
+    n, F = S.shape
+    for i in numba.prange(Q.shape[0]):
+        k, f0 = kf[qf[i]], qf[i]
+        bd, bl, bi = np.full(k, np.inf), np.zeros(k, np.int64), np.full(k, n, np.int64)  # best k by (d2, index)
+        x = qp[i]
+        right = np.searchsorted(sp, x)
+        left = right - 1
+        while left >= 0 or right < n:
+            dl = x - sp[left] if left >= 0 else np.inf
+            dr = sp[right] - x if right < n else np.inf
+            if dl <= dr:
+                j, dp = left, dl
+                left -= 1
+            else:
+                j, dp = right, dr
+                right += 1
+            gap = dp - tol
+            if gap > 0 and gap * gap > bd[k - 1]:
+                break
+            if sf[j] == f0:  # the query's own fold: not a training row
+                continue
+            d2 = 0.0
+            for f in range(F):
+                t = S[j, f] - Q[i, f]
+                d2 += t * t
+            _insert(bd, bl, bi, d2, sy[j], si[j], k)
+        score = np.zeros(n_classes)
+        zero = bd[0] == 0.0
+        for t in range(k):
+            if zero:
+                score[bl[t]] += 1.0 if bd[t] == 0.0 else 0.0
+            else:
+                score[bl[t]] += 1.0 / np.sqrt(bd[t])
+        best = 0
+        for c in range(1, n_classes):
+            if score[c] > score[best]:
+                best = c
+        out[i] = best
 
-    n, L, D = tr.shape
-    k = min(k, n)
-    out = torch.empty(L, te.shape[0], dtype=torch.long)
+
+def _insert(bd, bl, bi, d2, label, r, k):
+    """Insert row r (squared distance d2) into the best k (bd ascending, ties by index bi) when it belongs."""
+    if d2 < bd[k - 1] or (d2 == bd[k - 1] and r < bi[k - 1]):
+        p = k - 1
+        while p > 0 and (bd[p - 1] > d2 or (bd[p - 1] == d2 and bi[p - 1] > r)):
+            bd[p], bl[p], bi[p] = bd[p - 1], bl[p - 1], bi[p - 1]
+            p -= 1
+        bd[p], bl[p], bi[p] = d2, label, r
+
+
+def _cumulative_scan(X, y, fold, queries, k, n_classes):
+    """Out-of-fold predictions (L, len(queries)) for every prefix of layers 0..l, exact, for few
+    dimensions on the CPU (compiled): X (N, L, D) float64, y (N,) class indices, fold (N,) fold
+    indices 0..F-1; each query row's neighbours are the rows of the other folds. Per prefix all rows
+    are sorted once by their projection on the first principal axis of the prefix (features of nearby
+    layers are correlated, so most of the spread lies along it; any unit vector keeps the search exact)
+    and each query scans outward from its place in that order (_scan_loops), skipping its own fold."""
+    X = np.asarray(X, dtype=np.float64)
+    N, L, D = X.shape
+    A = X.reshape(N, -1)
+    y, fold = np.ascontiguousarray(y, dtype=np.int64), np.ascontiguousarray(fold, dtype=np.int64)
+    queries = np.asarray(queries, dtype=np.int64)
+    kf = np.minimum(k, N - np.bincount(fold)).astype(np.int64)  # neighbours per query fold: <= its training rows
+    scale = np.abs(A).max(initial=0.0)
+    C = A - A.mean(0)
+    cov = C.T @ C
+    out = np.empty((L, len(queries)), dtype=np.int64)
     for l in range(L):
-        a, b = tr[:, : l + 1].reshape(n, -1).numpy(), te[:, : l + 1].reshape(te.shape[0], -1).numpy()
-        if a.shape[1] < 16:  # the tree sklearn's "auto" picks; called directly (no per-call dispatch)
-            d, idx = KDTree(a).query(b, k=k)
-        else:
-            d, idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(a).kneighbors(b)
-        out[l] = vote(torch.from_numpy(d), y[torch.from_numpy(idx)], n_classes)
+        F = (l + 1) * D
+        u = np.linalg.eigh(cov[:F, :F])[1][:, -1] if F > 1 else np.ones(1)  # the first principal axis
+        p = A[:, :F] @ u
+        order = np.argsort(p, kind="stable")
+        tol = 4 * F * np.finfo(np.float64).eps * scale  # bounds the rounding of a projection difference
+        S, Q = np.ascontiguousarray(A[order, :F]), np.ascontiguousarray(A[queries, :F])
+        _scan_loops(S, p[order], y[order], order, fold[order], Q, p[queries], fold[queries], kf, n_classes, tol, out[l])
     return out
 
 
 def _general(tr, y, te, k, n_classes):
     """Predictions (m,) on all features of tr (n, F), te (m, F): a search for 4k candidates, checked
-    exact by its bound; queries whose bound fails search again with 8 times as many."""
+    exact by its bound; queries whose bound fails search again with 8 times as many. With few
+    dimensions on the CPU, the compiled scan along the principal axis (_cumulative_scan) instead."""
+    if tr.device.type == "cpu" and numba is not None and tr.shape[1] <= SCAN_MAX_DIMS:
+        X = torch.cat([tr, te]).numpy()[:, None, :]  # the training rows are fold 0, the queries fold 1
+        fold = np.repeat([0, 1], [len(tr), len(te)])
+        lab = np.concatenate([y.numpy(), np.zeros(len(te), np.int64)])
+        pred = _cumulative_scan(X, lab, fold, np.arange(len(tr), len(X)), k, n_classes)
+        return torch.from_numpy(pred[0])
     P = _Prefix(tr[:, None, :])
     k = min(k, P.n)
     out = torch.empty(te.shape[0], dtype=torch.long, device=te.device)
@@ -359,6 +437,8 @@ if numba is not None:
     _radix_argsort = numba.njit(cache=True)(_radix_argsort)
     # error_model="numpy": no zero check on the divisions (the vote divides only by nonzero distances)
     _one_dim_folds_loops = numba.njit(parallel=True, cache=True, error_model="numpy")(_one_dim_folds_loops)
+    _insert = numba.njit(cache=True, inline="always")(_insert)
+    _scan_loops = numba.njit(parallel=True, cache=True, error_model="numpy")(_scan_loops)
 
 
 def _one_dim_folds(X, y, fold, k, n_classes):
@@ -433,7 +513,10 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
         single = _one_dim_folds(X.reshape(N, L), yi, fold_idx, k, len(classes))  # a view: D == 1
     else:
         single = np.empty((L, N), dtype=np.int64) if curves else None
-    for f in [] if compiled and not cumulative else fold_ids:  # the work left per fold
+    scan = curves and cumulative and Xt.device.type == "cpu" and L * D <= SCAN_MAX_DIMS and numba is not None
+    if scan:  # every fold's cumulative curve from one sort per prefix
+        cum = _cumulative_scan(X, yi, fold_idx, np.arange(N), k, len(classes))
+    for f in [] if compiled and (scan or not cumulative) else fold_ids:  # the work left per fold
         te_m, tr_m = folds == f, folds != f
         tr, te, ytr = (
             Xt[torch.as_tensor(tr_m, device=device)],
@@ -444,11 +527,8 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
             flat_tr, flat_te = tr.reshape(len(tr), -1), te.reshape(len(te), -1)
             cum[L - 1, te_m] = _general(flat_tr, ytr, flat_te, k, len(classes)).cpu().numpy()
             continue
-        if cumulative:
-            if Xt.device.type == "cpu" and L * D <= TREE_MAX_DIMS:
-                cum[:, te_m] = _cumulative_trees(tr, ytr, te, k, len(classes)).numpy()
-            else:
-                cum[:, te_m] = _cumulative(tr, ytr, te, k, len(classes), n_cand).cpu().numpy()
+        if cumulative and not scan:
+            cum[:, te_m] = _cumulative(tr, ytr, te, k, len(classes), n_cand).cpu().numpy()
         if compiled:
             continue
         if D == 1:

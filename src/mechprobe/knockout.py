@@ -121,7 +121,7 @@ def knockout_scores(model, prompts, knocked, layers, scored=None, batch_size=64,
 
     prompts: dicts with "ids" (token ids), "spans" (statement token ranges [start, end)),
     "queries" (the query positions), optionally "key" (cache.prompt_key). scored: the token ids
-    scored (W of them; None: all, W = V);
+    scored (W of them; None: all, W = V); batch_size 0: sized to the free memory (incontext.auto_batch_size);
     "answer": (N, 1), the mean log-probability of the prompt's answer tokens (its "target" range).
     cache: a cache.FeatureCache (with model_id, the model's fingerprint) that keeps each prompt's row
     per knocked set, so that only prompts not seen with these knocked statements are run."""
@@ -141,6 +141,11 @@ def knockout_scores(model, prompts, knocked, layers, scored=None, batch_size=64,
         if stats is not None:  # prompts run / prompts asked, summed over the calls
             stats["run"], stats["asked"] = stats.get("run", 0) + len(miss), stats.get("asked", 0) + len(prompts)
         return torch.from_numpy(np.stack([store[r] for r in rk]))
+    from .incontext import auto_batch_size
+    from .models import resolve
+
+    model = resolve(model)  # a models.ModelFolder is loaded only when a pass must run
+    batch_size = auto_batch_size(model, max(len(p["ids"]) for p in prompts), batch_size)
     dev = model_device(model)
     model.eval()
     out = [None] * len(prompts)

@@ -16,8 +16,18 @@ from .cache import DEFAULT_DIR as DEFAULT_CACHE
 from .cache import FeatureCache, control_recipe, model_fingerprint
 from .cache import key as cache_key
 from .features import statement_entropy, token_spans
-from .incontext import answer_ids, auto_batch_size, encode_items, run_items
-from .models import attention_modules, load_model, load_tokenizer, model_device, random_control
+from .incontext import answer_ids, encode_items, run_items
+from .models import (
+    DTYPES,
+    ModelFolder,
+    TokenizerFolder,
+    check_device,
+    model_device,
+    num_layers,
+    random_control,
+    resolve,
+    resolve_tokenizer,
+)
 from .probing import ProbeData, head_map, predicted_useful, run_probe, selectivity
 from .utils import MechprobeError, add_threads_arg, at_least_two, get_logger, nonneg_int
 
@@ -76,6 +86,13 @@ def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True, knockou
             help="attention knockout (is the tree used?) on at most this many items (0: none)",
         )
         g.add_argument(
+            "--knockout-folds",
+            type=at_least_two,
+            default=ProbeSettings.knockout_folds,
+            help="folds of the probe's out-of-fold predictions that the knockout blocks (apart from --folds, "
+            "so a rerun with other --folds reuses the knockout passes)",
+        )
+        g.add_argument(
             "--view-items",
             type=nonneg_int,
             default=4,
@@ -109,6 +126,8 @@ class ProbeSettings:
     control_layers: build the control with this many layers and compare only those (0: all).
     cache_dir: where captured features are kept (cache.py); "" keeps none.
     head_map: 1 = capture per-head features and add the per-head map (S_P1 / S_P2 of each head).
+    knockout_folds: folds of the out-of-fold P1 predictions whose statements the knockout blocks (its
+        own setting, not `folds`: a rerun that changes only the probe's folds reuses every knockout pass).
     """
 
     seeds: tuple = (0, 1, 2)
@@ -119,6 +138,7 @@ class ProbeSettings:
     control_layers: int = 0
     cache_dir: str = ""
     head_map: int = 1
+    knockout_folds: int = 2
 
     @classmethod
     def from_args(cls, a):
@@ -128,8 +148,10 @@ class ProbeSettings:
 
 
 def load(model, texts_for_tiny, out, dtype="float32", device="cpu", load_in_8bit=False, trust_remote_code=False):
-    """(tokenizer, model, path): a local model folder, or "tiny" for a tiny random LLaMA with a word
-    tokenizer built from `texts_for_tiny` (in `out`, keyed by its vocabulary)."""
+    """(tokenizer, model, path) of a local model folder, or "tiny" for a tiny random LLaMA with a word
+    tokenizer built from `texts_for_tiny` (in `out`, keyed by its vocabulary). The tokenizer and the
+    model are a TokenizerFolder and a ModelFolder, loaded on first use (models.resolve): a run that
+    the feature cache serves whole loads neither."""
     if model == "tiny":
         from .tiny import tiny_llama_dir
 
@@ -137,8 +159,54 @@ def load(model, texts_for_tiny, out, dtype="float32", device="cpu", load_in_8bit
         log.info("using a tiny random LLaMA built in %s (a pipeline check: its scores are near chance)", path)
     else:
         path = model
-    m = load_model(path, dtype, device, load_in_8bit, trust_remote_code)
-    return load_tokenizer(path), m, str(path)
+    if device != "auto":
+        check_device(device)
+    return TokenizerFolder(path), ModelFolder(path, dtype, device, load_in_8bit, trust_remote_code), str(path)
+
+
+def model_info(model):
+    """{"model_dtype", "model_device"} for config.json, without loading a ModelFolder."""
+    if isinstance(model, ModelFolder) and model._model is None:
+        dtype = "torch.int8" if model.load_in_8bit else str(DTYPES[model.dtype])
+        return {"model_dtype": dtype, "model_device": str(model.device())}
+    p = next(resolve(model).parameters())
+    return {"model_dtype": str(p.dtype), "model_device": str(p.device)}
+
+
+def encode(st, tok, items, demos, builder, words, source):
+    """(encoded prompts (incontext.encode_items), answer-word ids): from the feature cache when it
+    holds them for this tokenizer's files, items, demonstrations, template and answer words (then the
+    tokenizer is not even loaded), else encoded and stored."""
+    cache = FeatureCache(st.cache_dir, bool(st.cache_dir) and isinstance(tok, TokenizerFolder))
+    k = None
+    if cache.enabled:
+        from .cache import _h
+
+        def text(it):
+            return [it["statements"], it["question"], it.get("answer")]
+
+        k = (
+            "enc-"
+            + _h(
+                {
+                    "tokenizer": tok.fingerprint(),
+                    "items": [text(it) for it in items],
+                    "demos": [[text(d) for d in ds] for ds in demos],
+                    "builder": vars(builder),
+                    "words": list(words),
+                    "source": source,
+                }
+            )[:28]
+        )
+        hit = cache.get_prompts(k, f"{len(items)} encoded prompts")
+        if hit is not None:
+            return hit
+    t = resolve_tokenizer(tok)
+    wid = answer_ids(t, words) if words else []
+    enc = encode_items(t, items, demos, builder, source)
+    if k is not None:
+        cache.put_prompts(k, enc, wid, {"what": "encoded prompts", "n_prompts": len(enc)})
+    return enc, wid
 
 
 def load_items_args(a):
@@ -170,7 +238,7 @@ def compared_layers(st, model):
     """Layers the model is probed on: all (None), or the first st.control_layers ones."""
     if not st.control_layers:
         return None
-    L = len(attention_modules(model))
+    L = num_layers(model)
     if st.control_layers > L:
         raise MechprobeError(f"CONTROL_LAYERS={st.control_layers} exceeds the model's {L} layers")
     return list(range(st.control_layers))
@@ -193,7 +261,7 @@ def features(st, model, enc, word_ids, layers=None, desc="model", model_id=None,
     if hit is not None:
         feats, scores = hit
     else:
-        m = model if model is not None else build()
+        m = resolve(model) if model is not None else build()
         feats, scores = run_items(m, enc, word_ids, st.batch_size, st.query_pool, norm, per_head, layers, desc)
         cache.put(k, feats, scores, {"what": desc, **settings, "n_prompts": len(enc)})
     avg = head_average(feats, st.normalize) if per_head else feats
@@ -219,7 +287,7 @@ def control_features(st, model, enc, word_ids, heads=False):
     for s in st.seeds:
         n = st.control_layers or None
         recipe = "control:" + control_recipe(model, s, n)
-        build = lambda s=s, n=n: random_control(model, seed=s, num_layers=n)  # noqa: E731
+        build = lambda s=s, n=n: random_control(resolve(model), seed=s, num_layers=n)  # noqa: E731
         f = features(st, None, enc, word_ids, desc=f"control seed {s}", model_id=recipe, build=build, heads=heads)
         feats.append((f[0], f[2]) if heads else f[0])
     return feats
@@ -227,7 +295,7 @@ def control_features(st, model, enc, word_ids, heads=False):
 
 def probe_device(model):
     """Where the kNN runs: the model's GPU when it has one, else the CPU."""
-    dev = model_device(model)
+    dev = model.device() if isinstance(model, ModelFolder) else model_device(model)
     return str(dev) if dev.type == "cuda" else "cpu"
 
 
@@ -246,8 +314,7 @@ def probe_items(st, tok, model, items, demos, builder, words, source, by=("group
     (probing.head_map) and, given statement_type (statement text -> its surface type), the control-task
     selectivity (probing.selectivity), both on the items of depth >= 1 (where P2 is defined)."""
     t0 = time.time()
-    wid = answer_ids(tok, words)
-    enc = encode_items(tok, items, demos, builder, source)
+    enc, wid = encode(st, tok, items, demos, builder, words, source)
     layers = compared_layers(st, model)
     log.info("%d prompts, %d-%d tokens", len(enc), min(len(e["ids"]) for e in enc), max(len(e["ids"]) for e in enc))
     feats, scores, head_feats = features(st, model, enc, wid, layers=layers, desc="model", heads=True)
@@ -326,8 +393,8 @@ def probe_items(st, tok, model, items, demos, builder, words, source, by=("group
 def knockout_items(st, tok, model, items, demos, builder, words, source, feats, n_items=1024):
     """Knockout study (knockout.py) on at most n_items items with a tree (a seeded sample): the
     question and answer positions (question tokens to the prompt's end) are blocked from the gold
-    useful statements, from those the P1 probe predicts useful (out-of-fold, all layers, folds of
-    the first seed), from as many not-useful statements drawn per seed, or from every statement
+    useful statements, from those the P1 probe predicts useful (out-of-fold on st.knockout_folds
+    folds of the first seed, all layers), from as many not-useful statements drawn per seed, or from every statement
     (does the answer depend on the theory at all?); in layers >= l. Summarised over all of them and
     per depth. With answer words (ProofWriter): accuracy, changed answers, margin drop; without
     (ARC: the answer is text at the prompt's end), the drop of its tokens' mean log-probability."""
@@ -348,12 +415,12 @@ def knockout_items(st, tok, model, items, demos, builder, words, source, feats, 
             + ("" if free else " and a gold answer word")
         }
     data = ProbeData([feats[i] for i in keep], [items[i]["useful"] for i in keep], [items[i]["step"] for i in keep])
-    pred = predicted_useful(data, st.folds, st.seeds[0], probe_device(model))
+    pred = predicted_useful(data, st.knockout_folds, st.seeds[0], probe_device(model))
     if len(keep) > n_items:
         pick = np.sort(np.random.default_rng(st.seeds[0]).choice(len(keep), n_items, replace=False))
         keep, pred = [keep[j] for j in pick], [pred[j] for j in pick]
     sel = [items[i] for i in keep]
-    enc = encode_items(tok, sel, [demos[i] for i in keep], builder, source)
+    enc, wid = encode(st, tok, sel, [demos[i] for i in keep], builder, words, source)
     prompts = [{"ids": e["ids"], "spans": e["spans"], "queries": range(e["query"][0], len(e["ids"]))} for e in enc]
     if free:
         for p, e, it in zip(prompts, enc, sel):
@@ -365,15 +432,14 @@ def knockout_items(st, tok, model, items, demos, builder, words, source, feats, 
     conds["all statements"] = [list(range(len(it["statements"]))) for it in sel]  # does it read the theory at all?
     depths = sorted({it["depth"] for it in sel if it.get("depth") is not None})
     subsets = {f"depth={d}": [j for j, it in enumerate(sel) if it.get("depth") == d] for d in depths}
-    bs = auto_batch_size(model, max(len(e["ids"]) for e in enc), st.batch_size)
     return ko.knockout_study(
         model,
         prompts,
         None if free else [words.index(it["answer"]) for it in sel],
         conds,
-        ko.layer_windows(len(attention_modules(model))),
-        scored="answer" if free else answer_ids(tok, words),
-        batch_size=bs,
+        ko.layer_windows(num_layers(model)),
+        scored="answer" if free else wid,
+        batch_size=st.batch_size,
         desc="knockout",
         subsets=subsets,
         cache=FeatureCache(st.cache_dir, bool(st.cache_dir)),
@@ -385,8 +451,6 @@ def view_items(st, tok, model, items, demos, builder, words, source, feats, n=4)
     question's attention (pooled over the question tokens as the probe pools them), the gold tree and
     the probe's out-of-fold tree (probing.oof_tree over all items with a tree)."""
     from . import htmlview
-    from .capture import capture, pad_batch, pad_queries
-    from .features import pool_queries
     from .probing import oof_tree
 
     n = min(n, len(items))
@@ -399,14 +463,10 @@ def view_items(st, tok, model, items, demos, builder, words, source, feats, n=4)
             [feats[i] for i in has_tree], *zip(*[(items[i]["useful"], items[i]["step"]) for i in has_tree])
         )
         trees = dict(zip(has_tree, oof_tree(data, st.folds, st.seeds[0], probe_device(model))))
-    enc = encode_items(tok, items[:n], demos[:n], builder, source)
-    ids, mask = pad_batch([e["ids"] for e in enc], 0)
-    rows, last = capture(model, ids, mask, pad_queries([e["query"] for e in enc]), return_logits=True)
-    wid = answer_ids(tok, words) if words else None
+    enc, wid = encode(st, tok, items[:n], demos[:n], builder, words, source)
+    atts, last = view_attention(st, model, enc, wid)
     out = []
     for j, (it, e) in enumerate(zip(items[:n], enc)):
-        T = len(e["ids"])
-        att = pool_queries(rows[j][:, :, :, :T], st.query_pool, len(e["query"]))  # (L, H, T)
         pred = trees.get(j)
         stmts = [
             {
@@ -417,12 +477,12 @@ def view_items(st, tok, model, items, demos, builder, words, source, feats, n=4)
             }
             for k, sp in enumerate(e["spans"])
         ]
-        guess = words[int(last[j, wid].argmax())] if wid else None
+        guess = words[int(last[j].argmax())] if wid else None
         out.append(
             htmlview.example(
                 f"{it['id']} (depth {it.get('depth')})",
                 htmlview.token_texts(e["text"], e["offsets"]),
-                att,
+                atts[j],
                 stmts,
                 it.get("answer"),
                 guess,
@@ -430,6 +490,30 @@ def view_items(st, tok, model, items, demos, builder, words, source, feats, n=4)
             )
         )
     return out
+
+
+def view_attention(st, model, enc, wid):
+    """Per prompt the question's attention over its tokens, pooled over the question tokens as the probe
+    pools them, (L, H, T) arrays, and the answer-word scores (n, W): from the feature cache when it
+    holds them, else captured (one forward) and stored."""
+    from .capture import capture, pad_batch, pad_queries
+    from .features import pool_queries
+
+    cache = FeatureCache(st.cache_dir, bool(st.cache_dir))
+    k = cache_key(model_fingerprint(model), enc, wid, {"view": st.query_pool})
+    hit = cache.get(k, "the view's attention")
+    if hit is not None:  # stored as (T, L, H) per prompt: concatenated over the tokens
+        return [f.transpose(1, 2, 0) for f in hit[0]], hit[1]
+    m = resolve(model)
+    ids, mask = pad_batch([e["ids"] for e in enc], 0)
+    rows, last = capture(m, ids, mask, pad_queries([e["query"] for e in enc]), return_logits=True)
+    atts = [
+        pool_queries(rows[j][:, :, :, : len(e["ids"])], st.query_pool, len(e["query"])).float().numpy()
+        for j, e in enumerate(enc)
+    ]  # (L, H, T)
+    scores = last[:, wid].numpy() if wid else np.zeros((len(enc), 1), np.float32)
+    cache.put(k, [a.transpose(2, 0, 1) for a in atts], scores, {"what": "view", "query_pool": st.query_pool})
+    return atts, scores
 
 
 def write_view(a, st, tok, model, items, demos, builder, words, source, feats, title):
@@ -443,7 +527,8 @@ def write_view(a, st, tok, model, items, demos, builder, words, source, feats, t
 
 
 def report_knockout(study, out, title):
-    """Log the knockout summary (all items and each depth) and plot knockout.png, knockout_<subset>.png."""
+    """Log the knockout summary (all items and each depth) and plot knockout.png: a row of panels for
+    all items, then one per depth."""
     from .knockout import summary_lines
 
     if "undefined" in study:
@@ -451,11 +536,11 @@ def report_knockout(study, out, title):
         return
     for line in summary_lines(study):
         log.info(line)
-    plots.knockout_figure(study, Path(out) / "knockout.png", f"{title}: all items")
     for name, sub in study.get("subsets", {}).items():
         for line in summary_lines(sub):
             log.info("%s %s", name, line)
-        plots.knockout_figure(sub, Path(out) / f"knockout_{name.replace('=', '')}.png", f"{title}: {name}")
+    rows = [("all items", study)] + list(study.get("subsets", {}).items())
+    plots.knockout_figure(study, Path(out) / "knockout.png", title, rows=rows)
 
 
 def fmt(s):

@@ -100,6 +100,108 @@ def load_model(path, dtype="float32", device="cpu", load_in_8bit=False, trust_re
     return model
 
 
+def _file_digest(h, f, samples=64, chunk=64):
+    """Update hash h with a file's name, size and `samples` strided chunks of its bytes (a cheap
+    fingerprint: retraining changes nearly every byte of a weight file; reading a 13 GB file whole
+    would take a minute)."""
+    size = f.stat().st_size
+    h.update(f"{f.name}:{size}".encode())
+    with open(f, "rb") as fh:
+        for i in range(samples):
+            fh.seek(i * max(0, size - chunk) // max(1, samples - 1))
+            h.update(fh.read(chunk))
+
+
+class ModelFolder:
+    """A local model folder, loaded on first use (get()): a run that the feature cache serves whole
+    never loads it, nor imports transformers (seconds on a small CPU). Until then it answers from
+    its files: fingerprint() (config.json and sampled bytes of every weight file), config() (the
+    config.json dict), num_layers(), device() (where the model will run)."""
+
+    def __init__(self, path, dtype="float32", device="cpu", load_in_8bit=False, trust_remote_code=False):
+        _check_dir(path, "model")
+        if dtype not in DTYPES:
+            raise MechprobeError(f"dtype {dtype!r} not supported; expected one of float32, bfloat16, float16")
+        self.path, self.dtype, self.device_name = str(path), dtype, device
+        self.load_in_8bit, self.trust_remote_code = load_in_8bit, trust_remote_code
+        self._model = None
+
+    def get(self):
+        """The loaded model (load_model), loaded once."""
+        if self._model is None:
+            get_logger().info("loading the model from %s", self.path)
+            self._model = load_model(self.path, self.dtype, self.device_name, self.load_in_8bit, self.trust_remote_code)
+        return self._model
+
+    def config(self):
+        return json.loads((Path(self.path) / "config.json").read_text())
+
+    def num_layers(self):
+        cfg = self.config()
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):  # as _num_layers reads a loaded config
+            if cfg.get(key) is not None:
+                return int(cfg[key])
+        return len(attention_modules(self.get()))
+
+    def device(self):
+        if self.device_name == "auto" or self.load_in_8bit:
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device_name)
+
+    def fingerprint(self):
+        import hashlib
+
+        cfg = {k: v for k, v in self.config().items() if k not in ("_name_or_path", "transformers_version")}
+        h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
+        h.update(f"{self.dtype}:{self.load_in_8bit}".encode())
+        p = Path(self.path)
+        for f in sorted([*p.glob("*.safetensors"), *p.glob("*.bin")]):
+            _file_digest(h, f)
+        return "files:" + h.hexdigest()
+
+
+def resolve(model):
+    """The model itself: a ModelFolder is loaded (once), a loaded model returned as it is."""
+    return model.get() if isinstance(model, ModelFolder) else model
+
+
+class TokenizerFolder:
+    """A local tokenizer folder, loaded on first use (get()); fingerprint() hashes its files."""
+
+    FILES = (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer.model",
+        "added_tokens.json",
+    )
+
+    def __init__(self, path):
+        self.path = str(_check_dir(path, "tokenizer"))
+        self._tok = None
+
+    def get(self):
+        if self._tok is None:
+            self._tok = load_tokenizer(self.path)
+        return self._tok
+
+    def fingerprint(self):
+        import hashlib
+
+        h = hashlib.sha256()
+        for name in self.FILES:
+            f = Path(self.path) / name
+            if f.exists():
+                h.update(name.encode() + b":" + hashlib.sha256(f.read_bytes()).digest())
+        return "files:" + h.hexdigest()
+
+
+def resolve_tokenizer(tok):
+    return tok.get() if isinstance(tok, TokenizerFolder) else tok
+
+
 def model_device(model):
     return next(model.parameters()).device
 
@@ -221,6 +323,13 @@ def attention_modules(model):
         found[0][0],
     )
     return found
+
+
+def num_layers(model):
+    """Decoder layers of a model, or of a ModelFolder from its config.json (without loading it)."""
+    if isinstance(model, ModelFolder):
+        return model.num_layers()
+    return len(attention_modules(model))
 
 
 def num_heads(model):

@@ -17,7 +17,7 @@ def _mean_std(summaries):
 
 def probe_curves(results, path, label_key="k", label_fmt="k={}"):
     """S_P1 / S_P2 per layer (each layer alone, and layers 0..l), one line per result."""
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True, layout="constrained")
     for r in results:
         for row, mode in enumerate(("single", "cumulative")):
             for col, key in enumerate(("s_p1", "s_p2")):
@@ -39,7 +39,7 @@ def probe_curves(results, path, label_key="k", label_fmt="k={}"):
 
 def probe_by_k(results, path, label_key="k", xlabel="k (0-indexed rank of the answer)"):
     """Bars of S_P1 and S_P2 (mean ± std over seeds) per result; undefined scores are marked."""
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(results) + 2), 3.5))
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(results) + 2), 3.5), layout="constrained")
     x = np.arange(len(results))
     low = 0.0
     for j, key in enumerate(("s_p1", "s_p2")):
@@ -80,7 +80,12 @@ def heatmap_grid(
     n = len(mats)
     rows, cols = mats[0].shape
     fig, axes = plt.subplots(
-        1, n, figsize=(max(0.45 * cols, 2.2) * n + 2.5, 0.32 * rows + 1.8), squeeze=False, sharey=True
+        1,
+        n,
+        figsize=(max(0.45 * cols, 2.2) * n + 2.5, 0.32 * rows + 1.8),
+        squeeze=False,
+        sharey=True,
+        layout="constrained",
     )
     im = None
     for i, (ax, m, t) in enumerate(zip(axes[0], mats, titles)):
@@ -112,7 +117,7 @@ def heatmap_grid(
 def pruning_curves(pruning, path, orders=("rank",), title=""):
     """Accuracy against share of heads masked: random (mean ± std band), and for each entropy
     order lowest- and highest-entropy first."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
     r = pruning["random"]
     x = np.array([p["share"] for p in r])
     m = np.array([p["mean"] for p in r])
@@ -145,7 +150,7 @@ def attention_flow(layers_att, useful, path, title="", tokens=None):
     """
     A = np.asarray(layers_att)
     L, T, _ = A.shape
-    fig, ax = plt.subplots(figsize=(0.45 * T + 2, 0.6 * L + 1.5))
+    fig, ax = plt.subplots(figsize=(0.45 * T + 2, 0.6 * L + 1.5), layout="constrained")
     mx = A.max() if A.max() > 0 else 1.0
     for l in range(L):
         for q in range(T):
@@ -173,7 +178,9 @@ def tree_figure(values, gold_step, pred_step, att, path, title=""):
     """
     att = np.asarray(att)
     S, L = att.shape
-    fig, axes = plt.subplots(1, 3, figsize=(13, 0.3 * S + 2), gridspec_kw={"width_ratios": [1, 1, 1.4]})
+    fig, axes = plt.subplots(
+        1, 3, figsize=(13, 0.3 * S + 2), gridspec_kw={"width_ratios": [1, 1, 1.4]}, layout="constrained"
+    )
     for ax, steps, name in ((axes[0], gold_step, "gold tree"), (axes[1], pred_step, "probe's tree")):
         used = [i for i in range(S) if steps[i] >= 0]
         by_step = {}
@@ -205,7 +212,7 @@ def tree_figure(values, gold_step, pred_step, att, path, title=""):
 
 def accuracy_bars(labels, accs, counts, path, xlabel="", title="", chance=None):
     """In-context accuracy per subset, with the number of items on each bar."""
-    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(labels) + 2), 3.5))
+    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(labels) + 2), 3.5), layout="constrained")
     x = np.arange(len(labels))
     ax.bar(x, accs, color="tab:blue")
     for i, (a, n) in enumerate(zip(accs, counts)):
@@ -221,7 +228,7 @@ def corruption_figure(study, name, path):
     """Accuracy change (corrupted - clean) against S_P2 per subset, with binned means and r."""
     x = np.array([r["s_p2"] for r in study["subsets"]])
     d = np.array([r["acc_corrupted"] - r["acc_clean"] for r in study["subsets"]])
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
     ax.scatter(x, d, s=8, alpha=0.4, label="random subsets")
     b = study["bins"]
     ax.errorbar(
@@ -244,7 +251,7 @@ def corruption_figure(study, name, path):
 def by_group_per_depth(per, probe_path, acc_path, key="group", title=""):
     """per = {depth: [(group, subset result)]}: one line per depth of S_P1, S_P2 (depth >= 1 only:
     at depth 0 every useful statement is step 0) and accuracy against the group."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True, layout="constrained")
     for d, rows in sorted(per.items()):
         rows = sorted(rows)
         x = np.array([g for g, _ in rows])
@@ -261,7 +268,7 @@ def by_group_per_depth(per, probe_path, acc_path, key="group", title=""):
     save_figure(fig, probe_path)
     if all(s["accuracy"] is None for rows in per.values() for _, s in rows):
         return
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
     for d, rows in sorted(per.items()):
         rows = sorted(rows)
         ax.plot(
@@ -276,37 +283,47 @@ def by_group_per_depth(per, probe_path, acc_path, key="group", title=""):
     save_figure(fig, acc_path)
 
 
-def knockout_figure(study, path, title=""):
+def knockout_figure(study, path, title="", rows=None):
     """Each metric of the study (accuracy, share of answers changed, margin drop; or the answer's
     log-probability drop) against the first knocked layer, one line per condition (the random
-    not-useful draws as mean ± std over seeds)."""
-    x = study["windows"]
+    not-useful draws as mean ± std over seeds). rows: [(label, study)] to draw one row of panels per
+    study in the same figure (e.g. all items, then each depth); default: the one study."""
+    rows = rows or [("", study)]
     labels = {
         "accuracy": "accuracy",
         "changed": "share of answers changed",
         "margin_drop": "gold-answer margin drop",
         "logprob_drop": "answer log-probability drop",
     }
-    metrics = study.get("metrics", ["accuracy", "changed", "margin_drop"])
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics) + 0.4, 3.8), squeeze=False)
-    axes = axes[0]
-    rand = study.get("random not useful")
-    for ax, key in zip(axes, metrics):
-        for name, r in study["conditions"].items():
-            if name.startswith("random not useful"):
-                continue
-            y = [np.nan if v is None else v for v in r[key]]
-            ax.plot(x, y, marker="o", ms=3, label=f"{name} ({r['knocked_per_prompt']:.1f}/prompt)")
-        if rand:
-            m = np.array([np.nan if v is None else v for v in rand[key]["mean"]])
-            sd = np.array([0 if v is None else v for v in rand[key]["std"]])
-            ax.errorbar(x, m, yerr=sd, marker="o", ms=3, capsize=3, label="random not useful (seeds)")
-        ax.set(xlabel="knocked layers: l and above", ylabel=labels[key])
-        ax.set_xticks(x)
-        ax.axhline(0, color="grey", lw=0.5)
-    if "accuracy" in study["base"]:
-        axes[0].axhline(study["base"]["accuracy"], color="grey", ls="--", lw=0.8)
-    axes[0].legend(fontsize=7)
+    metrics = rows[0][1].get("metrics", ["accuracy", "changed", "margin_drop"])
+    fig, axes = plt.subplots(
+        len(rows),
+        len(metrics),
+        figsize=(4.4 * len(metrics) + 0.4, 3.4 * len(rows) + 0.4),
+        squeeze=False,
+        layout="constrained",
+    )
+    for r_i, (row_label, st) in enumerate(rows):
+        x, rand = st["windows"], st.get("random not useful")
+        for ax, key in zip(axes[r_i], metrics):
+            for name, r in st["conditions"].items():
+                if name.startswith("random not useful"):
+                    continue
+                y = [np.nan if v is None else v for v in r[key]]
+                ax.plot(x, y, marker="o", ms=3, label=f"{name} ({r['knocked_per_prompt']:.1f}/prompt)")
+            if rand:
+                m = np.array([np.nan if v is None else v for v in rand[key]["mean"]])
+                sd = np.array([0 if v is None else v for v in rand[key]["std"]])
+                ax.errorbar(x, m, yerr=sd, marker="o", ms=3, capsize=3, label="random not useful (seeds)")
+            ax.set(xlabel="knocked layers: l and above", ylabel=labels[key])
+            ax.set_xticks(x)
+            ax.axhline(0, color="grey", lw=0.5)
+        if "accuracy" in st["base"]:
+            axes[r_i, 0].axhline(st["base"]["accuracy"], color="grey", ls="--", lw=0.8)
+        if row_label:
+            n = st.get("n_prompts")
+            axes[r_i, 0].set_title(f"{row_label}" + (f" ({n} prompts)" if n else ""), loc="left", fontsize=10)
+        axes[r_i, 0].legend(fontsize=7)
     fig.suptitle(title or "attention knockout: queries blocked from the chosen statements")
     save_figure(fig, path)
 
@@ -335,7 +352,7 @@ def selectivity_figure(res, path, title=""):
     """Control-task selectivity (probing.selectivity): per probe, F1 on the real labels, F1 on the
     control task (labels fixed at random per surface type) and, when given, the random-init
     control's F1 on the real labels; the selectivity (real - control task) written above."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
     w = 0.26
     for i, p in enumerate(("p1", "p2")):
         sel, ctl = res.get(f"selectivity_{p}", {}), res.get(f"control_task_f1_{p}", {})

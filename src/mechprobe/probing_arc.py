@@ -15,6 +15,7 @@ from .llmprobe import (
     add_model_args,
     knockout_items,
     load_args,
+    model_info,
     probe_items,
     report,
     report_knockout,
@@ -99,8 +100,7 @@ def run(a):
         out,
         a,
         [a.data] + ([a.demo_data] if a.demo_data else []),
-        model_dtype=str(next(model.parameters()).dtype),
-        model_device=str(next(model.parameters()).device),
+        **model_info(model),
     )
     if a.knockout_items:
         res["knockout"] = knockout_items(st, tok, model, items, demos, builder, [], a.data, feats, a.knockout_items)

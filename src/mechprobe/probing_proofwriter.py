@@ -16,6 +16,7 @@ from .llmprobe import (
     knockout_items,
     load_args,
     load_items_args,
+    model_info,
     probe_items,
     report,
     report_knockout,
@@ -99,8 +100,7 @@ def run(a):
         out,
         a,
         source.split(", "),
-        model_dtype=str(next(model.parameters()).dtype),
-        model_device=str(next(model.parameters()).device),
+        **model_info(model),
     )
     write_json(out / "probe_results.json", res)
     report(res, out, "ProofWriter in-context accuracy")

@@ -57,7 +57,7 @@ def plot_curves(history, path):
 
     from .utils import save_figure
 
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5), layout="constrained")
     ax[0].plot([h[0] for h in history["train"]], [h[1] for h in history["train"]], lw=0.8)
     ax[0].set(xlabel="step", ylabel="train loss", yscale="log", title="training loss")
     ax[1].plot([h[0] for h in history["val"]], [h[1] for h in history["val"]], marker="o", ms=3)

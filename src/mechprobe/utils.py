@@ -42,15 +42,17 @@ def cli_setup():
         h.setFormatter(LOG_FORMAT)
         h._mechprobe_cli = True
         log.addHandler(h)
-    try:
+    # transformers reads these when it is imported (on first use: a run served by the feature cache
+    # never imports it); when it already is, its own switches
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
         from huggingface_hub.utils import disable_progress_bars
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         disable_progress_bars()
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def progress(iterable=None, **kw):
@@ -216,15 +218,18 @@ def write_config(out, settings, data_files=(), **extra):
 
 
 def save_figure(fig, path, pdf=False):
-    """Save a matplotlib figure atomically as PNG (and PDF beside it when asked)."""
+    """Save a matplotlib figure atomically as PNG (and PDF beside it when asked). The project's figures
+    are made with layout="constrained"; bbox_inches="tight" (which draws the figure twice: 0.33 s
+    instead of 0.25 s for a three-panel figure) only for a figure without a layout engine."""
     import matplotlib.pyplot as plt
 
     path = Path(path)
+    tight = {} if fig.get_layout_engine() is not None else {"bbox_inches": "tight"}
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        fig.savefig(tmp, format="png", dpi=120, **tight)
     if pdf:
         with atomic_path(path.with_suffix(".pdf")) as tmp:
-            fig.savefig(tmp, format="pdf", bbox_inches="tight")
+            fig.savefig(tmp, format="pdf", **tight)
     plt.close(fig)
 
 
@@ -413,13 +418,19 @@ def run_folder(out, outputs=(), keep=()):
 
 
 def run_main(fn):
-    """Run a CLI main; user errors print one line (no traceback) and exit with status 2."""
+    """Run a CLI main; user errors print one line (no traceback) and exit with status 2. After a
+    finished run the process ends at once (outputs are closed and renamed by then, streams and log
+    handlers flushed): the interpreter's own teardown would spend 0.5-1 s freeing torch's modules."""
     cli_setup()
     try:
-        return fn()
+        fn()
     except MechprobeError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(0)
