@@ -89,39 +89,8 @@ def read_entailment_bank(path, max_depth=None, report=True):
     items, seen, dups, mismatch, dangling = [], set(), [], [], []
     n_records = 0
     for line, r in iter_jsonl(path):
-        where = f"{path}:{line}"
         n_records += 1
-        try:
-            if not isinstance(r, dict):
-                raise TypeError(f"expected a JSON object, got {type(r).__name__}")
-            for key in ("id", "question", "answer", "proof", "meta"):
-                if key not in r:
-                    raise KeyError(key)
-            sents = r["meta"]["triples"]
-            if not isinstance(sents, dict) or not all(isinstance(v, str) for v in sents.values()):
-                raise TypeError("field meta.triples must be an object {sentN: text}")
-            if not isinstance(r["question"], str) or not isinstance(r["answer"], str):
-                raise TypeError("fields question and answer must be strings")
-            qid = r["id"]
-            edges = parse_steps(r["proof"])
-            sids = sorted(sents, key=_num)
-            step, level = steps_from_edges(edges, set(sids), "hypothesis")
-            depth = r.get("depth_of_proof", level)
-            if (
-                isinstance(depth, bool)
-                or not isinstance(depth, int)
-                and not (isinstance(depth, str) and depth.isdigit())
-            ):
-                raise TypeError(f"field depth_of_proof must be an integer, got {depth!r}")
-            depth = int(depth)
-        except KeyError as e:
-            raise MechprobeError(
-                f"{where}: missing field {e}; expected EntailmentBank fields id, question, answer, proof, meta.triples"
-            ) from None
-        except (TypeError, AttributeError) as e:
-            raise MechprobeError(f"{where}: {e}") from None
-        except ValueError as e:
-            raise MechprobeError(f"{where}: question {r.get('id', '?')}: {e}") from None
+        qid, sents, edges, step, level, depth = _entailment_record(r, f"{path}:{line}")
         if qid in seen:
             dups.append(qid)
         seen.add(qid)
@@ -131,6 +100,7 @@ def read_entailment_bank(path, max_depth=None, report=True):
             dangling.append(qid)
         if max_depth is not None and depth > max_depth:
             continue
+        sids = sorted(sents, key=_num)
         items.append(
             {
                 "id": f"{qid}@{line}",
@@ -146,26 +116,62 @@ def read_entailment_bank(path, max_depth=None, report=True):
                 "line": line,
             }
         )
-    if dups and report:
+    if report:
+        _report_entailment(path, dups, dangling, mismatch)
+    if not n_records:
+        raise MechprobeError(f"{path}: the file holds no record; expected EntailmentBank JSON lines")
+    if not items:
+        raise MechprobeError(f"{path}: no item left (max depth {max_depth})")
+    return items
+
+
+def _entailment_record(r, where):
+    """(id, sentences {sentN: text}, proof edges, step per used sentence, depth of the step graph,
+    depth_of_proof) of one EntailmentBank record; a one-line error naming `where` when malformed."""
+    try:
+        if not isinstance(r, dict):
+            raise TypeError(f"expected a JSON object, got {type(r).__name__}")
+        for key in ("id", "question", "answer", "proof", "meta"):
+            if key not in r:
+                raise KeyError(key)
+        sents = r["meta"]["triples"]
+        if not isinstance(sents, dict) or not all(isinstance(v, str) for v in sents.values()):
+            raise TypeError("field meta.triples must be an object {sentN: text}")
+        if not isinstance(r["question"], str) or not isinstance(r["answer"], str):
+            raise TypeError("fields question and answer must be strings")
+        edges = parse_steps(r["proof"])
+        step, level = steps_from_edges(edges, set(sents), "hypothesis")
+        depth = r.get("depth_of_proof", level)
+        if isinstance(depth, bool) or not isinstance(depth, int) and not (isinstance(depth, str) and depth.isdigit()):
+            raise TypeError(f"field depth_of_proof must be an integer, got {depth!r}")
+    except KeyError as e:
+        raise MechprobeError(
+            f"{where}: missing field {e}; expected EntailmentBank fields id, question, answer, proof, meta.triples"
+        ) from None
+    except (TypeError, AttributeError) as e:
+        raise MechprobeError(f"{where}: {e}") from None
+    except ValueError as e:
+        raise MechprobeError(f"{where}: question {r.get('id', '?')}: {e}") from None
+    return r["id"], sents, edges, step, level, int(depth)
+
+
+def _report_entailment(path, dups, dangling, mismatch):
+    """Log what was kept although odd: duplicate ids, dangling proof steps, depth mismatches."""
+    if dups:
         log.info("%s: duplicate question ids (kept, told apart by line): %s", path, ", ".join(dups))
-    if dangling and report:
+    if dangling:
         log.info(
             "%s: records with proof steps that do not lead to the hypothesis (their sentences count as not useful): %s",
             path,
             ", ".join(dangling),
         )
-    if mismatch and report:
+    if mismatch:
         log.info(
             "%s: %d records whose depth_of_proof differs from the depth of their step graph (depth_of_proof kept): %s",
             path,
             len(mismatch),
             ", ".join(mismatch[:5]) + (" ..." if len(mismatch) > 5 else ""),
         )
-    if not n_records:
-        raise MechprobeError(f"{path}: the file holds no record; expected EntailmentBank JSON lines")
-    if not items:
-        raise MechprobeError(f"{path}: no item left (max depth {max_depth})")
-    return items
 
 
 def read_street(path, max_depth=None):
@@ -180,42 +186,8 @@ def read_street(path, max_depth=None):
     path = Path(path)
     items, n_records = [], 0
     for line, r in iter_jsonl(path):
-        where = f"{path}:{line}"
         n_records += 1
-        try:
-            if not isinstance(r.get("textual_logical_units"), dict):
-                raise TypeError(
-                    f"'textual_logical_units' must be an object {{id: text}}, got "
-                    f"{type(r.get('textual_logical_units')).__name__}"
-                )
-            tlus = {str(k): v for k, v in r["textual_logical_units"].items()}
-            edges = [([str(a) for a in e["antecedents"]], str(e["consequent"])) for e in r["reasoning_graph_edges"]]
-            answer = r["answer"][0] if isinstance(r["answer"], list) else r["answer"]
-            question, options = r["question"], r.get("options", [])
-        except (KeyError, TypeError, IndexError, AttributeError) as e:
-            raise MechprobeError(
-                f"{where}: missing or malformed field {e}; expected context, textual_logical_units, question, "
-                "answer, reasoning_graph_edges"
-            ) from None
-        answer_tlu = [k for k, v in tlus.items() if "the answer is" in v.lower()]
-        concluded = {c for _, c in edges}
-        premises = sorted(
-            [k for k in tlus if k not in concluded and k not in answer_tlu],
-            key=lambda k: int(k) if k.isdigit() else _num(k),
-        )
-        root = answer_tlu[0] if answer_tlu and answer_tlu[0] in concluded else (edges[-1][1] if edges else None)
-        try:
-            if not edges:
-                raise ValueError("no reasoning_graph_edges")
-            for p, _ in edges:
-                for x in p:
-                    if x not in tlus:
-                        raise ValueError(f"edge premise {x} is not a textual logical unit")
-            step, depth = steps_from_edges(edges, set(premises), root)
-            if root in answer_tlu:  # the unit "The answer is ..." restates the conclusion: no inference of its own
-                depth -= 1
-        except ValueError as e:
-            raise MechprobeError(f"{where}: {e}") from None
+        tlus, premises, step, depth, question, answer, options = _street_record(r, f"{path}:{line}")
         if max_depth is not None and depth > max_depth:
             continue
         items.append(
@@ -238,3 +210,43 @@ def read_street(path, max_depth=None):
     if not items:
         raise MechprobeError(f"{path}: no item left (max depth {max_depth})")
     return items
+
+
+def _street_record(r, where):
+    """(units {id: text}, premises, step per used premise, depth, question, answer, options) of one
+    STREET record (see read_street); a one-line error naming `where` when malformed."""
+    try:
+        if not isinstance(r.get("textual_logical_units"), dict):
+            raise TypeError(
+                f"'textual_logical_units' must be an object {{id: text}}, got "
+                f"{type(r.get('textual_logical_units')).__name__}"
+            )
+        tlus = {str(k): v for k, v in r["textual_logical_units"].items()}
+        edges = [([str(a) for a in e["antecedents"]], str(e["consequent"])) for e in r["reasoning_graph_edges"]]
+        answer = r["answer"][0] if isinstance(r["answer"], list) else r["answer"]
+        question, options = r["question"], r.get("options", [])
+    except (KeyError, TypeError, IndexError, AttributeError) as e:
+        raise MechprobeError(
+            f"{where}: missing or malformed field {e}; expected context, textual_logical_units, question, "
+            "answer, reasoning_graph_edges"
+        ) from None
+    answer_tlu = [k for k, v in tlus.items() if "the answer is" in v.lower()]
+    concluded = {c for _, c in edges}
+    premises = sorted(
+        [k for k in tlus if k not in concluded and k not in answer_tlu],
+        key=lambda k: int(k) if k.isdigit() else _num(k),
+    )
+    root = answer_tlu[0] if answer_tlu and answer_tlu[0] in concluded else (edges[-1][1] if edges else None)
+    try:
+        if not edges:
+            raise ValueError("no reasoning_graph_edges")
+        for p, _ in edges:
+            for x in p:
+                if x not in tlus:
+                    raise ValueError(f"edge premise {x} is not a textual logical unit")
+        step, depth = steps_from_edges(edges, set(premises), root)
+        if root in answer_tlu:  # the unit "The answer is ..." restates the conclusion: no inference of its own
+            depth -= 1
+    except ValueError as e:
+        raise MechprobeError(f"{where}: {e}") from None
+    return tlus, premises, step, depth, question, answer, options

@@ -128,14 +128,9 @@ def draw_heatmaps(mats, records, out):
         )
 
 
-def run(a):
-    """The run described by the parsed arguments `a` (see main); returns its results."""
-    seed_everything(a.seed)
-    out = Path(a.out_dir)
-    records = ks.load_split(a.data_dir, "test")[: a.n_examples]
-    named = ([("pretrained", a.pretrained)] if a.pretrained else []) + [
-        (Path(m).parent.name if Path(m).name in ("best", "last") else Path(m).name, m) for m in a.models
-    ]
+def _capture_models(named, records, a):
+    """Per model (and one random-init control): mean attention by position and by rank, accuracy;
+    the example tree and the HTML view from the last model. Returns (matrices, tree, view)."""
     mats, tree, view = {}, None, []
     for name, path in named:
         model, tok = load_model(path, device=a.device), load_tokenizer(path)
@@ -157,6 +152,18 @@ def run(a):
                 trees = probe_trees(rows, records, a.seed)
                 tree = example_tree(nm, rows, records, trees, a.example)
                 view = view_examples(tok, ids, rows, records, trees, logits, a.view_items)
+    return mats, tree, view
+
+
+def run(a):
+    """The run described by the parsed arguments `a` (see main); returns its results."""
+    seed_everything(a.seed)
+    out = Path(a.out_dir)
+    records = ks.load_split(a.data_dir, "test")[: a.n_examples]
+    named = ([("pretrained", a.pretrained)] if a.pretrained else []) + [
+        (Path(m).parent.name if Path(m).name in ("best", "last") else Path(m).name, m) for m in a.models
+    ]
+    mats, tree, view = _capture_models(named, records, a)
     k = records[0]["k"]
     draw_heatmaps(mats, records, out)
     plots.tree_figure(

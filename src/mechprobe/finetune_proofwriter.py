@@ -87,6 +87,32 @@ RESUME_KEYS = (
 )
 
 
+def _finish(tr, task, tok, out, dev):
+    """After training: last/ saved, the best checkpoint tested, results.json and curves.png written."""
+    from .models import load_model
+
+    save_pretrained_atomic(tr.model, tok, out / "last")
+    best = load_model(out / "best", device=dev)
+    res = {
+        "test": task.breakdown(best, "test"),
+        "test_last": task.breakdown(tr.model, "test")["accuracy"],
+        "val_acc_best": tr.best,
+        "steps": tr.step,
+        "train_seconds": round(tr.elapsed, 1),
+    }
+    write_json(out / "results.json", res)
+    plot_curves(tr.history, out / "curves.png")
+    pd = res["test"]["proof_by_depth"]
+    log.info(
+        "test accuracy %.4f (best checkpoint); proof questions by depth: %s; %d steps in %.0f s",
+        res["test"]["accuracy"],
+        ", ".join(f"{d}: {v['accuracy']:.3f}" for d, v in pd.items() if v),
+        tr.step,
+        tr.elapsed,
+    )
+    return res
+
+
 def train(a):
     """Train (or resume) the reasoner with ReasonerSettings `a`; returns results.json's content."""
     out = prepare(a)
@@ -131,27 +157,7 @@ def train(a):
             "%d training questions, %d parameters", len(splits["train"]), sum(p.numel() for p in model.parameters())
         )
         run_loop(tr, task, tok, out, settings, use_bf16, a.eval_every, a.target_acc)
-        save_pretrained_atomic(tr.model, tok, out / "last")
-        from .models import load_model
-
-        best = load_model(out / "best", device=dev)
-        res = {
-            "test": task.breakdown(best, "test"),
-            "test_last": task.breakdown(tr.model, "test")["accuracy"],
-            "val_acc_best": tr.best,
-            "steps": tr.step,
-            "train_seconds": round(tr.elapsed, 1),
-        }
-        write_json(out / "results.json", res)
-        plot_curves(tr.history, out / "curves.png")
-        pd = res["test"]["proof_by_depth"]
-        log.info(
-            "test accuracy %.4f (best checkpoint); proof questions by depth: %s; %d steps in %.0f s",
-            res["test"]["accuracy"],
-            ", ".join(f"{d}: {v['accuracy']:.3f}" for d, v in pd.items() if v),
-            tr.step,
-            tr.elapsed,
-        )
+        res = _finish(tr, task, tok, out, dev)
         print(f"model: {out / 'best'}  results: {out / 'results.json'}  curves: {out / 'curves.png'}")
         return res
 
@@ -163,6 +169,18 @@ def parser():
     )
     p.add_argument("--data-dir", help="generated here first (train/dev/test theories) when it holds no data")
     p.add_argument("--out-dir")
+    _data_and_model_args(p)
+    _schedule_args(p)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--autocast", choices=["auto", "bf16", "none"], help="bf16 autocast for the training forward")
+    p.add_argument("--device")
+    add_threads_arg(p)
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    p.set_defaults(**{f.name: f.default for f in fields(ReasonerSettings) if f.default is not MISSING})
+    return p
+
+
+def _data_and_model_args(p):
     p.add_argument("--depth", type=nonneg_int, help=f"questions of depth 0..DEPTH (at most {rs.MAX_DEPTH})")
     p.add_argument("--sizes", type=positive_int, nargs=3, metavar=("TRAIN", "DEV", "TEST"), help="theories per split")
     p.add_argument("--groups", type=positive_int, nargs="+", help="numbers of statements of the theories")
@@ -170,6 +188,15 @@ def parser():
     p.add_argument("--layers", type=positive_int)
     p.add_argument("--hidden", type=positive_int)
     p.add_argument("--heads", type=positive_int)
+    p.add_argument(
+        "--balanced",
+        type=int,
+        choices=[0, 1],
+        help="1: as many questions of each kind per theory (no size or 'not' shortcut; a new DATA_DIR)",
+    )
+
+
+def _schedule_args(p):
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--batch-size", type=positive_int)
@@ -197,19 +224,6 @@ def parser():
         type=nonneg_float,
         help="weight of the auxiliary next-token loss on the prompt's tokens (0: the answer's loss only)",
     )
-    p.add_argument(
-        "--balanced",
-        type=int,
-        choices=[0, 1],
-        help="1: as many questions of each kind per theory (no size or 'not' shortcut; a new DATA_DIR)",
-    )
-    p.add_argument("--seed", type=int)
-    p.add_argument("--autocast", choices=["auto", "bf16", "none"], help="bf16 autocast for the training forward")
-    p.add_argument("--device")
-    add_threads_arg(p)
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
-    p.set_defaults(**{f.name: f.default for f in fields(ReasonerSettings) if f.default is not MISSING})
-    return p
 
 
 def main(argv=None):

@@ -363,6 +363,37 @@ def _radix_argsort(x, order, tmp, keys, ktmp, cnt):
     return order
 
 
+def _run_vote(vals, labs, lo, kk, xq, score, n_classes):
+    """The distance-weighted vote of the run vals[lo : lo + kk] (labels labs) for the value xq (see vote);
+    score (n_classes,) is a work array."""
+    same = 1
+    for t in range(lo + 1, lo + kk):
+        same &= labs[t] == labs[lo]
+    if same:  # one label among the neighbours: the vote needs no weights
+        return labs[lo]
+    zeros = 0
+    for t in range(lo, lo + kk):
+        zeros += vals[t] == xq
+    if zeros == 0 and n_classes == 2:  # two classes: two sums, no scatter
+        s, s1 = 0.0, 0.0
+        for t in range(lo, lo + kk):  # no branch on the label
+            w = 1.0 / abs(vals[t] - xq)
+            s += w
+            s1 += w * labs[t]
+        return np.int64(s1 > s - s1)
+    score[:] = 0.0
+    for t in range(lo, lo + kk):
+        if zeros == 0:
+            score[labs[t]] += 1.0 / abs(vals[t] - xq)
+        elif vals[t] == xq:
+            score[labs[t]] += 1.0
+    best = 0
+    for c in range(1, n_classes):
+        if score[c] > score[best]:
+            best = c
+    return np.int64(best)
+
+
 def _one_dim_folds_loops(X, y, fold, n_folds, k, n_classes, out):
     """Compiled body of _one_dim_folds: per layer (in parallel) one sort of all N values; per fold one
     pass that lists the training values in order (with k sentinels of -inf / +inf on either side) and
@@ -400,41 +431,14 @@ def _one_dim_folds_loops(X, y, fold, n_folds, k, n_classes, out):
                 xq, a = sv[p], 0
                 for t in range(kk):
                     a += (xq - vals[below - 1 - t]) <= (vals[below + kk - 1 - t] - xq)
-                lo = below - a  # vals[lo : lo + kk] are the kk nearest
-                same = 1
-                for t in range(lo + 1, lo + kk):
-                    same &= labs[t] == labs[lo]
-                if same:  # one label among the neighbours: the vote needs no weights
-                    pred[p] = labs[lo]
-                    continue
-                zeros = 0
-                for t in range(lo, lo + kk):
-                    zeros += vals[t] == xq
-                if zeros == 0 and n_classes == 2:  # two classes: two sums, no scatter
-                    s, s1 = 0.0, 0.0
-                    for t in range(lo, lo + kk):  # no branch on the label
-                        w = 1.0 / abs(vals[t] - xq)
-                        s += w
-                        s1 += w * labs[t]
-                    pred[p] = s1 > s - s1
-                    continue
-                score[:] = 0.0
-                for t in range(lo, lo + kk):
-                    if zeros == 0:
-                        score[labs[t]] += 1.0 / abs(vals[t] - xq)
-                    elif vals[t] == xq:
-                        score[labs[t]] += 1.0
-                best = 0
-                for c in range(1, n_classes):
-                    if score[c] > score[best]:
-                        best = c
-                pred[p] = best
+                pred[p] = _run_vote(vals, labs, below - a, kk, xq, score, n_classes)  # vals[lo : lo + kk]: nearest
         for p in range(N):
             out[l, order[p]] = pred[p]
 
 
 if numba is not None:
     _radix_argsort = numba.njit(cache=True)(_radix_argsort)
+    _run_vote = numba.njit(cache=True, inline="always", error_model="numpy")(_run_vote)
     # error_model="numpy": no zero check on the divisions (the vote divides only by nonzero distances)
     _one_dim_folds_loops = numba.njit(parallel=True, cache=True, error_model="numpy")(_one_dim_folds_loops)
     _insert = numba.njit(cache=True, inline="always")(_insert)
@@ -489,6 +493,15 @@ def knn_predict(X_train, y_train, X_test, k=N_NEIGHBORS, device="cpu"):
     return _decode(classes, pred.cpu().numpy())
 
 
+def _single(tr, y, te, k, n_classes):
+    """Predictions (L, m) from each layer alone (the torch paths): tr (n, L, D), te (m, L, D)."""
+    if tr.shape[2] == 1:
+        return _one_dim(tr[:, :, 0], y, te[:, :, 0], k, n_classes)
+    return torch.stack(
+        [_general(tr[:, l].contiguous(), y, te[:, l].contiguous(), k, n_classes) for l in range(tr.shape[1])]
+    )
+
+
 def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64, cumulative=True):
     """Out-of-fold predictions for every layer selection.
 
@@ -531,12 +544,7 @@ def fold_curves(X, y, folds, k=N_NEIGHBORS, device="cpu", curves=True, n_cand=64
             cum[:, te_m] = _cumulative(tr, ytr, te, k, len(classes), n_cand).cpu().numpy()
         if compiled:
             continue
-        if D == 1:
-            single[:, te_m] = _one_dim(tr[:, :, 0], ytr, te[:, :, 0], k, len(classes)).cpu().numpy()
-        else:
-            for l in range(L):
-                p = _general(tr[:, l].contiguous(), ytr, te[:, l].contiguous(), k, len(classes))
-                single[l, te_m] = p.cpu().numpy()
+        single[:, te_m] = _single(tr, ytr, te, k, len(classes)).cpu().numpy()
     out = {"cumulative": _decode(classes, cum if curves else cum[-1:])} if cumulative else {}
     if curves:
         out["single"] = _decode(classes, single)

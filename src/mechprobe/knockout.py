@@ -126,21 +126,7 @@ def knockout_scores(model, prompts, knocked, layers, scored=None, batch_size=64,
     cache: a cache.FeatureCache (with model_id, the model's fingerprint) that keeps each prompt's row
     per knocked set, so that only prompts not seen with these knocked statements are run."""
     if cache is not None and cache.enabled:
-        from .cache import knockout_row_key, knockout_store_key, prompt_key
-
-        k = knockout_store_key(model_id, None if layers is None else list(layers), scored)
-        store = cache.get_rows(k)
-        rk = [knockout_row_key(p.get("key") or prompt_key(p), ks) for p, ks in zip(prompts, knocked)]
-        miss = [i for i, r in enumerate(rk) if r not in store]
-        if miss:
-            z = knockout_scores(
-                model, [prompts[i] for i in miss], [knocked[i] for i in miss], layers, scored, batch_size
-            )
-            store.update(zip((rk[i] for i in miss), z.numpy()))
-            cache.put_rows(k, store, {"what": "knockout", "layers": layers})
-        if stats is not None:  # prompts run / prompts asked, summed over the calls
-            stats["run"], stats["asked"] = stats.get("run", 0) + len(miss), stats.get("asked", 0) + len(prompts)
-        return torch.from_numpy(np.stack([store[r] for r in rk]))
+        return _cached_scores(model, prompts, knocked, layers, scored, batch_size, cache, model_id, stats)
     from .incontext import auto_batch_size
     from .models import resolve
 
@@ -152,36 +138,60 @@ def knockout_scores(model, prompts, knocked, layers, scored=None, batch_size=64,
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]["ids"]))
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        batch = [prompts[i] for i in idx]
-        ids, mask = pad_batch([p["ids"] for p in batch], 0)
-        T = ids.shape[1]
-        qm = torch.zeros(len(idx), T, dtype=torch.bool)
-        for b, p in enumerate(batch):
-            qm[b, list(p["queries"])] = True
-        km = key_masks(batch, [knocked[i] for i in idx], T) if layers is not None else torch.zeros_like(qm)
-        starved = starved_queries(qm, km).any(1)  # left out of the condition (a NaN row)
-        km[starved] = False
-        if isinstance(scored, str):  # "answer": the positions that predict each answer token
-            pos = pad_queries([range(p["target"][0] - 1, p["target"][1] - 1) for p in batch])
-        else:
-            pos = (mask.sum(1) - 1)[:, None]  # the last token
-        pos_ok = pos >= 0
-        with fast_attention(model):
-            if not km.any():
-                z = logits_at(model, ids.to(dev), mask.to(dev), pos.clamp(min=0)).float().cpu()  # (b, P, V)
-            else:
-                with knockout(model, qm, km, layers):
-                    z = logits_at(model, ids.to(dev), mask.to(dev), pos.clamp(min=0)).float().cpu()
-        if isinstance(scored, str):  # mean log-probability of each prompt's answer tokens
-            nxt = ids.gather(1, (pos.clamp(min=0) + 1).clamp(max=T - 1))  # (b, P) the tokens predicted
-            lp = z.log_softmax(-1).gather(2, nxt[:, :, None])[:, :, 0]
-            z = ((lp * pos_ok).sum(1) / pos_ok.sum(1))[:, None]
-        else:
-            z = z[:, 0] if scored is None else z[:, 0, scored]
-        z[starved] = float("nan")
+        z = _batch_scores(model, [prompts[i] for i in idx], [knocked[i] for i in idx], layers, scored, dev)
         for b, i in enumerate(idx):
             out[i] = z[b]
     return torch.stack(out)
+
+
+def _batch_scores(model, batch, knocked, layers, scored, dev):
+    """knockout_scores of one batch of prompts (right-padded): (b, W) rows, NaN for a prompt whose
+    every key the knocked statements would block."""
+    ids, mask = pad_batch([p["ids"] for p in batch], 0)
+    T = ids.shape[1]
+    qm = torch.zeros(len(batch), T, dtype=torch.bool)
+    for b, p in enumerate(batch):
+        qm[b, list(p["queries"])] = True
+    km = key_masks(batch, knocked, T) if layers is not None else torch.zeros_like(qm)
+    starved = starved_queries(qm, km).any(1)  # left out of the condition (a NaN row)
+    km[starved] = False
+    if isinstance(scored, str):  # "answer": the positions that predict each answer token
+        pos = pad_queries([range(p["target"][0] - 1, p["target"][1] - 1) for p in batch])
+    else:
+        pos = (mask.sum(1) - 1)[:, None]  # the last token
+    pos_ok = pos >= 0
+    with fast_attention(model):
+        if not km.any():
+            z = logits_at(model, ids.to(dev), mask.to(dev), pos.clamp(min=0)).float().cpu()  # (b, P, V)
+        else:
+            with knockout(model, qm, km, layers):
+                z = logits_at(model, ids.to(dev), mask.to(dev), pos.clamp(min=0)).float().cpu()
+    if isinstance(scored, str):  # mean log-probability of each prompt's answer tokens
+        nxt = ids.gather(1, (pos.clamp(min=0) + 1).clamp(max=T - 1))  # (b, P) the tokens predicted
+        lp = z.log_softmax(-1).gather(2, nxt[:, :, None])[:, :, 0]
+        z = ((lp * pos_ok).sum(1) / pos_ok.sum(1))[:, None]
+    else:
+        z = z[:, 0] if scored is None else z[:, 0, scored]
+    z[starved] = float("nan")
+    return z
+
+
+def _cached_scores(model, prompts, knocked, layers, scored, batch_size, cache, model_id, stats):
+    """knockout_scores through the cache's store of rows: only the prompts not seen with their knocked
+    statements run (and are added to the store); stats counts the prompts run and asked."""
+    from .cache import knockout_row_key, knockout_store_key, prompt_key
+
+    k = knockout_store_key(model_id, None if layers is None else list(layers), scored)
+    store = cache.get_rows(k)
+    rk = [knockout_row_key(p.get("key") or prompt_key(p), ks) for p, ks in zip(prompts, knocked)]
+    miss = [i for i, r in enumerate(rk) if r not in store]
+    if miss:
+        z = knockout_scores(model, [prompts[i] for i in miss], [knocked[i] for i in miss], layers, scored, batch_size)
+        store.update(zip((rk[i] for i in miss), z.numpy()))
+        cache.put_rows(k, store, {"what": "knockout", "layers": layers})
+    if stats is not None:  # prompts run / prompts asked, summed over the calls
+        stats["run"], stats["asked"] = stats.get("run", 0) + len(miss), stats.get("asked", 0) + len(prompts)
+    return torch.from_numpy(np.stack([store[r] for r in rk]))
 
 
 def margins(z, gold):
@@ -250,15 +260,33 @@ def knockout_study(
     else:
         gold = torch.as_tensor(gold, dtype=torch.long)
         m0, p0 = margins(z0, gold), z0.argmax(1)
-    per = {}  # condition -> one (windows, N) array per metric
     bar = progress(total=len(conds) * len(windows), desc=desc, unit="pass", disable=desc is None)
+    run = lambda knocked, w: knockout_scores(model, prompts, knocked, w, scored, batch_size, cache, mid, stats)  # noqa: E731
+    per = _condition_metrics(run, conds, windows, m0, None if free else p0, None if free else gold, bar)
+    if stats:
+        hit = stats["asked"] - stats["run"]
+        log.info("knockout cache: %d of %d prompt passes from the cache, %d run", hit, stats["asked"], stats["run"])
+
+    args = (per, conds, windows, metrics, m0, None if free else p0, None if free else gold, free)
+    out = _summary(range(len(prompts)), *args)
+    if subsets:
+        out["subsets"] = {name: _summary(idx, *args) for name, idx in subsets.items() if len(idx)}
+    return out
+
+
+def _condition_metrics(run, conds, windows, m0, p0, gold, bar):
+    """{condition: one (windows, N) array per metric}: each condition's knocked statements blocked in
+    each window (run(knocked, window) -> scores (N, W)), against the unablated margins m0 and answers
+    p0 (gold None: free-text answers, the log-probability drop). A prompt whose every key the
+    condition would block (a NaN row) gets NaN."""
+    per = {}
     for name, knocked in conds.items():
         rows = []
         for w in windows:
-            z = knockout_scores(model, prompts, knocked, w, scored, batch_size, cache, mid, stats)
+            z = run(knocked, w)
             skip = z.isnan().any(1)
             nan = torch.full_like(m0, float("nan"))
-            if free:
+            if gold is None:
                 vals = (m0 - z[:, 0],)
             else:
                 p = z.nan_to_num(0.0).argmax(1)
@@ -267,46 +295,41 @@ def knockout_study(
             bar.update(1)
         per[name] = [torch.stack(x).numpy() for x in zip(*rows)]
     bar.close()
-    if stats:
-        hit = stats["asked"] - stats["run"]
-        log.info("knockout cache: %d of %d prompt passes from the cache, %d run", hit, stats["asked"], stats["run"])
+    return per
 
-    def summary(idx):
-        idx = np.asarray(idx, dtype=int)
-        base = (
-            {"answer_logprob": float(m0[idx].mean())}
-            if free
-            else {"accuracy": float((p0 == gold)[idx].float().mean()), "margin": float(m0[idx].mean())}
-        )
-        res = {
-            "metrics": list(metrics),
-            "n_prompts": len(idx),
-            "base": base,
-            "windows": [w[0] for w in windows],
-            "conditions": {},
-        }
-        for name, arrays in per.items():
-            skipped = np.isnan(arrays[0][:, idx]).sum(1)
-            res["conditions"][name] = {"knocked_per_prompt": float(np.mean([len(conds[name][i]) for i in idx]))}
-            for key, arr in zip(metrics, arrays):
-                res["conditions"][name][key] = _mean(arr[:, idx])
-            if skipped.any():  # prompts whose every key the condition would block
-                res["conditions"][name]["skipped_prompts"] = skipped.tolist()
-        rand = [r for n, r in res["conditions"].items() if n.startswith("random not useful")]
-        if rand:
-            res["random not useful"] = {
-                key: {
-                    "mean": _nan_none(np.nanmean(_arr([r[key] for r in rand]), 0)),
-                    "std": _nan_none(np.nanstd(_arr([r[key] for r in rand]), 0)),
-                }
-                for key in metrics
+
+def _summary(idx, per, conds, windows, metrics, m0, p0, gold, free):
+    """One summary of knockout_study over the prompts idx (see knockout_study's return value)."""
+    idx = np.asarray(idx, dtype=int)
+    base = (
+        {"answer_logprob": float(m0[idx].mean())}
+        if free
+        else {"accuracy": float((p0 == gold)[idx].float().mean()), "margin": float(m0[idx].mean())}
+    )
+    res = {
+        "metrics": list(metrics),
+        "n_prompts": len(idx),
+        "base": base,
+        "windows": [w[0] for w in windows],
+        "conditions": {},
+    }
+    for name, arrays in per.items():
+        skipped = np.isnan(arrays[0][:, idx]).sum(1)
+        res["conditions"][name] = {"knocked_per_prompt": float(np.mean([len(conds[name][i]) for i in idx]))}
+        for key, arr in zip(metrics, arrays):
+            res["conditions"][name][key] = _mean(arr[:, idx])
+        if skipped.any():  # prompts whose every key the condition would block
+            res["conditions"][name]["skipped_prompts"] = skipped.tolist()
+    rand = [r for n, r in res["conditions"].items() if n.startswith("random not useful")]
+    if rand:
+        res["random not useful"] = {
+            key: {
+                "mean": _nan_none(np.nanmean(_arr([r[key] for r in rand]), 0)),
+                "std": _nan_none(np.nanstd(_arr([r[key] for r in rand]), 0)),
             }
-        return res
-
-    out = summary(range(len(prompts)))
-    if subsets:
-        out["subsets"] = {name: summary(idx) for name, idx in subsets.items() if len(idx)}
-    return out
+            for key in metrics
+        }
+    return res
 
 
 def _arr(rows):

@@ -38,22 +38,7 @@ def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True, knockou
     """Model and probe options shared by the LLM drivers; `limit`, `seeds`, `n_demos`: the driver's defaults;
     probing: a probing driver (per-head map --head-map, knockout --knockout-items with the driver's
     default `knockout_items`, HTML view --view-items)."""
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--model",
-        required=True,
-        help="local causal LM folder (LLaMA, Mistral, Qwen, GPT-2, ...), or 'tiny' for a tiny random LLaMA (CPU check)",
-    )
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (shard over all visible GPUs)")
-    g.add_argument("--load-in-8bit", action="store_true", help="8-bit weights via bitsandbytes")
-    g.add_argument("--trust-remote-code", action="store_true")
-    g.add_argument(
-        "--control-layers",
-        type=nonneg_int,
-        default=0,
-        help="build the random-init control with only this many layers and compare only those layers (0: all)",
-    )
+    _model_group(p)
     g = p.add_argument_group("probe")
     g.add_argument("--n-demos", type=nonneg_int, default=n_demos, help="in-context demonstrations")
     g.add_argument(
@@ -72,32 +57,7 @@ def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True, knockou
     g.add_argument("--normalize", default="none", choices=["none", "max"])
     g.add_argument("--batch-size", type=nonneg_int, default=0, help="prompts per batch (0: sized to the free memory)")
     if probing:
-        g.add_argument(
-            "--head-map",
-            type=int,
-            choices=[0, 1],
-            default=ProbeSettings.head_map,
-            help="1: capture per-head features and map S_P1 / S_P2 of each head (probe_by_head.png)",
-        )
-        g.add_argument(
-            "--knockout-items",
-            type=nonneg_int,
-            default=knockout_items,
-            help="attention knockout (is the tree used?) on at most this many items (0: none)",
-        )
-        g.add_argument(
-            "--knockout-folds",
-            type=at_least_two,
-            default=ProbeSettings.knockout_folds,
-            help="folds of the probe's out-of-fold predictions that the knockout blocks (apart from --folds, "
-            "so a rerun with other --folds reuses the knockout passes)",
-        )
-        g.add_argument(
-            "--view-items",
-            type=nonneg_int,
-            default=4,
-            help="items in the interactive view attention_view.html (0: no view)",
-        )
+        _probing_args(g, knockout_items)
     add_threads_arg(g)
     g.add_argument(
         "--cache-dir",
@@ -111,6 +71,55 @@ def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True, knockou
     )
     g.add_argument("--out-dir", required=True)
     return p
+
+
+def _model_group(p):
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        required=True,
+        help="local causal LM folder (LLaMA, Mistral, Qwen, GPT-2, ...), or 'tiny' for a tiny random LLaMA (CPU check)",
+    )
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (shard over all visible GPUs)")
+    g.add_argument("--load-in-8bit", action="store_true", help="8-bit weights via bitsandbytes")
+    g.add_argument("--trust-remote-code", action="store_true")
+    g.add_argument(
+        "--control-layers",
+        type=nonneg_int,
+        default=0,
+        help="build the random-init control with only this many layers and compare only those layers (0: all)",
+    )
+
+
+def _probing_args(g, knockout_items):
+    """Options of the probing drivers only: per-head map, knockout, HTML view."""
+    g.add_argument(
+        "--head-map",
+        type=int,
+        choices=[0, 1],
+        default=ProbeSettings.head_map,
+        help="1: capture per-head features and map S_P1 / S_P2 of each head (probe_by_head.png)",
+    )
+    g.add_argument(
+        "--knockout-items",
+        type=nonneg_int,
+        default=knockout_items,
+        help="attention knockout (is the tree used?) on at most this many items (0: none)",
+    )
+    g.add_argument(
+        "--knockout-folds",
+        type=at_least_two,
+        default=ProbeSettings.knockout_folds,
+        help="folds of the probe's out-of-fold predictions that the knockout blocks (apart from --folds, "
+        "so a rerun with other --folds reuses the knockout passes)",
+    )
+    g.add_argument(
+        "--view-items",
+        type=nonneg_int,
+        default=4,
+        help="items in the interactive view attention_view.html (0: no view)",
+    )
 
 
 @dataclass
@@ -312,11 +321,12 @@ def probe_items(st, tok, model, items, demos, builder, words, source, by=("group
     """Accuracy and probing results (settings `st`, a ProbeSettings) over all items, per depth and
     per (group, depth); by=("depth",) for per-depth subsets only. With st.head_map, the per-head map
     (probing.head_map) and, given statement_type (statement text -> its surface type), the control-task
-    selectivity (probing.selectivity), both on the items of depth >= 1 (where P2 is defined)."""
+    selectivity (probing.selectivity), both on the items of depth >= 1 (where P2 is defined).
+    Returns (results, the model's features per item, its answer-word scores)."""
     t0 = time.time()
     enc, wid = encode(st, tok, items, demos, builder, words, source)
-    layers = compared_layers(st, model)
     log.info("%d prompts, %d-%d tokens", len(enc), min(len(e["ids"]) for e in enc), max(len(e["ids"]) for e in enc))
+    layers = compared_layers(st, model)
     feats, scores, head_feats = features(st, model, enc, wid, layers=layers, desc="model", heads=True)
     gold = np.array([words.index(it["answer"]) if it["answer"] in words else -1 for it in items])
     correct = (scores.argmax(1) == gold) if words else None
@@ -340,9 +350,25 @@ def probe_items(st, tok, model, items, demos, builder, words, source, by=("group
         }
         log.info(res["probe"]["undefined"])
     ctl = control_features(st, model, enc, wid, heads=True) if has_tree else []
-    ctl_feats = [c[0] for c in ctl]
+    res["subsets"] = {}
+    for name, idx in item_subsets(items, by).items():
+        sub = {"n_items": len(idx), "accuracy": acc(idx)}
+        if has_tree and len(idx) >= 4:
+            sub.update(_probe_subset(feats, [c[0] for c in ctl], items, idx, st.seeds, st.folds, probe_device(model)))
+        elif has_tree:
+            sub["probe"] = {"undefined": f"only {len(idx)} items"}
+        res["subsets"][name] = sub
+    if has_tree:
+        res.update(_deep_analyses(st, items, feats, head_feats, ctl, statement_type, probe_device(model)))
+    res["seconds"] = round(time.time() - t0, 1)
+    return res, feats, scores
+
+
+def item_subsets(items, by=("group", "depth")):
+    """{name: item indices}: "all", then per value of by[1] ("depth=1") and per (by[0], by[1]) pair
+    ("group=4,depth=1"; groups are never pooled over depths); with one key, per value of it."""
     groups = {"all": list(range(len(items)))}
-    if len(by) == 2:  # (group, depth): groups are never pooled over depths
+    if len(by) == 2:
         known = [it for it in items if it.get(by[1]) is not None]
         for d in sorted({it[by[1]] for it in known}):
             groups[f"{by[1]}={d}"] = [i for i, it in enumerate(items) if it.get(by[1]) == d]
@@ -354,48 +380,45 @@ def probe_items(st, tok, model, items, demos, builder, words, source, by=("group
     else:
         for v in sorted({it[by[0]] for it in items if it.get(by[0]) is not None}):
             groups[f"{by[0]}={v}"] = [i for i, it in enumerate(items) if it.get(by[0]) == v]
-    res["subsets"] = {}
-    for name, idx in groups.items():
-        sub = {"n_items": len(idx), "accuracy": acc(idx)}
-        if has_tree and len(idx) >= 4:
-            sub.update(_probe_subset(feats, ctl_feats, items, idx, st.seeds, st.folds, probe_device(model)))
-        elif has_tree:
-            sub["probe"] = {"undefined": f"only {len(idx)} items"}
-        res["subsets"][name] = sub
-    if has_tree:
-        deep = [i for i, it in enumerate(items) if (it.get("depth") or 0) >= 1] or list(range(len(items)))
-        dev = probe_device(model)
-        lab = ([items[i]["useful"] for i in deep], [items[i]["step"] for i in deep])
-        if head_feats is not None and len(deep) >= 4:
-            res["head_map"] = head_map(
-                ProbeData([head_feats[i] for i in deep], *lab),
-                [ProbeData([c[1][i] for i in deep], *lab) for c in ctl],
-                st.seeds,
-                st.folds,
-                dev,
-            )
-            res["head_map"]["items"] = len(deep)
-            ent = statement_entropy([head_feats[i] for i in deep])  # (L, H), beside the map
-            res["head_map"]["entropy"] = None if ent is None else ent.tolist()
-        if statement_type is not None and len(deep) >= 4:
-            types = [statement_type(s) for i in deep for s in items[i]["statements"]]
-            sel = selectivity(ProbeData([feats[i] for i in deep], *lab), types, st.seeds, st.folds, dev)
-            res.update(sel)
-            log.info(
-                "selectivity (F1 real - F1 control task, depth >= 1): P1 %s, P2 %s",
-                fmt(sel["selectivity_p1"]),
-                fmt(sel["selectivity_p2"]),
-            )
-    res["seconds"] = round(time.time() - t0, 1)
-    return res, feats, scores
+    return groups
+
+
+def _deep_analyses(st, items, feats, head_feats, ctl, statement_type, dev):
+    """The per-head map (with each head's attention entropy) and the control-task selectivity, on the
+    items of depth >= 1 (all items when none has a depth): {"head_map": ..., "selectivity_p1": ...}."""
+    out = {}
+    deep = [i for i, it in enumerate(items) if (it.get("depth") or 0) >= 1] or list(range(len(items)))
+    if len(deep) < 4:
+        return out
+    lab = ([items[i]["useful"] for i in deep], [items[i]["step"] for i in deep])
+    if head_feats is not None:
+        hm = head_map(
+            ProbeData([head_feats[i] for i in deep], *lab),
+            [ProbeData([c[1][i] for i in deep], *lab) for c in ctl],
+            st.seeds,
+            st.folds,
+            dev,
+        )
+        ent = statement_entropy([head_feats[i] for i in deep])  # (L, H), beside the map
+        out["head_map"] = {**hm, "items": len(deep), "entropy": None if ent is None else ent.tolist()}
+    if statement_type is not None:
+        types = [statement_type(s) for i in deep for s in items[i]["statements"]]
+        sel = selectivity(ProbeData([feats[i] for i in deep], *lab), types, st.seeds, st.folds, dev)
+        out.update(sel)
+        log.info(
+            "selectivity (F1 real - F1 control task, depth >= 1): P1 %s, P2 %s",
+            fmt(sel["selectivity_p1"]),
+            fmt(sel["selectivity_p2"]),
+        )
+    return out
 
 
 def knockout_items(st, tok, model, items, demos, builder, words, source, feats, n_items=1024):
     """Knockout study (knockout.py) on at most n_items items with a tree (a seeded sample): the
     question and answer positions (question tokens to the prompt's end) are blocked from the gold
     useful statements, from those the P1 probe predicts useful (out-of-fold on st.knockout_folds
-    folds of the first seed, all layers), from as many not-useful statements drawn per seed, or from every statement
-    (does the answer depend on the theory at all?); in layers >= l. Summarised over all of them and
+    folds of the first seed, all layers), from as many not-useful statements drawn per seed, or
+    from every statement (does the answer depend on the theory at all?); in layers >= l. Summarised over all of them and
     per depth. With answer words (ProofWriter): accuracy, changed answers, margin drop; without
     (ARC: the answer is text at the prompt's end), the drop of its tokens' mean log-probability."""
     from . import knockout as ko
@@ -421,13 +444,7 @@ def knockout_items(st, tok, model, items, demos, builder, words, source, feats, 
         keep, pred = [keep[j] for j in pick], [pred[j] for j in pick]
     sel = [items[i] for i in keep]
     enc, wid = encode(st, tok, sel, [demos[i] for i in keep], builder, words, source)
-    prompts = [{"ids": e["ids"], "spans": e["spans"], "queries": range(e["query"][0], len(e["ids"]))} for e in enc]
-    if free:
-        for p, e, it in zip(prompts, enc, sel):
-            a = e["text"].rindex(it["answer"])  # the answer ends the prompt
-            where = f"{source}: {it['id']} (answer)"
-            ((t0, t1),) = token_spans(e["offsets"], [(a, a + len(it["answer"]))], e["text"], where)
-            p["target"] = (max(t0, 1), t1)
+    prompts = _knockout_prompts(enc, sel, source, free)
     conds = ko.conditions([it["useful"] for it in sel], pred, st.seeds)
     conds["all statements"] = [list(range(len(it["statements"]))) for it in sel]  # does it read the theory at all?
     depths = sorted({it["depth"] for it in sel if it.get("depth") is not None})
@@ -444,6 +461,19 @@ def knockout_items(st, tok, model, items, demos, builder, words, source, feats, 
         subsets=subsets,
         cache=FeatureCache(st.cache_dir, bool(st.cache_dir)),
     )
+
+
+def _knockout_prompts(enc, items, source, free):
+    """The knockout's prompts: token ids, statement spans, the blocked queries (question tokens to the
+    prompt's end) and, for free-text answers (ARC: the answer ends the prompt), its token range."""
+    prompts = [{"ids": e["ids"], "spans": e["spans"], "queries": range(e["query"][0], len(e["ids"]))} for e in enc]
+    if free:
+        for p, e, it in zip(prompts, enc, items):
+            a = e["text"].rindex(it["answer"])
+            where = f"{source}: {it['id']} (answer)"
+            ((t0, t1),) = token_spans(e["offsets"], [(a, a + len(it["answer"]))], e["text"], where)
+            p["target"] = (max(t0, 1), t1)
+    return prompts
 
 
 def view_items(st, tok, model, items, demos, builder, words, source, feats, n=4):
@@ -549,18 +579,8 @@ def fmt(s):
     return f"{s['mean']:.3f}±{s['std']:.3f}" if "mean" in s else "undef."
 
 
-def report(res, out, title, key="group"):
-    """Log a table, write plots of accuracy and S_P1/S_P2 by depth and by `key` for each depth."""
-    for name, sub in res["subsets"].items():
-        acc = "-" if sub["accuracy"] is None else f"{sub['accuracy']:.3f}"
-        log.info(
-            "%-22s n=%-5d acc=%s  S_P1=%s  S_P2=%s",
-            name,
-            sub["n_items"],
-            acc,
-            fmt(sub.get("s_p1")),
-            fmt(sub.get("s_p2")),
-        )
+def _plot_by_depth(res, out, title):
+    """probe_by_depth.png and accuracy_by_depth.png from the per-depth subsets ("depth=d")."""
     subs = [(n.split("=", 1)[1], s) for n, s in res["subsets"].items() if n.startswith("depth=") and "," not in n]
     if subs and "s_p1" in subs[0][1]:
         plots.probe_by_k(
@@ -575,6 +595,21 @@ def report(res, out, title, key="group"):
             xlabel="depth",
             title=title,
         )
+
+
+def report(res, out, title, key="group"):
+    """Log a table, write plots of accuracy and S_P1/S_P2 by depth and by `key` for each depth."""
+    for name, sub in res["subsets"].items():
+        acc = "-" if sub["accuracy"] is None else f"{sub['accuracy']:.3f}"
+        log.info(
+            "%-22s n=%-5d acc=%s  S_P1=%s  S_P2=%s",
+            name,
+            sub["n_items"],
+            acc,
+            fmt(sub.get("s_p1")),
+            fmt(sub.get("s_p2")),
+        )
+    _plot_by_depth(res, out, title)
     per = {}  # depth -> [(group, subset)]
     for n, s in res["subsets"].items():
         if n.startswith(key + "=") and ",depth=" in n:

@@ -96,22 +96,20 @@ def heatmap_grid(
             ax.set_yticks(range(m.shape[0]), ylabels if ylabels is not None else range(m.shape[0]), fontsize=7)
         ax.set_xlabel(xlabel)
         if m.size <= 400:
-            for i in range(m.shape[0]):
-                for j in range(m.shape[1]):
-                    ax.text(
-                        j,
-                        i,
-                        format(m[i, j], fmt),
-                        ha="center",
-                        va="center",
-                        fontsize=5.5,
-                        color="white" if m[i, j] < (vmin + vmax) / 2 else "black",
-                    )
+            _annotate(ax, m, fmt, (vmin + vmax) / 2)
     axes[0, 0].set_ylabel(ylabel)
     fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
     if suptitle:
-        fig.suptitle(suptitle, y=1.0 + 0.25 / fig.get_figheight())  # above the panels' titles (tight bbox)
+        fig.suptitle(suptitle)
     save_figure(fig, path, pdf=pdf)
+
+
+def _annotate(ax, m, fmt, mid):
+    """Each cell's value written on it, white on the dark half of the colour scale."""
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            color = "white" if m[i, j] < mid else "black"
+            ax.text(j, i, format(m[i, j], fmt), ha="center", va="center", fontsize=5.5, color=color)
 
 
 def pruning_curves(pruning, path, orders=("rank",), title=""):

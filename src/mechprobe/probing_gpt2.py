@@ -76,6 +76,24 @@ def knockout_gpt2(model, ids, answers, records, data, a):
     return ko.knockout_study(model, prompts, answers, conds, windows, batch_size=a.batch_size, desc="knockout")
 
 
+def _references(model, ids, records, a, pretrained):
+    """The probe's references on the same lists: one random-init control per seed (features and
+    per-head features) and, when given, the pretrained model's features."""
+    controls, control_heads = [], []
+    for seed in a.seeds:
+        ctl = random_control(model, seed=seed)
+        c, ch, _, _ = probe_inputs(ctl, ids, records, a.batch_size, a.normalize, a.per_head, None, a.p2_labels)
+        controls.append(c), control_heads.append(ch)
+        del ctl
+    ref = None
+    if pretrained:
+        pm = load_model(pretrained, device=a.device)
+        ref = probe_inputs(pm, ids, records, a.batch_size, a.normalize, a.per_head, "capture pretrained", a.p2_labels)
+        ref = ref[0]
+        del pm
+    return controls, control_heads, ref
+
+
 def probe_one(model_dir, data_dir, a, pretrained=None):
     """Probe one finetuned model on its dataset's lists against random-init controls (one per
     seed) and, when given, the pretrained model; `a` is a GPT2ProbeSettings."""
@@ -88,19 +106,7 @@ def probe_one(model_dir, data_dir, a, pretrained=None):
         model, ids, records, a.batch_size, a.normalize, a.per_head, f"capture {Path(model_dir).name}", a.p2_labels
     )
     acc = ks.answer_accuracy(logits, answers)
-    controls, control_heads = [], []
-    for seed in a.seeds:
-        ctl = random_control(model, seed=seed)
-        c, ch, _, _ = probe_inputs(ctl, ids, records, a.batch_size, a.normalize, a.per_head, None, a.p2_labels)
-        controls.append(c), control_heads.append(ch)
-        del ctl
-    ref = None
-    if pretrained:
-        pm = load_model(pretrained, device=a.device)
-        ref = probe_inputs(pm, ids, records, a.batch_size, a.normalize, a.per_head, "capture pretrained", a.p2_labels)[
-            0
-        ]
-        del pm
+    controls, control_heads, ref = _references(model, ids, records, a, pretrained)
     res = run_probe(data, controls, a.seeds, a.folds, ref, device=a.device)
     res["head_map"] = head_map(heads, control_heads, a.seeds, a.folds, a.device)
     # beside it, each head's attention entropy over the numbers (mean over lists; 1 = uniform)

@@ -39,65 +39,72 @@ def parse_proof(proof):
 
     A tree node is ("fact", id) or ("rule", rule_id, [premises], intermediate_or_None).
     """
-    toks = _tokens(proof)
-    pos = 0
+    return _ProofParser(proof).parse()
 
-    def peek():
-        return toks[pos] if pos < len(toks) else None
 
-    def eat(expect=None):
-        nonlocal pos
-        t = peek()
+class _ProofParser:
+    """Recursive descent over the tokens of one `proofs` string:
+    proofs := "[" "(" premise ")" ("OR" "(" premise ")")* "]";
+    premise := id | "(" "(" premise+ ")" "->" (rule_id | "(" rule_id "%" intermediate_id ")") ")"."""
+
+    def __init__(self, proof):
+        self.proof, self.toks, self.pos = proof, _tokens(proof), 0
+
+    def peek(self):
+        return self.toks[self.pos] if self.pos < len(self.toks) else None
+
+    def eat(self, expect=None):
+        t = self.peek()
         if t is None or (expect is not None and t != expect):
-            raise ProofSyntaxError(f"expected {expect or 'a token'} at token {pos} ({t!r}) in {proof!r}")
-        pos += 1
+            raise ProofSyntaxError(f"expected {expect or 'a token'} at token {self.pos} ({t!r}) in {self.proof!r}")
+        self.pos += 1
         return t
 
-    def ident():
-        t = eat()
+    def ident(self):
+        t = self.eat()
         if not re.fullmatch(r"[A-Za-z_][A-Za-z_0-9]*", t) or t in ("OR", "NAF"):
-            raise ProofSyntaxError(f"expected a statement id at token {pos - 1} ({t!r}) in {proof!r}")
+            raise ProofSyntaxError(f"expected a statement id at token {self.pos - 1} ({t!r}) in {self.proof!r}")
         return t
 
-    def premise():
-        if peek() != "(":
-            return ("fact", ident())
-        eat("(")
-        eat("(")
-        prem = [premise()]
-        while peek() != ")":
-            prem.append(premise())
-        eat(")")
-        eat("->")
-        if peek() == "(":
-            eat("(")
-            rule = ident()
-            eat("%")
-            inter = ident()
-            eat(")")
+    def premise(self):
+        if self.peek() != "(":
+            return ("fact", self.ident())
+        self.eat("(")
+        self.eat("(")
+        prem = [self.premise()]
+        while self.peek() != ")":
+            prem.append(self.premise())
+        self.eat(")")
+        self.eat("->")
+        if self.peek() == "(":
+            self.eat("(")
+            rule = self.ident()
+            self.eat("%")
+            inter = self.ident()
+            self.eat(")")
         else:
-            rule, inter = ident(), None
-        eat(")")
+            rule, inter = self.ident(), None
+        self.eat(")")
         return ("rule", rule, prem, inter)
 
-    if "NAF" in toks:
-        raise ProofSyntaxError(f"negation as failure (NAF) is not supported: {proof!r}")
-    if any(t.startswith("@") for t in toks) or "FAIL" in toks:
-        raise ProofSyntaxError(f"a closed-world failure, not a proof: {proof!r}")
-    eat("[")
-    alts = []
-    while True:
-        eat("(")
-        alts.append(premise())
-        eat(")")
-        if peek() == "OR":
-            eat("OR")
-            continue
-        break
-    eat("]")
-    if pos != len(toks):
-        raise ProofSyntaxError(f"unexpected {toks[pos]!r} after the proof in {proof!r}")
-    return alts
+    def parse(self):
+        if "NAF" in self.toks:
+            raise ProofSyntaxError(f"negation as failure (NAF) is not supported: {self.proof!r}")
+        if any(t.startswith("@") for t in self.toks) or "FAIL" in self.toks:
+            raise ProofSyntaxError(f"a closed-world failure, not a proof: {self.proof!r}")
+        self.eat("[")
+        alts = []
+        while True:
+            self.eat("(")
+            alts.append(self.premise())
+            self.eat(")")
+            if self.peek() != "OR":
+                break
+            self.eat("OR")
+        self.eat("]")
+        if self.pos != len(self.toks):
+            raise ProofSyntaxError(f"unexpected {self.toks[self.pos]!r} after the proof in {self.proof!r}")
+        return alts
 
 
 def tree_steps(node):
@@ -185,30 +192,10 @@ def read_meta(paths, depths=(0, 1), max_per_group=1024, skip_bad=False, allow_or
                     continue
                 raise MechprobeError(f"{where}: {problem}")
             for qid, q in th["questions"].items():
-                try:
-                    if not isinstance(q, dict):
-                        raise ValueError(
-                            f"expected an object with question, answer, QDep, QLen, proofs; got {type(q).__name__}"
-                        )
-                    if q.get("QLen", "") in ("", None) or "NAF" in q.get("proofs", ""):
-                        skip("no proof / NAF")
-                        continue
-                    if " OR " in q["proofs"] and not allow_or:
-                        skip("OR proof")
-                        continue
-                    if int(q["QDep"]) not in depths:
-                        continue
-                    it = item_from_question(th, qid, q, where)
-                    it["line"] = line
-                    it["file"] = str(path)
-                except (ProofSyntaxError, KeyError, ValueError, TypeError, MechprobeError) as e:
-                    if skip_bad:
-                        skip("bad question")
-                        continue
-                    if isinstance(e, MechprobeError):
-                        raise
-                    what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-                    raise MechprobeError(f"{where}: question {qid}: {what}") from None
+                it = _question_item(th, qid, q, where, depths, allow_or, skip if skip_bad else None, skip)
+                if it is None:
+                    continue
+                it["line"], it["file"] = line, str(path)
                 g = (it["group"], it["depth"])
                 if groups and it["group"] not in groups:
                     continue
@@ -224,6 +211,32 @@ def read_meta(paths, depths=(0, 1), max_per_group=1024, skip_bad=False, allow_or
             f"{names}: no question left after filtering (depths {list(depths)}, groups {groups or 'all'})"
         )
     return items
+
+
+def _question_item(th, qid, q, where, depths, allow_or, on_bad, count):
+    """The item of question qid of theory th, or None when the paper's filter drops it (counted with
+    count(why)) or when it is malformed and on_bad is given (on_bad("bad question")); a malformed
+    question without on_bad raises an error naming `where` and the question."""
+    try:
+        if not isinstance(q, dict):
+            raise ValueError(f"expected an object with question, answer, QDep, QLen, proofs; got {type(q).__name__}")
+        if q.get("QLen", "") in ("", None) or "NAF" in q.get("proofs", ""):
+            count("no proof / NAF")
+            return None
+        if " OR " in q["proofs"] and not allow_or:
+            count("OR proof")
+            return None
+        if int(q["QDep"]) not in depths:
+            return None
+        return item_from_question(th, qid, q, where)
+    except (ProofSyntaxError, KeyError, ValueError, TypeError, MechprobeError) as e:
+        if on_bad is not None:
+            on_bad("bad question")
+            return None
+        if isinstance(e, MechprobeError):
+            raise
+        what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+        raise MechprobeError(f"{where}: question {qid}: {what}") from None
 
 
 def _theory_problem(th):
@@ -267,6 +280,31 @@ def statement_type(text):
     return words[-1].lower() if words else ""
 
 
+def _release_files(path, setting, split, depth_folder, depths, generate, seed, naf):
+    """(meta-<split>.jsonl files, the matching meta-train.jsonl files) of a ProofWriter folder, after
+    generating synthetic theories into an empty one when `generate`."""
+    if path.exists() and not path.is_dir():
+        raise MechprobeError(f"{path}: is a file; expected a ProofWriter folder, a meta-*.jsonl or Logic-LLM's .json")
+    if not (path / setting).is_dir():
+        if not generate:
+            raise MechprobeError(
+                f"{path}: no {setting}/depth-N/ folder; point DATA at a ProofWriter release, or set GENERATE=1 "
+                "to write synthetic theories there"
+            )
+        from .proofwriter_gen import generate as gen
+
+        log.info(
+            "%s holds no ProofWriter data: generating synthetic theories (max depth %d%s)",
+            path,
+            max(depths),
+            ", NAF rules" if naf else "",
+        )
+        gen(path, max(depths), seed=seed, naf=naf)
+    metas = find_metas(path, split, setting, depth_folder)
+    trains = [t for t in (m.with_name("meta-train.jsonl") for m in metas if m.name != "meta-train.jsonl") if t.exists()]
+    return metas, trains
+
+
 def load_items(
     data,
     setting="CWA",
@@ -294,29 +332,7 @@ def load_items(
     if path.suffix == ".jsonl":
         metas, trains = [path], []
     else:
-        if path.exists() and not path.is_dir():
-            raise MechprobeError(
-                f"{path}: is a file; expected a ProofWriter folder, a meta-*.jsonl or Logic-LLM's .json"
-            )
-        if not (path / setting).is_dir():
-            if not generate:
-                raise MechprobeError(
-                    f"{path}: no {setting}/depth-N/ folder; point DATA at a ProofWriter release, or set GENERATE=1 "
-                    "to write synthetic theories there"
-                )
-            from .proofwriter_gen import generate as gen
-
-            log.info(
-                "%s holds no ProofWriter data: generating synthetic theories (max depth %d%s)",
-                path,
-                max(depths),
-                ", NAF rules" if naf else "",
-            )
-            gen(path, max(depths), seed=seed, naf=naf)
-        metas = find_metas(path, split, setting, depth_folder)
-        trains = [
-            t for t in (m.with_name("meta-train.jsonl") for m in metas if m.name != "meta-train.jsonl") if t.exists()
-        ]
+        metas, trains = _release_files(path, setting, split, depth_folder, depths, generate, seed, naf)
     items = read_meta(metas, tuple(depths), max_per_group, skip_bad, groups=groups)
     log.info("read %d questions from %s", len(items), ", ".join(str(m) for m in metas))
     if not pool:

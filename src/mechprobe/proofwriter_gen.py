@@ -170,6 +170,31 @@ def _pick(rng, pool, n, derived_share=0.5):
 
 
 def make_theory(rng, tid, n_statements, max_depth, n_questions=8, naf=False, balanced=False):
+    """One theory of n_statements (facts and rules) with n_questions questions in the release's format,
+    or None when its deepest derivation exceeds max_depth or it has no question (the caller draws again)."""
+    ents, attrs, facts, rules = _draw_statements(rng, n_statements, naf)
+    known = closure(facts, rules, ents)
+    if max(d for d, _ in known.values()) > max_depth:
+        return None
+    th = _theory_record(tid, max_depth, facts, rules)
+    derived, cands = [], []
+    for (e, a), (d, node) in known.items():
+        for c in ((fact_text(e, a), True, "proof", d, node), (fact_text(e, a, True), False, "inv-proof", d, node)):
+            (derived if d > 0 else cands).append(c)
+    for e in ents:
+        for a in attrs:
+            if (e, a) not in known:
+                cands.append((fact_text(e, a), False, "random", None, None))
+                cands.append((fact_text(e, a, True), True, "inv-random", None, None))
+    chosen = _choose_questions(rng, derived, cands, n_questions, balanced)
+    if not chosen:
+        return None
+    th["questions"] = {f"Q{j + 1}": _question(*c, facts, rules, known) for j, c in enumerate(chosen)}
+    return th
+
+
+def _draw_statements(rng, n_statements, naf):
+    """(entities, attributes, facts {(entity, attribute): triple id}, rules [(id, conditions, conclusion)])."""
     n_rules = max(1, n_statements // 3) if n_statements > 1 else 0
     n_facts = n_statements - n_rules
     n_attr = min(len(ATTRS), max(4, n_statements // 2 + 2))
@@ -194,9 +219,11 @@ def make_theory(rng, tid, n_statements, max_depth, n_questions=8, naf=False, bal
         rules.append((f"rule{j + 1}", conds, str(rng.choice(rest))))
     if naf:
         rules = _add_naf(rng, rules, attrs)
-    known = closure(facts, rules, ents)
-    if max(d for d, _ in known.values()) > max_depth:
-        return None
+    return ents, attrs, facts, rules
+
+
+def _theory_record(tid, max_depth, facts, rules):
+    """The theory's fields of the release's format (id, triples, rules, theory text), without questions."""
     th = {
         "id": f"Synth-CWA-D{max_depth}-{tid}",
         "maxD": max_depth,
@@ -214,15 +241,11 @@ def make_theory(rng, tid, n_statements, max_depth, n_questions=8, naf=False, bal
         },
     }
     th["theory"] = " ".join([v["text"] for v in th["triples"].values()] + [v["text"] for v in th["rules"].values()])
-    qs, derived, cands = {}, [], []
-    for (e, a), (d, node) in known.items():
-        for c in ((fact_text(e, a), True, "proof", d, node), (fact_text(e, a, True), False, "inv-proof", d, node)):
-            (derived if d > 0 else cands).append(c)
-    for e in ents:
-        for a in attrs:
-            if (e, a) not in known:
-                cands.append((fact_text(e, a), False, "random", None, None))
-                cands.append((fact_text(e, a, True), True, "inv-random", None, None))
+    return th
+
+
+def _choose_questions(rng, derived, cands, n_questions, balanced):
+    """The questions asked: candidates (text, answer, strategy, depth, proof node); derived need a rule."""
     if balanced:
         # as many questions of each strategy (proof, inv-proof, random, inv-random), so that neither
         # the word "not" nor the theory's size tells the answer; up to half of the proof-bearing ones
@@ -230,47 +253,44 @@ def make_theory(rng, tid, n_statements, max_depth, n_questions=8, naf=False, bal
         by = {k: [c for c in derived + cands if c[2] == k] for k in ("proof", "inv-proof", "random", "inv-random")}
         n = min([n_questions // 4] + [len(v) for v in by.values()])
         chosen = [c for k in by for c in _pick(rng, by[k], n)]
-        chosen = [chosen[i] for i in rng.permutation(len(chosen))]
-    else:
-        # up to half of the questions need a rule (depth >= 1), the rest are drawn from everything else
-        chosen = [derived[i] for i in rng.permutation(len(derived))[: n_questions // 2]]
-        chosen += [cands[i] for i in rng.permutation(len(cands))[: n_questions - len(chosen)]]
-    if not chosen:
-        return None
-    for j, (text, ans, strat, d, node) in enumerate(chosen):
-        if node is not None:
-            m = _FACT_Q.match(text)
-            alts = all_proofs((m.group(1), m.group(2)), facts, rules, known)
-            alts = [node] + [x for x in alts if x != node]  # the shortest first; several proofs are joined by OR
-            q = {
-                "question": text,
-                "answer": ans,
-                "QDep": d,
-                "QLen": tree_size(node),
-                "strategy": strat,
-                "proofs": proof_string(alts),
-            }
-        elif ans:
-            q = {
-                "question": text,
-                "answer": ans,
-                "QDep": 0,
-                "QLen": 1,
-                "strategy": strat,
-                "proofs": f"[(({text[:-1]}) NAF)]",
-            }
-        else:
-            q = {
-                "question": text,
-                "answer": ans,
-                "QDep": 0,
-                "QLen": "",
-                "strategy": strat,
-                "proofs": f"[@0: {text}[CWA. Example of deepest failure = (FAIL)]]",
-            }
-        qs[f"Q{j + 1}"] = q
-    th["questions"] = qs
-    return th
+        return [chosen[i] for i in rng.permutation(len(chosen))]
+    # up to half of the questions need a rule (depth >= 1), the rest are drawn from everything else
+    chosen = [derived[i] for i in rng.permutation(len(derived))[: n_questions // 2]]
+    return chosen + [cands[i] for i in rng.permutation(len(cands))[: n_questions - len(chosen)]]
+
+
+def _question(text, ans, strat, d, node, facts, rules, known):
+    """A question of the release's format: its proofs (all of them, the shortest first, joined by OR), or
+    the NAF / CWA-failure record of a statement that is not derived."""
+    if node is not None:
+        m = _FACT_Q.match(text)
+        alts = all_proofs((m.group(1), m.group(2)), facts, rules, known)
+        alts = [node] + [x for x in alts if x != node]
+        return {
+            "question": text,
+            "answer": ans,
+            "QDep": d,
+            "QLen": tree_size(node),
+            "strategy": strat,
+            "proofs": proof_string(alts),
+        }
+    if ans:
+        return {
+            "question": text,
+            "answer": ans,
+            "QDep": 0,
+            "QLen": 1,
+            "strategy": strat,
+            "proofs": f"[(({text[:-1]}) NAF)]",
+        }
+    return {
+        "question": text,
+        "answer": ans,
+        "QDep": 0,
+        "QLen": "",
+        "strategy": strat,
+        "proofs": f"[@0: {text}[CWA. Example of deepest failure = (FAIL)]]",
+    }
 
 
 def generate(

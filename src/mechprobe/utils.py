@@ -343,6 +343,40 @@ def _pid_alive(pid):
     return True
 
 
+def _take_lock(out):
+    """Create out/.lock holding this pid; a lock of a live other process is an error, a dead one's is
+    taken over. Returns the lock's path."""
+    lock = out / ".lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            other = int(lock.read_text().strip() or 0)
+        except (OSError, ValueError):
+            other = 0
+        if other and other != os.getpid() and _pid_alive(other):
+            raise MechprobeError(
+                f"{out}: another run (pid {other}) is writing into this folder; wait for it or choose another OUT_DIR"
+            ) from None
+        lock.unlink(missing_ok=True)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return lock
+
+
+def _clear(out, outputs, keep):
+    """Remove leftovers of interrupted writes (.*.tmp*) and an earlier run's `outputs` (names or glob
+    patterns; `keep` stays)."""
+    for f in out.iterdir():
+        if f.name.startswith(".") and ".tmp" in f.name:
+            shutil.rmtree(f) if f.is_dir() else f.unlink()
+    for pattern in outputs:
+        for f in out.glob(pattern):
+            if f.name not in keep and f.is_file():
+                f.unlink()
+
+
 @contextmanager
 def run_folder(out, outputs=(), keep=()):
     """Own an output folder for one run: all-or-nothing outputs, one run at a time.
@@ -362,31 +396,10 @@ def run_folder(out, outputs=(), keep=()):
     if out.exists() and not out.is_dir():
         raise MechprobeError(f"{out}: is a file; OUT_DIR must be a folder")
     out.mkdir(parents=True, exist_ok=True)
-    lock = out / ".lock"
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        try:
-            other = int(lock.read_text().strip() or 0)
-        except (OSError, ValueError):
-            other = 0
-        if other and other != os.getpid() and _pid_alive(other):
-            raise MechprobeError(
-                f"{out}: another run (pid {other}) is writing into this folder; wait for it or choose another OUT_DIR"
-            ) from None
-        lock.unlink(missing_ok=True)
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
+    lock = _take_lock(out)
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     try:
-        for f in out.iterdir():
-            if f.name.startswith(".") and ".tmp" in f.name:
-                shutil.rmtree(f) if f.is_dir() else f.unlink()
-        for pattern in outputs:  # file names or glob patterns
-            for f in out.glob(pattern):
-                if f.name not in keep and f.is_file():
-                    f.unlink()
+        _clear(out, outputs, keep)
         write_json(
             out / "status.json",
             {"status": "running", "run_id": run_id, "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
