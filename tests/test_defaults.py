@@ -67,3 +67,15 @@ def test_script_defaults_equal_module_defaults(script):
         checked += 1
     assert not differ, f"{script}: " + "; ".join(differ)
     assert checked >= 3, f"{script}: only {checked} variables checked"
+
+
+def test_functions_are_at_most_50_lines():
+    """The code habit of the library: a function longer than 50 lines is split into named steps."""
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "src" / "mechprobe").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 50:
+                long.append(f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long

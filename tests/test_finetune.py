@@ -132,3 +132,37 @@ def test_vocab_not_single_token_named(tmp_path):
     ks.write_dataset(tmp_path / "data", [1, 2, 2999, 4] * 4, 1, sizes=(4, 4, 4))
     with pytest.raises(MechprobeError, match="not a single known token.*2999"):
         finetune.main(["--model", str(mdir), "--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "r")])
+
+
+def test_no_validation_before_validate_after_but_checkpoints(tmp_path):
+    """run_loop(validate_after=5): validation at the eval steps after step 5 and at the last; the
+    checkpoint is written at every eval step, validated or not."""
+
+    class Trainer:
+        step, total, elapsed, best = 0, 10, 0.0, 2.0  # best 2.0: no accuracy beats it, nothing to save
+        history = {"train": [], "val": []}
+        model = None
+
+        def train_step(self, ids, mask, answers, use_bf16):
+            self.step += 1
+            return 0.5
+
+        def state(self, settings):
+            saved.append(self.step)
+            return {"step": self.step}
+
+    class Task:
+        def epoch_batches(self, epoch):
+            return [None] * 4
+
+        def batch(self, idx):
+            return None, None, None
+
+        def accuracy(self, model, split):
+            return 0.5
+
+    saved = []
+    tr = Trainer()
+    training.run_loop(tr, Task(), None, tmp_path, {}, False, eval_every=2, validate_after=5)
+    assert [s for s, _ in tr.history["val"]] == [6, 8, 10]
+    assert saved == [2, 4, 6, 8, 10] and (tmp_path / "checkpoint.pt").exists()

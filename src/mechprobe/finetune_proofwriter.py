@@ -156,7 +156,8 @@ def train(a):
         log.info(
             "%d training questions, %d parameters", len(splits["train"]), sum(p.numel() for p in model.parameters())
         )
-        run_loop(tr, task, tok, out, settings, use_bf16, a.eval_every, a.target_acc)
+        # no validation in the positive phase: answering 'not' questions is not trained yet (accuracy ~0.5)
+        run_loop(tr, task, tok, out, settings, use_bf16, a.eval_every, a.target_acc, validate_after=a.positive_steps)
         res = _finish(tr, task, tok, out, dev)
         print(f"model: {out / 'best'}  results: {out / 'results.json'}  curves: {out / 'curves.png'}")
         return res

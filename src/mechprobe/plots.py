@@ -17,7 +17,7 @@ def _mean_std(summaries):
 
 def probe_curves(results, path, label_key="k", label_fmt="k={}"):
     """S_P1 / S_P2 per layer (each layer alone, and layers 0..l), one line per result."""
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True, layout="constrained")
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True, layout="tight")
     for r in results:
         for row, mode in enumerate(("single", "cumulative")):
             for col, key in enumerate(("s_p1", "s_p2")):
@@ -39,7 +39,7 @@ def probe_curves(results, path, label_key="k", label_fmt="k={}"):
 
 def probe_by_k(results, path, label_key="k", xlabel="k (0-indexed rank of the answer)"):
     """Bars of S_P1 and S_P2 (mean ± std over seeds) per result; undefined scores are marked."""
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(results) + 2), 3.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(results) + 2), 3.5), layout="tight")
     x = np.arange(len(results))
     low = 0.0
     for j, key in enumerate(("s_p1", "s_p2")):
@@ -115,7 +115,7 @@ def _annotate(ax, m, fmt, mid):
 def pruning_curves(pruning, path, orders=("rank",), title=""):
     """Accuracy against share of heads masked: random (mean ± std band), and for each entropy
     order lowest- and highest-entropy first."""
-    fig, ax = plt.subplots(figsize=(6.5, 4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(6.5, 4), layout="tight")
     r = pruning["random"]
     x = np.array([p["share"] for p in r])
     m = np.array([p["mean"] for p in r])
@@ -148,7 +148,7 @@ def attention_flow(layers_att, useful, path, title="", tokens=None):
     """
     A = np.asarray(layers_att)
     L, T, _ = A.shape
-    fig, ax = plt.subplots(figsize=(0.45 * T + 2, 0.6 * L + 1.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(0.45 * T + 2, 0.6 * L + 1.5), layout="tight")
     mx = A.max() if A.max() > 0 else 1.0
     for l in range(L):
         for q in range(T):
@@ -210,7 +210,7 @@ def tree_figure(values, gold_step, pred_step, att, path, title=""):
 
 def accuracy_bars(labels, accs, counts, path, xlabel="", title="", chance=None):
     """In-context accuracy per subset, with the number of items on each bar."""
-    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(labels) + 2), 3.5), layout="constrained")
+    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(labels) + 2), 3.5), layout="tight")
     x = np.arange(len(labels))
     ax.bar(x, accs, color="tab:blue")
     for i, (a, n) in enumerate(zip(accs, counts)):
@@ -226,7 +226,7 @@ def corruption_figure(study, name, path):
     """Accuracy change (corrupted - clean) against S_P2 per subset, with binned means and r."""
     x = np.array([r["s_p2"] for r in study["subsets"]])
     d = np.array([r["acc_corrupted"] - r["acc_clean"] for r in study["subsets"]])
-    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    fig, ax = plt.subplots(figsize=(6, 4), layout="tight")
     ax.scatter(x, d, s=8, alpha=0.4, label="random subsets")
     b = study["bins"]
     ax.errorbar(
@@ -249,7 +249,7 @@ def corruption_figure(study, name, path):
 def by_group_per_depth(per, probe_path, acc_path, key="group", title=""):
     """per = {depth: [(group, subset result)]}: one line per depth of S_P1, S_P2 (depth >= 1 only:
     at depth 0 every useful statement is step 0) and accuracy against the group."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True, layout="constrained")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True, layout="tight")
     for d, rows in sorted(per.items()):
         rows = sorted(rows)
         x = np.array([g for g, _ in rows])
@@ -266,7 +266,7 @@ def by_group_per_depth(per, probe_path, acc_path, key="group", title=""):
     save_figure(fig, probe_path)
     if all(s["accuracy"] is None for rows in per.values() for _, s in rows):
         return
-    fig, ax = plt.subplots(figsize=(6, 3.8), layout="constrained")
+    fig, ax = plt.subplots(figsize=(6, 3.8), layout="tight")
     for d, rows in sorted(per.items()):
         rows = sorted(rows)
         ax.plot(
@@ -299,7 +299,7 @@ def knockout_figure(study, path, title="", rows=None):
         len(metrics),
         figsize=(4.4 * len(metrics) + 0.4, 3.4 * len(rows) + 0.4),
         squeeze=False,
-        layout="constrained",
+        layout="tight",
     )
     for r_i, (row_label, st) in enumerate(rows):
         x, rand = st["windows"], st.get("random not useful")
@@ -350,7 +350,7 @@ def selectivity_figure(res, path, title=""):
     """Control-task selectivity (probing.selectivity): per probe, F1 on the real labels, F1 on the
     control task (labels fixed at random per surface type) and, when given, the random-init
     control's F1 on the real labels; the selectivity (real - control task) written above."""
-    fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+    fig, ax = plt.subplots(figsize=(6, 3.6), layout="tight")
     w = 0.26
     for i, p in enumerate(("p1", "p2")):
         sel, ctl = res.get(f"selectivity_{p}", {}), res.get(f"control_task_f1_{p}", {})

@@ -57,7 +57,7 @@ def plot_curves(history, path):
 
     from .utils import save_figure
 
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5), layout="constrained")
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5), layout="tight")
     ax[0].plot([h[0] for h in history["train"]], [h[1] for h in history["train"]], lw=0.8)
     ax[0].set(xlabel="step", ylabel="train loss", yscale="log", title="training loss")
     ax[1].plot([h[0] for h in history["val"]], [h[1] for h in history["val"]], marker="o", ms=3)
@@ -163,11 +163,13 @@ class Trainer:
         return loss.item()
 
 
-def run_loop(tr, task, tok, out, settings, use_bf16, eval_every, target_acc=0.0):
+def run_loop(tr, task, tok, out, settings, use_bf16, eval_every, target_acc=0.0, validate_after=0):
     """Train to the last step (or the target accuracy), validating and checkpointing on the way.
 
     task: epoch_batches(epoch) -> the epoch's list of index tensors (deterministic, so a resumed
-    run takes the same batches); batch(idx) -> (ids, mask or None, answers); accuracy(model, split)."""
+    run takes the same batches); batch(idx) -> (ids, mask or None, answers); accuracy(model, split).
+    validate_after: no validation up to this step (the checkpoints are still written every
+    eval_every steps), e.g. during a phase whose validation accuracy means nothing yet."""
     t0 = time.time() - tr.elapsed
     bar = progress(total=tr.total, initial=tr.step, desc="train", unit="step")
     cache = {}
@@ -178,7 +180,11 @@ def run_loop(tr, task, tok, out, settings, use_bf16, eval_every, target_acc=0.0)
             cache = {0: cache[0], epoch: task.epoch_batches(epoch)}
         loss = tr.train_step(*task.batch(cache[epoch][within]), use_bf16)
         bar.update(1)
-        if tr.step % eval_every == 0 or tr.step == tr.total:
+        if tr.step % eval_every == 0 and tr.step <= validate_after and tr.step != tr.total:
+            tr.elapsed = time.time() - t0
+            with atomic_path(out / "checkpoint.pt") as tmp:
+                torch.save(tr.state(settings), tmp)
+        elif tr.step % eval_every == 0 or tr.step == tr.total:
             acc = task.accuracy(tr.model, "val")
             tr.history["val"].append((tr.step, acc))
             bar.set_postfix(loss=f"{loss:.3f}", val_acc=f"{acc:.4f}")
