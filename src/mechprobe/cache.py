@@ -114,6 +114,7 @@ class FeatureCache:
     def __init__(self, folder=DEFAULT_DIR, enabled=True):
         self.folder = Path(folder)
         self.enabled = enabled
+        self._stores = {}  # stores of rows read or written by this instance (a study reads each many times)
 
     def path(self, k):
         return self.folder / f"{k}.safetensors"
@@ -211,7 +212,10 @@ class FeatureCache:
             save_file(t, str(tmp), metadata={k2: str(v) for k2, v in (meta or {}).items()})
 
     def get_rows(self, k):
-        """{16-byte row key: row (W,)} of the store k (empty when absent or unreadable)."""
+        """{16-byte row key: row (W,)} of the store k (empty when absent or unreadable); read once per
+        instance (the same dict again, which put_rows replaces)."""
+        if k in self._stores:
+            return self._stores[k]
         if not self.enabled or not self.path(k).exists():
             return {}
         from safetensors.numpy import load_file
@@ -221,7 +225,8 @@ class FeatureCache:
         except Exception as e:  # noqa: BLE001 - a damaged entry is recomputed
             log.info("feature cache: unreadable entry %s (%s): recomputing", self.path(k), type(e).__name__)
             return {}
-        return dict(zip((bytes(r) for r in t["keys"]), t["rows"]))
+        self._stores[k] = dict(zip((bytes(r) for r in t["keys"]), t["rows"]))
+        return self._stores[k]
 
     def put_rows(self, k, rows, meta=None):
         """Write the store k: rows {16-byte key: row (W,)}, replacing the file atomically."""
@@ -229,6 +234,7 @@ class FeatureCache:
             return
         from safetensors.numpy import save_file
 
+        self._stores[k] = rows
         self.folder.mkdir(parents=True, exist_ok=True)
         keys = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(len(rows), 16)
         with atomic_path(self.path(k)) as tmp:

@@ -181,6 +181,10 @@ def run_loop(tr, task, tok, out, settings, use_bf16, eval_every, target_acc=0.0,
         loss = tr.train_step(*task.batch(cache[epoch][within]), use_bf16)
         bar.update(1)
         if tr.step % eval_every == 0 and tr.step <= validate_after and tr.step != tr.total:
+            if bar.disable:
+                log.info(
+                    "step %d/%d: loss %.4f (no validation before step %d)", tr.step, tr.total, loss, validate_after
+                )
             tr.elapsed = time.time() - t0
             with atomic_path(out / "checkpoint.pt") as tmp:
                 torch.save(tr.state(settings), tmp)
