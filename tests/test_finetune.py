@@ -143,7 +143,7 @@ def test_no_validation_before_validate_after_but_checkpoints(tmp_path):
         history = {"train": [], "val": []}
         model = None
 
-        def train_step(self, ids, mask, answers, use_bf16):
+        def train_step(self, ids, mask, answers, use_bf16, weights=None):
             self.step += 1
             return 0.5
 

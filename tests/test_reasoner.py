@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -232,3 +233,37 @@ def test_auxiliary_next_token_loss_by_hand():
     assert got == pytest.approx(expect.item(), rel=1e-5)
     tr0 = Trainer(tiny_llama(), 0.0, 0.0, 1, 10, "cpu")
     assert tr0.train_step(ids, mask, answers, use_bf16=False) == pytest.approx(ans.item(), rel=1e-5)
+
+
+def test_prior_weights_balance_each_groups_cells_by_hand():
+    """Group 2: cells (no "not", True) x1, (no "not", False) x3, ("not", True) x2 -> 3 cells, n = 6:
+    weights 6 / (3 * count) = 2, 2/3, 1; each cell then weighs 2, the group 6. Group 4 has one cell."""
+    q = {False: "Bob is big.", True: "Bob is not big."}
+    items = [
+        {"group": 2, "question": q[neg], "answer": ans}
+        for neg, ans, n in ((False, "True", 1), (False, "False", 3), (True, "True", 2))
+        for _ in range(n)
+    ] + [{"group": 4, "question": q[False], "answer": "True"}] * 2
+    w = rs.prior_weights(items)
+    np.testing.assert_allclose(w, [2, 2 / 3, 2 / 3, 2 / 3, 1, 1, 1, 1])
+
+
+def test_weighted_answer_loss_is_the_weighted_mean(monkeypatch):
+    """Trainer.train_step with weights: the answer loss is sum_i w_i L_i / sum_i w_i (checked against
+    per-example cross-entropies computed apart)."""
+    import torch.nn.functional as F
+
+    from mechprobe import training
+
+    from .conftest import tiny_llama
+
+    model = tiny_llama(seed=0)
+    ids = torch.randint(3, 50, (4, 7))
+    answers = torch.tensor([5, 6, 5, 6])
+    w = torch.tensor([1.0, 3.0, 0.5, 2.0])
+    with torch.no_grad():
+        per = F.cross_entropy(model(input_ids=ids).logits[:, -1].float(), answers, reduction="none")
+    tr = training.Trainer(model, 0.0, 0.0, 1, 10, "cpu")  # lr 0: the step changes nothing
+    loss = tr.train_step(ids, None, answers, False, weights=w)
+    assert loss == pytest.approx(float((per * w).sum() / w.sum()), rel=1e-5)
+    assert loss != pytest.approx(float(per.mean()), rel=1e-3)

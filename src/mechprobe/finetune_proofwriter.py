@@ -56,6 +56,7 @@ class ReasonerSettings:
     positive_steps: int = 1100
     lm_weight: float = 1.0
     balanced: int = 0
+    prior_balance: int = 0
     seed: int = 0
     autocast: str = "auto"
     device: str = "auto"
@@ -82,9 +83,14 @@ RESUME_KEYS = (
     "positive_steps",
     "lm_weight",
     "balanced",
+    "prior_balance",
     "seed",
     "autocast",
 )
+
+
+# settings introduced after the first checkpoints were written: such a checkpoint ran with these values
+ADDED = {"curriculum": 0, "stage_steps": 0, "positive_steps": 0, "lm_weight": 0.0, "balanced": 0, "prior_balance": 0}
 
 
 def _finish(tr, task, tok, out, dev):
@@ -122,20 +128,15 @@ def train(a):
     files = rs.ensure_data(a.data_dir, cfg)
     splits = {s: rs.read_questions(f) for s, f in files.items()}
     tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
-    task = rs.PromptTask(tok, splits, a.batch_size, a.seed, a.curriculum, a.stage_steps, a.positive_steps)
+    task = rs.PromptTask(
+        tok, splits, a.batch_size, a.seed, a.curriculum, a.stage_steps, a.positive_steps, a.prior_balance
+    )
     model = rs.build_model(tok, a.layers, a.hidden, a.heads, a.seed)
     dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev)
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(a, k)) for k in RESUME_KEYS)}
     ckpt = out / "checkpoint.pt"
-    added = {
-        "curriculum": 0,
-        "stage_steps": 0,
-        "positive_steps": 0,
-        "lm_weight": 0.0,
-        "balanced": 0,
-    }  # before these options existed
-    resume = load_checkpoint(ckpt, settings, dev, added) if ckpt.exists() and not a.restart else None
+    resume = load_checkpoint(ckpt, settings, dev, ADDED) if ckpt.exists() and not a.restart else None
     tr = Trainer(model, a.lr, a.weight_decay, a.warmup, a.max_steps, dev, a.lm_weight)
     use_bf16 = a.autocast == "bf16" or (a.autocast == "auto" and bf16_fast(dev))
     with run_folder(out, outputs=("results.json", "config.json", "curves.png")):
@@ -219,6 +220,12 @@ def _schedule_args(p):
         type=nonneg_int,
         help="first steps trained on the questions without 'not' only (whether the statement holds is learnt "
         "before its negation; 0: none)",
+    )
+    p.add_argument(
+        "--prior-balance",
+        type=int,
+        choices=[0, 1],
+        help="1: weight each question's loss so that the answer's prior given the theory's size and 'not' is 1/2",
     )
     p.add_argument(
         "--lm-weight",

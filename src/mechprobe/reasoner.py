@@ -25,7 +25,9 @@ with stage_steps, the first stage_steps batches are drawn from the smallest theo
 larger groups let in one at a time (equal shares); with positive_steps, the first positive_steps
 batches hold only questions without "not" (whether a statement holds is learnt apart from its
 negation: on the balanced draw the answer is the XOR of the two, with no signal in either alone);
-right padding with an attention mask, the loss at each prompt's last real token.
+right padding with an attention mask, the loss at each prompt's last real token; with prior_balance
+each question's loss is weighted (prior_weights) so that the answer's prior given the theory's size
+and the word "not" is 1/2.
 """
 
 import json
@@ -163,6 +165,20 @@ def is_negated(question):
     return " not " in f" {question} "
 
 
+def prior_weights(items):
+    """Loss weight of each training question so that, within each number of statements g, the four
+    cells (with or without "not") x (True, False) weigh the same: w = n_g / (c_g n_cell), c_g the
+    non-empty cells of g (the weights of a group sum to n_g). The answer's prior given the theory's
+    size and the word "not" is then 1/2: the draw's size shortcut is gone from the loss, not from
+    the data (unlike BALANCED, which draws other questions)."""
+    from collections import Counter
+
+    keys = [(it["group"], is_negated(it["question"]), it["answer"]) for it in items]
+    cell, n_g = Counter(keys), Counter(k[0] for k in keys)
+    cells_g = Counter(k[0] for k in cell)
+    return np.array([n_g[k[0]] / (cells_g[k[0]] * cell[k]) for k in keys], dtype=np.float64)
+
+
 def build_tokenizer(items):
     from .tiny import word_tokenizer
 
@@ -179,9 +195,10 @@ def build_model(tok, layers=4, hidden=128, heads=4, seed=0, max_positions=1024):
 class PromptTask:
     """ProofWriter questions as a training task (training.run_loop), length-bucketed."""
 
-    def __init__(self, tok, splits, batch_size, seed, curriculum=0, stage_steps=0, positive_steps=0):
+    def __init__(self, tok, splits, batch_size, seed, curriculum=0, stage_steps=0, positive_steps=0, prior_balance=0):
         self.tok, self.batch_size, self.seed, self.curriculum = tok, batch_size, seed, curriculum
         self.stage_steps, self.positive_steps = stage_steps, positive_steps
+        self.weights = torch.from_numpy(prior_weights(splits["train"])).float() if prior_balance else None
         train_groups = np.array([it["group"] for it in splits["train"]])
         self.groups = sorted(set(train_groups.tolist()))
         self.pools = {g: train_groups <= g for g in self.groups}  # theories of <= g statements
@@ -269,8 +286,11 @@ class PromptTask:
         return ids, mask
 
     def batch(self, idx):
+        """(ids, mask, answer token ids), and the questions' loss weights with prior_balance."""
         ids, mask = self.pad("train", idx)
-        return ids, mask, self.answers["train"][idx]
+        if self.weights is None:
+            return ids, mask, self.answers["train"][idx]
+        return ids, mask, self.answers["train"][idx], self.weights[idx]
 
     @torch.no_grad()
     def predictions(self, model, split, batch_size=128):

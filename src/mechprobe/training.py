@@ -135,8 +135,9 @@ class Trainer:
         self.step, self.best, self.history, self.elapsed = st["step"], st["best"], st["history"], st["elapsed"]
         torch.set_rng_state(st["rng"])
 
-    def train_step(self, ids, mask, answers, use_bf16):
-        """One AdamW step; ids (B, T), mask (B, T) of right-padded prompts or None, answers (B,)."""
+    def train_step(self, ids, mask, answers, use_bf16, weights=None):
+        """One AdamW step; ids (B, T), mask (B, T) of right-padded prompts or None, answers (B,);
+        weights (B,): the answer loss is then the weighted mean sum_i w_i L_i / sum_i w_i."""
         self.model.train()
         ids, answers = ids.to(self.dev), answers.to(self.dev)
         mask = None if mask is None else mask.to(self.dev)
@@ -148,7 +149,8 @@ class Trainer:
                 logits = z[torch.arange(len(ids), device=ids.device), last]
             else:
                 logits = last_logits(self.model, ids, mask)  # (B, V)
-        loss = F.cross_entropy(logits.float(), answers)
+        loss = F.cross_entropy(logits.float(), answers, reduction="none")  # (B,)
+        loss = loss.mean() if weights is None else (loss * weights.to(loss.device)).sum() / weights.sum()
         if aux:
             tgt = ids[:, 1:].masked_fill(torch.arange(1, ids.shape[1], device=ids.device) > last[:, None], -100)
             lm = F.cross_entropy(z[:, :-1].float().reshape(-1, z.shape[-1]), tgt.reshape(-1), ignore_index=-100)
@@ -178,7 +180,8 @@ def run_loop(tr, task, tok, out, settings, use_bf16, eval_every, target_acc=0.0,
         epoch, within = divmod(tr.step, steps_per_epoch)
         if epoch not in cache:
             cache = {0: cache[0], epoch: task.epoch_batches(epoch)}
-        loss = tr.train_step(*task.batch(cache[epoch][within]), use_bf16)
+        b = task.batch(cache[epoch][within])  # (ids, mask, answers) or with the loss weights
+        loss = tr.train_step(*b[:3], use_bf16, weights=b[3] if len(b) > 3 else None)
         bar.update(1)
         if tr.step % eval_every == 0 and tr.step <= validate_after and tr.step != tr.total:
             if bar.disable:
