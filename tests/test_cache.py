@@ -120,3 +120,22 @@ def test_encoded_prompts_round_trip(tmp_path):
     assert c.get_prompts("enc-x", "prompts") is None
     c.put_prompts("enc-x", enc, [11, 12])
     assert c.get_prompts("enc-x", "prompts") == (enc, [11, 12])
+
+
+def test_folder_fingerprint_sees_a_change_of_one_small_tensor(tmp_path):
+    """A model folder's key (ModelFolder.fingerprint, no loading) changes when only a layer norm's
+    weights change, and not when the folder is copied elsewhere."""
+    import shutil
+
+    import torch
+
+    from mechprobe.models import ModelFolder
+
+    model = tiny_llama(seed=0)
+    model.save_pretrained(tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    with torch.no_grad():
+        model.model.norm.weight[3] += 0.5  # one value of a 32-value tensor
+    model.save_pretrained(tmp_path / "b")
+    fa, fb, fc = (ModelFolder(tmp_path / d).fingerprint() for d in ("a", "b", "copy"))
+    assert fa == fc != fb
