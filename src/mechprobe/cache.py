@@ -40,14 +40,18 @@ def _h(obj):
 
 def _config(model):
     """The config without where it was loaded from (a copy of a model elsewhere is the same model)."""
-    return {k: v for k, v in model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+    from .models import portable_config
+
+    return portable_config(model.config.to_dict())
 
 
 @torch.no_grad()
 def model_fingerprint(model):
     """The config and a cheap fingerprint of the weights (64 strided values of each tensor); for a
     models.ModelFolder not loaded yet, its files' fingerprint (config.json, sampled weight bytes)."""
-    if hasattr(model, "fingerprint"):
+    from .models import ModelFolder
+
+    if isinstance(model, ModelFolder):
         return model.fingerprint()
     h = hashlib.sha256(json.dumps(_config(model), sort_keys=True, default=str).encode())
     for name, p in model.state_dict().items():
@@ -65,7 +69,7 @@ def control_recipe(model, seed, num_layers):
     from .models import DTYPES, ModelFolder
 
     if isinstance(model, ModelFolder):
-        config = {k: v for k, v in model.config().items() if k not in ("_name_or_path", "transformers_version")}
+        config = model.config()
         dtype = torch.float16 if model.load_in_8bit else DTYPES[model.dtype]
     else:
         config, dtype = _config(model), next(model.parameters()).dtype
@@ -87,6 +91,24 @@ def prompts_hash(enc):
 
 def key(model_id, enc, word_ids, settings):
     return _h({"model": model_id, "prompts": prompts_hash(enc), "words": list(word_ids), "settings": settings})[:32]
+
+
+def prompts_entry_key(tokenizer_id, items, demos, builder, words, source):
+    """Key of the encoded prompts (FeatureCache.put_prompts) of `items` with their demonstrations under
+    the tokenizer `tokenizer_id` (its files' fingerprint), the template `builder` and the answer words."""
+
+    def text(it):
+        return [it["statements"], it["question"], it.get("answer")]
+
+    obj = {
+        "tokenizer": tokenizer_id,
+        "items": [text(it) for it in items],
+        "demos": [[text(d) for d in ds] for ds in demos],
+        "builder": vars(builder),
+        "words": list(words),
+        "source": source,
+    }
+    return "enc-" + _h(obj)[:28]
 
 
 def knockout_store_key(model_id, layers, scored):
@@ -119,19 +141,27 @@ class FeatureCache:
     def path(self, k):
         return self.folder / f"{k}.safetensors"
 
-    def get(self, k, what="features"):
+    def _load(self, k, what=None):
+        """The tensors of entry k, or None when the cache is off, the entry absent (a miss, logged when
+        `what` is given) or unreadable (logged: it is recomputed)."""
         if not self.enabled:
             return None
         p = self.path(k)
         if not p.exists():
-            log.info("feature cache: miss for %s (%s)", what, k[:12])
+            if what is not None:
+                log.info("feature cache: miss for %s (%s)", what, k[:12])
             return None
         from safetensors.numpy import load_file
 
         try:
-            t = load_file(str(p))
+            return load_file(str(p))
         except Exception as e:  # noqa: BLE001 - a damaged entry is recomputed
             log.info("feature cache: unreadable entry %s (%s): recomputing", p, type(e).__name__)
+            return None
+
+    def get(self, k, what="features"):
+        t = self._load(k, what)
+        if t is None:
             return None
         off = t["offsets"]
         feats = [t["features"][off[i] : off[i + 1]] for i in range(len(off) - 1)]
@@ -155,18 +185,8 @@ class FeatureCache:
 
     def get_prompts(self, k, what):
         """(encoded prompts, answer-word ids) stored by put_prompts under k, or None."""
-        if not self.enabled:
-            return None
-        p = self.path(k)
-        if not p.exists():
-            log.info("feature cache: miss for %s (%s)", what, k[:12])
-            return None
-        from safetensors.numpy import load_file
-
-        try:
-            t = load_file(str(p))
-        except Exception as e:  # noqa: BLE001 - a damaged entry is recomputed
-            log.info("feature cache: unreadable entry %s (%s): recomputing", p, type(e).__name__)
+        t = self._load(k, what)
+        if t is None:
             return None
         parts = {}
         for name in ("ids", "offsets", "spans", "query", "text"):
@@ -216,14 +236,8 @@ class FeatureCache:
         instance (the same dict again, which put_rows replaces)."""
         if k in self._stores:
             return self._stores[k]
-        if not self.enabled or not self.path(k).exists():
-            return {}
-        from safetensors.numpy import load_file
-
-        try:
-            t = load_file(str(self.path(k)))
-        except Exception as e:  # noqa: BLE001 - a damaged entry is recomputed
-            log.info("feature cache: unreadable entry %s (%s): recomputing", self.path(k), type(e).__name__)
+        t = self._load(k)
+        if t is None:
             return {}
         self._stores[k] = dict(zip((bytes(r) for r in t["keys"]), t["rows"]))
         return self._stores[k]

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import plots
 from .cache import DEFAULT_DIR as DEFAULT_CACHE
-from .cache import FeatureCache, control_recipe, model_fingerprint
+from .cache import FeatureCache, control_recipe, model_fingerprint, prompts_entry_key
 from .cache import key as cache_key
 from .features import statement_entropy, token_spans
 from .incontext import answer_ids, encode_items, run_items
@@ -175,9 +175,8 @@ def load(model, texts_for_tiny, out, dtype="float32", device="cpu", load_in_8bit
 
 def model_info(model):
     """{"model_dtype", "model_device"} for config.json, without loading a ModelFolder."""
-    if isinstance(model, ModelFolder) and model._model is None:
-        dtype = "torch.int8" if model.load_in_8bit else str(DTYPES[model.dtype])
-        return {"model_dtype": dtype, "model_device": str(model.device())}
+    if isinstance(model, ModelFolder) and not model.loaded:  # the dtype asked for (8-bit: see load_in_8bit)
+        return {"model_dtype": str(DTYPES[model.dtype]), "model_device": str(model.device())}
     p = next(resolve(model).parameters())
     return {"model_dtype": str(p.dtype), "model_device": str(p.device)}
 
@@ -189,24 +188,7 @@ def encode(st, tok, items, demos, builder, words, source):
     cache = FeatureCache(st.cache_dir, bool(st.cache_dir) and isinstance(tok, TokenizerFolder))
     k = None
     if cache.enabled:
-        from .cache import _h
-
-        def text(it):
-            return [it["statements"], it["question"], it.get("answer")]
-
-        k = (
-            "enc-"
-            + _h(
-                {
-                    "tokenizer": tok.fingerprint(),
-                    "items": [text(it) for it in items],
-                    "demos": [[text(d) for d in ds] for ds in demos],
-                    "builder": vars(builder),
-                    "words": list(words),
-                    "source": source,
-                }
-            )[:28]
-        )
+        k = prompts_entry_key(tok.fingerprint(), items, demos, builder, words, source)
         hit = cache.get_prompts(k, f"{len(items)} encoded prompts")
         if hit is not None:
             return hit
@@ -570,7 +552,7 @@ def report_knockout(study, out, title):
         for line in summary_lines(sub):
             log.info("%s %s", name, line)
     rows = [("all items", study)] + list(study.get("subsets", {}).items())
-    plots.knockout_figure(study, Path(out) / "knockout.png", title, rows=rows)
+    plots.knockout_figure(rows, Path(out) / "knockout.png", title)
 
 
 def fmt(s):

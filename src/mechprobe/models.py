@@ -100,6 +100,12 @@ def load_model(path, dtype="float32", device="cpu", load_in_8bit=False, trust_re
     return model
 
 
+def portable_config(cfg):
+    """A config dict without where it was loaded from or by which version (a copy of a model elsewhere
+    is the same model)."""
+    return {k: v for k, v in cfg.items() if k not in ("_name_or_path", "transformers_version")}
+
+
 def _file_digest(h, f, samples=64, chunk=8):
     """Update hash h with a weight file's fingerprint. A safetensors file: its header (every tensor's
     name, dtype, shape, offsets) and `samples` strided values of every tensor, as model_fingerprint
@@ -146,8 +152,13 @@ class ModelFolder:
             self._model = load_model(self.path, self.dtype, self.device_name, self.load_in_8bit, self.trust_remote_code)
         return self._model
 
+    @property
+    def loaded(self):
+        return self._model is not None
+
     def config(self):
-        return json.loads((Path(self.path) / "config.json").read_text())
+        """config.json as a dict, without where it was saved from (portable_config)."""
+        return portable_config(json.loads((Path(self.path) / "config.json").read_text()))
 
     def num_layers(self):
         cfg = self.config()
@@ -164,8 +175,7 @@ class ModelFolder:
     def fingerprint(self):
         import hashlib
 
-        cfg = {k: v for k, v in self.config().items() if k not in ("_name_or_path", "transformers_version")}
-        h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode())
         h.update(f"{self.dtype}:{self.load_in_8bit}".encode())
         p = Path(self.path)
         for f in sorted([*p.glob("*.safetensors"), *p.glob("*.bin")]):

@@ -281,12 +281,11 @@ def by_group_per_depth(per, probe_path, acc_path, key="group", title=""):
     save_figure(fig, acc_path)
 
 
-def knockout_figure(study, path, title="", rows=None):
-    """Each metric of the study (accuracy, share of answers changed, margin drop; or the answer's
+def knockout_figure(rows, path, title=""):
+    """Each metric of a knockout study (accuracy, share of answers changed, margin drop; or the answer's
     log-probability drop) against the first knocked layer, one line per condition (the random
-    not-useful draws as mean ± std over seeds). rows: [(label, study)] to draw one row of panels per
-    study in the same figure (e.g. all items, then each depth); default: the one study."""
-    rows = rows or [("", study)]
+    not-useful draws as mean ± std over seeds). rows: [(label, study)], one row of panels per study
+    (e.g. all items, then each depth; label "" for none)."""
     labels = {
         "accuracy": "accuracy",
         "changed": "share of answers changed",

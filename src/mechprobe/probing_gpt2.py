@@ -240,7 +240,9 @@ def run(a):
             for line in ko.summary_lines(r["knockout"]):
                 log.info("k=%d %s", r["k"], line)
             plots.knockout_figure(
-                r["knockout"], out / f"knockout_k{r['k']}.png", f"attention knockout (k={r['k']}): last token blocked"
+                [("", r["knockout"])],
+                out / f"knockout_k{r['k']}.png",
+                f"attention knockout (k={r['k']}): last token blocked",
             )
         plots.selectivity_figure(r, out / f"selectivity_k{r['k']}.png", f"control-task selectivity (k={r['k']})")
         hm = r["head_map"]
