@@ -150,14 +150,15 @@ def test_balanced_draw_leaves_no_size_or_negation_shortcut(tmp_path):
     assert {g for g, _ in n_all} == {2, 4, 8, 16}
 
 
-def test_curriculum_epoch_goes_from_short_to_long_prompts(trained, tmp_path):
+@pytest.mark.parametrize("pack", [True, False])
+def test_curriculum_epoch_goes_from_short_to_long_prompts(pack, trained, tmp_path):
     from mechprobe.models import load_tokenizer
 
     d, _ = trained
     files = rs.split_files(d / "data", json.loads((d / "data" / "meta.json").read_text()))
     tok = load_tokenizer(d / "run" / "best")
     splits = {s: rs.read_questions(f) for s, f in files.items()}
-    task = rs.PromptTask(tok, splits, 16, 0, curriculum=1)
+    task = rs.PromptTask(tok, splits, 16, 0, curriculum=1, pack=pack)
     lengths = [max(len(task.ids["train"][int(i)]) for i in b) for b in task.epoch_batches(0)]
     assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
     later = [max(len(task.ids["train"][int(i)]) for i in b) for b in task.epoch_batches(1)]
@@ -165,7 +166,8 @@ def test_curriculum_epoch_goes_from_short_to_long_prompts(trained, tmp_path):
     assert sorted(int(i) for b in task.epoch_batches(0) for i in b) == list(range(len(splits["train"])))
 
 
-def test_staged_phase_lets_the_groups_in_one_by_one(trained):
+@pytest.mark.parametrize("pack", [True, False])
+def test_staged_phase_lets_the_groups_in_one_by_one(pack, trained):
     from mechprobe.models import load_tokenizer
 
     d, _ = trained
@@ -173,9 +175,9 @@ def test_staged_phase_lets_the_groups_in_one_by_one(trained):
     tok = load_tokenizer(d / "run" / "best")
     splits = {s: rs.read_questions(f) for s, f in files.items()}
     group = [it["group"] for it in splits["train"]]
-    spe = len(rs.PromptTask(tok, splits, 16, 0).epoch_batches(0))
+    spe = len(rs.PromptTask(tok, splits, 16, 0, pack=pack).epoch_batches(0))
     S = spe + spe // 2  # the staged phase runs over into epoch 1
-    task = rs.PromptTask(tok, splits, 16, 0, stage_steps=S)
+    task = rs.PromptTask(tok, splits, 16, 0, stage_steps=S, pack=pack)
     steps = [b for e in (0, 1) for b in task.epoch_batches(e)]
     for t, b in enumerate(steps):
         top = max(group[int(i)] for i in b)
@@ -187,28 +189,29 @@ def test_staged_phase_lets_the_groups_in_one_by_one(trained):
             assert task.stage_group(t) is None
     assert max(group[int(i)] for b in steps[S // 2 : S] for i in b) == 8
     assert [b.tolist() for b in task.epoch_batches(1)] == [b.tolist() for b in task.epoch_batches(1)]  # seeded
-    plain = rs.PromptTask(tok, splits, 16, 0).epoch_batches(1)
+    plain = rs.PromptTask(tok, splits, 16, 0, pack=pack).epoch_batches(1)
     assert [b.tolist() for b in steps[S:]] == [b.tolist() for b in plain[S - spe :]]  # after it: as before
 
 
-def test_positive_phase_draws_only_questions_without_not(trained):
+@pytest.mark.parametrize("pack", [True, False])
+def test_positive_phase_draws_only_questions_without_not(pack, trained):
     from mechprobe.models import load_tokenizer
 
     d, _ = trained
     files = rs.split_files(d / "data", json.loads((d / "data" / "meta.json").read_text()))
     tok = load_tokenizer(d / "run" / "best")
     splits = {s: rs.read_questions(f) for s, f in files.items()}
-    train, spe = splits["train"], len(rs.PromptTask(tok, splits, 16, 0).epoch_batches(0))
+    train, spe = splits["train"], len(rs.PromptTask(tok, splits, 16, 0, pack=pack).epoch_batches(0))
     assert rs.is_negated("Bob is not big.") and not rs.is_negated("Bob is big.") and not rs.is_negated("Nothing.")
     P = spe + 2
-    task = rs.PromptTask(tok, splits, 16, 0, stage_steps=2, positive_steps=P)
+    task = rs.PromptTask(tok, splits, 16, 0, stage_steps=2, positive_steps=P, pack=pack)
     steps = [b for e in (0, 1) for b in task.epoch_batches(e)]
     for t, b in enumerate(steps[:P]):
         assert not any(" not " in train[int(i)]["question"] for i in b) and len(b) == 16
         if t == 0:  # the staged phase (step 0: 4 statements) holds too
             assert max(train[int(i)]["group"] for i in b) == 4
     assert any(" not " in train[int(i)]["question"] for b in steps[P:] for i in b)
-    plain = rs.PromptTask(tok, splits, 16, 0).epoch_batches(1)
+    plain = rs.PromptTask(tok, splits, 16, 0, pack=pack).epoch_batches(1)
     assert [b.tolist() for b in steps[P:]] == [b.tolist() for b in plain[P - spe :]]  # after it: as before
 
 
@@ -267,3 +270,21 @@ def test_weighted_answer_loss_is_the_weighted_mean(monkeypatch):
     loss = tr.train_step(ids, None, answers, False, weights=w)
     assert loss == pytest.approx(float((per * w).sum() / w.sum()), rel=1e-5)
     assert loss != pytest.approx(float(per.mean()), rel=1e-3)
+
+
+def test_learning_rate_schedule_by_hand():
+    """Warm-up to LR, then a linear decay from the warm-up's end (DECAY_STEPS=0) or a constant LR and a
+    linear decay over the last DECAY_STEPS steps: the rates the optimizer uses at steps 0..9."""
+    from mechprobe.training import Trainer
+
+    def rates(decay):
+        tr = Trainer(torch.nn.Linear(2, 2), 1.0, 0.0, 2, 10, "cpu", decay=decay)
+        out = []
+        for _ in range(10):
+            out.append(tr.opt.param_groups[0]["lr"])
+            tr.sched.step()
+        return out
+
+    assert rates(0) == pytest.approx([0.5, 1, 1, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8])
+    assert rates(4) == pytest.approx([0.5, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25])
+    assert rates(20) == rates(0)  # longer than the run: the decay starts at the warm-up's end

@@ -49,6 +49,7 @@ class ReasonerSettings:
     batch_size: int = 64
     max_steps: int = 2200
     warmup: int = 100
+    decay_steps: int = 0
     eval_every: int = 250
     target_acc: float = 0.0
     curriculum: int = 1
@@ -57,6 +58,7 @@ class ReasonerSettings:
     lm_weight: float = 1.0
     balanced: int = 0
     prior_balance: int = 0
+    pack: int = 1
     seed: int = 0
     autocast: str = "auto"
     device: str = "auto"
@@ -78,19 +80,30 @@ RESUME_KEYS = (
     "batch_size",
     "max_steps",
     "warmup",
+    "decay_steps",
     "curriculum",
     "stage_steps",
     "positive_steps",
     "lm_weight",
     "balanced",
     "prior_balance",
+    "pack",
     "seed",
     "autocast",
 )
 
 
 # settings introduced after the first checkpoints were written: such a checkpoint ran with these values
-ADDED = {"curriculum": 0, "stage_steps": 0, "positive_steps": 0, "lm_weight": 0.0, "balanced": 0, "prior_balance": 0}
+ADDED = {
+    "curriculum": 0,
+    "stage_steps": 0,
+    "positive_steps": 0,
+    "lm_weight": 0.0,
+    "balanced": 0,
+    "prior_balance": 0,
+    "decay_steps": 0,
+    "pack": 0,
+}
 
 
 def _finish(tr, task, tok, out, dev):
@@ -129,7 +142,15 @@ def train(a):
     splits = {s: rs.read_questions(f) for s, f in files.items()}
     tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
     task = rs.PromptTask(
-        tok, splits, a.batch_size, a.seed, a.curriculum, a.stage_steps, a.positive_steps, a.prior_balance
+        tok,
+        splits,
+        a.batch_size,
+        a.seed,
+        a.curriculum,
+        a.stage_steps,
+        a.positive_steps,
+        a.prior_balance,
+        bool(a.pack),
     )
     model = rs.build_model(tok, a.layers, a.hidden, a.heads, a.seed)
     dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -137,7 +158,7 @@ def train(a):
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(a, k)) for k in RESUME_KEYS)}
     ckpt = out / "checkpoint.pt"
     resume = load_checkpoint(ckpt, settings, dev, ADDED) if ckpt.exists() and not a.restart else None
-    tr = Trainer(model, a.lr, a.weight_decay, a.warmup, a.max_steps, dev, a.lm_weight)
+    tr = Trainer(model, a.lr, a.weight_decay, a.warmup, a.max_steps, dev, a.lm_weight, a.decay_steps)
     use_bf16 = a.autocast == "bf16" or (a.autocast == "auto" and bf16_fast(dev))
     with run_folder(out, outputs=("results.json", "config.json", "curves.png")):
         write_config(
@@ -204,6 +225,12 @@ def _schedule_args(p):
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--max-steps", type=positive_int)
     p.add_argument("--warmup", type=nonneg_int)
+    p.add_argument(
+        "--decay-steps",
+        type=nonneg_int,
+        help="the learning rate stays at LR after the warm-up and decays linearly to 0 over the last DECAY_STEPS "
+        "steps (0: it decays from the end of the warm-up)",
+    )
     p.add_argument("--eval-every", type=positive_int)
     p.add_argument("--target-acc", type=float, help="stop once validation accuracy reaches this (0: never)")
     p.add_argument(
@@ -226,6 +253,13 @@ def _schedule_args(p):
         type=int,
         choices=[0, 1],
         help="1: weight each question's loss so that the answer's prior given the theory's size and 'not' is 1/2",
+    )
+    p.add_argument(
+        "--pack",
+        type=int,
+        choices=[0, 1],
+        help="1: batches of whole theories, each theory's questions packed into one row that holds its statements "
+        "once (the same losses as the prompts run apart, at a fraction of the tokens); 0: questions drawn apart",
     )
     p.add_argument(
         "--lm-weight",

@@ -179,6 +179,12 @@ def prior_weights(items):
     return np.array([n_g[k[0]] / (cells_g[k[0]] * cell[k]) for k in keys], dtype=np.float64)
 
 
+def theory_index(items):
+    """Index of each question's theory (questions with the same statements share one), (N,) int64."""
+    seen = {}
+    return np.array([seen.setdefault(tuple(it["statements"]), len(seen)) for it in items], dtype=np.int64)
+
+
 def build_tokenizer(items):
     from .tiny import word_tokenizer
 
@@ -195,8 +201,10 @@ def build_model(tok, layers=4, hidden=128, heads=4, seed=0, max_positions=1024):
 class PromptTask:
     """ProofWriter questions as a training task (training.run_loop), length-bucketed."""
 
-    def __init__(self, tok, splits, batch_size, seed, curriculum=0, stage_steps=0, positive_steps=0, prior_balance=0):
-        self.tok, self.batch_size, self.seed, self.curriculum = tok, batch_size, seed, curriculum
+    def __init__(
+        self, tok, splits, batch_size, seed, curriculum=0, stage_steps=0, positive_steps=0, prior_balance=0, pack=True
+    ):
+        self.tok, self.batch_size, self.seed, self.curriculum, self.pack = tok, batch_size, seed, curriculum, pack
         self.stage_steps, self.positive_steps = stage_steps, positive_steps
         self.weights = torch.from_numpy(prior_weights(splits["train"])).float() if prior_balance else None
         train_groups = np.array([it["group"] for it in splits["train"]])
@@ -216,6 +224,7 @@ class PromptTask:
                 )
             self.ids[split] = enc
         self.lengths = np.array([len(x) for x in self.ids["train"]])
+        self.theory = {split: theory_index(items) for split, items in splits.items()}
         self.answers = {
             s: torch.tensor([self.word_ids[WORDS.index(it["answer"])] for it in its]) for s, its in splits.items()
         }
@@ -227,13 +236,31 @@ class PromptTask:
         lengths = self.lengths[perm]
         batches = []
         if epoch < self.curriculum:  # curriculum: the shortest prompts (smallest theories) first
-            srt = perm[np.argsort(lengths, kind="stable")]
+            srt = self._order(np.arange(n), rng, chunk=n) if self.pack else perm[np.argsort(lengths, kind="stable")]
             return self._staged(epoch, [torch.from_numpy(srt[i : i + bs]) for i in range(0, n, bs)])
-        for c in range(0, n, 50 * bs):  # sort within chunks of 50 batches, then cut
+        if self.pack:  # whole theories, bucketed by length
+            order = self._order(np.arange(n), rng)
+            batches = [torch.from_numpy(order[i : i + bs]) for i in range(0, n, bs)]
+        for c in range(0, 0 if self.pack else n, 50 * bs):  # sort within chunks of 50 batches, then cut
             chunk = perm[c : c + 50 * bs][np.argsort(lengths[c : c + 50 * bs], kind="stable")]
             batches += [torch.from_numpy(chunk[i : i + bs]) for i in range(0, len(chunk), bs)]
         batches = [batches[i] for i in rng.permutation(len(batches))]
         return self._staged(epoch, batches)
+
+    def _order(self, idx, rng, chunk=None):
+        """Questions `idx` (training indices) ordered theory by theory (a theory's questions together,
+        so that a batch packs them into one row): the theories in a seeded order, sorted by prompt
+        length within chunks of `chunk` questions (default 50 batches; len(idx): fully sorted)."""
+        names, inv = np.unique(self.theory["train"][idx], return_inverse=True)
+        longest = np.zeros(len(names), dtype=np.int64)
+        np.maximum.at(longest, inv, self.lengths[idx])
+        perm = rng.permutation(len(names))
+        size = np.bincount(inv, minlength=len(names))[perm]
+        start = np.cumsum(size) - size  # first question of each theory (in the seeded order)
+        ranked = perm[np.lexsort((np.arange(len(perm)), longest[perm], start // (chunk or 50 * self.batch_size)))]
+        pos = np.empty(len(names), dtype=np.int64)
+        pos[ranked] = np.arange(len(names))
+        return idx[np.argsort(pos[inv], kind="stable")]
 
     def stage_group(self, step):
         """The largest number of statements let in at this step of the staged phase (None after it):
@@ -269,6 +296,14 @@ class PromptTask:
             pool, n = self.pool(step), j - i
             bs = min(self.batch_size, len(pool))
             rng = np.random.default_rng([self.seed, step])
+            if self.pack:  # whole theories of the pool (as many passes over it as needed), in length buckets
+                passes = [self._order(pool, rng, chunk=1) for _ in range(-(-n * bs // len(pool)))]
+                draw = np.concatenate(passes)[: n * bs]  # whole theories in a seeded order, then sorted
+                draw = self._order(draw, rng, chunk=len(draw))
+                for b, o in enumerate(rng.permutation(n)):
+                    batches[i + b] = torch.from_numpy(draw[o * bs : (o + 1) * bs])
+                i = j
+                continue
             if n * bs <= len(pool):
                 draw = rng.choice(pool, n * bs, replace=False)
             else:  # a small pool (the smallest theories): each batch drawn apart
@@ -280,13 +315,19 @@ class PromptTask:
         return batches
 
     def pad(self, split, idx):
+        """(ids, mask) of the questions `idx` right-padded; with `pack`, (PackedPrompts, None): a row per theory."""
         from .capture import pad_batch
 
-        ids, mask = pad_batch([self.ids[split][int(i)] for i in idx], self.tok.pad_token_id)
-        return ids, mask
+        seqs = [self.ids[split][int(i)] for i in idx]
+        if self.pack:
+            from .packing import pack
+
+            return pack(seqs, self.theory[split][np.asarray(idx, dtype=np.int64)].tolist(), self.tok.pad_token_id), None
+        return pad_batch(seqs, self.tok.pad_token_id)
 
     def batch(self, idx):
-        """(ids, mask, answer token ids), and the questions' loss weights with prior_balance."""
+        """(ids, mask, answer token ids), and the questions' loss weights with prior_balance; with
+        `pack`, ids is a PackedPrompts and mask None."""
         ids, mask = self.pad("train", idx)
         if self.weights is None:
             return ids, mask, self.answers["train"][idx]
@@ -299,12 +340,21 @@ class PromptTask:
 
         model.eval()
         dev = next(model.parameters()).device
-        order = np.argsort([len(x) for x in self.ids[split]], kind="stable")
+        lengths, th = np.array([len(x) for x in self.ids[split]]), self.theory[split]
+        order = np.argsort(lengths, kind="stable")
+        if self.pack:  # theories by length, a theory's questions together
+            longest = np.zeros(th.max() + 1, dtype=np.int64)
+            np.maximum.at(longest, th, lengths)
+            order = np.lexsort((th, longest[th]))
         pred = np.empty(len(order), dtype=int)
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             ids, mask = self.pad(split, idx)
-            logits = last_logits(model, ids.to(dev), mask.to(dev))[:, self.word_ids]
+            if mask is None:
+                ids = ids.to(dev)
+                logits = ids.logits(model)[ids.last][:, self.word_ids]
+            else:
+                logits = last_logits(model, ids.to(dev), mask.to(dev))[:, self.word_ids]
             pred[idx] = logits.argmax(-1).cpu().numpy()
         return pred
 

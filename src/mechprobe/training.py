@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import last_logits
+from .packing import PackedPrompts
 from .utils import MechprobeError, atomic_path, get_logger, progress
 
 log = get_logger()
@@ -65,9 +66,11 @@ def plot_curves(history, path):
     save_figure(fig, path)
 
 
-def warmup_linear_decay(warm, total):
-    """Learning-rate factor at step s: (s + 1) / warm during the warm-up, then linear decay to 0 at `total`."""
-    return lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm))
+def warmup_linear_decay(warm, total, decay=0):
+    """Learning-rate factor at step s: (s + 1) / warm during the warm-up, then 1 until the last `decay`
+    steps, which go linearly to 0 at `total` (decay 0: the decay starts right after the warm-up)."""
+    start = warm if decay <= 0 else max(warm, total - decay)
+    return lambda s: (s + 1) / warm if s < warm else min(1.0, max(0.0, (total - s) / max(1, total - start)))
 
 
 def load_checkpoint(ckpt, settings, dev, added=None):
@@ -106,12 +109,12 @@ class Trainer:
     (an auxiliary loss: copying a statement's words into the question is what a reasoner's
     attention needs to learn, matching the question with the statements)."""
 
-    def __init__(self, model, lr, weight_decay, warmup, total, dev, lm_weight=0.0):
+    def __init__(self, model, lr, weight_decay, warmup, total, dev, lm_weight=0.0, decay=0):
         self.model, self.total, self.dev, self.lm_weight = model, total, dev, lm_weight
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, warmup_linear_decay(min(warmup, total // 10 + 1), total)
+            self.opt, warmup_linear_decay(min(warmup, total // 10 + 1), total, decay)
         )
         self.step, self.best, self.history, self.elapsed = 0, -1.0, {"train": [], "val": []}, 0.0
 
@@ -136,14 +139,19 @@ class Trainer:
         torch.set_rng_state(st["rng"])
 
     def train_step(self, ids, mask, answers, use_bf16, weights=None):
-        """One AdamW step; ids (B, T), mask (B, T) of right-padded prompts or None, answers (B,);
+        """One AdamW step; ids (B, T), mask (B, T) of right-padded prompts or None (or ids a PackedPrompts
+        of B prompts and mask None), answers (B,);
         weights (B,): the answer loss is then the weighted mean sum_i w_i L_i / sum_i w_i."""
         self.model.train()
         ids, answers = ids.to(self.dev), answers.to(self.dev)
         mask = None if mask is None else mask.to(self.dev)
-        aux = bool(self.lm_weight) and mask is not None
+        packed = isinstance(ids, PackedPrompts)
+        aux = bool(self.lm_weight) and (mask is not None or packed)
         with torch.autocast(torch.device(self.dev).type, dtype=torch.bfloat16, enabled=use_bf16):
-            if aux:
+            if packed:
+                z = ids.logits(self.model)  # (R * T, V)
+                logits = z[ids.last]
+            elif aux:
                 z = self.model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
                 last = mask.sum(1) - 1
                 logits = z[torch.arange(len(ids), device=ids.device), last]
@@ -151,7 +159,9 @@ class Trainer:
                 logits = last_logits(self.model, ids, mask)  # (B, V)
         loss = F.cross_entropy(logits.float(), answers, reduction="none")  # (B,)
         loss = loss.mean() if weights is None else (loss * weights.to(loss.device)).sum() / weights.sum()
-        if aux:
+        if aux and packed:
+            loss = loss + self.lm_weight * ids.lm_loss(z)
+        elif aux:
             tgt = ids[:, 1:].masked_fill(torch.arange(1, ids.shape[1], device=ids.device) > last[:, None], -100)
             lm = F.cross_entropy(z[:, :-1].float().reshape(-1, z.shape[-1]), tgt.reshape(-1), ignore_index=-100)
             loss = loss + self.lm_weight * lm
@@ -174,9 +184,9 @@ def run_loop(tr, task, tok, out, settings, use_bf16, eval_every, target_acc=0.0,
     eval_every steps), e.g. during a phase whose validation accuracy means nothing yet."""
     t0 = time.time() - tr.elapsed
     bar = progress(total=tr.total, initial=tr.step, desc="train", unit="step")
-    cache = {}
+    cache = {0: task.epoch_batches(0)}
+    steps_per_epoch = len(cache[0])
     while tr.step < tr.total:
-        steps_per_epoch = len(cache.setdefault(0, task.epoch_batches(0)))
         epoch, within = divmod(tr.step, steps_per_epoch)
         if epoch not in cache:
             cache = {0: cache[0], epoch: task.epoch_batches(epoch)}

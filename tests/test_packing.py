@@ -1,0 +1,88 @@
+"""Packed prompts (a theory's questions in one row) against the same prompts run apart."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mechprobe.capture import pad_batch
+from mechprobe.models import last_logits
+from mechprobe.packing import common_prefix, pack
+from mechprobe.training import Trainer
+
+from .conftest import tiny_llama
+
+# two theories: A (prefix 1..6) with three questions, B with one; a duplicate prompt; a question that
+# shares more than the statements with another ("Bob is big" / "Bob is not big")
+A = [1, 2, 3, 4, 5, 6]
+SEQS = [A + [7, 8, 9], A + [7, 10, 8, 9], [11, 12, 13, 14, 15], A + [16, 8, 9], A + [7, 8, 9]]
+KEYS = ["A", "A", "B", "A", "A"]
+
+
+def test_common_prefix_by_hand():
+    assert common_prefix([[1, 2, 3], [1, 2, 4]]) == 2
+    assert common_prefix([[1, 2, 3], [1, 2, 3]]) == 2  # each prompt keeps its last token
+    assert common_prefix([[5, 6]]) == 1
+    assert common_prefix([[1, 2], [3, 4]]) == 0
+
+
+def test_layout_by_hand():
+    p = pack(SEQS, KEYS, pad_id=0)
+    assert p.ids.shape == (2, 6 + 3 + 4 + 3 + 3)  # A's row: the shared prefix 1..6 once, then each question's rest
+    assert p.ids[0].tolist() == A + [7, 8, 9, 7, 10, 8, 9, 16, 8, 9, 7, 8, 9]
+    assert p.positions[0].tolist() == list(range(6)) + [6, 7, 8, 6, 7, 8, 9, 6, 7, 8, 6, 7, 8]
+    assert p.ids[1, :5].tolist() == [11, 12, 13, 14, 15] and p.ids[1, 5:].eq(0).all()
+    T = p.ids.shape[1]
+    assert p.last.tolist() == [8, 12, T + 4, 15, 18]
+    seen = p.mask[0, 0] == 0  # (T, T): which keys each query sees
+    assert seen[10].nonzero().flatten().tolist() == list(range(6)) + [9, 10]  # "10" of question 2
+    assert seen[13].nonzero().flatten().tolist() == list(range(6)) + [13]  # "16" of question 4
+    assert seen[1, 2:].sum() == 0 and seen[T - 1, T - 1]  # causal within the prefix
+
+
+def test_packed_logits_and_losses_equal_the_prompts_run_apart():
+    model = tiny_llama(vocab_size=20)
+    p = pack(SEQS, KEYS, pad_id=0)
+    ids, mask = pad_batch(SEQS, 0)
+    with torch.no_grad():
+        z = p.logits(model)
+        torch.testing.assert_close(z[p.last], last_logits(model, ids, mask), atol=1e-5, rtol=1e-5)
+        full = model(input_ids=ids, attention_mask=mask).logits
+        terms = [-F.log_softmax(full[i, t], -1)[s[t + 1]] for i, s in enumerate(SEQS) for t in range(len(s) - 1)]
+        assert p.lm_loss(z).item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+    answers = torch.tensor([3, 4, 5, 6, 7])
+    apart = Trainer(tiny_llama(vocab_size=20), 0.0, 0.0, 1, 10, "cpu", lm_weight=0.5)
+    packed = Trainer(tiny_llama(vocab_size=20), 0.0, 0.0, 1, 10, "cpu", lm_weight=0.5)
+    loss_apart = apart.train_step(ids, mask, answers, use_bf16=False)
+    assert packed.train_step(p, None, answers, use_bf16=False) == pytest.approx(loss_apart, rel=1e-5)
+
+
+def test_packed_batches_hold_whole_theories(tmp_path):
+    from mechprobe import reasoner as rs
+    from mechprobe.proofwriter_gen import generate
+
+    generate(tmp_path, 1, (30, 5, 5), (2, 4, 8), 0, 6)
+    files = rs.split_files(tmp_path, {"depth": 1})
+    splits = {s: rs.read_questions(f) for s, f in files.items()}
+    tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
+    task = rs.PromptTask(tok, splits, 12, 0, curriculum=1, pack=True)
+    th = task.theory["train"]
+    for epoch in (0, 1):
+        batches = task.epoch_batches(epoch)
+        assert sorted(int(i) for b in batches for i in b) == list(range(len(th)))  # each question once
+        flat = np.concatenate([b.numpy() for b in batches])
+        runs = np.flatnonzero(np.diff(th[flat])) + 1
+        assert len(runs) + 1 <= len(set(th.tolist())) + len(batches)  # a theory's questions stay together
+        where = {}
+        for k, b in enumerate(batches):
+            for t in set(th[b.numpy()].tolist()):
+                where.setdefault(t, set()).add(k)
+        assert max(len(v) for v in where.values()) <= 2  # cut at most once (6 questions, batches of 12)
+    plain = rs.PromptTask(tok, splits, 12, 0, pack=False)
+    np.testing.assert_array_equal(task.predictions(tiny_model(tok), "val"), plain.predictions(tiny_model(tok), "val"))
+
+
+def tiny_model(tok):
+    from mechprobe import reasoner as rs
+
+    return rs.build_model(tok, 2, 32, 2, seed=3)
