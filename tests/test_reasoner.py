@@ -121,7 +121,21 @@ def test_bad_configuration(tmp_path, trained):
         fp.main(
             ["--data-dir", str(tmp_path / "x"), "--out-dir", str(tmp_path / "r"), *SMALL[:5], "4", "80", *SMALL[7:]]
         )
+    with pytest.raises(MechprobeError, match="LM_QUESTION=1 needs PACK=1"):
+        fp.main(["--data-dir", str(tmp_path / "x"), "--out-dir", str(tmp_path / "r"), *SMALL, "--lm-question", "1"])
     assert not (tmp_path / "x").exists()
+
+
+def test_packed_run_and_resume_check(trained, tmp_path):
+    """PACK=1 with the question-only next-token loss trains and writes its results; a checkpoint
+    written without packing does not resume with it (the batches differ)."""
+    d, _ = trained
+    args = ["--data-dir", str(d / "data"), "--out-dir", str(tmp_path / "p"), *SMALL, "--pack", "1"]
+    res = fp.main([*args, "--lm-question", "1", "--decay-steps", "4"])
+    assert res["steps"] == 12 and 0 <= res["test"]["accuracy"] <= 1
+    assert json.loads((tmp_path / "p" / "config.json").read_text())["pack"] == 1
+    with pytest.raises(MechprobeError, match=r"PACK 1 -> 0"):
+        fp.main([*args[:-1], "0", "--decay-steps", "4"])
 
 
 def test_balanced_draw_leaves_no_size_or_negation_shortcut(tmp_path):

@@ -58,7 +58,8 @@ class ReasonerSettings:
     lm_weight: float = 1.0
     balanced: int = 0
     prior_balance: int = 0
-    pack: int = 1
+    pack: int = 0
+    lm_question: int = 0
     seed: int = 0
     autocast: str = "auto"
     device: str = "auto"
@@ -88,6 +89,7 @@ RESUME_KEYS = (
     "balanced",
     "prior_balance",
     "pack",
+    "lm_question",
     "seed",
     "autocast",
 )
@@ -103,6 +105,7 @@ ADDED = {
     "prior_balance": 0,
     "decay_steps": 0,
     "pack": 0,
+    "lm_question": 0,
 }
 
 
@@ -132,6 +135,22 @@ def _finish(tr, task, tok, out, dev):
     return res
 
 
+def _task(a, tok, splits):
+    """The training task of settings `a`."""
+    return rs.PromptTask(
+        tok,
+        splits,
+        a.batch_size,
+        a.seed,
+        curriculum=a.curriculum,
+        stage_steps=a.stage_steps,
+        positive_steps=a.positive_steps,
+        prior_balance=a.prior_balance,
+        pack=bool(a.pack),
+        lm_question=bool(a.lm_question),
+    )
+
+
 def train(a):
     """Train (or resume) the reasoner with ReasonerSettings `a`; returns results.json's content."""
     out = prepare(a)
@@ -141,17 +160,7 @@ def train(a):
     files = rs.ensure_data(a.data_dir, cfg)
     splits = {s: rs.read_questions(f) for s, f in files.items()}
     tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
-    task = rs.PromptTask(
-        tok,
-        splits,
-        a.batch_size,
-        a.seed,
-        a.curriculum,
-        a.stage_steps,
-        a.positive_steps,
-        a.prior_balance,
-        bool(a.pack),
-    )
+    task = _task(a, tok, splits)
     model = rs.build_model(tok, a.layers, a.hidden, a.heads, a.seed)
     dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev)
@@ -233,6 +242,11 @@ def _schedule_args(p):
     )
     p.add_argument("--eval-every", type=positive_int)
     p.add_argument("--target-acc", type=float, help="stop once validation accuracy reaches this (0: never)")
+    _phase_args(p)
+
+
+def _phase_args(p):
+    """The curriculum, staged and positive phases, loss weights, packing."""
     p.add_argument(
         "--curriculum", type=nonneg_int, help="epochs that go through the prompts from the shortest to the longest"
     )
@@ -262,6 +276,12 @@ def _schedule_args(p):
         "once (the same losses as the prompts run apart, at a fraction of the tokens); 0: questions drawn apart",
     )
     p.add_argument(
+        "--lm-question",
+        type=int,
+        choices=[0, 1],
+        help="1: the next-token loss on the question's tokens only (with --pack 1), not on the statements",
+    )
+    p.add_argument(
         "--lm-weight",
         type=nonneg_float,
         help="weight of the auxiliary next-token loss on the prompt's tokens (0: the answer's loss only)",
@@ -272,6 +292,10 @@ def main(argv=None):
     a = ReasonerSettings(**vars(parser().parse_args(argv)))
     if a.hidden % a.heads:
         raise MechprobeError(f"HIDDEN={a.hidden} is not a multiple of HEADS={a.heads}")
+    if a.lm_question and not a.pack:
+        raise MechprobeError(
+            "LM_QUESTION=1 needs PACK=1 (the question-only next-token loss is computed on packed rows)"
+        )
     return train(a)
 
 

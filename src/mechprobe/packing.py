@@ -68,8 +68,10 @@ def _layout(seqs, keys):
     return [(common_prefix([seqs[i] for i in idx]), idx) for idx in rows.values()]
 
 
-def pack(seqs, keys, pad_id):
-    """Pack token lists `seqs` (prompts with the same key share a prefix; one row per key)."""
+def pack(seqs, keys, pad_id, lm_from=None):
+    """Pack token lists `seqs` (prompts with the same key share a prefix; one row per key).
+    lm_from: per prompt, the first token its next-token loss predicts (default 1: every token but
+    the first; e.g. the question's first token, for a loss on the question alone)."""
     layout = _layout(seqs, keys)
     lengths = [P + sum(len(seqs[i]) - P for i in idx) for P, idx in layout]
     R, T = len(layout), max(lengths)
@@ -89,8 +91,9 @@ def pack(seqs, keys, pad_id):
             allow[r, c : c + n, :P] = True
             allow[r, c : c + n, c : c + n] = np.tril(np.ones((n, n), dtype=bool))
             cols = np.concatenate([np.arange(P), np.arange(c, c + n)])  # the prompt's tokens, in order
-            src.append(r * T + cols[:-1])
-            tgt.append(np.asarray(seqs[i][1:], dtype=np.int64))
+            f = 1 if lm_from is None else max(1, int(lm_from[i]))
+            src.append(r * T + cols[f - 1 : -1])
+            tgt.append(np.asarray(seqs[i][f:], dtype=np.int64))
             last[i] = r * T + c + n - 1
             c += n
     for r, n in enumerate(lengths):  # padding sees itself only (no empty softmax row)

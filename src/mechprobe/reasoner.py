@@ -179,6 +179,12 @@ def prior_weights(items):
     return np.array([n_g[k[0]] / (cells_g[k[0]] * cell[k]) for k in keys], dtype=np.float64)
 
 
+def question_starts(offsets, chars):
+    """Index of each prompt's first question token: the first token that starts at or after the
+    question's first character (offsets: each prompt's (start, end) per token; special tokens (0, 0))."""
+    return np.array([next(t for t, (a, e) in enumerate(o) if a >= c and e > a) for o, c in zip(offsets, chars)])
+
+
 def theory_index(items):
     """Index of each question's theory (questions with the same statements share one), (N,) int64."""
     seen = {}
@@ -202,9 +208,20 @@ class PromptTask:
     """ProofWriter questions as a training task (training.run_loop), length-bucketed."""
 
     def __init__(
-        self, tok, splits, batch_size, seed, curriculum=0, stage_steps=0, positive_steps=0, prior_balance=0, pack=True
+        self,
+        tok,
+        splits,
+        batch_size,
+        seed,
+        curriculum=0,
+        stage_steps=0,
+        positive_steps=0,
+        prior_balance=0,
+        pack=False,
+        lm_question=False,
     ):
         self.tok, self.batch_size, self.seed, self.curriculum, self.pack = tok, batch_size, seed, curriculum, pack
+        self.lm_question = lm_question
         self.stage_steps, self.positive_steps = stage_steps, positive_steps
         self.weights = torch.from_numpy(prior_weights(splits["train"])).float() if prior_balance else None
         train_groups = np.array([it["group"] for it in splits["train"]])
@@ -212,10 +229,13 @@ class PromptTask:
         self.pools = {g: train_groups <= g for g in self.groups}  # theories of <= g statements
         self.positive = np.array([not is_negated(it["question"]) for it in splits["train"]])
         self.word_ids = answer_ids(tok, WORDS)
-        self.items, self.ids = splits, {}
+        self.items, self.ids, self.qstart = splits, {}, {}
         for split, items in splits.items():
-            texts = [PromptBuilder().build(it, [])[0] for it in items]
-            enc = tok(texts, add_special_tokens=True)["input_ids"]
+            built = [PromptBuilder().build(it, []) for it in items]
+            texts = [b[0] for b in built]
+            full = tok(texts, add_special_tokens=True, return_offsets_mapping=True)
+            enc = full["input_ids"]
+            self.qstart[split] = question_starts(full["offset_mapping"], [b[2][0] for b in built])
             unk = [i for i, e in enumerate(enc) if tok.unk_token_id in e]
             if unk:
                 raise MechprobeError(
@@ -230,21 +250,24 @@ class PromptTask:
         }
 
     def epoch_batches(self, epoch):
+        """The epoch's batches (index tensors): in length buckets (sorted within chunks of 50 batches,
+        then cut and shuffled), the first `curriculum` epochs fully sorted from the shortest prompts;
+        with `pack`, whole theories (a theory's questions together); the staged and positive phases'
+        steps replaced by draws from their pools."""
         n, bs = len(self.ids["train"]), self.batch_size
         rng = np.random.default_rng(self.seed * 1000 + epoch)
         perm = rng.permutation(n)
-        lengths = self.lengths[perm]
-        batches = []
-        if epoch < self.curriculum:  # curriculum: the shortest prompts (smallest theories) first
-            srt = self._order(np.arange(n), rng, chunk=n) if self.pack else perm[np.argsort(lengths, kind="stable")]
-            return self._staged(epoch, [torch.from_numpy(srt[i : i + bs]) for i in range(0, n, bs)])
-        if self.pack:  # whole theories, bucketed by length
-            order = self._order(np.arange(n), rng)
-            batches = [torch.from_numpy(order[i : i + bs]) for i in range(0, n, bs)]
-        for c in range(0, 0 if self.pack else n, 50 * bs):  # sort within chunks of 50 batches, then cut
-            chunk = perm[c : c + 50 * bs][np.argsort(lengths[c : c + 50 * bs], kind="stable")]
-            batches += [torch.from_numpy(chunk[i : i + bs]) for i in range(0, len(chunk), bs)]
-        batches = [batches[i] for i in rng.permutation(len(batches))]
+        sort = epoch < self.curriculum  # curriculum: the shortest prompts (smallest theories) first
+        if self.pack:
+            order = self._order(np.arange(n), rng, chunk=n if sort else None)
+        elif sort:
+            order = perm[np.argsort(self.lengths[perm], kind="stable")]
+        else:
+            chunks = [perm[c : c + 50 * bs] for c in range(0, n, 50 * bs)]
+            order = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")] for c in chunks])
+        batches = [torch.from_numpy(order[i : i + bs]) for i in range(0, n, bs)]
+        if not sort:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
         return self._staged(epoch, batches)
 
     def _order(self, idx, rng, chunk=None):
@@ -322,7 +345,9 @@ class PromptTask:
         if self.pack:
             from .packing import pack
 
-            return pack(seqs, self.theory[split][np.asarray(idx, dtype=np.int64)].tolist(), self.tok.pad_token_id), None
+            idx = np.asarray(idx, dtype=np.int64)
+            lm_from = self.qstart[split][idx] if self.lm_question else None
+            return pack(seqs, self.theory[split][idx].tolist(), self.tok.pad_token_id, lm_from), None
         return pad_batch(seqs, self.tok.pad_token_id)
 
     def batch(self, idx):

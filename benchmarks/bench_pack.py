@@ -1,0 +1,58 @@
+"""Packed vs padded training steps of the ProofWriter reasoner (run_finetune_proofwriter.sh, PACK=1 / 0).
+
+The same batches (64 questions: whole theories, as PACK=1 draws them) are trained once as padded
+prompts and once packed (a theory's questions share one row holding its statements once), on two
+copies of the default 4-layer, 128-wide model, bf16 autocast where the CPU has it, alternating
+blocks of steps so that both see the same machine. Before timing, the two losses of the first batch
+are compared (they must agree: the packed prompts are the same computation). Generates a small
+dataset (400 theories of the default groups) in a temporary folder. Time it alone on the machine.
+
+    python benchmarks/bench_pack.py          # about 30 s on 2 cores
+Last line: padded_s_per_step=... packed_s_per_step=... speedup=...
+"""
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mechprobe import reasoner as rs  # noqa: E402
+from mechprobe.proofwriter_gen import generate  # noqa: E402
+from mechprobe.training import Trainer, bf16_fast  # noqa: E402
+
+STEPS, BLOCK = 60, 10
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(tmp, 1, (400, 10, 10), (2, 4, 8, 12, 16, 20, 24), 0, 8)
+        splits = {s: rs.read_questions(f) for s, f in rs.split_files(tmp, {"depth": 1}).items()}
+    tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
+    tasks = {p: rs.PromptTask(tok, splits, 64, 0, pack=p) for p in (False, True)}
+    batches = tasks[True].epoch_batches(1)[: STEPS + 1]
+    bf16 = bf16_fast("cpu")
+    trainers = {p: Trainer(rs.build_model(tok, 4, 128, 4, seed=0), 5e-4, 0.01, 10, 10_000, "cpu", 1.0) for p in tasks}
+    first = {p: trainers[p].train_step(*tasks[p].batch(batches[0]), use_bf16=False) for p in tasks}
+    print(f"first batch, fp32: padded loss {first[False]:.6f}, packed loss {first[True]:.6f}")
+    if abs(first[False] - first[True]) > 1e-4 * abs(first[False]):
+        sys.exit("the packed loss differs from the padded one")
+    spent = {False: 0.0, True: 0.0}
+    for b0 in range(1, STEPS + 1, BLOCK):
+        for p in (False, True):
+            t = time.perf_counter()
+            for idx in batches[b0 : b0 + BLOCK]:
+                trainers[p].train_step(*tasks[p].batch(idx), use_bf16=bf16)
+            spent[p] += time.perf_counter() - t
+    rows = [sum(len(tasks[True].ids["train"][int(i)]) for i in b) for b in batches[1:]]
+    print(f"{STEPS} steps of 64 questions, {sum(rows) / STEPS:.0f} prompt tokens per step, bf16 autocast: {bf16}")
+    pad, packed = spent[False] / STEPS, spent[True] / STEPS
+    print(f"padded_s_per_step={pad:.3f} packed_s_per_step={packed:.3f} speedup={pad / packed:.2f}")
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()
