@@ -302,3 +302,26 @@ def test_learning_rate_schedule_by_hand():
     assert rates(0) == pytest.approx([0.5, 1, 1, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8])
     assert rates(4) == pytest.approx([0.5, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25])
     assert rates(20) == rates(0)  # longer than the run: the decay starts at the warm-up's end
+
+
+def test_word_presence_by_hand():
+    st = ["The dog is round.", "Anne is red.", "If the cat is kind then it is big."]
+    kinds = [
+        rs.word_presence({"statements": st, "question": q})
+        for q in (
+            "Anne is round.",
+            "Anne is not big.",
+            "The cat is nice.",
+            "Bob is red.",
+            "Bob is nice.",
+            "The dog sees Anne.",
+        )
+    ]
+    assert kinds == [
+        "entity in, attribute in",
+        "entity in, attribute in",
+        "entity in, attribute absent",  # "the cat" in a rule counts, whatever its case
+        "entity absent, attribute in",
+        "entity absent, attribute absent",
+        "other",
+    ]

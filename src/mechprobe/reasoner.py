@@ -31,6 +31,7 @@ and the word "not" is 1/2.
 """
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -177,6 +178,20 @@ def prior_weights(items):
     cell, n_g = Counter(keys), Counter(k[0] for k in keys)
     cells_g = Counter(k[0] for k in cell)
     return np.array([n_g[k[0]] / (cells_g[k[0]] * cell[k]) for k in keys], dtype=np.float64)
+
+
+def word_presence(item):
+    """Which of an attribute question's words occur in its theory: "entity in, attribute in" etc.
+    ("other" for a question not of the form "<entity> is [not] <attribute>."). On the unprovable
+    questions (CWA failure, NAF), "entity in, attribute in" is where the words alone do not answer:
+    the theory must say them of one another (binding), and a bag-of-words model fails there."""
+    m = re.fullmatch(r"(.+?) is (?:not )?(\w+)\.", item["question"].strip())
+    if not m:
+        return "other"
+    text = " ".join(item["statements"])
+    ent = re.search(r"\b" + re.escape(m.group(1)) + r"\b", text, re.IGNORECASE) is not None
+    att = re.search(r"\b" + re.escape(m.group(2)) + r"\b", text) is not None
+    return f"entity {'in' if ent else 'absent'}, attribute {'in' if att else 'absent'}"
 
 
 def question_starts(offsets, chars):
@@ -406,4 +421,6 @@ class PromptTask:
             for d in sorted({it["depth"] for it in its})
         }
         res["by_group"] = {str(g): acc([it["group"] == g for it in its]) for g in sorted({it["group"] for it in its})}
+        words = [word_presence(it) if it["strategy"] in ("random", "inv-random") else None for it in its]
+        res["unprovable_by_words"] = {k: acc([w == k for w in words]) for k in sorted({w for w in words if w})}
         return res
