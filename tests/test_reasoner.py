@@ -131,7 +131,7 @@ def test_packed_run_and_resume_check(trained, tmp_path):
     written without packing does not resume with it (the batches differ)."""
     d, _ = trained
     args = ["--data-dir", str(d / "data"), "--out-dir", str(tmp_path / "p"), *SMALL, "--pack", "1"]
-    res = fp.main([*args, "--lm-question", "1", "--decay-steps", "4"])
+    res = fp.main([*args, "--lm-question", "1", "--decay-steps", "4", "--binding-weight", "2"])
     assert res["steps"] == 12 and 0 <= res["test"]["accuracy"] <= 1
     assert json.loads((tmp_path / "p" / "config.json").read_text())["pack"] == 1
     with pytest.raises(MechprobeError, match=r"PACK 1 -> 0"):
@@ -325,3 +325,18 @@ def test_word_presence_by_hand():
         "entity absent, attribute absent",
         "other",
     ]
+
+
+def test_binding_weight_by_hand():
+    """BINDING_WEIGHT multiplies the loss weight of the unprovable questions whose words both occur."""
+    st = ["The dog is round.", "Anne is red."]
+    items = [
+        {"statements": st, "question": "Anne is round.", "strategy": "random", "group": 2, "answer": "False"},
+        {"statements": st, "question": "Anne is not round.", "strategy": "inv-random", "group": 2, "answer": "True"},
+        {"statements": st, "question": "Bob is round.", "strategy": "random", "group": 2, "answer": "False"},
+        {"statements": st, "question": "Anne is red.", "strategy": "proof", "group": 2, "answer": "True"},
+    ]
+    assert rs.loss_weights(items) is None
+    np.testing.assert_allclose(rs.loss_weights(items, binding_weight=3.0).numpy(), [3, 3, 1, 1])
+    prior = rs.prior_weights(items)
+    np.testing.assert_allclose(rs.loss_weights(items, True, 2.0).numpy(), prior * [2, 2, 1, 1], rtol=1e-6)

@@ -60,6 +60,7 @@ class ReasonerSettings:
     prior_balance: int = 0
     pack: int = 0
     lm_question: int = 0
+    binding_weight: float = 1.0
     seed: int = 0
     autocast: str = "auto"
     device: str = "auto"
@@ -90,6 +91,7 @@ RESUME_KEYS = (
     "prior_balance",
     "pack",
     "lm_question",
+    "binding_weight",
     "seed",
     "autocast",
 )
@@ -106,6 +108,7 @@ ADDED = {
     "decay_steps": 0,
     "pack": 0,
     "lm_question": 0,
+    "binding_weight": 1.0,
 }
 
 
@@ -148,6 +151,7 @@ def _task(a, tok, splits):
         prior_balance=a.prior_balance,
         pack=bool(a.pack),
         lm_question=bool(a.lm_question),
+        binding_weight=a.binding_weight,
     )
 
 
@@ -274,6 +278,12 @@ def _phase_args(p):
         choices=[0, 1],
         help="1: batches of whole theories, each theory's questions packed into one row that holds its statements "
         "once (the same losses as the prompts run apart, at a fraction of the tokens); 0: questions drawn apart",
+    )
+    p.add_argument(
+        "--binding-weight",
+        type=nonneg_float,
+        help="loss weight of the unprovable questions whose entity and attribute both occur in the theory "
+        "(the words alone do not answer them; 1: as the others)",
     )
     p.add_argument(
         "--lm-question",

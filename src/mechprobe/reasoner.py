@@ -180,6 +180,20 @@ def prior_weights(items):
     return np.array([n_g[k[0]] / (cells_g[k[0]] * cell[k]) for k in keys], dtype=np.float64)
 
 
+def loss_weights(items, prior_balance=False, binding_weight=1.0):
+    """Per-question loss weights (N,) float32, or None when all are 1: prior_weights with
+    prior_balance, times binding_weight for the unprovable questions (CWA failure, NAF) whose entity
+    and attribute both occur in the theory (word_presence: where the words alone do not answer)."""
+    if not prior_balance and binding_weight == 1.0:
+        return None
+    w = prior_weights(items) if prior_balance else np.ones(len(items))
+    hard = [
+        it["strategy"] in ("random", "inv-random") and word_presence(it) == "entity in, attribute in" for it in items
+    ]
+    w = w * np.where(hard, binding_weight, 1.0)
+    return torch.from_numpy(w).float()
+
+
 def word_presence(item):
     """Which of an attribute question's words occur in its theory: "entity in, attribute in" etc.
     ("other" for a question not of the form "<entity> is [not] <attribute>."). On the unprovable
@@ -234,11 +248,12 @@ class PromptTask:
         prior_balance=0,
         pack=False,
         lm_question=False,
+        binding_weight=1.0,
     ):
         self.tok, self.batch_size, self.seed, self.curriculum, self.pack = tok, batch_size, seed, curriculum, pack
         self.lm_question = lm_question
         self.stage_steps, self.positive_steps = stage_steps, positive_steps
-        self.weights = torch.from_numpy(prior_weights(splits["train"])).float() if prior_balance else None
+        self.weights = loss_weights(splits["train"], prior_balance, binding_weight)
         train_groups = np.array([it["group"] for it in splits["train"]])
         self.groups = sorted(set(train_groups.tolist()))
         self.pools = {g: train_groups <= g for g in self.groups}  # theories of <= g statements
