@@ -47,8 +47,8 @@ def main():
             for idx in batches[b0 : b0 + BLOCK]:
                 trainers[p].train_step(*tasks[p].batch(idx), use_bf16=bf16)
             spent[p] += time.perf_counter() - t
-    rows = [sum(len(tasks[True].ids["train"][int(i)]) for i in b) for b in batches[1:]]
-    print(f"{STEPS} steps of 64 questions, {sum(rows) / STEPS:.0f} prompt tokens per step, bf16 autocast: {bf16}")
+    tokens = [sum(len(tasks[True].ids["train"][int(i)]) for i in b) for b in batches[1:]]
+    print(f"{STEPS} steps of 64 questions, {sum(tokens) / STEPS:.0f} prompt tokens per step, bf16 autocast: {bf16}")
     pad, packed = spent[False] / STEPS, spent[True] / STEPS
     print(f"padded_s_per_step={pad:.3f} packed_s_per_step={packed:.3f} speedup={pad / packed:.2f}")
 

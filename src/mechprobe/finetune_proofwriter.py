@@ -216,6 +216,11 @@ def parser():
     return p
 
 
+def _switch(p, flag, help):
+    """A 0/1 option."""
+    p.add_argument(flag, type=int, choices=[0, 1], help=help)
+
+
 def _data_and_model_args(p):
     p.add_argument("--depth", type=nonneg_int, help=f"questions of depth 0..DEPTH (at most {rs.MAX_DEPTH})")
     p.add_argument("--sizes", type=positive_int, nargs=3, metavar=("TRAIN", "DEV", "TEST"), help="theories per split")
@@ -224,11 +229,10 @@ def _data_and_model_args(p):
     p.add_argument("--layers", type=positive_int)
     p.add_argument("--hidden", type=positive_int)
     p.add_argument("--heads", type=positive_int)
-    p.add_argument(
+    _switch(
+        p,
         "--balanced",
-        type=int,
-        choices=[0, 1],
-        help="1: as many questions of each kind per theory (no size or 'not' shortcut; a new DATA_DIR)",
+        "1: as many questions of each kind per theory (no size or 'not' shortcut; a new DATA_DIR)",
     )
 
 
@@ -266,17 +270,15 @@ def _phase_args(p):
         help="first steps trained on the questions without 'not' only (whether the statement holds is learnt "
         "before its negation; 0: none)",
     )
-    p.add_argument(
+    _switch(
+        p,
         "--prior-balance",
-        type=int,
-        choices=[0, 1],
-        help="1: weight each question's loss so that the answer's prior given the theory's size and 'not' is 1/2",
+        "1: weight each question's loss so that the answer's prior given the theory's size and 'not' is 1/2",
     )
-    p.add_argument(
+    _switch(
+        p,
         "--pack",
-        type=int,
-        choices=[0, 1],
-        help="1: batches of whole theories, each theory's questions packed into one row that holds its statements "
+        "1: batches of whole theories, each theory's questions packed into one row that holds its statements "
         "once (the same losses as the prompts run apart, at a fraction of the tokens); 0: questions drawn apart",
     )
     p.add_argument(
@@ -285,11 +287,10 @@ def _phase_args(p):
         help="loss weight of the unprovable questions whose entity and attribute both occur in the theory "
         "(the words alone do not answer them; 1: as the others)",
     )
-    p.add_argument(
+    _switch(
+        p,
         "--lm-question",
-        type=int,
-        choices=[0, 1],
-        help="1: the next-token loss on the question's tokens only (with --pack 1), not on the statements",
+        "1: the next-token loss on the question's tokens only (with --pack 1), not on the statements",
     )
     p.add_argument(
         "--lm-weight",

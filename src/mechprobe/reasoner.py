@@ -349,23 +349,26 @@ class PromptTask:
             pool, n = self.pool(step), j - i
             bs = min(self.batch_size, len(pool))
             rng = np.random.default_rng([self.seed, step])
-            if self.pack:  # whole theories of the pool (as many passes over it as needed), in length buckets
-                passes = [self._order(pool, rng, chunk=1) for _ in range(-(-n * bs // len(pool)))]
-                draw = np.concatenate(passes)[: n * bs]  # whole theories in a seeded order, then sorted
-                draw = self._order(draw, rng, chunk=len(draw))
-                for b, o in enumerate(rng.permutation(n)):
-                    batches[i + b] = torch.from_numpy(draw[o * bs : (o + 1) * bs])
-                i = j
-                continue
-            if n * bs <= len(pool):
-                draw = rng.choice(pool, n * bs, replace=False)
-            else:  # a small pool (the smallest theories): each batch drawn apart
-                draw = np.concatenate([rng.choice(pool, bs, replace=False) for _ in range(n)])
-            draw = draw[np.argsort(self.lengths[draw], kind="stable")]
+            draw = self._draw(pool, n * bs, rng)
             for b, o in enumerate(rng.permutation(n)):
                 batches[i + b] = torch.from_numpy(draw[o * bs : (o + 1) * bs])
             i = j
         return batches
+
+    def _draw(self, pool, m, rng):
+        """m questions of the pool (seeded), sorted by prompt length: with `pack`, whole theories in a
+        seeded order (as many passes over the pool as needed); else drawn without replacement (a
+        small pool: batches of batch_size drawn apart)."""
+        if self.pack:
+            passes = [self._order(pool, rng, chunk=1) for _ in range(-(-m // len(pool)))]
+            draw = np.concatenate(passes)[:m]
+            return self._order(draw, rng, chunk=len(draw))  # theory by theory, by length
+        if m <= len(pool):
+            draw = rng.choice(pool, m, replace=False)
+        else:  # a small pool (the smallest theories): each batch drawn apart
+            bs = min(self.batch_size, len(pool))
+            draw = np.concatenate([rng.choice(pool, bs, replace=False) for _ in range(m // bs)])
+        return draw[np.argsort(self.lengths[draw], kind="stable")]
 
     def pad(self, split, idx):
         """(ids, mask) of the questions `idx` right-padded; with `pack`, (PackedPrompts, None): a row per theory."""
@@ -396,11 +399,12 @@ class PromptTask:
         model.eval()
         dev = next(model.parameters()).device
         lengths, th = np.array([len(x) for x in self.ids[split]]), self.theory[split]
-        order = np.argsort(lengths, kind="stable")
         if self.pack:  # theories by length, a theory's questions together
             longest = np.zeros(th.max() + 1, dtype=np.int64)
             np.maximum.at(longest, th, lengths)
             order = np.lexsort((th, longest[th]))
+        else:
+            order = np.argsort(lengths, kind="stable")
         pred = np.empty(len(order), dtype=int)
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
