@@ -102,3 +102,55 @@ def test_next_token_loss_from_a_given_token_by_hand():
         -F.log_softmax(full[i, t], -1)[s[t + 1]] for i, s in enumerate(SEQS) for t in range(lm_from[i] - 1, len(s) - 1)
     ]
     assert p.lm_loss(z).item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+
+
+def test_recall_segment_by_hand_and_against_the_tokens_run_apart():
+    """A recall segment after A's questions sees A's first V tokens and itself, at positions V..; its
+    loss is the next-token loss of prefix[:V] + segment run alone; the prompts' logits do not change."""
+    model = tiny_llama(vocab_size=20)
+    seg, V = [17, 18, 19, 17], 4
+    plain, p = pack(SEQS, KEYS, pad_id=0), pack(SEQS, KEYS, pad_id=0, recall={"A": (seg, V)})
+    assert p.ids[0, 19:23].tolist() == seg and p.positions[0, 19:23].tolist() == [4, 5, 6, 7]
+    assert p.recall_tgt.tolist() == seg[1:] and p.recall_src.tolist() == [19, 20, 21]
+    seen = p.mask[0, 0] == 0
+    assert seen[21].nonzero().flatten().tolist() == [0, 1, 2, 3, 19, 20, 21]
+    assert plain.recall_src is None and plain.recall_loss(None) is None
+    with torch.no_grad():
+        z = p.logits(model)
+        T = p.ids.shape[1]
+        torch.testing.assert_close(z[p.last], plain.logits(model)[plain.last].to(z.dtype), atol=1e-5, rtol=1e-5)
+        alone = model(input_ids=torch.tensor([A[:V] + seg])).logits[0]
+        terms = [-F.log_softmax(alone[V + t], -1)[seg[t + 1]] for t in range(len(seg) - 1)]
+        assert p.recall_loss(z).item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
+        assert p.last[[0, 1, 3, 4]].max() < 19 and p.last[2] == T + 4  # the recall segment is no prompt
+    answers = torch.tensor([3, 4, 5, 6, 7])
+    base = Trainer(tiny_llama(vocab_size=20), 0.0, 0.0, 1, 10, "cpu").train_step(plain, None, answers, False)
+    tr = Trainer(tiny_llama(vocab_size=20), 0.0, 0.0, 1, 10, "cpu", recall_weight=0.5)
+    assert tr.train_step(p, None, answers, False) == pytest.approx(base + 0.5 * p.recall_loss(z).item(), rel=1e-5)
+    with pytest.raises(ValueError, match=r"recall segment of 'A' sees 7 tokens: expected 1..6"):
+        pack(SEQS, KEYS, pad_id=0, recall={"A": (seg, 7)})
+
+
+def test_recall_segments_restate_the_theorys_facts(tmp_path):
+    from mechprobe import reasoner as rs
+    from mechprobe.proofwriter_gen import generate
+
+    generate(tmp_path, 1, (12, 3, 3), (2, 4, 8), 0, 6)
+    files = rs.split_files(tmp_path, {"depth": 1})
+    splits = {s: rs.read_questions(f) for s, f in files.items()}
+    tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
+    task = rs.PromptTask(tok, splits, 12, 0, pack=True, recall=True)
+    batch = task.epoch_batches(0)[0]
+    p, _ = task.pad("train", batch)
+    T, th = p.ids.shape[1], task.theory["train"][batch.numpy()]
+    for r, t in enumerate(dict.fromkeys(th.tolist())):
+        it = splits["train"][int(batch[th.tolist().index(t)])]
+        facts = it["statements"][: it["facts"]]
+        assert 0 < it["facts"] <= len(it["statements"]) and all(not f.startswith("If ") for f in facts)
+        left, c = [tok(f, add_special_tokens=False)["input_ids"] for f in facts], 0
+        seg = p.ids[r, p.recall_src[p.recall_src // T == r][0] % T :][: sum(map(len, left))]
+        while left:  # the segment is the facts' tokens, one fact after another, each fact once
+            k = next(k for k, f in enumerate(left) if seg[c : c + len(f)].tolist() == f)
+            c += len(left.pop(k))
+        assert c == len(seg)
+    assert task.pad("val", np.arange(4))[0].recall_src is None  # no recall in evaluation

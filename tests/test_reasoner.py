@@ -123,15 +123,17 @@ def test_bad_configuration(tmp_path, trained):
         )
     with pytest.raises(MechprobeError, match="LM_QUESTION=1 needs PACK=1"):
         fp.main(["--data-dir", str(tmp_path / "x"), "--out-dir", str(tmp_path / "r"), *SMALL, "--lm-question", "1"])
+    with pytest.raises(MechprobeError, match="RECALL=0.5 needs PACK=1"):
+        fp.main(["--data-dir", str(tmp_path / "x"), "--out-dir", str(tmp_path / "r"), *SMALL, "--recall", "0.5"])
     assert not (tmp_path / "x").exists()
 
 
 def test_packed_run_and_resume_check(trained, tmp_path):
-    """PACK=1 with the question-only next-token loss trains and writes its results; a checkpoint
+    """PACK=1 with the question-only next-token loss and recall segments trains and writes its results; a checkpoint
     written without packing does not resume with it (the batches differ)."""
     d, _ = trained
     args = ["--data-dir", str(d / "data"), "--out-dir", str(tmp_path / "p"), *SMALL, "--pack", "1"]
-    res = fp.main([*args, "--lm-question", "1", "--decay-steps", "4", "--binding-weight", "2"])
+    res = fp.main([*args, "--lm-question", "1", "--decay-steps", "4", "--binding-weight", "2", "--recall", "1"])
     assert res["steps"] == 12 and 0 <= res["test"]["accuracy"] <= 1
     assert json.loads((tmp_path / "p" / "config.json").read_text())["pack"] == 1
     with pytest.raises(MechprobeError, match=r"PACK 1 -> 0"):

@@ -61,6 +61,7 @@ class ReasonerSettings:
     pack: int = 0
     lm_question: int = 0
     binding_weight: float = 1.0
+    recall: float = 0.0
     seed: int = 0
     autocast: str = "auto"
     device: str = "auto"
@@ -92,6 +93,7 @@ RESUME_KEYS = (
     "pack",
     "lm_question",
     "binding_weight",
+    "recall",
     "seed",
     "autocast",
 )
@@ -109,6 +111,7 @@ ADDED = {
     "pack": 0,
     "lm_question": 0,
     "binding_weight": 1.0,
+    "recall": 0.0,
 }
 
 
@@ -152,6 +155,7 @@ def _task(a, tok, splits):
         pack=bool(a.pack),
         lm_question=bool(a.lm_question),
         binding_weight=a.binding_weight,
+        recall=a.recall > 0,
     )
 
 
@@ -171,7 +175,7 @@ def train(a):
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(a, k)) for k in RESUME_KEYS)}
     ckpt = out / "checkpoint.pt"
     resume = load_checkpoint(ckpt, settings, dev, ADDED) if ckpt.exists() and not a.restart else None
-    tr = Trainer(model, a.lr, a.weight_decay, a.warmup, a.max_steps, dev, a.lm_weight, a.decay_steps)
+    tr = Trainer(model, a.lr, a.weight_decay, a.warmup, a.max_steps, dev, a.lm_weight, a.decay_steps, a.recall)
     use_bf16 = a.autocast == "bf16" or (a.autocast == "auto" and bf16_fast(dev))
     with run_folder(out, outputs=("results.json", "config.json", "curves.png")):
         write_config(
@@ -254,7 +258,7 @@ def _schedule_args(p):
 
 
 def _phase_args(p):
-    """The curriculum, staged and positive phases, loss weights, packing."""
+    """The curriculum, staged and positive phases, packing."""
     p.add_argument(
         "--curriculum", type=nonneg_int, help="epochs that go through the prompts from the shortest to the longest"
     )
@@ -281,6 +285,11 @@ def _phase_args(p):
         "1: batches of whole theories, each theory's questions packed into one row that holds its statements "
         "once (the same losses as the prompts run apart, at a fraction of the tokens); 0: questions drawn apart",
     )
+    _loss_args(p)
+
+
+def _loss_args(p):
+    """The auxiliary losses and the loss weights."""
     p.add_argument(
         "--binding-weight",
         type=nonneg_float,
@@ -297,6 +306,13 @@ def _phase_args(p):
         type=nonneg_float,
         help="weight of the auxiliary next-token loss on the prompt's tokens (0: the answer's loss only)",
     )
+    p.add_argument(
+        "--recall",
+        type=nonneg_float,
+        help="weight of a next-token loss on each packed row's recall segment: the theory's facts restated in "
+        "another order after its statements, so that 'Bob is' must be completed from what the statements say "
+        "of Bob (with --pack 1; 0: none)",
+    )
 
 
 def main(argv=None):
@@ -307,6 +323,8 @@ def main(argv=None):
         raise MechprobeError(
             "LM_QUESTION=1 needs PACK=1 (the question-only next-token loss is computed on packed rows)"
         )
+    if a.recall and not a.pack:
+        raise MechprobeError(f"RECALL={a.recall:g} needs PACK=1 (the recall segments are packed after the statements)")
     return train(a)
 
 

@@ -11,6 +11,11 @@ tokens of s_i only. Each query then sees exactly the keys, and the rotary positi
 its own prompt: logits equal the unpacked ones (tests/test_packing.py checks this against
 `models.last_logits` and a padded batch), at a fraction of the tokens (a theory of ~74 statement
 tokens with 8 questions of ~9: 146 tokens instead of 664).
+
+A row may end with a recall segment r (e.g. the theory's facts restated in another order) that sees
+the row's first V tokens (the statements) and itself, at positions V..V+|r|-1: its next-token pairs
+(recall_src, recall_tgt) train retrieving what the statements bind together ("Bob is" -> Bob's
+attributes), an auxiliary loss that no prompt's answer or logits depend on.
 """
 
 from dataclasses import dataclass
@@ -33,9 +38,16 @@ class PackedPrompts:
     last: torch.Tensor
     lm_src: torch.Tensor
     lm_tgt: torch.Tensor
+    recall_src: torch.Tensor = None
+    recall_tgt: torch.Tensor = None
 
     def to(self, dev):
-        return PackedPrompts(*(getattr(self, f).to(dev) for f in self.__dataclass_fields__))
+        return PackedPrompts(
+            *(
+                getattr(self, f) if getattr(self, f) is None else getattr(self, f).to(dev)
+                for f in self.__dataclass_fields__
+            )
+        )
 
     def logits(self, model):
         """Logits (R * T, V) of every packed position."""
@@ -45,6 +57,12 @@ class PackedPrompts:
     def lm_loss(self, z):
         """Mean next-token cross-entropy over the prompts' own tokens, as for the prompts run apart."""
         return F.cross_entropy(z[self.lm_src].float(), self.lm_tgt)
+
+    def recall_loss(self, z):
+        """Mean next-token cross-entropy over the recall segments' tokens (None without any)."""
+        if self.recall_src is None or not len(self.recall_src):
+            return None
+        return F.cross_entropy(z[self.recall_src].float(), self.recall_tgt)
 
 
 def common_prefix(seqs):
@@ -68,17 +86,24 @@ def _layout(seqs, keys):
     return [(common_prefix([seqs[i] for i in idx]), idx) for idx in rows.values()]
 
 
-def pack(seqs, keys, pad_id, lm_from=None):
+def pack(seqs, keys, pad_id, lm_from=None, recall=None):
     """Pack token lists `seqs` (prompts with the same key share a prefix; one row per key).
     lm_from: per prompt, the first token its next-token loss predicts (default 1: every token but
-    the first; e.g. the question's first token, for a loss on the question alone)."""
+    the first; e.g. the question's first token, for a loss on the question alone).
+    recall: {key: (tokens, V)}: a recall segment at the end of that key's row, seeing its first V
+    tokens (V <= the row's shared prefix) and itself."""
     layout = _layout(seqs, keys)
-    lengths = [P + sum(len(seqs[i]) - P for i in idx) for P, idx in layout]
+    recall = recall or {}
+    tails = [recall.get(keys[idx[0]], ((), 0)) for _, idx in layout]
+    for (P, idx), (r, V) in zip(layout, tails):
+        if len(r) and not 0 < V <= P:
+            raise ValueError(f"recall segment of {keys[idx[0]]!r} sees {V} tokens: expected 1..{P} (the shared prefix)")
+    lengths = [P + sum(len(seqs[i]) - P for i in idx) + len(r) for (P, idx), (r, _) in zip(layout, tails)]
     R, T = len(layout), max(lengths)
     ids = np.full((R, T), pad_id, dtype=np.int64)
     pos = np.zeros((R, T), dtype=np.int64)
     allow = np.zeros((R, T, T), dtype=bool)
-    last, src, tgt = np.zeros(len(seqs), dtype=np.int64), [], []
+    last, src, tgt, rsrc, rtgt = np.zeros(len(seqs), dtype=np.int64), [], [], [], []
     for r, (P, idx) in enumerate(layout):
         head = seqs[idx[0]][:P]
         ids[r, :P], pos[r, :P] = head, np.arange(P)
@@ -96,6 +121,7 @@ def pack(seqs, keys, pad_id, lm_from=None):
             tgt.append(np.asarray(seqs[i][f:], dtype=np.int64))
             last[i] = r * T + c + n - 1
             c += n
+        _recall_segment(ids, pos, allow, r, c, *tails[r], rsrc, rtgt)
     for r, n in enumerate(lengths):  # padding sees itself only (no empty softmax row)
         allow[r, np.arange(n, T), np.arange(n, T)] = True
     mask = torch.zeros((R, 1, T, T), dtype=torch.float32)
@@ -107,4 +133,20 @@ def pack(seqs, keys, pad_id, lm_from=None):
         torch.from_numpy(last),
         torch.from_numpy(np.concatenate(src)),
         torch.from_numpy(np.concatenate(tgt)),
+        torch.from_numpy(np.concatenate(rsrc)) if rsrc else None,
+        torch.from_numpy(np.concatenate(rtgt)) if rtgt else None,
     )
+
+
+def _recall_segment(ids, pos, allow, r, c, seg, V, src, tgt):
+    """Write recall tokens `seg` into row r from column c: they see the row's first V tokens and
+    themselves (causally), at positions V..; their next-token pairs go to src / tgt."""
+    n = len(seg)
+    if n < 2:
+        return
+    T = ids.shape[1]
+    ids[r, c : c + n], pos[r, c : c + n] = seg, np.arange(V, V + n)
+    allow[r, c : c + n, :V] = True
+    allow[r, c : c + n, c : c + n] = np.tril(np.ones((n, n), dtype=bool))
+    src.append(r * T + np.arange(c, c + n - 1))
+    tgt.append(np.asarray(seg[1:], dtype=np.int64))

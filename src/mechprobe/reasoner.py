@@ -133,7 +133,8 @@ def split_files(folder, cfg):
 
 def read_questions(path):
     """Every question of a meta-*.jsonl (all kinds), as items: statements, question, answer word,
-    depth (QDep), strategy, group (number of statements), id."""
+    depth (QDep), strategy, group (number of statements), facts (the statements' first `facts` are the
+    theory's facts, the rest its rules), id."""
     from .proofwriter import _theory_problem, theory_statements
 
     items = []
@@ -141,7 +142,8 @@ def read_questions(path):
         problem = _theory_problem(th)
         if problem:
             raise MechprobeError(f"{path}:{line}: {problem}")
-        _, texts = theory_statements(th)
+        sids, texts = theory_statements(th)
+        n_facts = sum(i in th.get("triples", {}) for i in sids)
         for qid, q in th["questions"].items():
             if not isinstance(q, dict) or q.get("answer") not in (True, False):
                 raise MechprobeError(f"{path}:{line}: question {qid}: expected an object with a true/false answer")
@@ -154,6 +156,7 @@ def read_questions(path):
                     "depth": int(q.get("QDep") or 0),
                     "strategy": q.get("strategy", "?"),
                     "group": len(texts),
+                    "facts": n_facts,
                 }
             )
     if not items:
@@ -220,6 +223,22 @@ def theory_index(items):
     return np.array([seen.setdefault(tuple(it["statements"]), len(seen)) for it in items], dtype=np.int64)
 
 
+def fact_tokens(tok, items):
+    """Token ids of each theory's facts, by theory_index: [[ids of fact 1], [ids of fact 2], ...]."""
+    first = {}
+    for t, it in zip(theory_index(items), items):
+        first.setdefault(int(t), it)
+    if any("facts" not in it for it in first.values()):
+        raise MechprobeError("the questions do not say which statements are facts (read them with read_questions)")
+    facts = [first[t]["statements"][: first[t]["facts"]] for t in range(len(first))]
+    flat = tok([f for fs in facts for f in fs], add_special_tokens=False)["input_ids"] if any(facts) else []
+    out, c = [], 0
+    for fs in facts:
+        out.append(flat[c : c + len(fs)])
+        c += len(fs)
+    return out
+
+
 def build_tokenizer(items):
     from .tiny import word_tokenizer
 
@@ -249,9 +268,11 @@ class PromptTask:
         pack=False,
         lm_question=False,
         binding_weight=1.0,
+        recall=False,
     ):
         self.tok, self.batch_size, self.seed, self.curriculum, self.pack = tok, batch_size, seed, curriculum, pack
         self.lm_question = lm_question
+        self.facts = fact_tokens(tok, splits["train"]) if recall else None
         self.stage_steps, self.positive_steps = stage_steps, positive_steps
         self.weights = loss_weights(splits["train"], prior_balance, binding_weight)
         train_groups = np.array([it["group"] for it in splits["train"]])
@@ -380,8 +401,22 @@ class PromptTask:
 
             idx = np.asarray(idx, dtype=np.int64)
             lm_from = self.qstart[split][idx] if self.lm_question else None
-            return pack(seqs, self.theory[split][idx].tolist(), self.tok.pad_token_id, lm_from), None
+            keys = self.theory[split][idx].tolist()
+            recall = self._recall(idx, keys) if self.facts is not None and split == "train" else None
+            return pack(seqs, keys, self.tok.pad_token_id, lm_from, recall), None
         return pad_batch(seqs, self.tok.pad_token_id)
+
+    def _recall(self, idx, keys):
+        """{theory: (its facts restated in a seeded order, its statements' length)}: the recall
+        segments of a packed training batch (the order seeded by the theory and the batch's first
+        question, so that a resumed run packs the same rows)."""
+        out = {}
+        for i, k in zip(idx.tolist(), keys):
+            if k not in out:
+                facts = self.facts[k]
+                order = np.random.default_rng([self.seed, k, int(idx[0])]).permutation(len(facts))
+                out[k] = ([t for o in order for t in facts[o]], int(self.qstart["train"][i]))
+        return out
 
     def batch(self, idx):
         """(ids, mask, answer token ids), and the questions' loss weights with prior_balance; with

@@ -107,10 +107,13 @@ class Trainer:
     mask), the mean next-token cross-entropy over the prompt's own tokens is added:
         L += lm_weight * mean_{t < last} -log softmax(z_t)[x_{t+1}]
     (an auxiliary loss: copying a statement's words into the question is what a reasoner's
-    attention needs to learn, matching the question with the statements)."""
+    attention needs to learn, matching the question with the statements). With recall_weight > 0 and
+    packed prompts that carry recall segments, their mean next-token cross-entropy is added too:
+        L += recall_weight * mean_{recall tokens} -log softmax(z_t)[x_{t+1}]."""
 
-    def __init__(self, model, lr, weight_decay, warmup, total, dev, lm_weight=0.0, decay=0):
+    def __init__(self, model, lr, weight_decay, warmup, total, dev, lm_weight=0.0, decay=0, recall_weight=0.0):
         self.model, self.total, self.dev, self.lm_weight = model, total, dev, lm_weight
+        self.recall_weight = recall_weight
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
@@ -159,6 +162,9 @@ class Trainer:
                 logits = last_logits(self.model, ids, mask)  # (B, V)
         loss = F.cross_entropy(logits.float(), answers, reduction="none")  # (B,)
         loss = loss.mean() if weights is None else (loss * weights.to(loss.device)).sum() / weights.sum()
+        recall = ids.recall_loss(z) if packed and self.recall_weight else None
+        if recall is not None:
+            loss = loss + self.recall_weight * recall
         if aux and packed:
             loss = loss + self.lm_weight * ids.lm_loss(z)
         elif aux:
