@@ -122,9 +122,33 @@ def test_bad_configuration(tmp_path, trained):
             ["--data-dir", str(tmp_path / "x"), "--out-dir", str(tmp_path / "r"), *SMALL[:5], "4", "80", *SMALL[7:]]
         )
     with pytest.raises(MechprobeError, match="LM_QUESTION=1 needs PACK=1"):
-        fp.main(["--data-dir", str(tmp_path / "x"), "--out-dir", str(tmp_path / "r"), *SMALL, "--lm-question", "1"])
-    with pytest.raises(MechprobeError, match="RECALL=0.5 needs PACK=1"):
-        fp.main(["--data-dir", str(tmp_path / "x"), "--out-dir", str(tmp_path / "r"), *SMALL, "--recall", "0.5"])
+        fp.main(
+            [
+                "--data-dir",
+                str(tmp_path / "x"),
+                "--out-dir",
+                str(tmp_path / "r"),
+                *SMALL,
+                "--pack",
+                "0",
+                "--lm-question",
+                "1",
+            ]
+        )
+    with pytest.raises(MechprobeError, match="RECALL=0.5 needs PACK=1 .*; with PACK=0 set RECALL=0"):
+        fp.main(
+            [
+                "--data-dir",
+                str(tmp_path / "x"),
+                "--out-dir",
+                str(tmp_path / "r"),
+                *SMALL,
+                "--pack",
+                "0",
+                "--recall",
+                "0.5",
+            ]
+        )
     assert not (tmp_path / "x").exists()
 
 
@@ -137,7 +161,7 @@ def test_packed_run_and_resume_check(trained, tmp_path):
     assert res["steps"] == 12 and 0 <= res["test"]["accuracy"] <= 1
     assert json.loads((tmp_path / "p" / "config.json").read_text())["pack"] == 1
     with pytest.raises(MechprobeError, match=r"PACK 1 -> 0"):
-        fp.main([*args[:-1], "0", "--decay-steps", "4"])
+        fp.main([*args[:-1], "0", "--decay-steps", "4", "--recall", "0"])
 
 
 def test_balanced_draw_leaves_no_size_or_negation_shortcut(tmp_path):

@@ -47,21 +47,21 @@ class ReasonerSettings:
     lr: float = 5e-4
     weight_decay: float = 1e-2
     batch_size: int = 64
-    max_steps: int = 2200
+    max_steps: int = 5000
     warmup: int = 100
     decay_steps: int = 0
-    eval_every: int = 250
+    eval_every: int = 500
     target_acc: float = 0.0
     curriculum: int = 1
     stage_steps: int = 0
-    positive_steps: int = 1100
+    positive_steps: int = 1400
     lm_weight: float = 1.0
     balanced: int = 0
     prior_balance: int = 0
-    pack: int = 0
+    pack: int = 1
     lm_question: int = 0
     binding_weight: float = 1.0
-    recall: float = 0.0
+    recall: float = 1.0
     seed: int = 0
     autocast: str = "auto"
     device: str = "auto"
@@ -324,7 +324,10 @@ def main(argv=None):
             "LM_QUESTION=1 needs PACK=1 (the question-only next-token loss is computed on packed rows)"
         )
     if a.recall and not a.pack:
-        raise MechprobeError(f"RECALL={a.recall:g} needs PACK=1 (the recall segments are packed after the statements)")
+        raise MechprobeError(
+            f"RECALL={a.recall:g} needs PACK=1 (the recall segments are packed after the statements); "
+            "with PACK=0 set RECALL=0"
+        )
     return train(a)
 
 
