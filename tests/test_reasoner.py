@@ -366,3 +366,34 @@ def test_binding_weight_by_hand():
     np.testing.assert_allclose(rs.loss_weights(items, binding_weight=3.0).numpy(), [3, 3, 1, 1])
     prior = rs.prior_weights(items)
     np.testing.assert_allclose(rs.loss_weights(items, True, 2.0).numpy(), prior * [2, 2, 1, 1], rtol=1e-6)
+
+
+def test_lookup_accuracy_by_hand():
+    """The attribute a model predicts after "E is" in the question, against E's stated attributes."""
+    from types import SimpleNamespace
+
+    st = ["Bob is big.", "Bob is red.", "Anne is kind.", "If someone is big then they are kind."]
+    base = {"statements": st, "facts": 3, "answer": "True", "depth": 0, "strategy": "proof", "group": 4}
+    items = [
+        {**base, "id": "a", "question": "Bob is red."},
+        {**base, "id": "b", "question": "Bob is not red."},  # negated: skipped
+        {**base, "id": "c", "question": "Dave is big."},  # no stated fact of Dave: skipped
+    ]
+    tok = rs.build_tokenizer(items)
+
+    class Stub(torch.nn.Module):
+        def __init__(self, word):
+            super().__init__()
+            self.w, self.seen = torch.nn.Parameter(torch.zeros(1)), []
+            self.word = tok.convert_tokens_to_ids(word)
+
+        def forward(self, input_ids):
+            self.seen.append(tok.convert_ids_to_tokens(input_ids[0].tolist()))
+            z = torch.zeros(1, input_ids.shape[1], len(tok))
+            z[0, -1, self.word] = 1.0
+            return SimpleNamespace(logits=z)
+
+    right, wrong = Stub("red"), Stub("kind")
+    assert rs.lookup_accuracy(right, tok, items) == {"accuracy": 1.0, "n": 1, "chance": pytest.approx(2 / 3)}
+    assert rs.lookup_accuracy(wrong, tok, items)["accuracy"] == 0.0  # kind is Anne's, not Bob's
+    assert right.seen[0][-3:] == [".", "Bob", "is"]  # the prompt stops before the question's attribute

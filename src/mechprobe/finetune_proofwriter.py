@@ -122,7 +122,7 @@ def _finish(tr, task, tok, out, dev):
     save_pretrained_atomic(tr.model, tok, out / "last")
     best = load_model(out / "best", device=dev)
     res = {
-        "test": task.breakdown(best, "test"),
+        "test": {**task.breakdown(best, "test"), "lookup": rs.lookup_accuracy(best, tok, task.items["test"])},
         "test_last": task.breakdown(tr.model, "test")["accuracy"],
         "val_acc_best": tr.best,
         "steps": tr.step,

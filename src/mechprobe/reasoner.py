@@ -211,6 +211,41 @@ def word_presence(item):
     return f"entity {'in' if ent else 'absent'}, attribute {'in' if att else 'absent'}"
 
 
+FACT = re.compile(r"(.+?) is (\w+)\.")  # "Bob is big." (a CWA fact)
+ATTRIBUTE_QUESTION = re.compile(r"(.+?) is (not )?(\w+)\.")
+
+
+@torch.no_grad()
+def lookup_accuracy(model, tok, items):
+    """Does the model look up what the statements say of an entity? For each question "E is a." (no
+    "not") whose entity E has stated facts, the prompt up to the question's "is" is run and the
+    attribute word with the highest next-token logit (among the attributes that any fact of `items`
+    names) is compared with E's stated attributes S_E:
+        accuracy = mean [argmax_a z_a in S_E],   chance = mean |S_E| / |attributes in the theory|
+    (chance: a guess among the theory's attribute words). No answer is read; the lookup is the one a
+    recall segment trains and that a question's answer needs."""
+    attrs = sorted({m.group(2) for it in items for f in it["statements"][: it["facts"]] if (m := FACT.fullmatch(f))})
+    ids = torch.tensor([tok.convert_tokens_to_ids(a) for a in attrs])
+    dev = next(model.parameters()).device
+    model.eval()
+    hits, chance = [], []
+    for it in items:
+        q = ATTRIBUTE_QUESTION.fullmatch(it["question"].strip())
+        facts = [FACT.fullmatch(f) for f in it["statements"][: it["facts"]]]
+        stated = {m.group(2) for m in facts if m and q and m.group(1).lower() == q.group(1).lower()}
+        if not q or q.group(2) or not stated:
+            continue
+        text, _, (qc, _) = PromptBuilder().build(it, [])
+        prefix = tok(text[:qc] + q.group(1) + " is", return_tensors="pt")["input_ids"].to(dev)
+        z = model(input_ids=prefix).logits[0, -1, ids.to(dev)]
+        hits.append(attrs[int(z.argmax())] in stated)
+        words = " ".join(it["statements"])
+        chance.append(len(stated) / sum(re.search(rf"\b{a}\b", words) is not None for a in attrs))
+    if not hits:
+        return None
+    return {"accuracy": float(np.mean(hits)), "n": len(hits), "chance": float(np.mean(chance))}
+
+
 def question_starts(offsets, chars):
     """Index of each prompt's first question token: the first token that starts at or after the
     question's first character (offsets: each prompt's (start, end) per token; special tokens (0, 0))."""
