@@ -115,6 +115,8 @@ def test_recall_segment_by_hand_and_against_the_tokens_run_apart():
     seen = p.mask[0, 0] == 0
     assert seen[21].nonzero().flatten().tolist() == [0, 1, 2, 3, 19, 20, 21]
     assert plain.recall_src is None and plain.recall_loss(None) is None
+    one = pack(SEQS, KEYS, pad_id=0, recall={"A": ([17], V)})  # a single token predicts nothing: left out
+    assert one.recall_src is None and torch.equal(one.ids, plain.ids) and torch.equal(one.mask, plain.mask)
     with torch.no_grad():
         z = p.logits(model)
         T = p.ids.shape[1]

@@ -115,40 +115,15 @@ def test_bad_configuration(tmp_path, trained):
         MechprobeError, match=r"holds data of another configuration \(DEPTH 1 \(folder\) vs 2 \(asked\)"
     ):
         fp.main(["--data-dir", str(d / "data"), "--out-dir", str(tmp_path / "r"), *SMALL, "--depth", "2"])
+    folders = ["--data-dir", str(tmp_path / "x"), "--out-dir", str(tmp_path / "r")]
     with pytest.raises(MechprobeError, match="DEPTH=7: expected a question depth between 0 and 5"):
-        fp.main(["--data-dir", str(tmp_path / "x"), "--out-dir", str(tmp_path / "r"), *SMALL, "--depth", "7"])
+        fp.main([*folders, *SMALL, "--depth", "7"])
     with pytest.raises(MechprobeError, match="GROUPS=4 80: expected numbers of statements between 1 and 40"):
-        fp.main(
-            ["--data-dir", str(tmp_path / "x"), "--out-dir", str(tmp_path / "r"), *SMALL[:5], "4", "80", *SMALL[7:]]
-        )
+        fp.main([*folders, *SMALL[:5], "4", "80", *SMALL[7:]])
     with pytest.raises(MechprobeError, match="LM_QUESTION=1 needs PACK=1"):
-        fp.main(
-            [
-                "--data-dir",
-                str(tmp_path / "x"),
-                "--out-dir",
-                str(tmp_path / "r"),
-                *SMALL,
-                "--pack",
-                "0",
-                "--lm-question",
-                "1",
-            ]
-        )
+        fp.main([*folders, *SMALL, "--pack", "0", "--lm-question", "1"])
     with pytest.raises(MechprobeError, match="RECALL=0.5 needs PACK=1 .*; with PACK=0 set RECALL=0"):
-        fp.main(
-            [
-                "--data-dir",
-                str(tmp_path / "x"),
-                "--out-dir",
-                str(tmp_path / "r"),
-                *SMALL,
-                "--pack",
-                "0",
-                "--recall",
-                "0.5",
-            ]
-        )
+        fp.main([*folders, *SMALL, "--pack", "0", "--recall", "0.5"])
     assert not (tmp_path / "x").exists()
 
 

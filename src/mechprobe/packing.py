@@ -42,12 +42,8 @@ class PackedPrompts:
     recall_tgt: torch.Tensor = None
 
     def to(self, dev):
-        return PackedPrompts(
-            *(
-                getattr(self, f) if getattr(self, f) is None else getattr(self, f).to(dev)
-                for f in self.__dataclass_fields__
-            )
-        )
+        fields = (getattr(self, f) for f in self.__dataclass_fields__)
+        return PackedPrompts(*(None if x is None else x.to(dev) for x in fields))
 
     def logits(self, model):
         """Logits (R * T, V) of every packed position."""
@@ -60,7 +56,7 @@ class PackedPrompts:
 
     def recall_loss(self, z):
         """Mean next-token cross-entropy over the recall segments' tokens (None without any)."""
-        if self.recall_src is None or not len(self.recall_src):
+        if self.recall_src is None:
             return None
         return F.cross_entropy(z[self.recall_src].float(), self.recall_tgt)
 
@@ -91,13 +87,10 @@ def pack(seqs, keys, pad_id, lm_from=None, recall=None):
     lm_from: per prompt, the first token its next-token loss predicts (default 1: every token but
     the first; e.g. the question's first token, for a loss on the question alone).
     recall: {key: (tokens, V)}: a recall segment at the end of that key's row, seeing its first V
-    tokens (V <= the row's shared prefix) and itself."""
+    tokens (V <= the row's shared prefix) and itself (a segment of fewer than 2 tokens predicts
+    nothing and is left out)."""
     layout = _layout(seqs, keys)
-    recall = recall or {}
-    tails = [recall.get(keys[idx[0]], ((), 0)) for _, idx in layout]
-    for (P, idx), (r, V) in zip(layout, tails):
-        if len(r) and not 0 < V <= P:
-            raise ValueError(f"recall segment of {keys[idx[0]]!r} sees {V} tokens: expected 1..{P} (the shared prefix)")
+    tails = _recall_tails(layout, keys, recall or {})
     lengths = [P + sum(len(seqs[i]) - P for i in idx) + len(r) for (P, idx), (r, _) in zip(layout, tails)]
     R, T = len(layout), max(lengths)
     ids = np.full((R, T), pad_id, dtype=np.int64)
@@ -138,11 +131,24 @@ def pack(seqs, keys, pad_id, lm_from=None, recall=None):
     )
 
 
+def _recall_tails(layout, keys, recall):
+    """Each row's (recall tokens, V), ((), 0) for none; a segment must see 1..P tokens (P: the row's
+    shared prefix)."""
+    tails = []
+    for P, idx in layout:
+        r, V = recall.get(keys[idx[0]], ((), 0))
+        r, V = (r, V) if len(r) >= 2 else ((), 0)
+        if len(r) and not 0 < V <= P:
+            raise ValueError(f"recall segment of {keys[idx[0]]!r} sees {V} tokens: expected 1..{P} (the shared prefix)")
+        tails.append((r, V))
+    return tails
+
+
 def _recall_segment(ids, pos, allow, r, c, seg, V, src, tgt):
     """Write recall tokens `seg` into row r from column c: they see the row's first V tokens and
     themselves (causally), at positions V..; their next-token pairs go to src / tgt."""
     n = len(seg)
-    if n < 2:
+    if n == 0:
         return
     T = ids.shape[1]
     ids[r, c : c + n], pos[r, c : c + n] = seg, np.arange(V, V + n)

@@ -197,22 +197,22 @@ def loss_weights(items, prior_balance=False, binding_weight=1.0):
     return torch.from_numpy(w).float()
 
 
+FACT = re.compile(r"(.+?) is (\w+)\.")  # "Bob is big." (a CWA fact)
+ATTRIBUTE_QUESTION = re.compile(r"(.+?) is (not )?(\w+)\.")  # "Bob is big." / "Bob is not big."
+
+
 def word_presence(item):
     """Which of an attribute question's words occur in its theory: "entity in, attribute in" etc.
     ("other" for a question not of the form "<entity> is [not] <attribute>."). On the unprovable
     questions (CWA failure, NAF), "entity in, attribute in" is where the words alone do not answer:
     the theory must say them of one another (binding), and a bag-of-words model fails there."""
-    m = re.fullmatch(r"(.+?) is (?:not )?(\w+)\.", item["question"].strip())
+    m = ATTRIBUTE_QUESTION.fullmatch(item["question"].strip())
     if not m:
         return "other"
     text = " ".join(item["statements"])
     ent = re.search(r"\b" + re.escape(m.group(1)) + r"\b", text, re.IGNORECASE) is not None
-    att = re.search(r"\b" + re.escape(m.group(2)) + r"\b", text) is not None
+    att = re.search(r"\b" + re.escape(m.group(3)) + r"\b", text) is not None
     return f"entity {'in' if ent else 'absent'}, attribute {'in' if att else 'absent'}"
-
-
-FACT = re.compile(r"(.+?) is (\w+)\.")  # "Bob is big." (a CWA fact)
-ATTRIBUTE_QUESTION = re.compile(r"(.+?) is (not )?(\w+)\.")
 
 
 @torch.no_grad()
@@ -225,8 +225,8 @@ def lookup_accuracy(model, tok, items):
     (chance: a guess among the theory's attribute words). No answer is read; the lookup is the one a
     recall segment trains and that a question's answer needs."""
     attrs = sorted({m.group(2) for it in items for f in it["statements"][: it["facts"]] if (m := FACT.fullmatch(f))})
-    ids = torch.tensor([tok.convert_tokens_to_ids(a) for a in attrs])
     dev = next(model.parameters()).device
+    ids = torch.tensor([tok.convert_tokens_to_ids(a) for a in attrs], device=dev)
     model.eval()
     hits, chance = [], []
     for it in items:
@@ -237,7 +237,7 @@ def lookup_accuracy(model, tok, items):
             continue
         text, _, (qc, _) = PromptBuilder().build(it, [])
         prefix = tok(text[:qc] + q.group(1) + " is", return_tensors="pt")["input_ids"].to(dev)
-        z = model(input_ids=prefix).logits[0, -1, ids.to(dev)]
+        z = model(input_ids=prefix).logits[0, -1, ids]
         hits.append(attrs[int(z.argmax())] in stated)
         words = " ".join(it["statements"])
         chance.append(len(stated) / sum(re.search(rf"\b{a}\b", words) is not None for a in attrs))
