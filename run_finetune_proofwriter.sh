@@ -25,9 +25,12 @@ CURRICULUM=${CURRICULUM:-1}                       # epochs that go from the shor
 STAGE_STEPS=${STAGE_STEPS:-0}                     # first steps on the smallest theories only, larger groups let in one by one
 POSITIVE_STEPS=${POSITIVE_STEPS:-1400}            # first steps on the questions without "not" only
 BALANCED=${BALANCED:-0}                           # 1: as many questions of each kind per theory, no shortcut (use another DATA_DIR)
+BINDING_PAIRS=${BINDING_PAIRS:-0}                 # pairs of binding questions added to each training theory (unprovable "E is a." whose words occur + a provable one on the same words; use another DATA_DIR)
+TRAIN_MORE=${TRAIN_MORE:-0}                       # more questions per training theory, drawn as the others (dev/test unchanged; use another DATA_DIR)
 PRIOR_BALANCE=${PRIOR_BALANCE:-0}                 # 1: loss weights that make the answer's prior given the theory's size and "not" 1/2
 BINDING_WEIGHT=${BINDING_WEIGHT:-1}               # loss weight of the unprovable questions whose entity and attribute both occur in the theory
 LM_QUESTION=${LM_QUESTION:-0}                     # 1: the next-token loss on the question's tokens only (PACK=1)
+LM_STATEMENTS=${LM_STATEMENTS:-0}                 # 1: the next-token loss on the statements' tokens only (PACK=1; not on the question, half of which is unprovable)
 RECALL=${RECALL:-1}                               # weight of a next-token loss on the theory's facts restated after its statements (PACK=1; 0: none)
 PACK=${PACK:-1}                                   # 1: batches of whole theories, a theory's questions in one row holding its statements once (same losses, ~3x faster steps)
 SEED=${SEED:-0}
@@ -41,6 +44,6 @@ flags=()
 [ "$RESTART" = 1 ] && flags+=(--restart)
 python -m mechprobe.finetune_proofwriter --data-dir "$DATA_DIR" --out-dir "$OUT_DIR" --depth "$DEPTH" --sizes $SIZES \
   --groups $STATEMENTS --questions "$QUESTIONS" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --lr "$LR" \
-  --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --decay-steps "$DECAY_STEPS" --eval-every "$EVAL_EVERY" --curriculum "$CURRICULUM" --stage-steps "$STAGE_STEPS" --positive-steps "$POSITIVE_STEPS" --lm-weight "$LM_WEIGHT" --balanced "$BALANCED" --prior-balance "$PRIOR_BALANCE" --pack "$PACK" --lm-question "$LM_QUESTION" --binding-weight "$BINDING_WEIGHT" --recall "$RECALL" --seed "$SEED" \
+  --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --decay-steps "$DECAY_STEPS" --eval-every "$EVAL_EVERY" --curriculum "$CURRICULUM" --stage-steps "$STAGE_STEPS" --positive-steps "$POSITIVE_STEPS" --lm-weight "$LM_WEIGHT" --balanced "$BALANCED" --binding-pairs "$BINDING_PAIRS" --train-more "$TRAIN_MORE" --prior-balance "$PRIOR_BALANCE" --pack "$PACK" --lm-question "$LM_QUESTION" --lm-statements "$LM_STATEMENTS" --binding-weight "$BINDING_WEIGHT" --recall "$RECALL" --seed "$SEED" \
   --device "$DEVICE" --threads "$THREADS" "${flags[@]}"
 echo "outputs: $OUT_DIR (best/ and last/ models, results.json, config.json, curves.png, run.log)"

@@ -88,18 +88,27 @@ def tiny_model(tok):
     return rs.build_model(tok, 2, 32, 2, seed=3)
 
 
-def test_next_token_loss_from_a_given_token_by_hand():
-    """lm_from[i] = f: the loss predicts tokens f.. of prompt i (e.g. its question's), from the positions before."""
+@pytest.mark.parametrize("part", ["question", "statements"])
+def test_next_token_loss_over_a_given_span_by_hand(part):
+    """lm_from[i] = f: the loss predicts tokens f.. of prompt i (e.g. its question's); lm_to[i] = t: tokens
+    1..t-1 (e.g. its statements'); each from the positions before."""
     model = tiny_llama(vocab_size=20)
-    lm_from = [6, 7, 1, 6, 9]
-    p = pack(SEQS, KEYS, pad_id=0, lm_from=lm_from)
-    assert len(p.lm_tgt) == sum(len(s) - f for s, f in zip(SEQS, lm_from))
-    assert p.lm_tgt[:3].tolist() == [7, 8, 9] and p.lm_src[:3].tolist() == [5, 6, 7]  # question 1 from its 7th token
+    q = [6, 7, 1, 6, 9]  # where each prompt's own part starts (the third: a theory of its own)
+    span = [(f, len(s)) if part == "question" else (1, f) for f, s in zip(q, SEQS)]
+    kw = {"lm_from": q} if part == "question" else {"lm_to": q}
+    p = pack(SEQS, KEYS, pad_id=0, **kw)
+    assert len(p.lm_tgt) == sum(t - f for f, t in span)
+    if part == "question":  # question 1 from its 7th token
+        assert p.lm_tgt[:3].tolist() == [7, 8, 9] and p.lm_src[:3].tolist() == [5, 6, 7]
+    else:  # question 1: its statements' tokens 2..6, from columns 0..4 of row A
+        assert p.lm_tgt[:5].tolist() == [2, 3, 4, 5, 6] and p.lm_src[:5].tolist() == [0, 1, 2, 3, 4]
     with torch.no_grad():
         z = p.logits(model)
         full = model(input_ids=pad_batch(SEQS, 0)[0], attention_mask=pad_batch(SEQS, 0)[1]).logits
     terms = [
-        -F.log_softmax(full[i, t], -1)[s[t + 1]] for i, s in enumerate(SEQS) for t in range(lm_from[i] - 1, len(s) - 1)
+        -F.log_softmax(full[i, t], -1)[s[t + 1]]
+        for i, s in enumerate(SEQS)
+        for t in range(span[i][0] - 1, span[i][1] - 1)
     ]
     assert p.lm_loss(z).item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
 

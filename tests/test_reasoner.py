@@ -1,6 +1,7 @@
 """The ProofWriter reasoner: data, the training prompt (= the probe's), a short run, bad input."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -120,6 +121,16 @@ def test_bad_configuration(tmp_path, trained):
         fp.main([*folders, *SMALL, "--depth", "7"])
     with pytest.raises(MechprobeError, match="GROUPS=4 80: expected numbers of statements between 1 and 40"):
         fp.main([*folders, *SMALL[:5], "4", "80", *SMALL[7:]])
+    with pytest.raises(MechprobeError, match="BINDING_PAIRS=21: expected 0 to 20 pairs"):
+        fp.main([*folders, *SMALL, "--binding-pairs", "21"])
+    with pytest.raises(MechprobeError, match="TRAIN_MORE=41: expected 0 to 40 more questions"):
+        fp.main([*folders, *SMALL, "--train-more", "41"])
+    with pytest.raises(MechprobeError, match=r"BINDING_PAIRS None \(folder\) vs 2 \(asked\)"):
+        fp.main(["--data-dir", str(d / "data"), "--out-dir", str(tmp_path / "r"), *SMALL, "--binding-pairs", "2"])
+    with pytest.raises(MechprobeError, match="LM_STATEMENTS=1 needs PACK=1"):
+        fp.main([*folders, *SMALL, "--pack", "0", "--recall", "0", "--lm-statements", "1"])
+    with pytest.raises(MechprobeError, match="LM_QUESTION=1 and LM_STATEMENTS=1: .* choose one"):
+        fp.main([*folders, *SMALL, "--lm-question", "1", "--lm-statements", "1"])
     with pytest.raises(MechprobeError, match="LM_QUESTION=1 needs PACK=1"):
         fp.main([*folders, *SMALL, "--pack", "0", "--lm-question", "1"])
     with pytest.raises(MechprobeError, match="RECALL=0.5 needs PACK=1 .*; with PACK=0 set RECALL=0"):
@@ -163,6 +174,75 @@ def test_balanced_draw_leaves_no_size_or_negation_shortcut(tmp_path):
     for key in n_all:  # P(True | theory size, "not") = 1/2 exactly
         assert 2 * n_true[key] == n_all[key], key
     assert {g for g, _ in n_all} == {2, 4, 8, 16}
+
+
+def _closure_of_text(theory):
+    """Every (entity, attribute) derivable from a generated theory's text, by a fixpoint written apart
+    from the generator's (no negated conditions)."""
+    facts = set(re.findall(r"(?:^|\. )((?:The )?\w+) is (\w+)(?=\.)", theory))
+    rules = [(c.split(" and "), k) for c, k in re.findall(r"If someone is ([\w ]+?) then they are (\w+)\.", theory)]
+    ents = {e for e, _ in facts}
+    known = set(facts)
+    while True:
+        new = {(e, k) for cs, k in rules for e in ents if all((e, c) in known for c in cs)} - known
+        if not new:
+            return facts, rules, known
+        known |= new
+
+
+def _added_questions(tmp_path, **extra):
+    """(split, theory text, questions added) for each theory generated with `extra` options, after
+    checking that everything else equals the plain draw and that every question's answer is what
+    the theory's closure (CWA) says."""
+    from mechprobe.proofwriter_gen import generate
+
+    a = generate(tmp_path / "a", 1, (60, 8, 8), (2, 4, 8, 16), seed=5)
+    b = generate(tmp_path / "b", 1, (60, 8, 8), (2, 4, 8, 16), seed=5, **extra)
+    for split in ("train", "dev", "test"):
+        old = [json.loads(x) for x in open(a / f"meta-{split}.jsonl")]
+        new = [json.loads(x) for x in open(b / f"meta-{split}.jsonl")]
+        for o, t in zip(old, new, strict=True):
+            assert {k: v for k, v in t.items() if k != "questions"} == {k: v for k, v in o.items() if k != "questions"}
+            qs = list(t["questions"].values())
+            assert qs[: len(o["questions"])] == list(o["questions"].values())
+            texts = [q["question"] for q in qs]
+            assert len(set(texts)) == len(texts)  # no question asked twice
+            known = _closure_of_text(t["theory"])[2]
+            for q in qs:
+                e, neg, x = re.fullmatch(r"(.+) is (not )?(\w+)\.", q["question"]).groups()
+                assert q["answer"] is (((e, x) in known) != bool(neg)), q
+            yield split, t["theory"], qs[len(o["questions"]) :]
+
+
+def test_binding_pairs_share_words_and_leave_every_other_question_unchanged(tmp_path):
+    n_pairs = 0
+    for split, theory, extra in _added_questions(tmp_path, binding_pairs=2):
+        assert split == "train" or not extra
+        assert len(extra) % 2 == 0 and len(extra) <= 4
+        facts, rules, known = _closure_of_text(theory)
+        words = {x for _, x in facts} | {c for cs, k in rules for c in (*cs, k)}
+        for hard, mate in zip(extra[::2], extra[1::2]):
+            (e, neg, x), (e2, neg2, x2) = (
+                re.fullmatch(r"(.+) is (not )?(\w+)\.", q["question"]).groups() for q in (hard, mate)
+            )
+            assert neg == neg2  # one polarity per pair
+            assert (e, x) not in known and e in {f for f, _ in facts} and x in words
+            assert (e2, x2) in known and (x2 == x or e2 == e)
+            assert hard["strategy"] == ("inv-random" if neg else "random")
+            assert hard["QLen"] == ("" if not neg else 1)
+            n_pairs += 1
+    assert n_pairs > 40  # 60 training theories (2, 4, 8 or 16 statements; the smallest have few words to pair)
+
+
+def test_more_training_questions_are_drawn_as_the_others(tmp_path):
+    from collections import Counter
+
+    added = Counter()
+    for split, _, extra in _added_questions(tmp_path, train_more=3):
+        assert split == "train" or not extra
+        assert len(extra) <= 3
+        added.update(q["strategy"] for q in extra)
+    assert sum(added.values()) > 150 and set(added) == set(rs.STRATEGIES)  # 60 theories, most get 3
 
 
 @pytest.mark.parametrize("pack", [True, False])
@@ -228,6 +308,28 @@ def test_positive_phase_draws_only_questions_without_not(pack, trained):
     assert any(" not " in train[int(i)]["question"] for b in steps[P:] for i in b)
     plain = rs.PromptTask(tok, splits, 16, 0, pack=pack).epoch_batches(1)
     assert [b.tolist() for b in steps[P:]] == [b.tolist() for b in plain[P - spe :]]  # after it: as before
+
+
+@pytest.mark.parametrize("part", ["question", "statements"])
+def test_next_token_loss_on_the_question_or_the_statements_only(part, trained):
+    """LM_QUESTION / LM_STATEMENTS: a packed batch's next-token targets are, prompt by prompt, the
+    words of the question (with "True or False ?") / of the statements, read back from the text."""
+    from mechprobe.models import load_tokenizer
+
+    d, _ = trained
+    files = rs.split_files(d / "data", json.loads((d / "data" / "meta.json").read_text()))
+    tok = load_tokenizer(d / "run" / "best")
+    splits = {s: rs.read_questions(f) for s, f in files.items()}
+    task = rs.PromptTask(tok, splits, 16, 0, pack=True, **{f"lm_{part}": True})
+    idx = task.epoch_batches(1)[0]
+    got = tok.convert_ids_to_tokens(task.batch(idx)[0].lm_tgt.tolist())
+    want = []
+    for i in idx.tolist():
+        text, _, (qc, _) = PromptBuilder().build(splits["train"][i], [])
+        own = tok.tokenize(text[qc:] if part == "question" else text[:qc])
+        want += own if part == "question" else own[1:]  # a prompt's first token is predicted from nothing
+    assert got == want and len(want) > 16
+    assert {"True", "?"} <= set(got) if part == "question" else not {"True", "?"} & set(got)
 
 
 def test_auxiliary_next_token_loss_by_hand():

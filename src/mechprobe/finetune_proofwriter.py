@@ -57,9 +57,12 @@ class ReasonerSettings:
     positive_steps: int = 1400
     lm_weight: float = 1.0
     balanced: int = 0
+    binding_pairs: int = 0
+    train_more: int = 0
     prior_balance: int = 0
     pack: int = 1
     lm_question: int = 0
+    lm_statements: int = 0
     binding_weight: float = 1.0
     recall: float = 1.0
     seed: int = 0
@@ -89,9 +92,12 @@ RESUME_KEYS = (
     "positive_steps",
     "lm_weight",
     "balanced",
+    "binding_pairs",
+    "train_more",
     "prior_balance",
     "pack",
     "lm_question",
+    "lm_statements",
     "binding_weight",
     "recall",
     "seed",
@@ -106,10 +112,13 @@ ADDED = {
     "positive_steps": 0,
     "lm_weight": 0.0,
     "balanced": 0,
+    "binding_pairs": 0,
+    "train_more": 0,
     "prior_balance": 0,
     "decay_steps": 0,
     "pack": 0,
     "lm_question": 0,
+    "lm_statements": 0,
     "binding_weight": 1.0,
     "recall": 0.0,
 }
@@ -154,6 +163,7 @@ def _task(a, tok, splits):
         prior_balance=a.prior_balance,
         pack=bool(a.pack),
         lm_question=bool(a.lm_question),
+        lm_statements=bool(a.lm_statements),
         binding_weight=a.binding_weight,
         recall=a.recall > 0,
     )
@@ -164,7 +174,16 @@ def train(a):
     out = prepare(a)
     threads = a.threads
     seed_everything(a.seed)
-    cfg = rs.data_config(a.depth, a.sizes, a.groups, a.questions, a.seed, balanced=bool(a.balanced))
+    cfg = rs.data_config(
+        a.depth,
+        a.sizes,
+        a.groups,
+        a.questions,
+        a.seed,
+        balanced=bool(a.balanced),
+        binding_pairs=a.binding_pairs,
+        train_more=a.train_more,
+    )
     files = rs.ensure_data(a.data_dir, cfg)
     splits = {s: rs.read_questions(f) for s, f in files.items()}
     tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
@@ -238,6 +257,17 @@ def _data_and_model_args(p):
         "--balanced",
         "1: as many questions of each kind per theory (no size or 'not' shortcut; a new DATA_DIR)",
     )
+    p.add_argument(
+        "--binding-pairs",
+        type=nonneg_int,
+        help="pairs of binding questions added to each training theory: 'E is a.' unprovable though E and a "
+        "occur, with a provable one on the same attribute (else entity); dev/test unchanged; a new DATA_DIR",
+    )
+    p.add_argument(
+        "--train-more",
+        type=nonneg_int,
+        help="more questions per training theory (drawn as the others; dev/test unchanged; a new DATA_DIR)",
+    )
 
 
 def _schedule_args(p):
@@ -301,6 +331,12 @@ def _loss_args(p):
         "--lm-question",
         "1: the next-token loss on the question's tokens only (with --pack 1), not on the statements",
     )
+    _switch(
+        p,
+        "--lm-statements",
+        "1: the next-token loss on the statements' tokens only (with --pack 1), not on the question (whose "
+        "unprovable half would train completing 'Bob is' with attributes that are not Bob's)",
+    )
     p.add_argument(
         "--lm-weight",
         type=nonneg_float,
@@ -319,9 +355,12 @@ def main(argv=None):
     a = ReasonerSettings(**vars(parser().parse_args(argv)))
     if a.hidden % a.heads:
         raise MechprobeError(f"HIDDEN={a.hidden} is not a multiple of HEADS={a.heads}")
-    if a.lm_question and not a.pack:
+    for name, on in (("LM_QUESTION", a.lm_question), ("LM_STATEMENTS", a.lm_statements)):
+        if on and not a.pack:
+            raise MechprobeError(f"{name}=1 needs PACK=1 (this next-token loss is computed on packed rows)")
+    if a.lm_question and a.lm_statements:
         raise MechprobeError(
-            "LM_QUESTION=1 needs PACK=1 (the question-only next-token loss is computed on packed rows)"
+            "LM_QUESTION=1 and LM_STATEMENTS=1: the next-token loss is on one or the other; choose one"
         )
     if a.recall and not a.pack:
         raise MechprobeError(

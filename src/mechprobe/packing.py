@@ -82,10 +82,12 @@ def _layout(seqs, keys):
     return [(common_prefix([seqs[i] for i in idx]), idx) for idx in rows.values()]
 
 
-def pack(seqs, keys, pad_id, lm_from=None, recall=None):
+def pack(seqs, keys, pad_id, lm_from=None, recall=None, lm_to=None):
     """Pack token lists `seqs` (prompts with the same key share a prefix; one row per key).
-    lm_from: per prompt, the first token its next-token loss predicts (default 1: every token but
-    the first; e.g. the question's first token, for a loss on the question alone).
+    lm_from / lm_to: per prompt, the first token its next-token loss predicts (default 1: every token
+    but the first; e.g. the question's first token, for a loss on the question alone) / the end
+    (exclusive) of those tokens (default: the prompt's length; e.g. the question's first token, for
+    a loss on the statements alone).
     recall: {key: (tokens, V)}: a recall segment at the end of that key's row, seeing its first V
     tokens (V <= the row's shared prefix) and itself (a segment of fewer than 2 tokens predicts
     nothing and is left out)."""
@@ -110,8 +112,9 @@ def pack(seqs, keys, pad_id, lm_from=None, recall=None):
             allow[r, c : c + n, c : c + n] = np.tril(np.ones((n, n), dtype=bool))
             cols = np.concatenate([np.arange(P), np.arange(c, c + n)])  # the prompt's tokens, in order
             f = 1 if lm_from is None else max(1, int(lm_from[i]))
-            src.append(r * T + cols[f - 1 : -1])
-            tgt.append(np.asarray(seqs[i][f:], dtype=np.int64))
+            t = len(seqs[i]) if lm_to is None else int(lm_to[i])
+            src.append(r * T + cols[f - 1 : t - 1])
+            tgt.append(np.asarray(seqs[i][f:t], dtype=np.int64))
             last[i] = r * T + c + n - 1
             c += n
         _recall_segment(ids, pos, allow, r, c, *tails[r], rsrc, rtgt)

@@ -169,9 +169,14 @@ def _pick(rng, pool, n, derived_share=0.5):
     return chosen
 
 
-def make_theory(rng, tid, n_statements, max_depth, n_questions=8, naf=False, balanced=False):
+def make_theory(
+    rng, tid, n_statements, max_depth, n_questions=8, naf=False, balanced=False, more=0, pairs=0, prng=None
+):
     """One theory of n_statements (facts and rules) with n_questions questions in the release's format,
-    or None when its deepest derivation exceeds max_depth or it has no question (the caller draws again)."""
+    or None when its deepest derivation exceeds max_depth or it has no question (the caller draws again).
+    After them: up to `more` other questions drawn as they were, then up to `pairs` binding pairs
+    (_binding_pairs), both drawn with `prng`, so that `rng` draws the same theories and questions
+    with or without them."""
     ents, attrs, facts, rules = _draw_statements(rng, n_statements, naf)
     known = closure(facts, rules, ents)
     if max(d for d, _ in known.values()) > max_depth:
@@ -189,6 +194,12 @@ def make_theory(rng, tid, n_statements, max_depth, n_questions=8, naf=False, bal
     chosen = _choose_questions(rng, derived, cands, n_questions, balanced)
     if not chosen:
         return None
+    if more:
+        asked = {c[0] for c in chosen}
+        left = [[c for c in x if c[0] not in asked] for x in (derived, cands)]
+        chosen += _choose_questions(prng, *left, more, balanced)
+    if pairs:
+        chosen += _binding_pairs(prng, facts, rules, known, pairs, {c[0] for c in chosen})
     th["questions"] = {f"Q{j + 1}": _question(*c, facts, rules, known) for j, c in enumerate(chosen)}
     return th
 
@@ -220,6 +231,30 @@ def _draw_statements(rng, n_statements, naf):
     if naf:
         rules = _add_naf(rng, rules, attrs)
     return ents, attrs, facts, rules
+
+
+def _binding_pairs(rng, facts, rules, known, n, asked=()):
+    """Up to n pairs of questions on the same words, in one polarity: "E is a." not derivable though
+    E and a both occur in the statements (False by CWA; "E is not a." True), and a derivable "E2 is
+    a." that shares its attribute (else "E is b." sharing its entity; True; negated False). Within a
+    pair neither the words' presence nor "not" tells the answer, only whether E and a are bound.
+    Questions already `asked` are not repeated."""
+    ents = sorted({e for e, _ in facts})
+    words = sorted({a for _, a in facts} | {c.removeprefix("not ") for _, cs, k in rules for c in (*cs, k)})
+    hard = [(e, a) for e in ents for a in words if (e, a) not in known]
+    out, asked = [], set(asked)
+    for i in rng.permutation(len(hard))[:n]:
+        e, a = hard[i]
+        mates = [fa for fa in known if fa[1] == a and fa[0] != e] or [fa for fa in known if fa[0] == e]
+        neg = bool(rng.random() < 0.5)
+        m = mates[int(rng.integers(len(mates)))] if mates else None
+        if m is None or {fact_text(e, a, neg), fact_text(*m, neg)} & asked:
+            continue
+        asked |= {fact_text(e, a, neg), fact_text(*m, neg)}
+        d, node = known[m]
+        out.append((fact_text(e, a, neg), neg, "inv-random" if neg else "random", None, None))
+        out.append((fact_text(*m, neg), not neg, "inv-proof" if neg else "proof", d, node))
+    return out
 
 
 def _theory_record(tid, max_depth, facts, rules):
@@ -302,17 +337,23 @@ def generate(
     n_questions=8,
     naf=False,
     balanced=False,
+    binding_pairs=0,
+    train_more=0,
 ):
     """Write `<out>/CWA/depth-<max_depth>/meta-{train,dev,test}.jsonl`; returns the folder.
-    balanced: every theory gets as many questions of each of the four strategies (make_theory)."""
+    balanced: every theory gets as many questions of each of the four strategies (make_theory).
+    train_more / binding_pairs: each training theory gets up to this many more questions (drawn as the
+    others) / pairs of binding questions (_binding_pairs) besides, from their own random stream: every
+    split's theories and other questions unchanged."""
     rng = np.random.default_rng(seed)
+    prng = np.random.default_rng([seed, 1])
     folder = Path(out) / "CWA" / f"depth-{max_depth}"
     for split, n in zip(("train", "dev", "test"), sizes):
         rows, tid = [], 0
+        extra = (train_more, binding_pairs, prng) if split == "train" else (0, 0, None)
         while len(rows) < n:
-            th = make_theory(
-                rng, f"{split}{tid}", int(groups[len(rows) % len(groups)]), max_depth, n_questions, naf, balanced
-            )
+            g = int(groups[len(rows) % len(groups)])
+            th = make_theory(rng, f"{split}{tid}", g, max_depth, n_questions, naf, balanced, *extra)
             tid += 1
             if th is not None:
                 rows.append(th)

@@ -47,7 +47,7 @@ MAX_DEPTH = 5
 STRATEGIES = ("proof", "inv-proof", "random", "inv-random")
 
 
-def data_config(depth, sizes, groups, questions, seed, naf=False, balanced=False):
+def data_config(depth, sizes, groups, questions, seed, naf=False, balanced=False, binding_pairs=0, train_more=0):
     cfg = {
         "depth": int(depth),
         "sizes": [int(x) for x in sizes],
@@ -59,6 +59,10 @@ def data_config(depth, sizes, groups, questions, seed, naf=False, balanced=False
     }
     if balanced:  # recorded only when set, so folders generated before the option still match
         cfg["balanced"] = True
+    if binding_pairs:
+        cfg["binding_pairs"] = int(binding_pairs)
+    if train_more:
+        cfg["train_more"] = int(train_more)
     return cfg
 
 
@@ -75,6 +79,12 @@ def check_config(cfg):
         )
     if cfg["questions"] < 1:
         raise MechprobeError(f"QUESTIONS={cfg['questions']}: expected at least 1 question per theory")
+    if not 0 <= cfg.get("binding_pairs", 0) <= 20:
+        raise MechprobeError(
+            f"BINDING_PAIRS={cfg['binding_pairs']}: expected 0 to 20 pairs of binding questions per training theory"
+        )
+    if not 0 <= cfg.get("train_more", 0) <= 40:
+        raise MechprobeError(f"TRAIN_MORE={cfg['train_more']}: expected 0 to 40 more questions per training theory")
 
 
 def ensure_data(folder, cfg):
@@ -118,6 +128,8 @@ def ensure_data(folder, cfg):
         cfg["questions"],
         cfg["naf"],
         cfg.get("balanced", False),
+        cfg.get("binding_pairs", 0),
+        cfg.get("train_more", 0),
     )
     write_json(tmp / "meta.json", cfg)
     if folder.exists():
@@ -302,11 +314,12 @@ class PromptTask:
         prior_balance=0,
         pack=False,
         lm_question=False,
+        lm_statements=False,
         binding_weight=1.0,
         recall=False,
     ):
         self.tok, self.batch_size, self.seed, self.curriculum, self.pack = tok, batch_size, seed, curriculum, pack
-        self.lm_question = lm_question
+        self.lm_question, self.lm_statements = lm_question, lm_statements
         self.facts = fact_tokens(tok, splits["train"]) if recall else None
         self.stage_steps, self.positive_steps = stage_steps, positive_steps
         self.weights = loss_weights(splits["train"], prior_balance, binding_weight)
@@ -436,9 +449,10 @@ class PromptTask:
 
             idx = np.asarray(idx, dtype=np.int64)
             lm_from = self.qstart[split][idx] if self.lm_question else None
+            lm_to = self.qstart[split][idx] if self.lm_statements else None
             keys = self.theory[split][idx].tolist()
             recall = self._recall(idx, keys) if self.facts is not None and split == "train" else None
-            return pack(seqs, keys, self.tok.pad_token_id, lm_from, recall), None
+            return pack(seqs, keys, self.tok.pad_token_id, lm_from, recall, lm_to), None
         return pad_batch(seqs, self.tok.pad_token_id)
 
     def _recall(self, idx, keys):
