@@ -248,12 +248,12 @@ def _binding_pairs(rng, facts, rules, known, n, asked=()):
         mates = [fa for fa in known if fa[1] == a and fa[0] != e] or [fa for fa in known if fa[0] == e]
         neg = bool(rng.random() < 0.5)
         m = mates[int(rng.integers(len(mates)))] if mates else None
-        if m is None or {fact_text(e, a, neg), fact_text(*m, neg)} & asked:
+        texts = (fact_text(e, a, neg), fact_text(*m, neg)) if m else ()
+        if not texts or asked & set(texts):
             continue
-        asked |= {fact_text(e, a, neg), fact_text(*m, neg)}
-        d, node = known[m]
-        out.append((fact_text(e, a, neg), neg, "inv-random" if neg else "random", None, None))
-        out.append((fact_text(*m, neg), not neg, "inv-proof" if neg else "proof", d, node))
+        asked |= set(texts)
+        out.append((texts[0], neg, "inv-random" if neg else "random", None, None))
+        out.append((texts[1], not neg, "inv-proof" if neg else "proof", *known[m]))
     return out
 
 

@@ -79,12 +79,9 @@ def check_config(cfg):
         )
     if cfg["questions"] < 1:
         raise MechprobeError(f"QUESTIONS={cfg['questions']}: expected at least 1 question per theory")
-    if not 0 <= cfg.get("binding_pairs", 0) <= 20:
-        raise MechprobeError(
-            f"BINDING_PAIRS={cfg['binding_pairs']}: expected 0 to 20 pairs of binding questions per training theory"
-        )
-    if not 0 <= cfg.get("train_more", 0) <= 40:
-        raise MechprobeError(f"TRAIN_MORE={cfg['train_more']}: expected 0 to 40 more questions per training theory")
+    for key, most, what in (("binding_pairs", 20, "pairs of binding questions"), ("train_more", 40, "more questions")):
+        if not 0 <= cfg.get(key, 0) <= most:
+            raise MechprobeError(f"{key.upper()}={cfg[key]}: expected 0 to {most} {what} per training theory")
 
 
 def ensure_data(folder, cfg):
