@@ -14,6 +14,7 @@ QUESTIONS=${QUESTIONS:-8}                         # questions per theory
 LAYERS=${LAYERS:-4}
 HIDDEN=${HIDDEN:-128}
 HEADS=${HEADS:-4}
+TIE=${TIE:-0}                                     # 1: tied embeddings (the unembedding is the input embedding)
 LR=${LR:-0.0005}
 BATCH_SIZE=${BATCH_SIZE:-64}
 MAX_STEPS=${MAX_STEPS:-5000}                      # about 14 min on 2 cores (13-14 min measured)
@@ -32,7 +33,9 @@ BINDING_WEIGHT=${BINDING_WEIGHT:-1}               # loss weight of the unprovabl
 LM_QUESTION=${LM_QUESTION:-0}                     # 1: the next-token loss on the question's tokens only (PACK=1)
 LM_STATEMENTS=${LM_STATEMENTS:-0}                 # 1: the next-token loss on the statements' tokens only (PACK=1; not on the question, half of which is unprovable)
 RECALL=${RECALL:-1}                               # weight of a next-token loss on the theory's facts restated after its statements (PACK=1; 0: none)
+RECALL_LAYER=${RECALL_LAYER:-0}                   # the recall loss read after this many layers (logit lens), so the lookup is done early (0: the last layer)
 PACK=${PACK:-1}                                   # 1: batches of whole theories, a theory's questions in one row holding its statements once (same losses, ~3x faster steps)
+COMPILE=${COMPILE:-0}                             # 1: torch.compile the training forward (needs g++ on a CPU; same model, faster steps)
 SEED=${SEED:-0}
 DEVICE=${DEVICE:-auto}
 THREADS=${THREADS:-0}                             # torch threads (0: all cores); lower it when another job shares the cores
@@ -43,7 +46,7 @@ export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 flags=()
 [ "$RESTART" = 1 ] && flags+=(--restart)
 python -m mechprobe.finetune_proofwriter --data-dir "$DATA_DIR" --out-dir "$OUT_DIR" --depth "$DEPTH" --sizes $SIZES \
-  --groups $STATEMENTS --questions "$QUESTIONS" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --lr "$LR" \
-  --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --decay-steps "$DECAY_STEPS" --eval-every "$EVAL_EVERY" --curriculum "$CURRICULUM" --stage-steps "$STAGE_STEPS" --positive-steps "$POSITIVE_STEPS" --lm-weight "$LM_WEIGHT" --balanced "$BALANCED" --binding-pairs "$BINDING_PAIRS" --train-more "$TRAIN_MORE" --prior-balance "$PRIOR_BALANCE" --pack "$PACK" --lm-question "$LM_QUESTION" --lm-statements "$LM_STATEMENTS" --binding-weight "$BINDING_WEIGHT" --recall "$RECALL" --seed "$SEED" \
+  --groups $STATEMENTS --questions "$QUESTIONS" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --tie "$TIE" --lr "$LR" \
+  --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --decay-steps "$DECAY_STEPS" --eval-every "$EVAL_EVERY" --curriculum "$CURRICULUM" --stage-steps "$STAGE_STEPS" --positive-steps "$POSITIVE_STEPS" --lm-weight "$LM_WEIGHT" --balanced "$BALANCED" --binding-pairs "$BINDING_PAIRS" --train-more "$TRAIN_MORE" --prior-balance "$PRIOR_BALANCE" --pack "$PACK" --lm-question "$LM_QUESTION" --lm-statements "$LM_STATEMENTS" --binding-weight "$BINDING_WEIGHT" --recall "$RECALL" --recall-layer "$RECALL_LAYER" --compile "$COMPILE" --seed "$SEED" \
   --device "$DEVICE" --threads "$THREADS" "${flags[@]}"
 echo "outputs: $OUT_DIR (best/ and last/ models, results.json, config.json, curves.png, run.log)"

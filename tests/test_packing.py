@@ -9,6 +9,7 @@ from mechprobe.capture import pad_batch
 from mechprobe.models import last_logits
 from mechprobe.packing import common_prefix, pack
 from mechprobe.training import Trainer
+from mechprobe.utils import MechprobeError
 
 from .conftest import tiny_llama
 
@@ -165,3 +166,64 @@ def test_recall_segments_restate_the_theorys_facts(tmp_path):
             c += len(left.pop(k))
         assert c == len(seg)
     assert task.pad("val", np.arange(4))[0].recall_src is None  # no recall in evaluation
+
+
+def test_recall_read_at_an_inner_layer_by_hand():
+    """RECALL_LAYER=k: the recall loss is the next-token loss of the logit lens after layer k,
+    W_U RMSNorm(h_k), computed here by hand from a hook on layer k's output of the segment run alone;
+    k = the number of layers is the plain recall loss; out-of-range layers stop with one line."""
+    model = tiny_llama(vocab_size=20, layers=3)
+    seg, V = [17, 18, 19, 17], 4
+    p = pack(SEQS, KEYS, pad_id=0, recall={"A": (seg, V)})
+    plain = pack(SEQS, KEYS, pad_id=0)
+    grab = {}
+    hook = model.model.layers[0].register_forward_hook(
+        lambda m, i, o: grab.update(h=o[0] if isinstance(o, tuple) else o)
+    )
+    with torch.no_grad():
+        model(input_ids=torch.tensor([A[:V] + seg]))
+        hook.remove()
+        h = grab["h"][0, V : V + len(seg) - 1]  # (3, D): the segment's positions that predict a token
+        eps, w = model.config.rms_norm_eps, model.model.norm.weight
+        lens = (h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + eps) * w) @ model.lm_head.weight.T  # (3, V)
+        by_hand = F.cross_entropy(lens, torch.tensor(seg[1:])).item()
+        z_last = p.logits(model)
+    answers = torch.tensor([3, 4, 5, 6, 7])
+    base = Trainer(tiny_llama(vocab_size=20, layers=3), 0.0, 0.0, 1, 10, "cpu").train_step(plain, None, answers, False)
+    inner = Trainer(tiny_llama(vocab_size=20, layers=3), 0.0, 0.0, 1, 10, "cpu", recall_weight=0.5, recall_layer=1)
+    assert inner.train_step(p, None, answers, False) == pytest.approx(base + 0.5 * by_hand, rel=1e-5)
+    last = Trainer(tiny_llama(vocab_size=20, layers=3), 0.0, 0.0, 1, 10, "cpu", recall_weight=0.5, recall_layer=3)
+    assert last.train_step(p, None, answers, False) == pytest.approx(
+        base + 0.5 * p.recall_loss(z_last).item(), rel=1e-5
+    )
+    with pytest.raises(
+        MechprobeError, match=r"^RECALL_LAYER=4: expected 0 \(the last layer\) to 3 \(the model's layers\)$"
+    ):
+        Trainer(tiny_llama(vocab_size=20, layers=3), 0.0, 0.0, 1, 10, "cpu", recall_weight=0.5, recall_layer=4)
+
+
+def test_compiled_training_step_equals_the_eager_one(monkeypatch):
+    """COMPILE=1: the compiled forward is the same function, so a step (packed batch with a recall
+    segment, fp32) gives the eager loss and the same updated weights; the saved model is the plain
+    module. Without a C++ compiler on a CPU it stops with one line."""
+    import shutil
+
+    if not any(map(shutil.which, ("g++", "c++", "clang++"))):
+        pytest.skip("no C++ compiler for torch.compile on a CPU")
+    p = pack(SEQS, KEYS, pad_id=0, recall={"A": ([17, 18, 19, 17], 4)})
+    answers = torch.tensor([3, 4, 5, 6, 7])
+    eager = Trainer(tiny_llama(vocab_size=20), 1e-3, 0.0, 1, 10, "cpu", recall_weight=0.5)
+    comp = Trainer(tiny_llama(vocab_size=20), 1e-3, 0.0, 1, 10, "cpu", recall_weight=0.5, compile=True)
+    assert comp.forward is not comp.model and type(comp.model).__name__ == "LlamaForCausalLM"
+    for _ in range(2):
+        assert comp.train_step(p, None, answers, False) == pytest.approx(
+            eager.train_step(p, None, answers, False), rel=1e-5
+        )
+    for (name, a), b in zip(eager.model.state_dict().items(), comp.model.state_dict().values()):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=name)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(
+        MechprobeError,
+        match=r"^COMPILE=1 needs a C\+\+ compiler on a CPU \(g\+\+, c\+\+ or clang\+\+ on PATH\); use COMPILE=0$",
+    ):
+        Trainer(tiny_llama(vocab_size=20), 1e-3, 0.0, 1, 10, "cpu", compile=True)

@@ -10,6 +10,7 @@ import torch
 from mechprobe import finetune_proofwriter as fp
 from mechprobe import reasoner as rs
 from mechprobe.incontext import PromptBuilder, encode_items
+from mechprobe.models import load_model
 from mechprobe.utils import MechprobeError
 
 SMALL = [
@@ -135,6 +136,10 @@ def test_bad_configuration(tmp_path, trained):
         fp.main([*folders, *SMALL, "--pack", "0", "--lm-question", "1"])
     with pytest.raises(MechprobeError, match="RECALL=0.5 needs PACK=1 .*; with PACK=0 set RECALL=0"):
         fp.main([*folders, *SMALL, "--pack", "0", "--recall", "0.5"])
+    with pytest.raises(MechprobeError, match=r"^RECALL_LAYER=3: expected 0 \(the last layer\) to 2 \(LAYERS\)$"):
+        fp.main([*folders, *SMALL, "--recall-layer", "3"])
+    with pytest.raises(MechprobeError, match=r"^RECALL_LAYER=1 needs RECALL > 0"):
+        fp.main([*folders, *SMALL, "--recall", "0", "--recall-layer", "1"])
     assert not (tmp_path / "x").exists()
 
 
@@ -143,9 +148,15 @@ def test_packed_run_and_resume_check(trained, tmp_path):
     written without packing does not resume with it (the batches differ)."""
     d, _ = trained
     args = ["--data-dir", str(d / "data"), "--out-dir", str(tmp_path / "p"), *SMALL, "--pack", "1"]
-    res = fp.main([*args, "--lm-question", "1", "--decay-steps", "4", "--binding-weight", "2", "--recall", "1"])
+    res = fp.main(
+        [*args, "--lm-question", "1", "--decay-steps", "4", "--binding-weight", "2", "--recall", "1"]
+        + ["--recall-layer", "1", "--tie", "1"]
+    )
     assert res["steps"] == 12 and 0 <= res["test"]["accuracy"] <= 1
-    assert json.loads((tmp_path / "p" / "config.json").read_text())["pack"] == 1
+    cfg = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert cfg["pack"] == 1 and cfg["recall_layer"] == 1 and cfg["model_config"]["tie_word_embeddings"] is True
+    best = load_model(tmp_path / "p" / "best", device="cpu")  # tied weights survive save and load
+    assert best.lm_head.weight.data_ptr() == best.model.embed_tokens.weight.data_ptr()
     with pytest.raises(MechprobeError, match=r"PACK 1 -> 0"):
         fp.main([*args[:-1], "0", "--decay-steps", "4", "--recall", "0"])
 

@@ -65,6 +65,9 @@ class ReasonerSettings:
     lm_statements: int = 0
     binding_weight: float = 1.0
     recall: float = 1.0
+    recall_layer: int = 0
+    tie: int = 0
+    compile: int = 0
     seed: int = 0
     autocast: str = "auto"
     device: str = "auto"
@@ -100,6 +103,8 @@ RESUME_KEYS = (
     "lm_statements",
     "binding_weight",
     "recall",
+    "recall_layer",
+    "tie",
     "seed",
     "autocast",
 )
@@ -121,6 +126,8 @@ ADDED = {
     "lm_statements": 0,
     "binding_weight": 1.0,
     "recall": 0.0,
+    "recall_layer": 0,
+    "tie": 0,
 }
 
 
@@ -169,11 +176,8 @@ def _task(a, tok, splits):
     )
 
 
-def train(a):
-    """Train (or resume) the reasoner with ReasonerSettings `a`; returns results.json's content."""
-    out = prepare(a)
-    threads = a.threads
-    seed_everything(a.seed)
+def _data(a):
+    """The data files of settings `a` (generated first when the folder holds none) and their questions."""
     cfg = rs.data_config(
         a.depth,
         a.sizes,
@@ -185,16 +189,30 @@ def train(a):
         train_more=a.train_more,
     )
     files = rs.ensure_data(a.data_dir, cfg)
-    splits = {s: rs.read_questions(f) for s, f in files.items()}
+    return files, {s: rs.read_questions(f) for s, f in files.items()}
+
+
+def _trainer(a, model, dev):
+    """The Trainer of settings `a`: optimizer and schedule, the losses' weights, the compiled forward."""
+    sched = (a.lr, a.weight_decay, a.warmup, a.max_steps, dev)
+    return Trainer(model, *sched, a.lm_weight, a.decay_steps, a.recall, a.compile, a.recall_layer)
+
+
+def train(a):
+    """Train (or resume) the reasoner with ReasonerSettings `a`; returns results.json's content."""
+    out = prepare(a)
+    threads = a.threads
+    seed_everything(a.seed)
+    files, splits = _data(a)
     tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
     task = _task(a, tok, splits)
-    model = rs.build_model(tok, a.layers, a.hidden, a.heads, a.seed)
+    model = rs.build_model(tok, a.layers, a.hidden, a.heads, a.seed, tie=bool(a.tie))
     dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev)
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(a, k)) for k in RESUME_KEYS)}
     ckpt = out / "checkpoint.pt"
     resume = load_checkpoint(ckpt, settings, dev, ADDED) if ckpt.exists() and not a.restart else None
-    tr = Trainer(model, a.lr, a.weight_decay, a.warmup, a.max_steps, dev, a.lm_weight, a.decay_steps, a.recall)
+    tr = _trainer(a, model, dev)
     use_bf16 = a.autocast == "bf16" or (a.autocast == "auto" and bf16_fast(dev))
     with run_folder(out, outputs=("results.json", "config.json", "curves.png")):
         write_config(
@@ -232,6 +250,7 @@ def parser():
     _schedule_args(p)
     p.add_argument("--seed", type=int)
     p.add_argument("--autocast", choices=["auto", "bf16", "none"], help="bf16 autocast for the training forward")
+    _switch(p, "--compile", "1: torch.compile the training forward (needs a C++ compiler on a CPU; same model)")
     p.add_argument("--device")
     add_threads_arg(p)
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
@@ -252,6 +271,7 @@ def _data_and_model_args(p):
     p.add_argument("--layers", type=positive_int)
     p.add_argument("--hidden", type=positive_int)
     p.add_argument("--heads", type=positive_int)
+    _switch(p, "--tie", "1: the unembedding shares the input embedding's weights (W_U = W_E^T)")
     _switch(
         p,
         "--balanced",
@@ -349,6 +369,12 @@ def _loss_args(p):
         "another order after its statements, so that 'Bob is' must be completed from what the statements say "
         "of Bob (with --pack 1; 0: none)",
     )
+    p.add_argument(
+        "--recall-layer",
+        type=nonneg_int,
+        help="read the recall loss after this many layers (the model's own norm and unembedding on the residual "
+        "stream there), so that the lookup is done early enough for the later layers to use (0: the last layer)",
+    )
 
 
 def main(argv=None):
@@ -367,6 +393,10 @@ def main(argv=None):
             f"RECALL={a.recall:g} needs PACK=1 (the recall segments are packed after the statements); "
             "with PACK=0 set RECALL=0"
         )
+    if a.recall_layer and not a.recall:
+        raise MechprobeError(f"RECALL_LAYER={a.recall_layer} needs RECALL > 0 (it says where the recall loss is read)")
+    if a.recall_layer > a.layers:
+        raise MechprobeError(f"RECALL_LAYER={a.recall_layer}: expected 0 (the last layer) to {a.layers} (LAYERS)")
     return train(a)
 
 

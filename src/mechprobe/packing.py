@@ -47,8 +47,19 @@ class PackedPrompts:
 
     def logits(self, model):
         """Logits (R * T, V) of every packed position."""
-        z = model(input_ids=self.ids, attention_mask=self.mask, position_ids=self.positions).logits
-        return z.reshape(-1, z.shape[-1])
+        return self.outputs(model)[0]
+
+    def outputs(self, model, layer=None):
+        """Logits (R * T, V) of every packed position, and with layer=k the residual stream after the
+        model's first k layers, (R * T, D) (hidden_states[k]; else None)."""
+        out = model(
+            input_ids=self.ids,
+            attention_mask=self.mask,
+            position_ids=self.positions,
+            output_hidden_states=layer is not None,
+        )
+        h = None if layer is None else out.hidden_states[layer]  # (R, T, D)
+        return out.logits.reshape(-1, out.logits.shape[-1]), None if h is None else h.reshape(-1, h.shape[-1])
 
     def lm_loss(self, z):
         """Mean next-token cross-entropy over the prompts' own tokens, as for the prompts run apart."""

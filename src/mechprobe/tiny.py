@@ -25,8 +25,9 @@ def word_tokenizer(texts, extra=("True", "False", "Unknown")):
     )
 
 
-def llama_from_config(tok, layers, hidden, heads, kv_heads, intermediate, seed=0, max_positions=4096):
-    """A randomly initialised LlamaForCausalLM (eager attention) for the word tokenizer `tok`."""
+def llama_from_config(tok, layers, hidden, heads, kv_heads, intermediate, seed=0, max_positions=4096, tie=False):
+    """A randomly initialised LlamaForCausalLM (eager attention) for the word tokenizer `tok`; with tie,
+    the unembedding is the input embedding (W_U = W_E^T)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -41,6 +42,7 @@ def llama_from_config(tok, layers, hidden, heads, kv_heads, intermediate, seed=0
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=tie,
     )
     return LlamaForCausalLM._from_config(cfg, attn_implementation="eager")
 

@@ -99,6 +99,33 @@ def load_checkpoint(ckpt, settings, dev, added=None):
     return st
 
 
+def compiled(model):
+    """torch.compile(model) with dynamic shapes (batches differ in length): the same function, fused
+    kernels. On a CPU, inductor builds its kernels with a C++ compiler; without one this stops here."""
+    if next(model.parameters()).device.type == "cpu" and not any(map(shutil.which, ("g++", "c++", "clang++"))):
+        raise MechprobeError("COMPILE=1 needs a C++ compiler on a CPU (g++, c++ or clang++ on PATH); use COMPILE=0")
+    return torch.compile(model, dynamic=True)
+
+
+def check_readout_layer(model, layer):
+    """layer (0: the last) for layer_readout, checked against the model: 0 <= layer <= its layers."""
+    n = model.config.num_hidden_layers
+    if not 0 <= layer <= n:
+        raise MechprobeError(f"RECALL_LAYER={layer}: expected 0 (the last layer) to {n} (the model's layers)")
+    if layer and not hasattr(getattr(model, "model", None), "norm"):
+        raise MechprobeError(
+            f"RECALL_LAYER={layer}: needs a LLaMA-family model (model.model.norm), not {type(model).__name__}"
+        )
+    return 0 if layer == n else layer
+
+
+def layer_readout(model, h):
+    """Next-token logits read from the residual stream h (..., D) after an inner layer with the model's
+    own final norm and unembedding (the logit lens): z = W_U RMSNorm(h), (..., V). A loss on z asks
+    the first layers to have computed the next token by then (LLaMA-family: model.model.norm)."""
+    return model.lm_head(model.model.norm(h))
+
+
 class Trainer:
     """The state of one training run: model, optimizer, schedule, step, best, history.
 
@@ -109,10 +136,28 @@ class Trainer:
     (an auxiliary loss: copying a statement's words into the question is what a reasoner's
     attention needs to learn, matching the question with the statements). With recall_weight > 0 and
     packed prompts that carry recall segments, their mean next-token cross-entropy is added too:
-        L += recall_weight * mean_{recall tokens} -log softmax(z_t)[x_{t+1}]."""
+        L += recall_weight * mean_{recall tokens} -log softmax(z_t)[x_{t+1}]
+    where z_t is read after layer recall_layer when it is set (layer_readout; 0: the model's logits).
+    With compile, the training forward is torch.compile'd (the same function; evaluation, checkpoints
+    and save_pretrained use the plain module)."""
 
-    def __init__(self, model, lr, weight_decay, warmup, total, dev, lm_weight=0.0, decay=0, recall_weight=0.0):
+    def __init__(
+        self,
+        model,
+        lr,
+        weight_decay,
+        warmup,
+        total,
+        dev,
+        lm_weight=0.0,
+        decay=0,
+        recall_weight=0.0,
+        compile=False,
+        recall_layer=0,
+    ):
         self.model, self.total, self.dev, self.lm_weight = model, total, dev, lm_weight
+        self.recall_layer = check_readout_layer(model, recall_layer) if recall_weight else 0
+        self.forward = compiled(model) if compile else model  # the training forward; evaluation stays eager
         self.recall_weight = recall_weight
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -152,17 +197,19 @@ class Trainer:
         aux = bool(self.lm_weight) and (mask is not None or packed)
         with torch.autocast(torch.device(self.dev).type, dtype=torch.bfloat16, enabled=use_bf16):
             if packed:
-                z = ids.logits(self.model)  # (R * T, V)
+                z, h = ids.outputs(self.forward, self.recall_layer or None)  # (R * T, V), (R * T, D) or None
                 logits = z[ids.last]
             elif aux:
-                z = self.model(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
+                z = self.forward(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
                 last = mask.sum(1) - 1
                 logits = z[torch.arange(len(ids), device=ids.device), last]
             else:
-                logits = last_logits(self.model, ids, mask)  # (B, V)
+                logits = last_logits(self.forward, ids, mask)  # (B, V)
         loss = F.cross_entropy(logits.float(), answers, reduction="none")  # (B,)
         loss = loss.mean() if weights is None else (loss * weights.to(loss.device)).sum() / weights.sum()
-        recall = ids.recall_loss(z) if packed and self.recall_weight else None
+        recall = (
+            ids.recall_loss(z if h is None else layer_readout(self.model, h)) if packed and self.recall_weight else None
+        )
         if recall is not None:
             loss = loss + self.recall_weight * recall
         if aux and packed:

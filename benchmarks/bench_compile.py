@@ -1,0 +1,67 @@
+"""Eager vs torch.compile'd training steps of the ProofWriter reasoner (run_finetune_proofwriter.sh,
+COMPILE=0 / 1).
+
+The same packed batches (64 questions with their recall segments, as the default draws them) are
+trained on two copies of the default 4-layer, 128-wide model, one eager and one compiled
+(`Trainer(compile=True)`: torch.compile with dynamic shapes), bf16 autocast where the CPU has it,
+alternating blocks of steps so that both see the same machine. Before timing, both take the first
+batch in fp32 and their losses are compared (the compiled graph computes the same function), then a
+few steps each warm up (the compiled graph is built there; its cost is printed). Generates a small
+dataset (400 theories of the default groups) in a temporary folder. Time it alone on the machine.
+
+    python benchmarks/bench_compile.py       # about 2 minutes on 2 cores
+Last line: eager_s_per_step=... compiled_s_per_step=... speedup=...
+"""
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mechprobe import reasoner as rs  # noqa: E402
+from mechprobe.proofwriter_gen import generate  # noqa: E402
+from mechprobe.training import Trainer, bf16_fast  # noqa: E402
+
+WARM, STEPS, BLOCK = 10, 80, 10
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        generate(tmp, 1, (400, 10, 10), (2, 4, 8, 12, 16, 20, 24), 0, 8)
+        splits = {s: rs.read_questions(f) for s, f in rs.split_files(tmp, {"depth": 1}).items()}
+    tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
+    task = rs.PromptTask(tok, splits, 64, 0, pack=True, recall=True)
+    batches = (task.epoch_batches(1) + task.epoch_batches(2))[: 1 + WARM + STEPS]
+    bf16 = bf16_fast("cpu")
+    trainers = {
+        c: Trainer(rs.build_model(tok, 4, 128, 4, seed=0), 5e-4, 0.01, 10, 10_000, "cpu", 1.0, 0, 1.0, compile=c)
+        for c in (False, True)
+    }
+    first = {c: trainers[c].train_step(*task.batch(batches[0]), use_bf16=False) for c in trainers}
+    print(f"first batch, fp32: eager loss {first[False]:.6f}, compiled loss {first[True]:.6f}")
+    if abs(first[False] - first[True]) > 1e-4 * abs(first[False]):
+        sys.exit("the compiled loss differs from the eager one")
+    for c in trainers:
+        t = time.perf_counter()
+        for idx in batches[1 : 1 + WARM]:
+            trainers[c].train_step(*task.batch(idx), use_bf16=bf16)
+        print(f"{WARM} warm-up steps, {'compiled' if c else 'eager'}: {time.perf_counter() - t:.1f} s")
+    spent = {False: 0.0, True: 0.0}
+    for b0 in range(1 + WARM, 1 + WARM + STEPS, BLOCK):
+        for c in trainers:
+            t = time.perf_counter()
+            for idx in batches[b0 : b0 + BLOCK]:
+                trainers[c].train_step(*task.batch(idx), use_bf16=bf16)
+            spent[c] += time.perf_counter() - t
+    print(f"{STEPS} steps of 64 packed questions with recall segments, bf16 autocast: {bf16}")
+    eager, comp = spent[False] / STEPS, spent[True] / STEPS
+    print(f"eager_s_per_step={eager:.3f} compiled_s_per_step={comp:.3f} speedup={eager / comp:.2f}")
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()
