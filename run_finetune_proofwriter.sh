@@ -25,6 +25,7 @@ LM_WEIGHT=${LM_WEIGHT:-1.0}                       # auxiliary next-token loss on
 CURRICULUM=${CURRICULUM:-1}                       # epochs that go from the shortest prompts (smallest theories) to the longest
 STAGE_STEPS=${STAGE_STEPS:-0}                     # first steps on the smallest theories only, larger groups let in one by one
 POSITIVE_STEPS=${POSITIVE_STEPS:-1400}            # first steps on the questions without "not" only
+POSITIVE_WORDS=${POSITIVE_WORDS:-0}               # 1: the positive phase keeps only the questions whose entity and attribute both occur in the theory
 BALANCED=${BALANCED:-0}                           # 1: as many questions of each kind per theory, no shortcut (use another DATA_DIR)
 BINDING_PAIRS=${BINDING_PAIRS:-0}                 # pairs of binding questions added to each training theory (unprovable "E is a." whose words occur + a provable one on the same words; use another DATA_DIR)
 TRAIN_MORE=${TRAIN_MORE:-0}                       # more questions per training theory, drawn as the others (dev/test unchanged; use another DATA_DIR)
@@ -47,6 +48,6 @@ flags=()
 [ "$RESTART" = 1 ] && flags+=(--restart)
 python -m mechprobe.finetune_proofwriter --data-dir "$DATA_DIR" --out-dir "$OUT_DIR" --depth "$DEPTH" --sizes $SIZES \
   --groups $STATEMENTS --questions "$QUESTIONS" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --tie "$TIE" --lr "$LR" \
-  --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --decay-steps "$DECAY_STEPS" --eval-every "$EVAL_EVERY" --curriculum "$CURRICULUM" --stage-steps "$STAGE_STEPS" --positive-steps "$POSITIVE_STEPS" --lm-weight "$LM_WEIGHT" --balanced "$BALANCED" --binding-pairs "$BINDING_PAIRS" --train-more "$TRAIN_MORE" --prior-balance "$PRIOR_BALANCE" --pack "$PACK" --lm-question "$LM_QUESTION" --lm-statements "$LM_STATEMENTS" --binding-weight "$BINDING_WEIGHT" --recall "$RECALL" --recall-layer "$RECALL_LAYER" --compile "$COMPILE" --seed "$SEED" \
+  --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --decay-steps "$DECAY_STEPS" --eval-every "$EVAL_EVERY" --curriculum "$CURRICULUM" --stage-steps "$STAGE_STEPS" --positive-steps "$POSITIVE_STEPS" --positive-words "$POSITIVE_WORDS" --lm-weight "$LM_WEIGHT" --balanced "$BALANCED" --binding-pairs "$BINDING_PAIRS" --train-more "$TRAIN_MORE" --prior-balance "$PRIOR_BALANCE" --pack "$PACK" --lm-question "$LM_QUESTION" --lm-statements "$LM_STATEMENTS" --binding-weight "$BINDING_WEIGHT" --recall "$RECALL" --recall-layer "$RECALL_LAYER" --compile "$COMPILE" --seed "$SEED" \
   --device "$DEVICE" --threads "$THREADS" "${flags[@]}"
 echo "outputs: $OUT_DIR (best/ and last/ models, results.json, config.json, curves.png, run.log)"

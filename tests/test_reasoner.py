@@ -319,6 +319,12 @@ def test_positive_phase_draws_only_questions_without_not(pack, trained):
     assert any(" not " in train[int(i)]["question"] for b in steps[P:] for i in b)
     plain = rs.PromptTask(tok, splits, 16, 0, pack=pack).epoch_batches(1)
     assert [b.tolist() for b in steps[P:]] == [b.tolist() for b in plain[P - spe :]]  # after it: as before
+    words = rs.PromptTask(tok, splits, 16, 0, positive_steps=P, pack=pack, positive_words=True)
+    drawn = {int(i) for b in words.epoch_batches(0)[:P] for i in b}
+    bound = {i for i, it in enumerate(train) if not rs.is_negated(it["question"])}
+    bound &= {i for i, it in enumerate(train) if rs.word_presence(it) == "entity in, attribute in"}
+    assert drawn <= bound and {train[i]["answer"] for i in drawn} == {"True", "False"}
+    assert any(train[i]["strategy"] == "random" for i in drawn)  # unprovable questions on present words
 
 
 @pytest.mark.parametrize("part", ["question", "statements"])

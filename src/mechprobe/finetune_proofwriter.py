@@ -55,6 +55,7 @@ class ReasonerSettings:
     curriculum: int = 1
     stage_steps: int = 0
     positive_steps: int = 1400
+    positive_words: int = 0
     lm_weight: float = 1.0
     balanced: int = 0
     binding_pairs: int = 0
@@ -93,6 +94,7 @@ RESUME_KEYS = (
     "curriculum",
     "stage_steps",
     "positive_steps",
+    "positive_words",
     "lm_weight",
     "balanced",
     "binding_pairs",
@@ -115,6 +117,7 @@ ADDED = {
     "curriculum": 0,
     "stage_steps": 0,
     "positive_steps": 0,
+    "positive_words": 0,
     "lm_weight": 0.0,
     "balanced": 0,
     "binding_pairs": 0,
@@ -173,6 +176,7 @@ def _task(a, tok, splits):
         lm_statements=bool(a.lm_statements),
         binding_weight=a.binding_weight,
         recall=a.recall > 0,
+        positive_words=bool(a.positive_words),
     )
 
 
@@ -323,6 +327,12 @@ def _phase_args(p):
         type=nonneg_int,
         help="first steps trained on the questions without 'not' only (whether the statement holds is learnt "
         "before its negation; 0: none)",
+    )
+    _switch(
+        p,
+        "--positive-words",
+        "1: the positive phase keeps only the questions whose entity and attribute both occur in the theory "
+        "(the words' presence tells nothing there; the answer is whether they are bound)",
     )
     _switch(
         p,

@@ -206,6 +206,17 @@ def loss_weights(items, prior_balance=False, binding_weight=1.0):
     return torch.from_numpy(w).float()
 
 
+def positive_pool(items, words=False):
+    """(N,) bool: the questions the positive phase draws from, those without "not"; with words, only
+    those whose entity and attribute both occur in the theory (word_presence), so that the words'
+    presence tells nothing there: true facts and rule conclusions against unprovable questions on
+    the same words (CWA failures whose words are bound to other words)."""
+    keep = [not is_negated(it["question"]) for it in items]
+    if words:
+        keep = [k and word_presence(it) == "entity in, attribute in" for k, it in zip(keep, items)]
+    return np.array(keep, dtype=bool)
+
+
 FACT = re.compile(r"(.+?) is (\w+)\.")  # "Bob is big." (a CWA fact)
 ATTRIBUTE_QUESTION = re.compile(r"(.+?) is (not )?(\w+)\.")  # "Bob is big." / "Bob is not big."
 
@@ -315,6 +326,7 @@ class PromptTask:
         lm_statements=False,
         binding_weight=1.0,
         recall=False,
+        positive_words=False,
     ):
         self.tok, self.batch_size, self.seed, self.curriculum, self.pack = tok, batch_size, seed, curriculum, pack
         self.lm_question, self.lm_statements = lm_question, lm_statements
@@ -324,7 +336,7 @@ class PromptTask:
         train_groups = np.array([it["group"] for it in splits["train"]])
         self.groups = sorted(set(train_groups.tolist()))
         self.pools = {g: train_groups <= g for g in self.groups}  # theories of <= g statements
-        self.positive = np.array([not is_negated(it["question"]) for it in splits["train"]])
+        self.positive = positive_pool(splits["train"], positive_words)
         self.word_ids = answer_ids(tok, WORDS)
         self.items, self.ids, self.qstart = splits, {}, {}
         for split, items in splits.items():
