@@ -138,6 +138,8 @@ def test_bad_configuration(tmp_path, trained):
         fp.main([*folders, *SMALL, "--pack", "0", "--recall", "0.5"])
     with pytest.raises(MechprobeError, match=r"^RECALL_LAYER=3: expected 0 \(the last layer\) to 2 \(LAYERS\)$"):
         fp.main([*folders, *SMALL, "--recall-layer", "3"])
+    with pytest.raises(MechprobeError, match=r"^POSITIVE_WORDS=1 needs POSITIVE_STEPS > 0"):
+        fp.main([*folders, *SMALL, "--positive-steps", "0", "--positive-words", "1"])
     with pytest.raises(MechprobeError, match=r"^RECALL_LAYER=1 needs RECALL > 0"):
         fp.main([*folders, *SMALL, "--recall", "0", "--recall-layer", "1"])
     assert not (tmp_path / "x").exists()

@@ -403,6 +403,8 @@ def main(argv=None):
             f"RECALL={a.recall:g} needs PACK=1 (the recall segments are packed after the statements); "
             "with PACK=0 set RECALL=0"
         )
+    if a.positive_words and not a.positive_steps:
+        raise MechprobeError("POSITIVE_WORDS=1 needs POSITIVE_STEPS > 0 (it selects the positive phase's questions)")
     if a.recall_layer and not a.recall:
         raise MechprobeError(f"RECALL_LAYER={a.recall_layer} needs RECALL > 0 (it says where the recall loss is read)")
     if a.recall_layer > a.layers:
