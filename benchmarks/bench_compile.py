@@ -14,7 +14,6 @@ Last line: eager_s_per_step=... compiled_s_per_step=... speedup=...
 """
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,17 +22,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mechprobe import reasoner as rs  # noqa: E402
-from mechprobe.proofwriter_gen import generate  # noqa: E402
 from mechprobe.training import Trainer, bf16_fast  # noqa: E402
+from reasoner_steps import seconds_per_step, small_splits  # noqa: E402
 
 WARM, STEPS, BLOCK = 10, 80, 10
 
 
 def main():
-    with tempfile.TemporaryDirectory() as tmp:
-        generate(tmp, 1, (400, 10, 10), (2, 4, 8, 12, 16, 20, 24), 0, 8)
-        splits = {s: rs.read_questions(f) for s, f in rs.split_files(tmp, {"depth": 1}).items()}
-    tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
+    splits, tok = small_splits()
     task = rs.PromptTask(tok, splits, 64, 0, pack=True, recall=True)
     batches = (task.epoch_batches(1) + task.epoch_batches(2))[: 1 + WARM + STEPS]
     bf16 = bf16_fast("cpu")
@@ -50,15 +46,9 @@ def main():
         for idx in batches[1 : 1 + WARM]:
             trainers[c].train_step(*task.batch(idx), use_bf16=bf16)
         print(f"{WARM} warm-up steps, {'compiled' if c else 'eager'}: {time.perf_counter() - t:.1f} s")
-    spent = {False: 0.0, True: 0.0}
-    for b0 in range(1 + WARM, 1 + WARM + STEPS, BLOCK):
-        for c in trainers:
-            t = time.perf_counter()
-            for idx in batches[b0 : b0 + BLOCK]:
-                trainers[c].train_step(*task.batch(idx), use_bf16=bf16)
-            spent[c] += time.perf_counter() - t
+    per_step = seconds_per_step({c: (trainers[c], task) for c in trainers}, batches[1 + WARM :], BLOCK, bf16)
     print(f"{STEPS} steps of 64 packed questions with recall segments, bf16 autocast: {bf16}")
-    eager, comp = spent[False] / STEPS, spent[True] / STEPS
+    eager, comp = per_step[False], per_step[True]
     print(f"eager_s_per_step={eager:.3f} compiled_s_per_step={comp:.3f} speedup={eager / comp:.2f}")
 
 

@@ -12,8 +12,6 @@ Last line: padded_s_per_step=... packed_s_per_step=... speedup=...
 """
 
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -21,17 +19,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mechprobe import reasoner as rs  # noqa: E402
-from mechprobe.proofwriter_gen import generate  # noqa: E402
 from mechprobe.training import Trainer, bf16_fast  # noqa: E402
+from reasoner_steps import seconds_per_step, small_splits  # noqa: E402
 
 STEPS, BLOCK = 60, 10
 
 
 def main():
-    with tempfile.TemporaryDirectory() as tmp:
-        generate(tmp, 1, (400, 10, 10), (2, 4, 8, 12, 16, 20, 24), 0, 8)
-        splits = {s: rs.read_questions(f) for s, f in rs.split_files(tmp, {"depth": 1}).items()}
-    tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
+    splits, tok = small_splits()
     tasks = {p: rs.PromptTask(tok, splits, 64, 0, pack=p) for p in (False, True)}
     batches = tasks[True].epoch_batches(1)[: STEPS + 1]
     bf16 = bf16_fast("cpu")
@@ -40,16 +35,10 @@ def main():
     print(f"first batch, fp32: padded loss {first[False]:.6f}, packed loss {first[True]:.6f}")
     if abs(first[False] - first[True]) > 1e-4 * abs(first[False]):
         sys.exit("the packed loss differs from the padded one")
-    spent = {False: 0.0, True: 0.0}
-    for b0 in range(1, STEPS + 1, BLOCK):
-        for p in (False, True):
-            t = time.perf_counter()
-            for idx in batches[b0 : b0 + BLOCK]:
-                trainers[p].train_step(*tasks[p].batch(idx), use_bf16=bf16)
-            spent[p] += time.perf_counter() - t
+    per_step = seconds_per_step({p: (trainers[p], tasks[p]) for p in tasks}, batches[1:], BLOCK, bf16)
     tokens = [sum(len(tasks[True].ids["train"][int(i)]) for i in b) for b in batches[1:]]
     print(f"{STEPS} steps of 64 questions, {sum(tokens) / STEPS:.0f} prompt tokens per step, bf16 autocast: {bf16}")
-    pad, packed = spent[False] / STEPS, spent[True] / STEPS
+    pad, packed = per_step[False], per_step[True]
     print(f"padded_s_per_step={pad:.3f} packed_s_per_step={packed:.3f} speedup={pad / packed:.2f}")
 
 

@@ -65,11 +65,14 @@ class PackedPrompts:
         """Mean next-token cross-entropy over the prompts' own tokens, as for the prompts run apart."""
         return F.cross_entropy(z[self.lm_src].float(), self.lm_tgt)
 
-    def recall_loss(self, z):
-        """Mean next-token cross-entropy over the recall segments' tokens (None without any)."""
+    def recall_loss(self, z, readout=None):
+        """Mean next-token cross-entropy over the recall segments' tokens (None without any). z: the
+        logits (R * T, V), or with `readout` (a map to logits) the hidden states (R * T, D), read out
+        at the recall positions only."""
         if self.recall_src is None:
             return None
-        return F.cross_entropy(z[self.recall_src].float(), self.recall_tgt)
+        x = z[self.recall_src]
+        return F.cross_entropy((x if readout is None else readout(x)).float(), self.recall_tgt)
 
 
 def common_prefix(seqs):

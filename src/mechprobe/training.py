@@ -7,6 +7,7 @@ schedule, step, best, history, RNG, and the settings the run must share to resum
 
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -207,11 +208,9 @@ class Trainer:
                 logits = last_logits(self.forward, ids, mask)  # (B, V)
         loss = F.cross_entropy(logits.float(), answers, reduction="none")  # (B,)
         loss = loss.mean() if weights is None else (loss * weights.to(loss.device)).sum() / weights.sum()
-        recall = (
-            ids.recall_loss(z if h is None else layer_readout(self.model, h)) if packed and self.recall_weight else None
-        )
-        if recall is not None:
-            loss = loss + self.recall_weight * recall
+        if packed and self.recall_weight:  # logits, or the inner layer's states read out at the recall positions
+            recall = ids.recall_loss(z, None) if h is None else ids.recall_loss(h, partial(layer_readout, self.model))
+            loss = loss if recall is None else loss + self.recall_weight * recall
         if aux and packed:
             loss = loss + self.lm_weight * ids.lm_loss(z)
         elif aux:
