@@ -152,13 +152,16 @@ def test_packed_run_and_resume_check(trained, tmp_path):
     args = ["--data-dir", str(d / "data"), "--out-dir", str(tmp_path / "p"), *SMALL, "--pack", "1"]
     res = fp.main(
         [*args, "--lm-question", "1", "--decay-steps", "4", "--binding-weight", "2", "--recall", "1"]
-        + ["--recall-layer", "1", "--tie", "1"]
+        + ["--recall-layer", "1", "--tie", "1", "--rope-theta", "1e6"]
     )
     assert res["steps"] == 12 and 0 <= res["test"]["accuracy"] <= 1
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
     assert cfg["pack"] == 1 and cfg["recall_layer"] == 1 and cfg["model_config"]["tie_word_embeddings"] is True
     best = load_model(tmp_path / "p" / "best", device="cpu")  # tied weights survive save and load
     assert best.lm_head.weight.data_ptr() == best.model.embed_tokens.weight.data_ptr()
+    d_head = best.config.hidden_size // best.config.num_attention_heads  # RoPE's base survives save and load
+    want = 1e6 ** (-torch.arange(0, d_head, 2, dtype=torch.float64) / d_head)  # theta^(-2i/d), by hand
+    assert torch.allclose(best.model.rotary_emb.inv_freq.double(), want, rtol=1e-6)
     with pytest.raises(MechprobeError, match=r"PACK 1 -> 0"):
         fp.main([*args[:-1], "0", "--decay-steps", "4", "--recall", "0"])
 

@@ -68,6 +68,7 @@ class ReasonerSettings:
     recall: float = 1.0
     recall_layer: int = 0
     tie: int = 0
+    rope_theta: float = 10000.0
     compile: int = 0
     seed: int = 0
     autocast: str = "auto"
@@ -107,6 +108,7 @@ RESUME_KEYS = (
     "recall",
     "recall_layer",
     "tie",
+    "rope_theta",
     "seed",
     "autocast",
 )
@@ -131,6 +133,7 @@ ADDED = {
     "recall": 0.0,
     "recall_layer": 0,
     "tie": 0,
+    "rope_theta": 10000.0,
 }
 
 
@@ -210,7 +213,7 @@ def train(a):
     files, splits = _data(a)
     tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
     task = _task(a, tok, splits)
-    model = rs.build_model(tok, a.layers, a.hidden, a.heads, a.seed, tie=bool(a.tie))
+    model = rs.build_model(tok, a.layers, a.hidden, a.heads, a.seed, tie=bool(a.tie), rope_theta=a.rope_theta)
     dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev)
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(a, k)) for k in RESUME_KEYS)}
@@ -276,6 +279,11 @@ def _data_and_model_args(p):
     p.add_argument("--hidden", type=positive_int)
     p.add_argument("--heads", type=positive_int)
     _switch(p, "--tie", "1: the unembedding shares the input embedding's weights (W_U = W_E^T)")
+    p.add_argument(
+        "--rope-theta",
+        type=positive_float,
+        help="RoPE's base (larger: more of each head's dimensions match by content, not by distance)",
+    )
     _switch(
         p,
         "--balanced",

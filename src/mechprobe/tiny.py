@@ -25,9 +25,13 @@ def word_tokenizer(texts, extra=("True", "False", "Unknown")):
     )
 
 
-def llama_from_config(tok, layers, hidden, heads, kv_heads, intermediate, seed=0, max_positions=4096, tie=False):
+def llama_from_config(
+    tok, layers, hidden, heads, kv_heads, intermediate, seed=0, max_positions=4096, tie=False, rope_theta=10000.0
+):
     """A randomly initialised LlamaForCausalLM (eager attention) for the word tokenizer `tok`; with tie,
-    the unembedding is the input embedding (W_U = W_E^T)."""
+    the unembedding is the input embedding (W_U = W_E^T). rope_theta: RoPE's base, pair i of a head's
+    dimensions turns by theta^(-2i/d_head) radians per token (larger: more pairs that barely turn over
+    a prompt, where a query matches a key by content wherever it is)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -43,6 +47,7 @@ def llama_from_config(tok, layers, hidden, heads, kv_heads, intermediate, seed=0
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         tie_word_embeddings=tie,
+        rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta)},
     )
     return LlamaForCausalLM._from_config(cfg, attn_implementation="eager")
 
