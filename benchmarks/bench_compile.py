@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mechprobe import reasoner as rs  # noqa: E402
 from mechprobe.training import Trainer, bf16_fast  # noqa: E402
-from reasoner_steps import seconds_per_step, small_splits  # noqa: E402
+from reasoner_steps import check_first_losses, seconds_per_step, small_splits  # noqa: E402
 
 WARM, STEPS, BLOCK = 10, 80, 10
 
@@ -37,16 +37,16 @@ def main():
         c: Trainer(rs.build_model(tok, 4, 128, 4, seed=0), 5e-4, 0.01, 10, 10_000, "cpu", 1.0, 0, 1.0, compile=c)
         for c in (False, True)
     }
-    first = {c: trainers[c].train_step(*task.batch(batches[0]), use_bf16=False) for c in trainers}
-    print(f"first batch, fp32: eager loss {first[False]:.6f}, compiled loss {first[True]:.6f}")
-    if abs(first[False] - first[True]) > 1e-4 * abs(first[False]):
-        sys.exit("the compiled loss differs from the eager one")
+    runs = {c: (trainers[c], task) for c in trainers}
+    check_first_losses(
+        runs, batches[0], {False: "eager", True: "compiled"}, "the compiled loss differs from the eager one"
+    )
     for c in trainers:
         t = time.perf_counter()
         for idx in batches[1 : 1 + WARM]:
             trainers[c].train_step(*task.batch(idx), use_bf16=bf16)
         print(f"{WARM} warm-up steps, {'compiled' if c else 'eager'}: {time.perf_counter() - t:.1f} s")
-    per_step = seconds_per_step({c: (trainers[c], task) for c in trainers}, batches[1 + WARM :], BLOCK, bf16)
+    per_step = seconds_per_step(runs, batches[1 + WARM :], BLOCK, bf16)
     print(f"{STEPS} steps of 64 packed questions with recall segments, bf16 autocast: {bf16}")
     eager, comp = per_step[False], per_step[True]
     print(f"eager_s_per_step={eager:.3f} compiled_s_per_step={comp:.3f} speedup={eager / comp:.2f}")

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mechprobe import reasoner as rs  # noqa: E402
 from mechprobe.training import Trainer, bf16_fast  # noqa: E402
-from reasoner_steps import seconds_per_step, small_splits  # noqa: E402
+from reasoner_steps import check_first_losses, seconds_per_step, small_splits  # noqa: E402
 
 STEPS, BLOCK = 60, 10
 
@@ -31,11 +31,11 @@ def main():
     batches = tasks[True].epoch_batches(1)[: STEPS + 1]
     bf16 = bf16_fast("cpu")
     trainers = {p: Trainer(rs.build_model(tok, 4, 128, 4, seed=0), 5e-4, 0.01, 10, 10_000, "cpu", 1.0) for p in tasks}
-    first = {p: trainers[p].train_step(*tasks[p].batch(batches[0]), use_bf16=False) for p in tasks}
-    print(f"first batch, fp32: padded loss {first[False]:.6f}, packed loss {first[True]:.6f}")
-    if abs(first[False] - first[True]) > 1e-4 * abs(first[False]):
-        sys.exit("the packed loss differs from the padded one")
-    per_step = seconds_per_step({p: (trainers[p], tasks[p]) for p in tasks}, batches[1:], BLOCK, bf16)
+    runs = {p: (trainers[p], tasks[p]) for p in tasks}
+    check_first_losses(
+        runs, batches[0], {False: "padded", True: "packed"}, "the packed loss differs from the padded one"
+    )
+    per_step = seconds_per_step(runs, batches[1:], BLOCK, bf16)
     tokens = [sum(len(tasks[True].ids["train"][int(i)]) for i in b) for b in batches[1:]]
     print(f"{STEPS} steps of 64 questions, {sum(tokens) / STEPS:.0f} prompt tokens per step, bf16 autocast: {bf16}")
     pad, packed = per_step[False], per_step[True]
