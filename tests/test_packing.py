@@ -168,6 +168,38 @@ def test_recall_segments_restate_the_theorys_facts(tmp_path):
     assert task.pad("val", np.arange(4))[0].recall_src is None  # no recall in evaluation
 
 
+def test_rotated_recall_restates_the_facts_in_the_statements_order(tmp_path):
+    """RECALL_ORDER=rotated: each recall segment is the theory's facts in the statements' order from
+    some first fact, wrapping round (checked against the facts' tokens), and the same rows when the
+    batch is packed again (seeded: a resumed run packs the same); a shuffled segment holds the same
+    facts; an unknown order stops with one line."""
+    from mechprobe import reasoner as rs
+    from mechprobe.proofwriter_gen import generate
+
+    generate(tmp_path, 1, (12, 3, 3), (8, 12), 0, 6)
+    splits = {s: rs.read_questions(f) for s, f in rs.split_files(tmp_path, {"depth": 1}).items()}
+    tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
+    tasks = {o: rs.PromptTask(tok, splits, 12, 0, pack=True, recall=True, recall_order=o) for o in rs.RECALL_ORDERS}
+    batch = tasks["rotated"].epoch_batches(0)[0]
+    p, _ = tasks["rotated"].pad("train", batch)
+    T, th = p.ids.shape[1], tasks["rotated"].theory["train"][batch.numpy()]
+    starts = []
+    for r, t in enumerate(dict.fromkeys(th.tolist())):
+        it = splits["train"][int(batch[th.tolist().index(t)])]
+        facts = [tok(f, add_special_tokens=False)["input_ids"] for f in it["statements"][: it["facts"]]]
+        seg = p.ids[r, p.recall_src[p.recall_src // T == r][0] % T :][: sum(map(len, facts))].tolist()
+        rotations = [k for k in range(len(facts)) if seg == [x for f in facts[k:] + facts[:k] for x in f]]
+        assert len(rotations) >= 1 and len(facts) >= 2
+        starts.append(rotations[0])
+        shuffled = tasks["shuffled"].pad("train", batch)[0]
+        assert sorted(shuffled.ids[r].tolist()) == sorted(p.ids[r].tolist())  # the same tokens, other order
+    assert len(set(starts)) > 1  # the first fact is drawn, not always the first statement
+    again, _ = tasks["rotated"].pad("train", batch)
+    assert torch.equal(again.ids, p.ids)
+    with pytest.raises(MechprobeError, match=r"^RECALL_ORDER='sorted': expected one of shuffled, rotated$"):
+        rs.PromptTask(tok, splits, 12, 0, pack=True, recall=True, recall_order="sorted")
+
+
 def test_recall_read_at_an_inner_layer_by_hand():
     """RECALL_LAYER=k: the recall loss is the next-token loss of the logit lens after layer k,
     W_U RMSNorm(h_k), computed here by hand from a hook on layer k's output of the segment run alone;

@@ -142,6 +142,8 @@ def test_bad_configuration(tmp_path, trained):
         fp.main([*folders, *SMALL, "--positive-steps", "0", "--positive-words", "1"])
     with pytest.raises(MechprobeError, match=r"^RECALL_LAYER=1 needs RECALL > 0"):
         fp.main([*folders, *SMALL, "--recall", "0", "--recall-layer", "1"])
+    with pytest.raises(MechprobeError, match=r"^RECALL_ORDER=rotated needs RECALL > 0"):
+        fp.main([*folders, *SMALL, "--recall", "0", "--recall-order", "rotated"])
     assert not (tmp_path / "x").exists()
 
 
@@ -152,11 +154,12 @@ def test_packed_run_and_resume_check(trained, tmp_path):
     args = ["--data-dir", str(d / "data"), "--out-dir", str(tmp_path / "p"), *SMALL, "--pack", "1"]
     res = fp.main(
         [*args, "--lm-question", "1", "--decay-steps", "4", "--binding-weight", "2", "--recall", "1"]
-        + ["--recall-layer", "1", "--tie", "1", "--rope-theta", "1e6"]
+        + ["--recall-layer", "1", "--tie", "1", "--rope-theta", "1e6", "--recall-order", "rotated"]
     )
     assert res["steps"] == 12 and 0 <= res["test"]["accuracy"] <= 1
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
-    assert cfg["pack"] == 1 and cfg["recall_layer"] == 1 and cfg["model_config"]["tie_word_embeddings"] is True
+    assert cfg["pack"] == 1 and cfg["recall_layer"] == 1 and cfg["recall_order"] == "rotated"
+    assert cfg["model_config"]["tie_word_embeddings"] is True
     best = load_model(tmp_path / "p" / "best", device="cpu")  # tied weights survive save and load
     assert best.lm_head.weight.data_ptr() == best.model.embed_tokens.weight.data_ptr()
     d_head = best.config.hidden_size // best.config.num_attention_heads  # RoPE's base survives save and load

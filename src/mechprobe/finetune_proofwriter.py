@@ -67,6 +67,7 @@ class ReasonerSettings:
     binding_weight: float = 1.0
     recall: float = 1.0
     recall_layer: int = 0
+    recall_order: str = "shuffled"
     tie: int = 0
     rope_theta: float = 10000.0
     compile: int = 0
@@ -107,6 +108,7 @@ RESUME_KEYS = (
     "binding_weight",
     "recall",
     "recall_layer",
+    "recall_order",
     "tie",
     "rope_theta",
     "seed",
@@ -132,6 +134,7 @@ ADDED = {
     "binding_weight": 1.0,
     "recall": 0.0,
     "recall_layer": 0,
+    "recall_order": "shuffled",
     "tie": 0,
     "rope_theta": 10000.0,
 }
@@ -180,6 +183,7 @@ def _task(a, tok, splits):
         binding_weight=a.binding_weight,
         recall=a.recall > 0,
         positive_words=bool(a.positive_words),
+        recall_order=a.recall_order,
     )
 
 
@@ -393,6 +397,13 @@ def _loss_args(p):
         help="read the recall loss after this many layers (the model's own norm and unembedding on the residual "
         "stream there), so that the lookup is done early enough for the later layers to use (0: the last layer)",
     )
+    p.add_argument(
+        "--recall-order",
+        choices=rs.RECALL_ORDERS,
+        help="order of the facts in a recall segment: shuffled (only 'Bob is' -> Bob's attributes can be "
+        "predicted) or rotated (the statements' order from a random first fact: each restated fact must also be "
+        "found among the statements, by its entity and attribute together, to predict the next one)",
+    )
 
 
 def main(argv=None):
@@ -415,6 +426,8 @@ def main(argv=None):
         raise MechprobeError("POSITIVE_WORDS=1 needs POSITIVE_STEPS > 0 (it selects the positive phase's questions)")
     if a.recall_layer and not a.recall:
         raise MechprobeError(f"RECALL_LAYER={a.recall_layer} needs RECALL > 0 (it says where the recall loss is read)")
+    if a.recall_order != "shuffled" and not a.recall:
+        raise MechprobeError(f"RECALL_ORDER={a.recall_order} needs RECALL > 0 (it orders the recall segments)")
     if a.recall_layer > a.layers:
         raise MechprobeError(f"RECALL_LAYER={a.recall_layer}: expected 0 (the last layer) to {a.layers} (LAYERS)")
     return train(a)

@@ -308,8 +308,18 @@ def build_model(tok, layers=4, hidden=128, heads=4, seed=0, max_positions=1024, 
     return llama_from_config(tok, layers, hidden, heads, heads, 4 * hidden, seed, max_positions, tie, rope_theta)
 
 
+RECALL_ORDERS = ("shuffled", "rotated")
+
+
 class PromptTask:
-    """ProofWriter questions as a training task (training.run_loop), length-bucketed."""
+    """ProofWriter questions as a training task (training.run_loop), length-bucketed.
+
+    recall_order (with recall): the order in which a recall segment restates its theory's facts;
+    "shuffled": a seeded permutation, so that only "E is" -> one of E's attributes can be predicted
+    (the lookup by entity); "rotated": the statements' order from a seeded first fact, wrapping
+    round, so that after each restated fact "E is a ." the next fact's words can be predicted too,
+    by finding "E is a ." among the statements (a match on the entity and the attribute together,
+    which a question's answer needs)."""
 
     def __init__(
         self,
@@ -327,7 +337,11 @@ class PromptTask:
         binding_weight=1.0,
         recall=False,
         positive_words=False,
+        recall_order="shuffled",
     ):
+        if recall_order not in RECALL_ORDERS:
+            raise MechprobeError(f"RECALL_ORDER={recall_order!r}: expected one of {', '.join(RECALL_ORDERS)}")
+        self.recall_order = recall_order
         self.tok, self.batch_size, self.seed, self.curriculum, self.pack = tok, batch_size, seed, curriculum, pack
         self.lm_question, self.lm_statements = lm_question, lm_statements
         self.facts = fact_tokens(tok, splits["train"]) if recall else None
@@ -474,6 +488,8 @@ class PromptTask:
             if k not in out:
                 facts = self.facts[k]
                 order = np.random.default_rng([self.seed, k, int(idx[0])]).permutation(len(facts))
+                if self.recall_order == "rotated" and len(facts):  # statements' order from a drawn first fact
+                    order = (order[0] + np.arange(len(facts))) % len(facts)
                 out[k] = ([t for o in order for t in facts[o]], int(self.qstart["train"][i]))
         return out
 
