@@ -183,7 +183,7 @@ def test_rotated_recall_restates_the_facts_in_the_statements_order(tmp_path):
     batch = tasks["rotated"].epoch_batches(0)[0]
     p, _ = tasks["rotated"].pad("train", batch)
     T, th = p.ids.shape[1], tasks["rotated"].theory["train"][batch.numpy()]
-    starts = []
+    shuffled, starts = tasks["shuffled"].pad("train", batch)[0], []
     for r, t in enumerate(dict.fromkeys(th.tolist())):
         it = splits["train"][int(batch[th.tolist().index(t)])]
         facts = [tok(f, add_special_tokens=False)["input_ids"] for f in it["statements"][: it["facts"]]]
@@ -191,7 +191,6 @@ def test_rotated_recall_restates_the_facts_in_the_statements_order(tmp_path):
         rotations = [k for k in range(len(facts)) if seg == [x for f in facts[k:] + facts[:k] for x in f]]
         assert len(rotations) >= 1 and len(facts) >= 2
         starts.append(rotations[0])
-        shuffled = tasks["shuffled"].pad("train", batch)[0]
         assert sorted(shuffled.ids[r].tolist()) == sorted(p.ids[r].tolist())  # the same tokens, other order
     assert len(set(starts)) > 1  # the first fact is drawn, not always the first statement
     again, _ = tasks["rotated"].pad("train", batch)
