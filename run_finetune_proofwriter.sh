@@ -36,7 +36,8 @@ LM_QUESTION=${LM_QUESTION:-0}                     # 1: the next-token loss on th
 LM_STATEMENTS=${LM_STATEMENTS:-0}                 # 1: the next-token loss on the statements' tokens only (PACK=1; not on the question, half of which is unprovable)
 RECALL=${RECALL:-1}                               # weight of a next-token loss on the theory's facts restated after its statements (PACK=1; 0: none)
 RECALL_LAYER=${RECALL_LAYER:-0}                   # the recall loss read after this many layers (logit lens), so the lookup is done early (0: the last layer)
-RECALL_ORDER=${RECALL_ORDER:-shuffled}            # order of the facts restated in a recall segment: shuffled, or rotated (statements' order from a random fact: each must be found by its entity and attribute)
+RECALL_ORDER=${RECALL_ORDER:-shuffled}            # order of the facts restated in a recall segment: shuffled, rotated (statements' order from a random fact: each must be found by its entity and attribute), or reversed ("E is a." restated as "a is E.": the lookup by attribute)
+OPTIMIZER=${OPTIMIZER:-adamw}                     # adamw, or muon (orthogonalised updates for the blocks' weight matrices, AdamW for the rest)
 PACK=${PACK:-1}                                   # 1: batches of whole theories, a theory's questions in one row holding its statements once (same losses, ~3x faster steps)
 COMPILE=${COMPILE:-0}                             # 1: torch.compile the training forward (needs g++ on a CPU; same model, faster steps)
 SEED=${SEED:-0}
@@ -50,6 +51,6 @@ flags=()
 [ "$RESTART" = 1 ] && flags+=(--restart)
 python -m mechprobe.finetune_proofwriter --data-dir "$DATA_DIR" --out-dir "$OUT_DIR" --depth "$DEPTH" --sizes $SIZES \
   --groups $STATEMENTS --questions "$QUESTIONS" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --tie "$TIE" --rope-theta "$ROPE_THETA" --lr "$LR" \
-  --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --decay-steps "$DECAY_STEPS" --eval-every "$EVAL_EVERY" --curriculum "$CURRICULUM" --stage-steps "$STAGE_STEPS" --positive-steps "$POSITIVE_STEPS" --positive-words "$POSITIVE_WORDS" --lm-weight "$LM_WEIGHT" --balanced "$BALANCED" --binding-pairs "$BINDING_PAIRS" --train-more "$TRAIN_MORE" --prior-balance "$PRIOR_BALANCE" --pack "$PACK" --lm-question "$LM_QUESTION" --lm-statements "$LM_STATEMENTS" --binding-weight "$BINDING_WEIGHT" --recall "$RECALL" --recall-layer "$RECALL_LAYER" --recall-order "$RECALL_ORDER" --compile "$COMPILE" --seed "$SEED" \
+  --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --decay-steps "$DECAY_STEPS" --eval-every "$EVAL_EVERY" --curriculum "$CURRICULUM" --stage-steps "$STAGE_STEPS" --positive-steps "$POSITIVE_STEPS" --positive-words "$POSITIVE_WORDS" --lm-weight "$LM_WEIGHT" --balanced "$BALANCED" --binding-pairs "$BINDING_PAIRS" --train-more "$TRAIN_MORE" --prior-balance "$PRIOR_BALANCE" --pack "$PACK" --lm-question "$LM_QUESTION" --lm-statements "$LM_STATEMENTS" --binding-weight "$BINDING_WEIGHT" --recall "$RECALL" --recall-layer "$RECALL_LAYER" --recall-order "$RECALL_ORDER" --optimizer "$OPTIMIZER" --compile "$COMPILE" --seed "$SEED" \
   --device "$DEVICE" --threads "$THREADS" "${flags[@]}"
 echo "outputs: $OUT_DIR (best/ and last/ models, results.json, config.json, curves.png, run.log)"

@@ -195,8 +195,44 @@ def test_rotated_recall_restates_the_facts_in_the_statements_order(tmp_path):
     assert len(set(starts)) > 1  # the first fact is drawn, not always the first statement
     again, _ = tasks["rotated"].pad("train", batch)
     assert torch.equal(again.ids, p.ids)
-    with pytest.raises(MechprobeError, match=r"^RECALL_ORDER='sorted': expected one of shuffled, rotated$"):
+    with pytest.raises(MechprobeError, match=r"^RECALL_ORDER='sorted': expected one of shuffled, rotated, reversed$"):
         rs.PromptTask(tok, splits, 12, 0, pack=True, recall=True, recall_order="sorted")
+
+
+def test_reversed_recall_restates_each_fact_attribute_first(tmp_path):
+    """RECALL_ORDER=reversed: each recall segment is the shuffled segment's facts in the same order,
+    each "E is a." written "a is E." (checked against the facts' text, reworded here), at the same
+    positions of the same rows, with next-token targets on every segment token but the last."""
+    import re
+
+    from mechprobe import reasoner as rs
+    from mechprobe.proofwriter_gen import generate
+
+    generate(tmp_path, 1, (12, 3, 3), (8, 12), 0, 6)
+    splits = {s: rs.read_questions(f) for s, f in rs.split_files(tmp_path, {"depth": 1}).items()}
+    tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
+    tasks = {
+        o: rs.PromptTask(tok, splits, 12, 0, pack=True, recall=True, recall_order=o) for o in ("shuffled", "reversed")
+    }
+    batch = tasks["reversed"].epoch_batches(0)[0]
+    rev, shuf = (tasks[o].pad("train", batch)[0] for o in ("reversed", "shuffled"))
+    assert torch.equal(rev.recall_src, shuf.recall_src) and torch.equal(rev.positions, shuf.positions)
+    T, th, n = rev.ids.shape[1], tasks["reversed"].theory["train"][batch.numpy()], 0
+    for r, t in enumerate(dict.fromkeys(th.tolist())):
+        it = splits["train"][int(batch[th.tolist().index(t)])]
+        facts = {tuple(tok(f, add_special_tokens=False)["input_ids"]): f for f in it["statements"][: it["facts"]]}
+        c0 = int(shuf.recall_src[shuf.recall_src // T == r][0] % T)
+        seg, c = shuf.ids[r, c0:].tolist(), 0
+        for _ in facts:  # the shuffled segment, fact by fact, and the reversed one at the same columns
+            f = next(f for f in facts if tuple(seg[c : c + len(f)]) == f)
+            e, a = re.fullmatch(r"(.+) is (\w+)\.", facts[f]).groups()
+            assert (
+                rev.ids[r, c0 + c : c0 + c + len(f)].tolist()
+                == tok(f"{a} is {e} .", add_special_tokens=False)["input_ids"]
+            )
+            c, n = c + len(f), n + 1
+    assert n >= 4 and not torch.equal(rev.ids, shuf.ids)
+    assert torch.equal(rev.recall_tgt, rev.ids.flatten()[rev.recall_src + 1])
 
 
 def test_recall_read_at_an_inner_layer_by_hand():

@@ -155,10 +155,12 @@ def test_packed_run_and_resume_check(trained, tmp_path):
     res = fp.main(
         [*args, "--lm-question", "1", "--decay-steps", "4", "--binding-weight", "2", "--recall", "1"]
         + ["--recall-layer", "1", "--tie", "1", "--rope-theta", "1e6", "--recall-order", "rotated"]
+        + ["--optimizer", "muon"]
     )
     assert res["steps"] == 12 and 0 <= res["test"]["accuracy"] <= 1
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
     assert cfg["pack"] == 1 and cfg["recall_layer"] == 1 and cfg["recall_order"] == "rotated"
+    assert cfg["optimizer"] == "muon"
     assert cfg["model_config"]["tie_word_embeddings"] is True
     best = load_model(tmp_path / "p" / "best", device="cpu")  # tied weights survive save and load
     assert best.lm_head.weight.data_ptr() == best.model.embed_tokens.weight.data_ptr()

@@ -11,6 +11,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 import torch
 
 from . import reasoner as rs
+from .optim import OPTIMIZERS
 from .training import Trainer, bf16_fast, load_checkpoint, plot_curves, run_loop, save_pretrained_atomic
 from .utils import (
     MechprobeError,
@@ -68,6 +69,7 @@ class ReasonerSettings:
     recall: float = 1.0
     recall_layer: int = 0
     recall_order: str = "shuffled"
+    optimizer: str = "adamw"
     tie: int = 0
     rope_theta: float = 10000.0
     compile: int = 0
@@ -109,6 +111,7 @@ RESUME_KEYS = (
     "recall",
     "recall_layer",
     "recall_order",
+    "optimizer",
     "tie",
     "rope_theta",
     "seed",
@@ -135,6 +138,7 @@ ADDED = {
     "recall": 0.0,
     "recall_layer": 0,
     "recall_order": "shuffled",
+    "optimizer": "adamw",
     "tie": 0,
     "rope_theta": 10000.0,
 }
@@ -206,7 +210,7 @@ def _data(a):
 def _trainer(a, model, dev):
     """The Trainer of settings `a`: optimizer and schedule, the losses' weights, the compiled forward."""
     sched = (a.lr, a.weight_decay, a.warmup, a.max_steps, dev)
-    return Trainer(model, *sched, a.lm_weight, a.decay_steps, a.recall, a.compile, a.recall_layer)
+    return Trainer(model, *sched, a.lm_weight, a.decay_steps, a.recall, a.compile, a.recall_layer, a.optimizer)
 
 
 def train(a):
@@ -401,8 +405,14 @@ def _loss_args(p):
         "--recall-order",
         choices=rs.RECALL_ORDERS,
         help="order of the facts in a recall segment: shuffled (only 'Bob is' -> Bob's attributes can be "
-        "predicted) or rotated (the statements' order from a random first fact: each restated fact must also be "
-        "found among the statements, by its entity and attribute together, to predict the next one)",
+        "predicted), rotated (the statements' order from a random first fact: each restated fact must also be "
+        "found among the statements, by its entity and attribute together, to predict the next one) or reversed "
+        "(shuffled, each fact 'E is a.' restated as 'a is E.': 'big is' -> the entities said to be big)",
+    )
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help="adamw, or muon (Muon on the blocks' weight matrices, AdamW on the rest; the same lr and weight decay)",
     )
 
 

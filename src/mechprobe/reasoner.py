@@ -294,6 +294,13 @@ def fact_tokens(tok, items):
     return out
 
 
+def reverse_fact(ids, is_id):
+    """A fact's token ids "E is a ." -> "a is E ." (the words after the first "is", then "is", then the
+    words before it, then the final mark), e.g. "The cat is big ." -> "big is The cat ."."""
+    k = ids.index(is_id)
+    return [*ids[k + 1 : -1], is_id, *ids[:k], ids[-1]]
+
+
 def build_tokenizer(items):
     from .tiny import word_tokenizer
 
@@ -308,7 +315,7 @@ def build_model(tok, layers=4, hidden=128, heads=4, seed=0, max_positions=1024, 
     return llama_from_config(tok, layers, hidden, heads, heads, 4 * hidden, seed, max_positions, tie, rope_theta)
 
 
-RECALL_ORDERS = ("shuffled", "rotated")
+RECALL_ORDERS = ("shuffled", "rotated", "reversed")
 
 
 class PromptTask:
@@ -319,7 +326,10 @@ class PromptTask:
     (the lookup by entity); "rotated": the statements' order from a seeded first fact, wrapping
     round, so that after each restated fact "E is a ." the next fact's words can be predicted too,
     by finding "E is a ." among the statements (a match on the entity and the attribute together,
-    which a question's answer needs)."""
+    which a question's answer needs); "reversed": the shuffled order, each fact "E is a ." restated
+    as "a is E ." so that "a is" -> the entities said to be a is predicted (the lookup by attribute:
+    an occurrence of a must carry whose attribute it is, which a question "E is a." needs where it
+    meets a among the statements)."""
 
     def __init__(
         self,
@@ -490,7 +500,13 @@ class PromptTask:
                 order = np.random.default_rng([self.seed, k, int(idx[0])]).permutation(len(facts))
                 if self.recall_order == "rotated" and len(facts):  # statements' order from a drawn first fact
                     order = (order[0] + np.arange(len(facts))) % len(facts)
-                out[k] = ([t for o in order for t in facts[o]], int(self.qstart["train"][i]))
+                seg = [
+                    reverse_fact(facts[o], self.tok.convert_tokens_to_ids("is"))
+                    if self.recall_order == "reversed"
+                    else facts[o]
+                    for o in order
+                ]
+                out[k] = ([t for f in seg for t in f], int(self.qstart["train"][i]))
         return out
 
     def batch(self, idx):

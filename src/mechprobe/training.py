@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .models import last_logits
+from .optim import make_optimizers
 from .packing import PackedPrompts
 from .utils import MechprobeError, atomic_path, get_logger, progress
 
@@ -155,16 +156,16 @@ class Trainer:
         recall_weight=0.0,
         compile=False,
         recall_layer=0,
+        optimizer="adamw",
     ):
         self.model, self.total, self.dev, self.lm_weight = model, total, dev, lm_weight
         self.recall_layer = check_readout_layer(model, recall_layer) if recall_weight else 0
         self.forward = compiled(model) if compile else model  # the training forward; evaluation stays eager
         self.recall_weight = recall_weight
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, warmup_linear_decay(min(warmup, total // 10 + 1), total, decay)
-        )
+        self.opts = make_optimizers(model, lr, weight_decay, optimizer)
+        lam = warmup_linear_decay(min(warmup, total // 10 + 1), total, decay)
+        self.scheds = [torch.optim.lr_scheduler.LambdaLR(o, lam) for o in self.opts]
+        self.opt, self.sched = self.opts[0], self.scheds[0]  # AdamW (with "muon": over the rest)
         self.step, self.best, self.history, self.elapsed = 0, -1.0, {"train": [], "val": []}, 0.0
 
     def state(self, settings):
@@ -172,6 +173,11 @@ class Trainer:
             "model": self.model.state_dict(),
             "opt": self.opt.state_dict(),
             "sched": self.sched.state_dict(),
+            **(
+                {"muon": self.opts[1].state_dict(), "muon_sched": self.scheds[1].state_dict()}
+                if len(self.opts) > 1
+                else {}
+            ),
             "step": self.step,
             "best": self.best,
             "history": self.history,
@@ -184,6 +190,9 @@ class Trainer:
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         self.sched.load_state_dict(st["sched"])
+        if len(self.opts) > 1:
+            self.opts[1].load_state_dict(st["muon"])
+            self.scheds[1].load_state_dict(st["muon_sched"])
         self.step, self.best, self.history, self.elapsed = st["step"], st["best"], st["history"], st["elapsed"]
         torch.set_rng_state(st["rng"])
 
@@ -217,11 +226,13 @@ class Trainer:
             tgt = ids[:, 1:].masked_fill(torch.arange(1, ids.shape[1], device=ids.device) > last[:, None], -100)
             lm = F.cross_entropy(z[:, :-1].float().reshape(-1, z.shape[-1]), tgt.reshape(-1), ignore_index=-100)
             loss = loss + self.lm_weight * lm
-        self.opt.zero_grad(set_to_none=True)
+        for o in self.opts:
+            o.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
-        self.sched.step()
+        for o, sc in zip(self.opts, self.scheds):
+            o.step()
+            sc.step()
         self.step += 1
         self.history["train"].append((self.step, loss.item()))
         return loss.item()
