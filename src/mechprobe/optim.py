@@ -10,8 +10,9 @@ same lr and decoupled weight decay apply ("Muon is scalable for LLM training", L
 
     W <- W (1 - lr wd) - lr 0.2 sqrt(max(rows, cols)) NS_5(M)
 
-torch.optim.Muon runs the iterations in bf16, emulated and slow on CPUs without native bf16 (8 x the
-whole training step on the reasoner); this one stays in the parameters' dtype. Embeddings, the
+torch.optim.Muon runs the iterations in bf16, emulated and slow on CPUs without native bf16 (a
+reasoner training step took 1.44 s with it against 0.185 s with AdamW); this one stays in the
+parameters' dtype. Embeddings, the
 unembedding, norms and biases keep AdamW.
 """
 

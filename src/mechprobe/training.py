@@ -141,7 +141,8 @@ class Trainer:
         L += recall_weight * mean_{recall tokens} -log softmax(z_t)[x_{t+1}]
     where z_t is read after layer recall_layer when it is set (layer_readout; 0: the model's logits).
     With compile, the training forward is torch.compile'd (the same function; evaluation, checkpoints
-    and save_pretrained use the plain module)."""
+    and save_pretrained use the plain module). optimizer: "adamw", or "muon" (optim.make_optimizers:
+    Muon on the blocks' weight matrices, AdamW on the rest; one lr schedule drives both)."""
 
     def __init__(
         self,
