@@ -12,8 +12,7 @@ same lr and decoupled weight decay apply ("Muon is scalable for LLM training", L
 
 torch.optim.Muon runs the iterations in bf16, emulated and slow on CPUs without native bf16 (a
 reasoner training step took 1.44 s with it against 0.185 s with AdamW); this one stays in the
-parameters' dtype. Embeddings, the
-unembedding, norms and biases keep AdamW.
+parameters' dtype. Embeddings, the unembedding, norms and biases keep AdamW.
 """
 
 import torch

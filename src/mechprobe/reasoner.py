@@ -493,19 +493,16 @@ class PromptTask:
         """{theory: (its facts restated in a seeded order, its statements' length)}: the recall
         segments of a packed training batch (the order seeded by the theory and the batch's first
         question, so that a resumed run packs the same rows)."""
-        out = {}
+        out, is_id = {}, self.tok.convert_tokens_to_ids("is")
         for i, k in zip(idx.tolist(), keys):
             if k not in out:
                 facts = self.facts[k]
                 order = np.random.default_rng([self.seed, k, int(idx[0])]).permutation(len(facts))
                 if self.recall_order == "rotated" and len(facts):  # statements' order from a drawn first fact
                     order = (order[0] + np.arange(len(facts))) % len(facts)
-                seg = [
-                    reverse_fact(facts[o], self.tok.convert_tokens_to_ids("is"))
-                    if self.recall_order == "reversed"
-                    else facts[o]
-                    for o in order
-                ]
+                seg = [facts[o] for o in order]
+                if self.recall_order == "reversed":
+                    seg = [reverse_fact(f, is_id) for f in seg]
                 out[k] = ([t for f in seg for t in f], int(self.qstart["train"][i]))
         return out
 
