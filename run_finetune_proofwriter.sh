@@ -16,6 +16,7 @@ HIDDEN=${HIDDEN:-128}
 HEADS=${HEADS:-4}
 TIE=${TIE:-0}                                     # 1: tied embeddings (the unembedding is the input embedding)
 ROPE_THETA=${ROPE_THETA:-10000}                   # RoPE's base (larger: more of each head's dimensions match words by content, not by distance)
+POSITION_HEADS=${POSITION_HEADS:-0}               # K: layer 0's heads 0..K-1 start attending 1..K tokens back (attention biases; 0: none)
 LR=${LR:-0.0005}
 BATCH_SIZE=${BATCH_SIZE:-64}
 MAX_STEPS=${MAX_STEPS:-5000}                      # about 14 min on 2 cores (13-14 min measured)
@@ -50,7 +51,7 @@ export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 flags=()
 [ "$RESTART" = 1 ] && flags+=(--restart)
 python -m mechprobe.finetune_proofwriter --data-dir "$DATA_DIR" --out-dir "$OUT_DIR" --depth "$DEPTH" --sizes $SIZES \
-  --groups $STATEMENTS --questions "$QUESTIONS" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --tie "$TIE" --rope-theta "$ROPE_THETA" --lr "$LR" \
+  --groups $STATEMENTS --questions "$QUESTIONS" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --tie "$TIE" --rope-theta "$ROPE_THETA" --position-heads "$POSITION_HEADS" --lr "$LR" \
   --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --decay-steps "$DECAY_STEPS" --eval-every "$EVAL_EVERY" --curriculum "$CURRICULUM" --stage-steps "$STAGE_STEPS" --positive-steps "$POSITIVE_STEPS" --positive-words "$POSITIVE_WORDS" --lm-weight "$LM_WEIGHT" --balanced "$BALANCED" --binding-pairs "$BINDING_PAIRS" --train-more "$TRAIN_MORE" --prior-balance "$PRIOR_BALANCE" --pack "$PACK" --lm-question "$LM_QUESTION" --lm-statements "$LM_STATEMENTS" --binding-weight "$BINDING_WEIGHT" --recall "$RECALL" --recall-layer "$RECALL_LAYER" --recall-order "$RECALL_ORDER" --optimizer "$OPTIMIZER" --compile "$COMPILE" --seed "$SEED" \
   --device "$DEVICE" --threads "$THREADS" "${flags[@]}"
 echo "outputs: $OUT_DIR (best/ and last/ models, results.json, config.json, curves.png, run.log)"

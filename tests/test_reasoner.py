@@ -144,6 +144,8 @@ def test_bad_configuration(tmp_path, trained):
         fp.main([*folders, *SMALL, "--recall", "0", "--recall-layer", "1"])
     with pytest.raises(MechprobeError, match=r"^RECALL_ORDER=rotated needs RECALL > 0"):
         fp.main([*folders, *SMALL, "--recall", "0", "--recall-order", "rotated"])
+    with pytest.raises(MechprobeError, match=r"^POSITION_HEADS=3 is more than HEADS=2$"):
+        fp.main([*folders, *SMALL, "--position-heads", "3"])
     assert not (tmp_path / "x").exists()
 
 
@@ -155,18 +157,20 @@ def test_packed_run_and_resume_check(trained, tmp_path):
     res = fp.main(
         [*args, "--lm-question", "1", "--decay-steps", "4", "--binding-weight", "2", "--recall", "1"]
         + ["--recall-layer", "1", "--tie", "1", "--rope-theta", "1e6", "--recall-order", "rotated"]
-        + ["--optimizer", "muon"]
+        + ["--optimizer", "muon", "--position-heads", "1"]
     )
     assert res["steps"] == 12 and 0 <= res["test"]["accuracy"] <= 1
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
     assert cfg["pack"] == 1 and cfg["recall_layer"] == 1 and cfg["recall_order"] == "rotated"
     assert cfg["optimizer"] == "muon"
     assert cfg["model_config"]["tie_word_embeddings"] is True
+    assert cfg["position_heads"] == 1 and cfg["model_config"]["attention_bias"] is True
     best = load_model(tmp_path / "p" / "best", device="cpu")  # tied weights survive save and load
     assert best.lm_head.weight.data_ptr() == best.model.embed_tokens.weight.data_ptr()
     d_head = best.config.hidden_size // best.config.num_attention_heads  # RoPE's base survives save and load
     want = 1e6 ** (-torch.arange(0, d_head, 2, dtype=torch.float64) / d_head)  # theta^(-2i/d), by hand
     assert torch.allclose(best.model.rotary_emb.inv_freq.double(), want, rtol=1e-6)
+    assert best.model.layers[0].self_attn.q_proj.bias is not None  # the biases survive save and load
     with pytest.raises(MechprobeError, match=r"PACK 1 -> 0"):
         fp.main([*args[:-1], "0", "--decay-steps", "4", "--recall", "0"])
 
@@ -501,3 +505,27 @@ def test_lookup_accuracy_by_hand():
     assert rs.lookup_accuracy(right, tok, items) == {"accuracy": 1.0, "n": 1, "chance": pytest.approx(2 / 3)}
     assert rs.lookup_accuracy(wrong, tok, items)["accuracy"] == 0.0  # kind is Anne's, not Bob's
     assert right.seen[0][-3:] == [".", "Bob", "is"]  # the prompt stops before the question's attribute
+
+
+def test_position_heads_attend_to_their_offset_from_the_start():
+    """POSITION_HEADS=3: before any training, layer 0's head h puts 0.99 of its attention on the token h+1
+    back on average, 0.9+ at every position (from h+1 on), whatever the tokens, and head 3 does not; a
+    model without biases is refused."""
+    from mechprobe.tiny import init_position_heads
+
+    tok = rs.build_tokenizer(
+        [{"statements": ["Bob is big.", "If someone is big then they are red."], "question": "Bob is red."}]
+    )
+    model = rs.build_model(tok, layers=2, hidden=128, heads=4, position_heads=3).eval()
+    ids = torch.randint(4, len(tok), (2, 300), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        att = model(input_ids=ids, output_attentions=True).attentions[0]  # (B, H, T, T)
+    for h in range(4):
+        t = torch.arange(h + 1, 300)
+        on_offset = att[:, h, t, t - (h + 1)]  # (B, T - h - 1)
+        if h < 3:
+            assert on_offset.mean() > 0.99 and on_offset.min() > 0.9, (h, on_offset.mean(), on_offset.min())
+        else:
+            assert on_offset.mean() < 0.5
+    with pytest.raises(ValueError, match="with q/k biases"):
+        init_position_heads(rs.build_model(tok, layers=1, hidden=32, heads=2), 1)

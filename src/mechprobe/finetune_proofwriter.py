@@ -72,6 +72,7 @@ class ReasonerSettings:
     optimizer: str = "adamw"
     tie: int = 0
     rope_theta: float = 10000.0
+    position_heads: int = 0
     compile: int = 0
     seed: int = 0
     autocast: str = "auto"
@@ -114,6 +115,7 @@ RESUME_KEYS = (
     "optimizer",
     "tie",
     "rope_theta",
+    "position_heads",
     "seed",
     "autocast",
 )
@@ -141,6 +143,7 @@ ADDED = {
     "optimizer": "adamw",
     "tie": 0,
     "rope_theta": 10000.0,
+    "position_heads": 0,
 }
 
 
@@ -221,7 +224,16 @@ def train(a):
     files, splits = _data(a)
     tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
     task = _task(a, tok, splits)
-    model = rs.build_model(tok, a.layers, a.hidden, a.heads, a.seed, tie=bool(a.tie), rope_theta=a.rope_theta)
+    model = rs.build_model(
+        tok,
+        a.layers,
+        a.hidden,
+        a.heads,
+        a.seed,
+        tie=bool(a.tie),
+        rope_theta=a.rope_theta,
+        position_heads=a.position_heads,
+    )
     dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev)
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(a, k)) for k in RESUME_KEYS)}
@@ -291,6 +303,12 @@ def _data_and_model_args(p):
         "--rope-theta",
         type=positive_float,
         help="RoPE's base (larger: more of each head's dimensions match by content, not by distance)",
+    )
+    p.add_argument(
+        "--position-heads",
+        type=nonneg_int,
+        help="K > 0: the attention projections get biases and layer 0's heads 0..K-1 start attending 1..K "
+        "tokens back (previous-token heads; 'E is a.': the attribute sees its entity 2 back; 0: none)",
     )
     _switch(
         p,
@@ -420,6 +438,8 @@ def main(argv=None):
     a = ReasonerSettings(**vars(parser().parse_args(argv)))
     if a.hidden % a.heads:
         raise MechprobeError(f"HIDDEN={a.hidden} is not a multiple of HEADS={a.heads}")
+    if a.position_heads > a.heads:
+        raise MechprobeError(f"POSITION_HEADS={a.position_heads} is more than HEADS={a.heads}")
     for name, on in (("LM_QUESTION", a.lm_question), ("LM_STATEMENTS", a.lm_statements)):
         if on and not a.pack:
             raise MechprobeError(f"{name}=1 needs PACK=1 (this next-token loss is computed on packed rows)")

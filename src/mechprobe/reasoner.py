@@ -307,12 +307,16 @@ def build_tokenizer(items):
     return word_tokenizer([s for it in items for s in it["statements"] + [it["question"]]] + ["True or False ?"])
 
 
-def build_model(tok, layers=4, hidden=128, heads=4, seed=0, max_positions=1024, tie=False, rope_theta=10000.0):
+def build_model(
+    tok, layers=4, hidden=128, heads=4, seed=0, max_positions=1024, tie=False, rope_theta=10000.0, position_heads=0
+):
     """A LlamaForCausalLM from a config (intermediate size 4 x hidden), eager attention; tie: the
-    unembedding shares the input embedding's weights; rope_theta: RoPE's base."""
+    unembedding shares the input embedding's weights; rope_theta: RoPE's base; position_heads = K:
+    layer 0's heads 0..K-1 start looking 1..K tokens back (`tiny.init_position_heads`)."""
     from .tiny import llama_from_config
 
-    return llama_from_config(tok, layers, hidden, heads, heads, 4 * hidden, seed, max_positions, tie, rope_theta)
+    args = (layers, hidden, heads, heads, 4 * hidden, seed, max_positions, tie, rope_theta, position_heads)
+    return llama_from_config(tok, *args)
 
 
 RECALL_ORDERS = ("shuffled", "rotated", "reversed")
