@@ -210,6 +210,12 @@ def _data(a):
     return files, {s: rs.read_questions(f) for s, f in files.items()}
 
 
+def _model(a, tok):
+    """The randomly initialised reasoner of settings `a` for the tokenizer `tok`."""
+    arch = dict(tie=bool(a.tie), rope_theta=a.rope_theta, position_heads=a.position_heads)
+    return rs.build_model(tok, a.layers, a.hidden, a.heads, a.seed, **arch)
+
+
 def _trainer(a, model, dev):
     """The Trainer of settings `a`: optimizer and schedule, the losses' weights, the compiled forward."""
     sched = (a.lr, a.weight_decay, a.warmup, a.max_steps, dev)
@@ -224,16 +230,7 @@ def train(a):
     files, splits = _data(a)
     tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
     task = _task(a, tok, splits)
-    model = rs.build_model(
-        tok,
-        a.layers,
-        a.hidden,
-        a.heads,
-        a.seed,
-        tie=bool(a.tie),
-        rope_theta=a.rope_theta,
-        position_heads=a.position_heads,
-    )
+    model = _model(a, tok)
     dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev)
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(a, k)) for k in RESUME_KEYS)}

@@ -315,8 +315,8 @@ def build_model(
     layer 0's heads 0..K-1 start looking 1..K tokens back (`tiny.init_position_heads`)."""
     from .tiny import llama_from_config
 
-    args = (layers, hidden, heads, heads, 4 * hidden, seed, max_positions, tie, rope_theta, position_heads)
-    return llama_from_config(tok, *args)
+    arch = dict(tie=tie, rope_theta=rope_theta, position_heads=position_heads)
+    return llama_from_config(tok, layers, hidden, heads, heads, 4 * hidden, seed, max_positions, **arch)
 
 
 RECALL_ORDERS = ("shuffled", "rotated", "reversed")
