@@ -15,11 +15,14 @@ LAYERS=${LAYERS:-4}
 HIDDEN=${HIDDEN:-128}
 HEADS=${HEADS:-4}
 TIE=${TIE:-0}                                     # 1: tied embeddings (the unembedding is the input embedding)
-ROPE_THETA=${ROPE_THETA:-10000}                   # RoPE's base (larger: more of each head's dimensions match words by content, not by distance)
-POSITION_HEADS=${POSITION_HEADS:-0}               # K: layer 0's heads 0..K-1 start attending 1..K tokens back (attention biases; 0: none)
+ROPE_THETA=${ROPE_THETA:-1000000}                 # RoPE's base (larger: more of each head's dimensions match words by content, not by distance)
+POSITION_HEADS=${POSITION_HEADS:-3}               # K: layer 0's heads 0..K-1 start attending 1..K tokens back (attention biases; 0: none)
+WIRED_LOOKUP=${WIRED_LOOKUP:-1}                   # 1: layer 1's head 0 starts as a lookup of the question's "E is a" among the facts (POSITION_HEADS=3, HEADS=4)
+WIRED_HOLD=${WIRED_HOLD:-2500}                    # with WIRED_LOOKUP=1: first steps after which the wired weights are put back to their initial values
+EARLY_ANSWER=${EARLY_ANSWER:-1}                   # weight of the answer's loss read early too: at the question's last word and the tokens after it (PACK=1; 0: none)
 LR=${LR:-0.0005}
 BATCH_SIZE=${BATCH_SIZE:-64}
-MAX_STEPS=${MAX_STEPS:-5000}                      # about 14 min on 2 cores (13-14 min measured)
+MAX_STEPS=${MAX_STEPS:-4400}                      # 771-816 s measured on 2 cores, compiled (seeds 1 and 2 had not bound by then: README, session 15)
 WARMUP=${WARMUP:-100}
 DECAY_STEPS=${DECAY_STEPS:-0}                     # last steps over which the lr decays linearly to 0 (0: from the end of the warm-up)
 EVAL_EVERY=${EVAL_EVERY:-500}
@@ -40,7 +43,7 @@ RECALL_LAYER=${RECALL_LAYER:-0}                   # the recall loss read after t
 RECALL_ORDER=${RECALL_ORDER:-shuffled}            # order of the facts restated in a recall segment: shuffled, rotated (statements' order from a random fact: each must be found by its entity and attribute), or reversed ("E is a." restated as "a is E.": the lookup by attribute)
 OPTIMIZER=${OPTIMIZER:-adamw}                     # adamw, or muon (orthogonalised updates for the blocks' weight matrices, AdamW for the rest)
 PACK=${PACK:-1}                                   # 1: batches of whole theories, a theory's questions in one row holding its statements once (same losses, ~3x faster steps)
-COMPILE=${COMPILE:-0}                             # 1: torch.compile the training forward (needs g++ on a CPU; same model, faster steps)
+COMPILE=${COMPILE:-1}                             # 1: torch.compile the training forward (needs g++ on a CPU, else set COMPILE=0; same model, faster steps)
 SEED=${SEED:-0}
 DEVICE=${DEVICE:-auto}
 THREADS=${THREADS:-0}                             # torch threads (0: all cores); lower it when another job shares the cores
@@ -51,7 +54,7 @@ export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 flags=()
 [ "$RESTART" = 1 ] && flags+=(--restart)
 python -m mechprobe.finetune_proofwriter --data-dir "$DATA_DIR" --out-dir "$OUT_DIR" --depth "$DEPTH" --sizes $SIZES \
-  --groups $STATEMENTS --questions "$QUESTIONS" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --tie "$TIE" --rope-theta "$ROPE_THETA" --position-heads "$POSITION_HEADS" --lr "$LR" \
+  --groups $STATEMENTS --questions "$QUESTIONS" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --tie "$TIE" --rope-theta "$ROPE_THETA" --position-heads "$POSITION_HEADS" --early-answer "$EARLY_ANSWER" --wired-lookup "$WIRED_LOOKUP" --wired-hold "$WIRED_HOLD" --lr "$LR" \
   --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --decay-steps "$DECAY_STEPS" --eval-every "$EVAL_EVERY" --curriculum "$CURRICULUM" --stage-steps "$STAGE_STEPS" --positive-steps "$POSITIVE_STEPS" --positive-words "$POSITIVE_WORDS" --lm-weight "$LM_WEIGHT" --balanced "$BALANCED" --binding-pairs "$BINDING_PAIRS" --train-more "$TRAIN_MORE" --prior-balance "$PRIOR_BALANCE" --pack "$PACK" --lm-question "$LM_QUESTION" --lm-statements "$LM_STATEMENTS" --binding-weight "$BINDING_WEIGHT" --recall "$RECALL" --recall-layer "$RECALL_LAYER" --recall-order "$RECALL_ORDER" --optimizer "$OPTIMIZER" --compile "$COMPILE" --seed "$SEED" \
   --device "$DEVICE" --threads "$THREADS" "${flags[@]}"
 echo "outputs: $OUT_DIR (best/ and last/ models, results.json, config.json, curves.png, run.log)"

@@ -37,6 +37,12 @@ SMALL = [
     "2",
     "--threads",
     "1",
+    "--compile",
+    "0",
+    "--position-heads",
+    "0",
+    "--wired-lookup",
+    "0",
 ]
 
 
@@ -146,6 +152,10 @@ def test_bad_configuration(tmp_path, trained):
         fp.main([*folders, *SMALL, "--recall", "0", "--recall-order", "rotated"])
     with pytest.raises(MechprobeError, match=r"^POSITION_HEADS=3 is more than HEADS=2$"):
         fp.main([*folders, *SMALL, "--position-heads", "3"])
+    with pytest.raises(MechprobeError, match=r"^EARLY_ANSWER=1 needs PACK=1"):
+        fp.main([*folders, *SMALL, "--pack", "0", "--recall", "0", "--early-answer", "1"])
+    with pytest.raises(MechprobeError, match=r"^WIRED_LOOKUP=1 needs POSITION_HEADS=3, HEADS=4 .*: got 0, 2, 2$"):
+        fp.main([*folders, *SMALL, "--wired-lookup", "1"])
     assert not (tmp_path / "x").exists()
 
 
@@ -157,14 +167,16 @@ def test_packed_run_and_resume_check(trained, tmp_path):
     res = fp.main(
         [*args, "--lm-question", "1", "--decay-steps", "4", "--binding-weight", "2", "--recall", "1"]
         + ["--recall-layer", "1", "--tie", "1", "--rope-theta", "1e6", "--recall-order", "rotated"]
-        + ["--optimizer", "muon", "--position-heads", "1"]
+        + ["--optimizer", "muon", "--early-answer", "0.5"]
+        + ["--heads", "4", "--hidden", "64", "--position-heads", "3", "--wired-lookup", "1", "--wired-hold", "5"]
     )
     assert res["steps"] == 12 and 0 <= res["test"]["accuracy"] <= 1
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
     assert cfg["pack"] == 1 and cfg["recall_layer"] == 1 and cfg["recall_order"] == "rotated"
     assert cfg["optimizer"] == "muon"
     assert cfg["model_config"]["tie_word_embeddings"] is True
-    assert cfg["position_heads"] == 1 and cfg["model_config"]["attention_bias"] is True
+    assert cfg["position_heads"] == 3 and cfg["model_config"]["attention_bias"] is True
+    assert cfg["early_answer"] == 0.5 and cfg["wired_lookup"] == 1 and cfg["wired_hold"] == 5
     best = load_model(tmp_path / "p" / "best", device="cpu")  # tied weights survive save and load
     assert best.lm_head.weight.data_ptr() == best.model.embed_tokens.weight.data_ptr()
     d_head = best.config.hidden_size // best.config.num_attention_heads  # RoPE's base survives save and load
@@ -172,7 +184,7 @@ def test_packed_run_and_resume_check(trained, tmp_path):
     assert torch.allclose(best.model.rotary_emb.inv_freq.double(), want, rtol=1e-6)
     assert best.model.layers[0].self_attn.q_proj.bias is not None  # the biases survive save and load
     with pytest.raises(MechprobeError, match=r"PACK 1 -> 0"):
-        fp.main([*args[:-1], "0", "--decay-steps", "4", "--recall", "0"])
+        fp.main([*args[:-1], "0", "--decay-steps", "4", "--recall", "0", "--early-answer", "0"])
 
 
 def test_balanced_draw_leaves_no_size_or_negation_shortcut(tmp_path):
@@ -363,6 +375,27 @@ def test_next_token_loss_on_the_question_or_the_statements_only(part, trained):
     assert {"True", "?"} <= set(got) if part == "question" else not {"True", "?"} & set(got)
 
 
+def test_early_answer_positions_are_the_questions_last_word_and_after(trained):
+    """EARLY_ANSWER: a packed training batch reads each question's answer from its last word ("E is a .":
+    at a; "E is not a .": at a) to the token before "?", read back from the text; other splits carry none."""
+    from mechprobe.models import load_tokenizer
+
+    d, _ = trained
+    files = rs.split_files(d / "data", json.loads((d / "data" / "meta.json").read_text()))
+    tok = load_tokenizer(d / "run" / "best")
+    splits = {s: rs.read_questions(f) for s, f in files.items()}
+    task = rs.PromptTask(tok, splits, 16, 0, pack=True, early_answer=True)
+    idx = task.epoch_batches(1)[0]
+    p = task.batch(idx)[0]
+    flat = p.ids.reshape(-1)
+    for j, i in enumerate(idx.tolist()):
+        q = splits["train"][i]["question"]
+        got = tok.convert_ids_to_tokens(flat[p.early_src[p.early_of == j]].tolist())
+        assert got == [re.findall(r"\w+", q)[-1], ".", "True", "or", "False"], q
+    assert len(p.early_src) == 5 * len(idx)
+    assert task.pad("val", np.arange(4))[0].early_src is None
+
+
 def test_auxiliary_next_token_loss_by_hand():
     import torch.nn.functional as F
 
@@ -529,3 +562,58 @@ def test_position_heads_attend_to_their_offset_from_the_start():
             assert on_offset.mean() < 0.5
     with pytest.raises(ValueError, match="with q/k biases"):
         init_position_heads(rs.build_model(tok, layers=1, hidden=32, heads=2), 1)
+
+
+def test_wired_lookup_finds_the_fact_at_init(trained):
+    """WIRED_LOOKUP=1: before any training, layer 1's head 0 at the attribute of a true depth-0 question
+    "E is a ." puts a large share of its attention on the "." closing the fact "E is a ." among the
+    statements (generated theories of 4 and 8 statements; on the default data: 0.5-0.7 per group; the
+    same head of a model without the wiring: about uniform); a model without 4 heads of hidden/4
+    dimensions and biases is refused."""
+    from mechprobe.tiny import init_wired_lookup
+
+    d, _ = trained
+    files = rs.split_files(d / "data", json.loads((d / "data" / "meta.json").read_text()))
+    items = [it for f in files.values() for it in rs.read_questions(f)]
+    items = [it for it in items if it["depth"] == 0 and it["strategy"] == "proof"]
+    tok = rs.build_tokenizer(items)
+    wired, plain = (
+        rs.build_model(tok, 4, 128, 4, rope_theta=1e6, position_heads=3, wired_lookup=w).eval() for w in (1, 0)
+    )
+    share = {1: [], 0: []}
+    for it in items[:60]:
+        text = PromptBuilder().build(it, [])[0]
+        enc = tok(text, return_offsets_mapping=True, return_tensors="pt")
+        q = it["question"].strip()
+        end = text.index(q, len(text) - len(q) - 20) + len(q)  # the question's end
+        fact_end = text.index(q) + len(q)  # the first "E is a." is the fact (the question comes last)
+        dot = [i for i, (_, e) in enumerate(enc["offset_mapping"][0].tolist()) if e == fact_end][0]
+        t = [i for i, (_, e) in enumerate(enc["offset_mapping"][0].tolist()) if e == end][0] - 1  # the attribute
+        assert fact_end < end and tok.convert_ids_to_tokens([int(enc["input_ids"][0, t])])[0] == q.split()[-1][:-1]
+        for w, m in ((1, wired), (0, plain)):
+            with torch.no_grad():
+                att = m(input_ids=enc["input_ids"], output_attentions=True).attentions[1][0, 0, t]  # (T,)
+            share[w].append((att[dot].item(), 1 / (t + 1)))
+    on, uniform = np.mean(share[1], 0)
+    assert len(share[1]) > 20 and on > 0.4 and on > 10 * uniform, (on, uniform)
+    assert np.mean(share[0], 0)[0] < 3 * uniform
+    with pytest.raises(ValueError, match="needs 4 heads of hidden/4 dimensions"):
+        init_wired_lookup(rs.build_model(tok, layers=2, hidden=32, heads=2))
+
+
+def test_held_slices_stay_at_their_first_values_for_the_hold_steps():
+    """held / hold_steps: a held slice of a weight is back at its value before the first step after each
+    of the first hold_steps steps while the rest of that weight trains; after them it trains too."""
+    from mechprobe.training import Trainer
+
+    from .conftest import tiny_llama
+
+    model = tiny_llama(vocab_size=20)
+    w = model.model.layers[1].self_attn.q_proj.weight
+    first = w.detach().clone()
+    tr = Trainer(model, 1e-2, 0.0, 1, 10, "cpu", held=[(w, (slice(0, 8),))], hold_steps=2)
+    ids, answers = torch.randint(1, 20, (4, 6), generator=torch.Generator().manual_seed(0)), torch.tensor([3, 4, 3, 4])
+    for step in (1, 2, 3):
+        tr.train_step(ids, None, answers, use_bf16=False)
+        held_same = torch.equal(w[:8], first[:8])
+        assert held_same == (step <= 2) and not torch.equal(w[8:], first[8:]), step

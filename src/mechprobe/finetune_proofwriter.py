@@ -12,6 +12,7 @@ import torch
 
 from . import reasoner as rs
 from .optim import OPTIMIZERS
+from .tiny import wired_slices
 from .training import Trainer, bf16_fast, load_checkpoint, plot_curves, run_loop, save_pretrained_atomic
 from .utils import (
     MechprobeError,
@@ -48,7 +49,7 @@ class ReasonerSettings:
     lr: float = 5e-4
     weight_decay: float = 1e-2
     batch_size: int = 64
-    max_steps: int = 5000
+    max_steps: int = 4400
     warmup: int = 100
     decay_steps: int = 0
     eval_every: int = 500
@@ -71,9 +72,12 @@ class ReasonerSettings:
     recall_order: str = "shuffled"
     optimizer: str = "adamw"
     tie: int = 0
-    rope_theta: float = 10000.0
-    position_heads: int = 0
-    compile: int = 0
+    rope_theta: float = 1e6
+    position_heads: int = 3
+    early_answer: float = 1.0
+    wired_lookup: int = 1
+    wired_hold: int = 2500
+    compile: int = 1
     seed: int = 0
     autocast: str = "auto"
     device: str = "auto"
@@ -116,6 +120,9 @@ RESUME_KEYS = (
     "tie",
     "rope_theta",
     "position_heads",
+    "early_answer",
+    "wired_lookup",
+    "wired_hold",
     "seed",
     "autocast",
 )
@@ -144,6 +151,9 @@ ADDED = {
     "tie": 0,
     "rope_theta": 10000.0,
     "position_heads": 0,
+    "early_answer": 0.0,
+    "wired_lookup": 0,
+    "wired_hold": 2500,
 }
 
 
@@ -191,6 +201,7 @@ def _task(a, tok, splits):
         recall=a.recall > 0,
         positive_words=bool(a.positive_words),
         recall_order=a.recall_order,
+        early_answer=a.early_answer > 0,
     )
 
 
@@ -213,13 +224,17 @@ def _data(a):
 def _model(a, tok):
     """The randomly initialised reasoner of settings `a` for the tokenizer `tok`."""
     arch = dict(tie=bool(a.tie), rope_theta=a.rope_theta, position_heads=a.position_heads)
+    arch["wired_lookup"] = bool(a.wired_lookup)
     return rs.build_model(tok, a.layers, a.hidden, a.heads, a.seed, **arch)
 
 
-def _trainer(a, model, dev):
-    """The Trainer of settings `a`: optimizer and schedule, the losses' weights, the compiled forward."""
+def _trainer(a, model, dev, answer_ids):
+    """The Trainer of settings `a`: optimizer and schedule, the losses' weights, the compiled forward
+    (answer_ids: the answer words' token ids, for the early answer loss)."""
     sched = (a.lr, a.weight_decay, a.warmup, a.max_steps, dev)
-    return Trainer(model, *sched, a.lm_weight, a.decay_steps, a.recall, a.compile, a.recall_layer, a.optimizer)
+    losses = (a.lm_weight, a.decay_steps, a.recall, a.compile, a.recall_layer, a.optimizer)
+    hold = dict(held=wired_slices(model), hold_steps=a.wired_hold) if a.wired_lookup else {}
+    return Trainer(model, *sched, *losses, early_answer=a.early_answer, answer_ids=answer_ids, **hold)
 
 
 def train(a):
@@ -236,7 +251,7 @@ def train(a):
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(a, k)) for k in RESUME_KEYS)}
     ckpt = out / "checkpoint.pt"
     resume = load_checkpoint(ckpt, settings, dev, ADDED) if ckpt.exists() and not a.restart else None
-    tr = _trainer(a, model, dev)
+    tr = _trainer(a, model, dev, task.word_ids)
     use_bf16 = a.autocast == "bf16" or (a.autocast == "auto" and bf16_fast(dev))
     with run_folder(out, outputs=("results.json", "config.json", "curves.png")):
         write_config(
@@ -327,6 +342,11 @@ def _data_and_model_args(p):
 
 def _schedule_args(p):
     p.add_argument("--lr", type=positive_float)
+    p.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        help="adamw, or muon (Muon on the blocks' weight matrices, AdamW on the rest; the same lr and weight decay)",
+    )
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--max-steps", type=positive_int)
@@ -424,10 +444,28 @@ def _loss_args(p):
         "found among the statements, by its entity and attribute together, to predict the next one) or reversed "
         "(shuffled, each fact 'E is a.' restated as 'a is E.': 'big is' -> the entities said to be big)",
     )
+    _circuit_args(p)
+
+
+def _circuit_args(p):
+    """The early answer loss and the wired-in lookup."""
     p.add_argument(
-        "--optimizer",
-        choices=OPTIMIZERS,
-        help="adamw, or muon (Muon on the blocks' weight matrices, AdamW on the rest; the same lr and weight decay)",
+        "--early-answer",
+        type=nonneg_float,
+        help="weight of the answer's loss read early too: at the question's last word ('E is a .': at a) and each "
+        "token after it but the last, over the two answer words' logits (with --pack 1; 0: at the last token only)",
+    )
+    _switch(
+        p,
+        "--wired-lookup",
+        "1: layer 1's head 0 starts as a lookup, wired in at init: at the attribute of a question 'E is a.' it attends "
+        "to the fact 'E is a.' among the statements (needs --position-heads 3 and --heads 4)",
+    )
+    p.add_argument(
+        "--wired-hold",
+        type=nonneg_int,
+        help="with --wired-lookup 1: the wired weights are put back to their initial values after each of the "
+        "first WIRED_HOLD steps (else training unlearns them before the answer learns to read them)",
     )
 
 
@@ -448,6 +486,15 @@ def main(argv=None):
         raise MechprobeError(
             f"RECALL={a.recall:g} needs PACK=1 (the recall segments are packed after the statements); "
             "with PACK=0 set RECALL=0"
+        )
+    if a.wired_lookup and (a.position_heads != 3 or a.heads != 4 or a.layers < 2):
+        raise MechprobeError(
+            f"WIRED_LOOKUP=1 needs POSITION_HEADS=3, HEADS=4 and LAYERS >= 2 (layer 0's heads 0-2 copy the 3 tokens "
+            f"before each token; layer 1's head 0 matches them): got {a.position_heads}, {a.heads}, {a.layers}"
+        )
+    if a.early_answer and not a.pack:
+        raise MechprobeError(
+            f"EARLY_ANSWER={a.early_answer:g} needs PACK=1 (the early positions are read from packed rows)"
         )
     if a.positive_words and not a.positive_steps:
         raise MechprobeError("POSITIVE_WORDS=1 needs POSITIVE_STEPS > 0 (it selects the positive phase's questions)")

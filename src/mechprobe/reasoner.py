@@ -272,6 +272,18 @@ def question_starts(offsets, chars):
     return np.array([next(t for t, (a, e) in enumerate(o) if a >= c and e > a) for o, c in zip(offsets, chars)])
 
 
+def question_last_words(offsets, spans, texts):
+    """Index of each prompt's question's last word: the last token inside the question's (start, end)
+    character span that starts with a letter or digit (the "a" of "E is a ."; offsets: each prompt's
+    (start, end) per token)."""
+    return np.array(
+        [
+            max(t for t, (a, e) in enumerate(o) if e > a and q0 <= a < q1 and text[a].isalnum())
+            for o, (q0, q1), text in zip(offsets, spans, texts)
+        ]
+    )
+
+
 def theory_index(items):
     """Index of each question's theory (questions with the same statements share one), (N,) int64."""
     seen = {}
@@ -308,14 +320,24 @@ def build_tokenizer(items):
 
 
 def build_model(
-    tok, layers=4, hidden=128, heads=4, seed=0, max_positions=1024, tie=False, rope_theta=10000.0, position_heads=0
+    tok,
+    layers=4,
+    hidden=128,
+    heads=4,
+    seed=0,
+    max_positions=1024,
+    tie=False,
+    rope_theta=10000.0,
+    position_heads=0,
+    wired_lookup=False,
 ):
     """A LlamaForCausalLM from a config (intermediate size 4 x hidden), eager attention; tie: the
     unembedding shares the input embedding's weights; rope_theta: RoPE's base; position_heads = K:
-    layer 0's heads 0..K-1 start looking 1..K tokens back (`tiny.init_position_heads`)."""
+    layer 0's heads 0..K-1 start looking 1..K tokens back (`tiny.init_position_heads`); wired_lookup:
+    layer 1's head 0 starts matching a question's "E is a" with the fact "E is a ." (`tiny.init_wired_lookup`)."""
     from .tiny import llama_from_config
 
-    arch = dict(tie=tie, rope_theta=rope_theta, position_heads=position_heads)
+    arch = dict(tie=tie, rope_theta=rope_theta, position_heads=position_heads, wired_lookup=wired_lookup)
     return llama_from_config(tok, layers, hidden, heads, heads, 4 * hidden, seed, max_positions, **arch)
 
 
@@ -352,6 +374,7 @@ class PromptTask:
         recall=False,
         positive_words=False,
         recall_order="shuffled",
+        early_answer=False,
     ):
         if recall_order not in RECALL_ORDERS:
             raise MechprobeError(f"RECALL_ORDER={recall_order!r}: expected one of {', '.join(RECALL_ORDERS)}")
@@ -366,25 +389,29 @@ class PromptTask:
         self.pools = {g: train_groups <= g for g in self.groups}  # theories of <= g statements
         self.positive = positive_pool(splits["train"], positive_words)
         self.word_ids = answer_ids(tok, WORDS)
-        self.items, self.ids, self.qstart = splits, {}, {}
+        self.items, self.ids, self.qstart, self.qword, self.early_answer = splits, {}, {}, {}, early_answer
         for split, items in splits.items():
-            built = [PromptBuilder().build(it, []) for it in items]
-            texts = [b[0] for b in built]
-            full = tok(texts, add_special_tokens=True, return_offsets_mapping=True)
-            enc = full["input_ids"]
-            self.qstart[split] = question_starts(full["offset_mapping"], [b[2][0] for b in built])
-            unk = [i for i, e in enumerate(enc) if tok.unk_token_id in e]
-            if unk:
-                raise MechprobeError(
-                    f"{split}: {len(unk)} prompts have words the tokenizer does not know "
-                    f"(first: {texts[unk[0]][:80]!r})"
-                )
-            self.ids[split] = enc
+            self._encode(split, items)
         self.lengths = np.array([len(x) for x in self.ids["train"]])
         self.theory = {split: theory_index(items) for split, items in splits.items()}
         self.answers = {
             s: torch.tensor([self.word_ids[WORDS.index(it["answer"])] for it in its]) for s, its in splits.items()
         }
+
+    def _encode(self, split, items):
+        """Token ids of the split's prompts, the index of each question's first token and of its last word."""
+        built = [PromptBuilder().build(it, []) for it in items]
+        texts = [b[0] for b in built]
+        full = self.tok(texts, add_special_tokens=True, return_offsets_mapping=True)
+        enc = full["input_ids"]
+        self.qstart[split] = question_starts(full["offset_mapping"], [b[2][0] for b in built])
+        self.qword[split] = question_last_words(full["offset_mapping"], [b[2] for b in built], texts)
+        unk = [i for i, e in enumerate(enc) if self.tok.unk_token_id in e]
+        if unk:
+            raise MechprobeError(
+                f"{split}: {len(unk)} prompts have words the tokenizer does not know (first: {texts[unk[0]][:80]!r})"
+            )
+        self.ids[split] = enc
 
     def epoch_batches(self, epoch):
         """The epoch's batches (index tensors): in length buckets (sorted within chunks of 50 batches,
@@ -490,7 +517,8 @@ class PromptTask:
             lm_to = self.qstart[split][idx] if self.lm_statements else None
             keys = self.theory[split][idx].tolist()
             recall = self._recall(idx, keys) if self.facts is not None and split == "train" else None
-            return pack(seqs, keys, self.tok.pad_token_id, lm_from, recall, lm_to), None
+            early = self.qword[split][idx] if self.early_answer and split == "train" else None
+            return pack(seqs, keys, self.tok.pad_token_id, lm_from, recall, lm_to, early), None
         return pad_batch(seqs, self.tok.pad_token_id)
 
     def _recall(self, idx, keys):

@@ -37,13 +37,14 @@ def llama_from_config(
     tie=False,
     rope_theta=10000.0,
     position_heads=0,
+    wired_lookup=False,
 ):
     """A randomly initialised LlamaForCausalLM (eager attention) for the word tokenizer `tok`; with tie,
     the unembedding is the input embedding (W_U = W_E^T). rope_theta: RoPE's base, pair i of a head's
     dimensions turns by theta^(-2i/d_head) radians per token (larger: more pairs that barely turn over
     a prompt, where a query matches a key by content wherever it is). position_heads = K > 0: the
     attention projections get biases and layer 0's heads 0..K-1 start as positional heads (see
-    `init_position_heads`)."""
+    `init_position_heads`); wired_lookup: then a lookup head is wired in (`init_wired_lookup`)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -65,6 +66,8 @@ def llama_from_config(
     model = LlamaForCausalLM._from_config(cfg, attn_implementation="eager")
     if position_heads:
         init_position_heads(model, position_heads, rope_theta)
+    if wired_lookup:
+        init_wired_lookup(model, seed)
     return model
 
 
@@ -95,6 +98,61 @@ def init_position_heads(model, k, rope_theta=10000.0, scale=POSITION_SCALE):
             key = torch.cat([scale * torch.cos((h + 1) * w), scale * torch.sin((h + 1) * w)])
             att.q_proj.bias[h * d : (h + 1) * d] = q
             att.k_proj.bias[h * d : (h + 1) * d] = key
+
+
+WIRED_SCALE = 6.0  # the match head's query/key scale: 0.66 of the question attribute's attention on its fact at init
+WIRED_PAIRS = 8  # rotary pairs (the slowest) the match head uses, both coordinates of each
+
+
+def init_wired_lookup(model, seed=0, scale=WIRED_SCALE, pairs=WIRED_PAIRS, emb=0.02):
+    """A lookup wired in at init: at the attribute a of a question "E is a", layer 1's head 0 attends
+    to the "." closing the fact "E is a ." when the statements hold it.
+
+    The residual stream (width D) is cut into four orthonormal blocks B0..B3 of D/4 = d_head each
+    (a seeded random rotation). Token embeddings live in B0 (random, the default init's norm);
+    layer 0's heads h = 0, 1, 2 (position heads, `init_position_heads`, offsets 1, 2, 3) copy B0 into
+    B_{h+1}, so that after layer 0 a token t carries x_t in B0, x_{t-1} in B1, x_{t-2} in B2 and
+    x_{t-3} in B3. Layer 1's head 0 then scores query t against key s with
+        q_t . k_s = scale^2 (P x_t + P x_{t-2}) . (P x_{s-1} + P x_{s-3}) / sqrt(d_head)
+    (P: a random projection of B0's coordinates onto 2 x `pairs` orthonormal directions, written on the
+    slowest rotary pairs, where RoPE barely turns over a prompt): at the question's attribute
+    (x_t = a, x_{t-2} = E) the key of the fact's "." (x_{s-1} = a, x_{s-3} = E) matches both words
+    (in either order: "a . E is" elsewhere matches too). Before training the head puts 0.5-0.7 of a
+    true question's attribute's attention on the fact's "." (the default data's groups; uniform: 0.03).
+    Needs 4 heads of D/4 dimensions, attention biases and 3 position heads; training may move these
+    weights like any others (`wired_slices`: the ones a trainer can hold)."""
+    a0, a1 = model.model.layers[0].self_attn, model.model.layers[1].self_attn
+    D, d = model.config.hidden_size, a0.head_dim
+    if D != 4 * d or a0.q_proj.out_features != D or a0.k_proj.out_features != D or a0.q_proj.bias is None:
+        raise ValueError("a wired lookup needs 4 heads of hidden/4 dimensions (as many key heads), with biases")
+    g = torch.Generator().manual_seed(seed + 7)
+    Q = torch.linalg.qr(torch.randn(D, D, generator=g))[0]  # (D, D) orthonormal columns
+    B = [Q[:, i * d : (i + 1) * d] for i in range(4)]  # 4 blocks (D, d)
+    with torch.no_grad():
+        V = model.model.embed_tokens.weight.shape[0]
+        x = torch.randn(V, d, generator=g) * emb * (D / d) ** 0.5  # (V, d): the default init's norm per token
+        model.model.embed_tokens.weight.copy_(x @ B[0].T)
+        for h in range(3):  # head h: values B0's coordinates, written into B_{h+1}
+            a0.v_proj.weight[h * d : (h + 1) * d] = B[0].T
+            a0.o_proj.weight[:, h * d : (h + 1) * d] = B[h + 1] * emb
+        P = torch.linalg.qr(torch.randn(d, 2 * pairs, generator=g))[0].T  # (2 pairs, d)
+        half = d // 2
+        dims = list(range(half - pairs, half)) + list(range(d - pairs, d))  # both coordinates of the slowest pairs
+        Wq, Wk = torch.zeros(d, D), torch.zeros(d, D)
+        Wq[dims] = scale * (P @ B[0].T + P @ B[2].T)
+        Wk[dims] = scale * (P @ B[1].T + P @ B[3].T)
+        a1.q_proj.weight[:d], a1.k_proj.weight[:d] = Wq, Wk
+        a1.q_proj.bias[:d], a1.k_proj.bias[:d] = 0, 0
+
+
+def wired_slices(model):
+    """[(parameter, index)]: the weights `init_wired_lookup` sets (layer 0's heads 0-2: q, k, v weights
+    and biases, their output columns; layer 1's head 0: q, k weights and biases)."""
+    a0, a1 = model.model.layers[0].self_attn, model.model.layers[1].self_attn
+    d = a0.head_dim
+    out = [(p, (slice(0, 3 * d),)) for lin in (a0.q_proj, a0.k_proj, a0.v_proj) for p in (lin.weight, lin.bias)]
+    out.append((a0.o_proj.weight, (slice(None), slice(0, 3 * d))))
+    return out + [(p, (slice(0, d),)) for lin in (a1.q_proj, a1.k_proj) for p in (lin.weight, lin.bias)]
 
 
 def tiny_llama_dir(out, texts, layers=4, heads=4, kv_heads=2, hidden=64, seed=0, max_positions=4096):

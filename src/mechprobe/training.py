@@ -140,6 +140,13 @@ class Trainer:
     packed prompts that carry recall segments, their mean next-token cross-entropy is added too:
         L += recall_weight * mean_{recall tokens} -log softmax(z_t)[x_{t+1}]
     where z_t is read after layer recall_layer when it is set (layer_readout; 0: the model's logits).
+    With early_answer > 0 and packed prompts that carry early positions (a question's last word and
+    the tokens after it), the answer is read there too, over the answer words' logits only:
+        L += early_answer * mean_{early t} -log softmax(z_t[answer_ids])[answer]
+    (deep supervision: the answer is asked for where the question's words meet the statements, not
+    only several tokens later). held: [(parameter, index)] slices put back to their values at the first
+    step after each of the first hold_steps optimizer steps (a wired-in circuit kept while the rest of
+    the model learns to use it; `tiny.wired_slices`).
     With compile, the training forward is torch.compile'd (the same function; evaluation, checkpoints
     and save_pretrained use the plain module). optimizer: "adamw", or "muon" (optim.make_optimizers:
     Muon on the blocks' weight matrices, AdamW on the rest; one lr schedule drives both)."""
@@ -158,7 +165,15 @@ class Trainer:
         compile=False,
         recall_layer=0,
         optimizer="adamw",
+        early_answer=0.0,
+        answer_ids=None,
+        held=(),
+        hold_steps=0,
     ):
+        if early_answer and answer_ids is None:
+            raise ValueError("early_answer needs answer_ids (the answer words' token ids)")
+        self.early_answer, self.answer_ids = early_answer, answer_ids
+        self.held, self.hold_steps, self._kept = list(held), hold_steps, None
         self.model, self.total, self.dev, self.lm_weight = model, total, dev, lm_weight
         self.recall_layer = check_readout_layer(model, recall_layer) if recall_weight else 0
         self.forward = compiled(model) if compile else model  # the training forward; evaluation stays eager
@@ -202,6 +217,8 @@ class Trainer:
         of B prompts and mask None), answers (B,);
         weights (B,): the answer loss is then the weighted mean sum_i w_i L_i / sum_i w_i."""
         self.model.train()
+        if self._kept is None:  # the held slices' values before the first step of this process
+            self._kept = [(p, idx, p.data[idx].clone()) for p, idx in self.held]
         ids, answers = ids.to(self.dev), answers.to(self.dev)
         mask = None if mask is None else mask.to(self.dev)
         packed = isinstance(ids, PackedPrompts)
@@ -221,6 +238,9 @@ class Trainer:
         if packed and self.recall_weight:  # logits, or the inner layer's states read out at the recall positions
             recall = ids.recall_loss(z, None) if h is None else ids.recall_loss(h, partial(layer_readout, self.model))
             loss = loss if recall is None else loss + self.recall_weight * recall
+        if packed and self.early_answer:  # the answer read at the question's last word and after it too
+            early = ids.early_answer_loss(z, answers, self.answer_ids)
+            loss = loss if early is None else loss + self.early_answer * early
         if aux and packed:
             loss = loss + self.lm_weight * ids.lm_loss(z)
         elif aux:
@@ -235,8 +255,18 @@ class Trainer:
             o.step()
             sc.step()
         self.step += 1
+        self._hold()
         self.history["train"].append((self.step, loss.item()))
         return loss.item()
+
+    @torch.no_grad()
+    def _hold(self):
+        """Put the held slices back to their values at this run's (or resumption's) first step, during
+        the first hold_steps steps (restored after every step, they are those at initialisation)."""
+        if self.step > self.hold_steps or not self.held:
+            return
+        for p, idx, v in self._kept:
+            p.data[idx] = v
 
 
 def run_loop(tr, task, tok, out, settings, use_bf16, eval_every, target_acc=0.0, validate_after=0):
