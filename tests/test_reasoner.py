@@ -567,7 +567,7 @@ def test_position_heads_attend_to_their_offset_from_the_start():
 def test_wired_lookup_finds_the_fact_at_init(trained):
     """WIRED_LOOKUP=1: before any training, layer 1's head 0 at the attribute of a true depth-0 question
     "E is a ." puts a large share of its attention on the "." closing the fact "E is a ." among the
-    statements (generated theories of 4 and 8 statements; on the default data: 0.5-0.7 per group; the
+    statements (generated theories of 4 and 8 statements; on the default data: 0.50-0.71 per group; the
     same head of a model without the wiring: about uniform); a model without 4 heads of hidden/4
     dimensions and biases is refused."""
     from mechprobe.tiny import init_wired_lookup

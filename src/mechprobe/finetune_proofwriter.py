@@ -223,8 +223,7 @@ def _data(a):
 
 def _model(a, tok):
     """The randomly initialised reasoner of settings `a` for the tokenizer `tok`."""
-    arch = dict(tie=bool(a.tie), rope_theta=a.rope_theta, position_heads=a.position_heads)
-    arch["wired_lookup"] = bool(a.wired_lookup)
+    arch = dict(tie=bool(a.tie), rope_theta=a.rope_theta, position_heads=a.position_heads, wired_lookup=a.wired_lookup)
     return rs.build_model(tok, a.layers, a.hidden, a.heads, a.seed, **arch)
 
 

@@ -319,25 +319,12 @@ def build_tokenizer(items):
     return word_tokenizer([s for it in items for s in it["statements"] + [it["question"]]] + ["True or False ?"])
 
 
-def build_model(
-    tok,
-    layers=4,
-    hidden=128,
-    heads=4,
-    seed=0,
-    max_positions=1024,
-    tie=False,
-    rope_theta=10000.0,
-    position_heads=0,
-    wired_lookup=False,
-):
-    """A LlamaForCausalLM from a config (intermediate size 4 x hidden), eager attention; tie: the
-    unembedding shares the input embedding's weights; rope_theta: RoPE's base; position_heads = K:
-    layer 0's heads 0..K-1 start looking 1..K tokens back (`tiny.init_position_heads`); wired_lookup:
-    layer 1's head 0 starts matching a question's "E is a" with the fact "E is a ." (`tiny.init_wired_lookup`)."""
+def build_model(tok, layers=4, hidden=128, heads=4, seed=0, max_positions=1024, **arch):
+    """A LlamaForCausalLM from a config (intermediate size 4 x hidden), eager attention; arch: the
+    architecture options of `tiny.llama_from_config` (tie, rope_theta, position_heads, wired_lookup),
+    with its defaults."""
     from .tiny import llama_from_config
 
-    arch = dict(tie=tie, rope_theta=rope_theta, position_heads=position_heads, wired_lookup=wired_lookup)
     return llama_from_config(tok, layers, hidden, heads, heads, 4 * hidden, seed, max_positions, **arch)
 
 
@@ -399,13 +386,15 @@ class PromptTask:
         }
 
     def _encode(self, split, items):
-        """Token ids of the split's prompts, the index of each question's first token and of its last word."""
+        """Token ids of the split's prompts, the index of each question's first token (and, with
+        early_answer, of its last word)."""
         built = [PromptBuilder().build(it, []) for it in items]
         texts = [b[0] for b in built]
         full = self.tok(texts, add_special_tokens=True, return_offsets_mapping=True)
         enc = full["input_ids"]
         self.qstart[split] = question_starts(full["offset_mapping"], [b[2][0] for b in built])
-        self.qword[split] = question_last_words(full["offset_mapping"], [b[2] for b in built], texts)
+        if self.early_answer:  # only the early answer loss reads the questions' last words
+            self.qword[split] = question_last_words(full["offset_mapping"], [b[2] for b in built], texts)
         unk = [i for i, e in enumerate(enc) if self.tok.unk_token_id in e]
         if unk:
             raise MechprobeError(
