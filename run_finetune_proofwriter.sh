@@ -17,7 +17,7 @@ HEADS=${HEADS:-4}
 TIE=${TIE:-0}                                     # 1: tied embeddings (the unembedding is the input embedding)
 ROPE_THETA=${ROPE_THETA:-1000000}                 # RoPE's base (larger: more of each head's dimensions match words by content, not by distance)
 POSITION_HEADS=${POSITION_HEADS:-3}               # K: layer 0's heads 0..K-1 start attending 1..K tokens back (attention biases; 0: none)
-WIRED_LOOKUP=${WIRED_LOOKUP:-1}                   # 1: layer 1's head 0 starts as a lookup of the question's "E is a" among the facts (POSITION_HEADS=3, HEADS=4)
+WIRED_LOOKUP=${WIRED_LOOKUP:-1}                   # 1: layer 1's head 0 starts as a lookup of the question's "E is a" among the facts (POSITION_HEADS=3, HEADS=4); 2: each word matched in its own place, every word alike
 WIRED_HOLD=${WIRED_HOLD:-2500}                    # with WIRED_LOOKUP=1: first steps after which the wired weights are put back to their initial values
 EARLY_ANSWER=${EARLY_ANSWER:-1}                   # weight of the answer's loss read early too: at the question's last word and the tokens after it (PACK=1; 0: none)
 LR=${LR:-0.0005}
@@ -30,6 +30,7 @@ LM_WEIGHT=${LM_WEIGHT:-1.0}                       # auxiliary next-token loss on
 CURRICULUM=${CURRICULUM:-1}                       # epochs that go from the shortest prompts (smallest theories) to the longest
 STAGE_STEPS=${STAGE_STEPS:-0}                     # first steps on the smallest theories only, larger groups let in one by one
 POSITIVE_STEPS=${POSITIVE_STEPS:-1400}            # first steps on the questions without "not" only
+POSITIVE_BATCH=${POSITIVE_BATCH:-0}                # questions per batch in the positive phase (0: BATCH_SIZE; 32: as many theories per step as later, cheaper steps)
 POSITIVE_WORDS=${POSITIVE_WORDS:-0}               # 1: the positive phase keeps only the questions whose entity and attribute both occur in the theory
 BALANCED=${BALANCED:-0}                           # 1: as many questions of each kind per theory, no shortcut (use another DATA_DIR)
 BINDING_PAIRS=${BINDING_PAIRS:-0}                 # pairs of binding questions added to each training theory (unprovable "E is a." whose words occur + a provable one on the same words; use another DATA_DIR)
@@ -55,6 +56,6 @@ flags=()
 [ "$RESTART" = 1 ] && flags+=(--restart)
 python -m mechprobe.finetune_proofwriter --data-dir "$DATA_DIR" --out-dir "$OUT_DIR" --depth "$DEPTH" --sizes $SIZES \
   --groups $STATEMENTS --questions "$QUESTIONS" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --tie "$TIE" --rope-theta "$ROPE_THETA" --position-heads "$POSITION_HEADS" --early-answer "$EARLY_ANSWER" --wired-lookup "$WIRED_LOOKUP" --wired-hold "$WIRED_HOLD" --lr "$LR" \
-  --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --decay-steps "$DECAY_STEPS" --eval-every "$EVAL_EVERY" --curriculum "$CURRICULUM" --stage-steps "$STAGE_STEPS" --positive-steps "$POSITIVE_STEPS" --positive-words "$POSITIVE_WORDS" --lm-weight "$LM_WEIGHT" --balanced "$BALANCED" --binding-pairs "$BINDING_PAIRS" --train-more "$TRAIN_MORE" --prior-balance "$PRIOR_BALANCE" --pack "$PACK" --lm-question "$LM_QUESTION" --lm-statements "$LM_STATEMENTS" --binding-weight "$BINDING_WEIGHT" --recall "$RECALL" --recall-layer "$RECALL_LAYER" --recall-order "$RECALL_ORDER" --optimizer "$OPTIMIZER" --compile "$COMPILE" --seed "$SEED" \
+  --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --decay-steps "$DECAY_STEPS" --eval-every "$EVAL_EVERY" --curriculum "$CURRICULUM" --stage-steps "$STAGE_STEPS" --positive-steps "$POSITIVE_STEPS" --positive-batch "$POSITIVE_BATCH" --positive-words "$POSITIVE_WORDS" --lm-weight "$LM_WEIGHT" --balanced "$BALANCED" --binding-pairs "$BINDING_PAIRS" --train-more "$TRAIN_MORE" --prior-balance "$PRIOR_BALANCE" --pack "$PACK" --lm-question "$LM_QUESTION" --lm-statements "$LM_STATEMENTS" --binding-weight "$BINDING_WEIGHT" --recall "$RECALL" --recall-layer "$RECALL_LAYER" --recall-order "$RECALL_ORDER" --optimizer "$OPTIMIZER" --compile "$COMPILE" --seed "$SEED" \
   --device "$DEVICE" --threads "$THREADS" "${flags[@]}"
 echo "outputs: $OUT_DIR (best/ and last/ models, results.json, config.json, curves.png, run.log)"

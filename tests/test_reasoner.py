@@ -168,7 +168,8 @@ def test_packed_run_and_resume_check(trained, tmp_path):
         [*args, "--lm-question", "1", "--decay-steps", "4", "--binding-weight", "2", "--recall", "1"]
         + ["--recall-layer", "1", "--tie", "1", "--rope-theta", "1e6", "--recall-order", "rotated"]
         + ["--optimizer", "muon", "--early-answer", "0.5"]
-        + ["--heads", "4", "--hidden", "64", "--position-heads", "3", "--wired-lookup", "1", "--wired-hold", "5"]
+        + ["--heads", "4", "--hidden", "64", "--position-heads", "3", "--wired-lookup", "2", "--wired-hold", "5"]
+        + ["--positive-steps", "3", "--positive-batch", "8"]
     )
     assert res["steps"] == 12 and 0 <= res["test"]["accuracy"] <= 1
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
@@ -176,7 +177,8 @@ def test_packed_run_and_resume_check(trained, tmp_path):
     assert cfg["optimizer"] == "muon"
     assert cfg["model_config"]["tie_word_embeddings"] is True
     assert cfg["position_heads"] == 3 and cfg["model_config"]["attention_bias"] is True
-    assert cfg["early_answer"] == 0.5 and cfg["wired_lookup"] == 1 and cfg["wired_hold"] == 5
+    assert cfg["early_answer"] == 0.5 and cfg["wired_lookup"] == 2 and cfg["wired_hold"] == 5
+    assert cfg["positive_steps"] == 3 and cfg["positive_batch"] == 8
     best = load_model(tmp_path / "p" / "best", device="cpu")  # tied weights survive save and load
     assert best.lm_head.weight.data_ptr() == best.model.embed_tokens.weight.data_ptr()
     d_head = best.config.hidden_size // best.config.num_attention_heads  # RoPE's base survives save and load
@@ -351,6 +353,10 @@ def test_positive_phase_draws_only_questions_without_not(pack, trained):
     bound &= {i for i, it in enumerate(train) if rs.word_presence(it) == "entity in, attribute in"}
     assert drawn <= bound and {train[i]["answer"] for i in drawn} == {"True", "False"}
     assert any(train[i]["strategy"] == "random" for i in drawn)  # unprovable questions on present words
+    half = rs.PromptTask(tok, splits, 16, 0, positive_steps=P, pack=pack, positive_batch=8)
+    steps = [b for e in (0, 1) for b in half.epoch_batches(e)]  # POSITIVE_BATCH=8: 8 questions a step in the phase
+    assert all(len(b) == 8 and not any(" not " in train[int(i)]["question"] for i in b) for b in steps[:P])
+    assert [b.tolist() for b in steps[P:]] == [b.tolist() for b in plain[P - spe :]]  # after it: as before
 
 
 @pytest.mark.parametrize("part", ["question", "statements"])
@@ -599,6 +605,41 @@ def test_wired_lookup_finds_the_fact_at_init(trained):
     assert np.mean(share[0], 0)[0] < 3 * uniform
     with pytest.raises(ValueError, match="needs 4 heads of hidden/4 dimensions"):
         init_wired_lookup(rs.build_model(tok, layers=2, hidden=32, heads=2))
+
+
+def test_wired_lookup_2_matches_each_word_in_its_place_with_the_same_strength():
+    """WIRED_LOOKUP=2: the match head's query of each word's embedding (scale * P1 x) has the same norm
+    for every word (with 1, a seed's draw leaves them unequal), as has each embedding; the embeddings are
+    WIRED_LOOKUP=1's rescaled in parts (cosine > 0.8); the weights that are not wired are the same.
+    In "Bob is big. Anne is big. Bob is red. Bob is big." the question's "big" finds the fact's "." (3),
+    not the "is" after "big. Bob" (9), whose two previous words match with 1 (in the other places)."""
+    tok = rs.build_tokenizer(
+        [{"statements": ["Bob is big.", "Anne is big.", "Bob is red."], "question": "Bob is big."}]
+    )
+    ids = tok("Bob is big. Anne is big. Bob is red. Bob is big.", return_tensors="pt")["input_ids"]  # (1, 16)
+    fact, rev = {1: [], 2: []}, {1: [], 2: []}
+    for seed in range(5):
+        one, two = (rs.build_model(tok, 4, 128, 4, seed=seed, position_heads=3, wired_lookup=w).eval() for w in (1, 2))
+        for w, m in ((1, one), (2, two)):
+            with torch.no_grad():
+                att = m(input_ids=ids, output_attentions=True).attentions[1][0, 0, 14]  # (16,) at the last "big"
+            fact[w].append(att[3].item())
+            rev[w].append(att[9].item())
+    assert sum(f > 0.9 for f in fact[2]) >= 4 and max(rev[2]) < 0.05, (fact, rev)
+    assert sum(r > 0.5 for r in rev[1]) >= 2, (fact, rev)
+    E1, E2 = one.model.embed_tokens.weight.detach(), two.model.embed_tokens.weight.detach()
+    W = two.model.layers[1].self_attn.q_proj.weight.detach()[:32]  # (d, D): head 0's query
+    n1, n2 = (E1 @ W.T).norm(dim=1), (E2 @ W.T).norm(dim=1)  # (V,) per word: scale |P1 x|
+    assert (n2.std() / n2.mean()).item() < 1e-4 and (n1.std() / n1.mean()).item() > 0.05, (n1, n2)
+    assert (E2.norm(dim=1).std() / E2.norm(dim=1).mean()).item() < 1e-4
+    cos = torch.nn.functional.cosine_similarity(E1, E2, dim=1)  # (V,): the same draw, its parts rescaled
+    assert cos.min() > 0.8 and (E2 - E1).abs().max() > 1e-3, cos
+    wired = {
+        "model.embed_tokens.weight",
+        "model.layers.1.self_attn.q_proj.weight",
+        "model.layers.1.self_attn.k_proj.weight",
+    }
+    assert all(torch.equal(v, two.state_dict()[k]) for k, v in one.state_dict().items() if k not in wired)
 
 
 def test_held_slices_stay_at_their_first_values_for_the_hold_steps():

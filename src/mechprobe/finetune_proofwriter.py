@@ -57,6 +57,7 @@ class ReasonerSettings:
     curriculum: int = 1
     stage_steps: int = 0
     positive_steps: int = 1400
+    positive_batch: int = 0
     positive_words: int = 0
     lm_weight: float = 1.0
     balanced: int = 0
@@ -103,6 +104,7 @@ RESUME_KEYS = (
     "curriculum",
     "stage_steps",
     "positive_steps",
+    "positive_batch",
     "positive_words",
     "lm_weight",
     "balanced",
@@ -133,6 +135,7 @@ ADDED = {
     "curriculum": 0,
     "stage_steps": 0,
     "positive_steps": 0,
+    "positive_batch": 0,
     "positive_words": 0,
     "lm_weight": 0.0,
     "balanced": 0,
@@ -193,6 +196,7 @@ def _task(a, tok, splits):
         curriculum=a.curriculum,
         stage_steps=a.stage_steps,
         positive_steps=a.positive_steps,
+        positive_batch=a.positive_batch,
         prior_balance=a.prior_balance,
         pack=bool(a.pack),
         lm_question=bool(a.lm_question),
@@ -378,6 +382,12 @@ def _phase_args(p):
         help="first steps trained on the questions without 'not' only (whether the statement holds is learnt "
         "before its negation; 0: none)",
     )
+    p.add_argument(
+        "--positive-batch",
+        type=nonneg_int,
+        help="questions per batch in the positive phase (0: BATCH_SIZE; half of it packs as many theories per "
+        "step as later, about half of a theory's questions being without 'not': cheaper steps)",
+    )
     _switch(
         p,
         "--positive-words",
@@ -454,11 +464,13 @@ def _circuit_args(p):
         help="weight of the answer's loss read early too: at the question's last word ('E is a .': at a) and each "
         "token after it but the last, over the two answer words' logits (with --pack 1; 0: at the last token only)",
     )
-    _switch(
-        p,
+    p.add_argument(
         "--wired-lookup",
-        "1: layer 1's head 0 starts as a lookup, wired in at init: at the attribute of a question 'E is a.' it attends "
-        "to the fact 'E is a.' among the statements (needs --position-heads 3 and --heads 4)",
+        type=int,
+        choices=[0, 1, 2],
+        help="1: layer 1's head 0 starts as a lookup, wired in at init: at the attribute of a question 'E is a.' it "
+        "attends to the fact 'E is a.' among the statements (needs --position-heads 3 and --heads 4); 2: the same, "
+        "each word matched in its own place, every word alike",
     )
     p.add_argument(
         "--wired-hold",
@@ -488,8 +500,9 @@ def main(argv=None):
         )
     if a.wired_lookup and (a.position_heads != 3 or a.heads != 4 or a.layers < 2):
         raise MechprobeError(
-            f"WIRED_LOOKUP=1 needs POSITION_HEADS=3, HEADS=4 and LAYERS >= 2 (layer 0's heads 0-2 copy the 3 tokens "
-            f"before each token; layer 1's head 0 matches them): got {a.position_heads}, {a.heads}, {a.layers}"
+            f"WIRED_LOOKUP={a.wired_lookup} needs POSITION_HEADS=3, HEADS=4 and LAYERS >= 2 (layer 0's heads 0-2 "
+            f"copy the 3 tokens before each token; layer 1's head 0 matches them): got {a.position_heads}, {a.heads}, "
+            f"{a.layers}"
         )
     if a.early_answer and not a.pack:
         raise MechprobeError(

@@ -353,6 +353,7 @@ class PromptTask:
         curriculum=0,
         stage_steps=0,
         positive_steps=0,
+        positive_batch=0,
         prior_balance=0,
         pack=False,
         lm_question=False,
@@ -370,6 +371,7 @@ class PromptTask:
         self.lm_question, self.lm_statements = lm_question, lm_statements
         self.facts = fact_tokens(tok, splits["train"]) if recall else None
         self.stage_steps, self.positive_steps = stage_steps, positive_steps
+        self.positive_batch = positive_batch or batch_size
         self.weights = loss_weights(splits["train"], prior_balance, binding_weight)
         train_groups = np.array([it["group"] for it in splits["train"]])
         self.groups = sorted(set(train_groups.tolist()))
@@ -470,7 +472,7 @@ class PromptTask:
             while j < end and j - i < 50 and self._phase(epoch * spe + j) == key:
                 j += 1
             pool, n = self.pool(step), j - i
-            bs = min(self.batch_size, len(pool))
+            bs = min(self.positive_batch if key[1] else self.batch_size, len(pool))
             rng = np.random.default_rng([self.seed, step])
             draw = self._draw(pool, n * bs, rng)
             for b, o in enumerate(rng.permutation(n)):

@@ -67,7 +67,7 @@ def llama_from_config(
     if position_heads:
         init_position_heads(model, position_heads, rope_theta)
     if wired_lookup:
-        init_wired_lookup(model, seed)
+        init_wired_lookup(model, seed, exact=wired_lookup == 2)
     return model
 
 
@@ -104,7 +104,7 @@ WIRED_SCALE = 6.0  # the match head's query/key scale: 0.64 of the question attr
 WIRED_PAIRS = 8  # rotary pairs (the slowest) the match head uses, both coordinates of each
 
 
-def init_wired_lookup(model, seed=0, scale=WIRED_SCALE, pairs=WIRED_PAIRS, emb=0.02):
+def init_wired_lookup(model, seed=0, scale=WIRED_SCALE, pairs=WIRED_PAIRS, emb=0.02, exact=False):
     """A lookup wired in at init: at the attribute a of a question "E is a", layer 1's head 0 attends
     to the "." closing the fact "E is a ." when the statements hold it.
 
@@ -120,6 +120,15 @@ def init_wired_lookup(model, seed=0, scale=WIRED_SCALE, pairs=WIRED_PAIRS, emb=0
     (in either order: "a . E is" elsewhere matches too). Before training the head puts 0.64 of a true
     depth-0 question's attribute's attention on the fact's "." (default data, test split; 0.50-0.71
     per group; uniform: 0.018).
+    exact (WIRED_LOOKUP=2): each word is matched on its own half of the pairs,
+        q_t . k_s = scale^2 (P1 x_t . P1 x_{s-1} + P2 x_{t-2} . P2 x_{s-3}) / sqrt(d_head)
+    (P1, P2: P's two halves), so that a word matches only in its own place ("a . E is" no longer
+    matches) and no cross term P x_a . P x_E weakens a fact's match; and every word's P1 x, P2 x and
+    the rest of x get the same norms (their means over the vocabulary), so that every fact scores
+    alike (RMSNorm then scales every token alike). `_equal_norms`, `_match_weights`. Before training,
+    on each seed's own data (true depth-0 test questions, seeds 0 / 1 / 2): 0.97 / 0.97 / 0.91 of the
+    attribute's attention on the fact's "." (without exact: 0.64 / 0.58 / 0.48, the reversed "a . E is"
+    the most frequent winner).
     Needs 4 heads of D/4 dimensions, attention biases and 3 position heads; training may move these
     weights like any others (`wired_slices`: the ones a trainer can hold)."""
     a0, a1 = model.model.layers[0].self_attn, model.model.layers[1].self_attn
@@ -132,18 +141,46 @@ def init_wired_lookup(model, seed=0, scale=WIRED_SCALE, pairs=WIRED_PAIRS, emb=0
     with torch.no_grad():
         V = model.model.embed_tokens.weight.shape[0]
         x = torch.randn(V, d, generator=g) * emb * (D / d) ** 0.5  # (V, d): the default init's norm per token
+        P = torch.linalg.qr(torch.randn(d, 2 * pairs, generator=g))[0].T  # (2 pairs, d) orthonormal rows
+        if exact:
+            x = _equal_norms(x, P, pairs)
         model.model.embed_tokens.weight.copy_(x @ B[0].T)
         for h in range(3):  # head h: values B0's coordinates, written into B_{h+1}
             a0.v_proj.weight[h * d : (h + 1) * d] = B[0].T
             a0.o_proj.weight[:, h * d : (h + 1) * d] = B[h + 1] * emb
-        P = torch.linalg.qr(torch.randn(d, 2 * pairs, generator=g))[0].T  # (2 pairs, d)
-        half = d // 2
-        dims = list(range(half - pairs, half)) + list(range(d - pairs, d))  # both coordinates of the slowest pairs
-        Wq, Wk = torch.zeros(d, D), torch.zeros(d, D)
+        a1.q_proj.weight[:d], a1.k_proj.weight[:d] = _match_weights(P, B, scale, pairs, exact)
+        a1.q_proj.bias[:d], a1.k_proj.bias[:d] = 0, 0
+
+
+def _equal_norms(x, P, pairs):
+    """x (V, d) with the same norm of P1 x, of P2 x (P's halves, orthonormal rows) and of the rest of x
+    for every row: each part scaled to its mean norm, its direction kept."""
+    for Pj in (P[:pairs], P[pairs:]):
+        px = x @ Pj.T  # (V, pairs)
+        r = px.norm(dim=1, keepdim=True)
+        x = x + (px * (r.mean() / r - 1)) @ Pj
+    rest = x - x @ P.T @ P  # (V, d): the part outside P's directions
+    r = rest.norm(dim=1, keepdim=True)
+    return x + rest * (r.mean() / r - 1)
+
+
+def _match_weights(P, B, scale, pairs, exact):
+    """(Wq, Wk), each (d, D): the match head's query reads x_t (B0) and x_{t-2} (B2), its key x_{s-1}
+    (B1) and x_{s-3} (B3), through P onto both coordinates of the slowest `pairs` rotary pairs (pair i:
+    dimensions i and i + d/2); exact: the first words through P1 onto half of the pairs, the second
+    words through P2 onto the other half."""
+    d, D = B[0].shape[1], B[0].shape[0]
+    slow = range(d // 2 - pairs, d // 2)
+    Wq, Wk = torch.zeros(d, D), torch.zeros(d, D)
+    if not exact:
+        dims = [i + o for o in (0, d // 2) for i in slow]
         Wq[dims] = scale * (P @ B[0].T + P @ B[2].T)
         Wk[dims] = scale * (P @ B[1].T + P @ B[3].T)
-        a1.q_proj.weight[:d], a1.k_proj.weight[:d] = Wq, Wk
-        a1.q_proj.bias[:d], a1.k_proj.bias[:d] = 0, 0
+        return Wq, Wk
+    for j, part in enumerate((slow[: pairs // 2], slow[pairs // 2 :])):
+        dims, Pj = [i + o for o in (0, d // 2) for i in part], P[j * pairs : (j + 1) * pairs]
+        Wq[dims], Wk[dims] = scale * Pj @ B[2 * j].T, scale * Pj @ B[2 * j + 1].T
+    return Wq, Wk
 
 
 def wired_slices(model):
