@@ -127,8 +127,8 @@ def init_wired_lookup(model, seed=0, scale=WIRED_SCALE, pairs=WIRED_PAIRS, emb=0
     the rest of x get the same norms (their means over the vocabulary), so that every fact scores
     alike (RMSNorm then scales every token alike). `_equal_norms`, `_match_weights`. Before training,
     on each seed's own data (true depth-0 test questions, seeds 0 / 1 / 2): 0.97 / 0.97 / 0.91 of the
-    attribute's attention on the fact's "." (without exact: 0.64 / 0.58 / 0.48, the reversed "a . E is"
-    the most frequent winner).
+    attribute's attention on the fact's "." (without exact: 0.64 / 0.58 / 0.48, a reversed "a . E is" or
+    an "is" after E the most frequent winners).
     Needs 4 heads of D/4 dimensions, attention biases and 3 position heads; training may move these
     weights like any others (`wired_slices`: the ones a trainer can hold)."""
     a0, a1 = model.model.layers[0].self_attn, model.model.layers[1].self_attn
