@@ -23,8 +23,9 @@ the first `curriculum` epochs instead go through all prompts from the shortest t
 (the smallest theories first: matching a question to one fact is learnt before searching 24);
 with stage_steps, the first stage_steps batches are drawn from the smallest theories only, the
 larger groups let in one at a time (equal shares); with positive_steps, the first positive_steps
-batches hold only questions without "not" (whether a statement holds is learnt apart from its
-negation: on the balanced draw the answer is the XOR of the two, with no signal in either alone);
+batches (of positive_batch questions, default batch_size) hold only questions without "not"
+(whether a statement holds is learnt apart from its negation: on the balanced draw the answer is
+the XOR of the two, with no signal in either alone);
 right padding with an attention mask, the loss at each prompt's last real token; with prior_balance
 each question's loss is weighted (prior_weights) so that the answer's prior given the theory's size
 and the word "not" is 1/2.

@@ -44,7 +44,8 @@ def llama_from_config(
     dimensions turns by theta^(-2i/d_head) radians per token (larger: more pairs that barely turn over
     a prompt, where a query matches a key by content wherever it is). position_heads = K > 0: the
     attention projections get biases and layer 0's heads 0..K-1 start as positional heads (see
-    `init_position_heads`); wired_lookup: then a lookup head is wired in (`init_wired_lookup`)."""
+    `init_position_heads`); wired_lookup 1: then a lookup head is wired in (`init_wired_lookup`); 2: the
+    exact one (`init_wired_lookup(exact=True)`)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
