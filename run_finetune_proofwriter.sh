@@ -18,7 +18,7 @@ TIE=${TIE:-0}                                     # 1: tied embeddings (the unem
 ROPE_THETA=${ROPE_THETA:-1000000}                 # RoPE's base (larger: more of each head's dimensions match words by content, not by distance)
 POSITION_HEADS=${POSITION_HEADS:-3}               # K: layer 0's heads 0..K-1 start attending 1..K tokens back (attention biases; 0: none)
 WIRED_LOOKUP=${WIRED_LOOKUP:-1}                   # 1: layer 1's head 0 starts as a lookup of the question's "E is a" among the facts (POSITION_HEADS=3, HEADS=4); 2: each word matched in its own place, every word alike
-WIRED_HOLD=${WIRED_HOLD:-2500}                    # with WIRED_LOOKUP=1: first steps after which the wired weights are put back to their initial values
+WIRED_HOLD=${WIRED_HOLD:-2500}                    # with WIRED_LOOKUP=1 or 2: first steps after which the wired weights are put back to their initial values
 EARLY_ANSWER=${EARLY_ANSWER:-1}                   # weight of the answer's loss read early too: at the question's last word and the tokens after it (PACK=1; 0: none)
 LR=${LR:-0.0005}
 BATCH_SIZE=${BATCH_SIZE:-64}

@@ -475,7 +475,7 @@ def _circuit_args(p):
     p.add_argument(
         "--wired-hold",
         type=nonneg_int,
-        help="with --wired-lookup 1: the wired weights are put back to their initial values after each of the "
+        help="with --wired-lookup 1 or 2: the wired weights are put back to their initial values after each of the "
         "first WIRED_HOLD steps (else training unlearns them before the answer learns to read them)",
     )
 

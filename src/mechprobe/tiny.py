@@ -174,14 +174,19 @@ def _match_weights(P, B, scale, pairs, exact):
     slow = range(d // 2 - pairs, d // 2)
     Wq, Wk = torch.zeros(d, D), torch.zeros(d, D)
     if not exact:
-        dims = [i + o for o in (0, d // 2) for i in slow]
+        dims = _coordinates(slow, d)
         Wq[dims] = scale * (P @ B[0].T + P @ B[2].T)
         Wk[dims] = scale * (P @ B[1].T + P @ B[3].T)
         return Wq, Wk
     for j, part in enumerate((slow[: pairs // 2], slow[pairs // 2 :])):
-        dims, Pj = [i + o for o in (0, d // 2) for i in part], P[j * pairs : (j + 1) * pairs]
+        dims, Pj = _coordinates(part, d), P[j * pairs : (j + 1) * pairs]
         Wq[dims], Wk[dims] = scale * Pj @ B[2 * j].T, scale * Pj @ B[2 * j + 1].T
     return Wq, Wk
+
+
+def _coordinates(pairs, d):
+    """Both coordinates of each rotary pair in `pairs` (HF's rotate_half pairs dimension i with i + d/2)."""
+    return [i + o for o in (0, d // 2) for i in pairs]
 
 
 def wired_slices(model):
