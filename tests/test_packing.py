@@ -197,6 +197,41 @@ def test_recall_segments_restate_the_theorys_facts(tmp_path):
     assert task.pad("val", np.arange(4))[0].recall_src is None  # no recall in evaluation
 
 
+def test_bos_prompts_start_with_s_and_pack_as_run_apart(tmp_path):
+    """BOS=1: every prompt starts with "<s>" (offsets (0, 0), kept by save and load); the questions'
+    first and last words move one token on; packed rows and the recall segments keep "<s>" once, in
+    front, and the packed answers equal the prompts run apart."""
+    from mechprobe import reasoner as rs
+    from mechprobe.models import load_tokenizer
+    from mechprobe.proofwriter_gen import generate
+
+    generate(tmp_path / "d", 1, (12, 4, 4), (2, 4, 8), 0, 6)
+    files = rs.split_files(tmp_path / "d", {"depth": 1})
+    splits = {s: rs.read_questions(f) for s, f in files.items()}
+    items = splits["train"] + splits["val"] + splits["test"]
+    tok, plain_tok = rs.build_tokenizer(items, bos=True), rs.build_tokenizer(items)
+    s = tok.convert_tokens_to_ids("<s>")
+    enc = tok("Anne is big .", return_offsets_mapping=True)
+    assert enc["input_ids"] == [s] + plain_tok("Anne is big .")["input_ids"] and enc["offset_mapping"][0] == (0, 0)
+    assert tok("Anne is big .", add_special_tokens=False)["input_ids"] == plain_tok("Anne is big .")["input_ids"]
+    tok.save_pretrained(tmp_path / "tok")
+    assert load_tokenizer(tmp_path / "tok")("Anne")["input_ids"][0] == s
+    task = rs.PromptTask(tok, splits, 12, 0, pack=True, recall=True, early_answer=True)
+    plain = rs.PromptTask(plain_tok, splits, 12, 0, pack=True, recall=True, early_answer=True)
+    assert all(a == [s] + b for a, b in zip(task.ids["train"], plain.ids["train"]))
+    np.testing.assert_array_equal(task.qstart["train"], plain.qstart["train"] + 1)
+    np.testing.assert_array_equal(task.qword["train"], plain.qword["train"] + 1)
+    p, _ = task.pad("train", task.epoch_batches(0)[0])
+    T = p.ids.shape[1]
+    assert (p.ids[:, 0] == s).all() and (p.ids == s).sum() == p.ids.shape[0]  # "<s>" once, first in each row
+    seen = p.mask.view(-1, T, T)[p.recall_src // T, p.recall_src % T] == 0  # (M, T): what each recall token sees
+    assert seen[:, 0].all()  # the recall segments see "<s>" with the statements
+    unpacked = rs.PromptTask(tok, splits, 12, 0)
+    np.testing.assert_array_equal(
+        task.predictions(tiny_model(tok), "val"), unpacked.predictions(tiny_model(tok), "val")
+    )
+
+
 def test_rotated_recall_restates_the_facts_in_the_statements_order(tmp_path):
     """RECALL_ORDER=rotated: each recall segment is the theory's facts in the statements' order from
     some first fact, wrapping round (checked against the facts' tokens), and the same rows when the

@@ -156,6 +156,11 @@ def test_bad_configuration(tmp_path, trained):
         fp.main([*folders, *SMALL, "--pack", "0", "--recall", "0", "--early-answer", "1"])
     with pytest.raises(MechprobeError, match=r"^WIRED_LOOKUP=1 needs POSITION_HEADS=3, HEADS=4 .*: got 0, 2, 2$"):
         fp.main([*folders, *SMALL, "--wired-lookup", "1"])
+    wired = ["--heads", "4", "--position-heads", "3", "--wired-lookup", "3"]
+    with pytest.raises(MechprobeError, match=r"^WIRED_LOOKUP=3 needs HIDDEN/HEADS > 16 .*: got 64/4$"):
+        fp.main([*folders, *SMALL, *wired, "--hidden", "64"])
+    with pytest.raises(MechprobeError, match=r"^WIRED_LOOKUP=3 holds the word embeddings .* set TIE=0$"):
+        fp.main([*folders, *SMALL, *wired, "--hidden", "80", "--tie", "1"])
     assert not (tmp_path / "x").exists()
 
 
@@ -169,7 +174,7 @@ def test_packed_run_and_resume_check(trained, tmp_path):
         + ["--recall-layer", "1", "--tie", "1", "--rope-theta", "1e6", "--recall-order", "rotated"]
         + ["--optimizer", "muon", "--early-answer", "0.5"]
         + ["--heads", "4", "--hidden", "64", "--position-heads", "3", "--wired-lookup", "2", "--wired-hold", "5"]
-        + ["--positive-steps", "3", "--positive-batch", "8"]
+        + ["--positive-steps", "3", "--positive-batch", "8", "--bos", "1"]
     )
     assert res["steps"] == 12 and 0 <= res["test"]["accuracy"] <= 1
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
@@ -178,7 +183,11 @@ def test_packed_run_and_resume_check(trained, tmp_path):
     assert cfg["model_config"]["tie_word_embeddings"] is True
     assert cfg["position_heads"] == 3 and cfg["model_config"]["attention_bias"] is True
     assert cfg["early_answer"] == 0.5 and cfg["wired_lookup"] == 2 and cfg["wired_hold"] == 5
-    assert cfg["positive_steps"] == 3 and cfg["positive_batch"] == 8
+    assert cfg["positive_steps"] == 3 and cfg["positive_batch"] == 8 and cfg["bos"] == 1
+    from mechprobe.models import load_tokenizer
+
+    tok = load_tokenizer(tmp_path / "p" / "best")  # the saved tokenizer starts prompts with "<s>"
+    assert tok("Anne is big .")["input_ids"][0] == tok.convert_tokens_to_ids("<s>")
     best = load_model(tmp_path / "p" / "best", device="cpu")  # tied weights survive save and load
     assert best.lm_head.weight.data_ptr() == best.model.embed_tokens.weight.data_ptr()
     d_head = best.config.hidden_size // best.config.num_attention_heads  # RoPE's base survives save and load
@@ -187,6 +196,26 @@ def test_packed_run_and_resume_check(trained, tmp_path):
     assert best.model.layers[0].self_attn.q_proj.bias is not None  # the biases survive save and load
     with pytest.raises(MechprobeError, match=r"PACK 1 -> 0"):
         fp.main([*args[:-1], "0", "--decay-steps", "4", "--recall", "0", "--early-answer", "0"])
+
+
+def test_wired_lookup_3_run_keeps_the_circuit_fixed(trained, tmp_path):
+    """WIRED_LOOKUP=3 with WIRED_HOLD beyond the run (the default's way): after training, the held weights
+    (the embeddings, layer 1's MLP found units, an RMSNorm gain) are those of the untrained model built
+    from the same settings, while the weights not held have moved."""
+    d, _ = trained
+    wired = ["--heads", "4", "--hidden", "80", "--position-heads", "3", "--wired-lookup", "3", "--wired-hold", "100"]
+    fp.main(["--data-dir", str(d / "data"), "--out-dir", str(tmp_path / "w"), *SMALL, *wired, "--rope-theta", "1e6"])
+    from mechprobe.models import load_tokenizer
+
+    last = load_model(tmp_path / "w" / "last", device="cpu").state_dict()
+    tok = load_tokenizer(tmp_path / "w" / "last")
+    first = rs.build_model(tok, 2, 80, 4, seed=0, rope_theta=1e6, position_heads=3, wired_lookup=3).state_dict()
+    mlp = "model.layers.1.mlp."
+    for k in ("model.embed_tokens.weight", "model.layers.1.post_attention_layernorm.weight"):
+        assert torch.equal(last[k], first[k]), k
+    assert torch.equal(last[mlp + "gate_proj.weight"][:32], first[mlp + "gate_proj.weight"][:32])
+    assert not torch.equal(last[mlp + "gate_proj.weight"][32:], first[mlp + "gate_proj.weight"][32:])
+    assert not torch.equal(last["lm_head.weight"], first["lm_head.weight"])
 
 
 def test_balanced_draw_leaves_no_size_or_negation_shortcut(tmp_path):
@@ -640,6 +669,55 @@ def test_wired_lookup_2_matches_each_word_in_its_place_with_the_same_strength():
         "model.layers.1.self_attn.k_proj.weight",
     }
     assert all(torch.equal(v, two.state_dict()[k]) for k, v in one.state_dict().items() if k not in wired)
+
+
+def test_wired_lookup_3_says_whether_the_fact_is_there(trained):
+    """WIRED_LOOKUP=3, before any training, at the attribute a of a depth-0 question "E is a." or "E is
+    not a." (generated theories): the match head attends to the fact's "." (both forms); layer 1's MLP
+    output on its "not found" direction e is, by hand, |down column| * sum_j (w_j . h)^2 over the 16
+    code directions w_j (the +/- unit pairs' gate rows; h: the MLP's normalised input), and it tells
+    the questions whose fact is there (proof, inv-proof) from the unprovable ones whose two words both
+    occur (AUC > 0.98, by hand); the held slices cover the detector."""
+    from mechprobe.tiny import FOUND_UNITS, wired_slices
+
+    d, _ = trained
+    files = rs.split_files(d / "data", json.loads((d / "data" / "meta.json").read_text()))
+    items = [it for f in files.values() for it in rs.read_questions(f)]
+    found = [it for it in items if it["depth"] == 0 and it["strategy"] in ("proof", "inv-proof")]
+    hard = [
+        it
+        for it in items
+        if it["strategy"] in ("random", "inv-random") and rs.word_presence(it).endswith("in, attribute in")
+    ]
+    tok = rs.build_tokenizer(items)
+    model = rs.build_model(tok, 4, 128, 4, rope_theta=1e6, position_heads=3, wired_lookup=3).eval()
+    mlp, cap = model.model.layers[1].mlp, {}
+    hook = mlp.register_forward_hook(lambda m, i, o: cap.update(h=i[0][0], out=o[0]))
+    col = mlp.down_proj.weight[:, 0].detach()
+    e, W = col / col.norm(), mlp.gate_proj.weight[:FOUND_UNITS:2].detach()  # (D,), (16, D)
+    signal, on_fact = {True: [], False: []}, []
+    for is_found, its in ((True, found[:40]), (False, hard[:40])):
+        for it in its:
+            ids = tok(PromptBuilder().build(it, [])[0], return_tensors="pt")["input_ids"]
+            t = ids.shape[1] - 6  # "a . True or False ?"
+            with torch.no_grad():
+                att = model(input_ids=ids, output_attentions=True).attentions[1][0, 0, t]  # (T,)
+            by_hand = col.norm() * ((cap["h"][t] @ W.T) ** 2).sum()
+            assert (cap["out"][t] @ e).item() == pytest.approx(by_hand.item(), rel=1e-3, abs=1e-6)
+            signal[is_found].append((cap["out"][t] @ e).item())
+            if is_found:  # the fact "E is a." as stated (a statement of its own, not a rule's end)
+                text = PromptBuilder().build(it, [])[0]
+                m = re.search(r"(^|\. )" + re.escape(it["question"].replace(" not", "")), text)
+                on_fact.append(att[len(tok(text[: m.end()])["input_ids"]) - 1].item())  # the fact's "."
+    hook.remove()
+    assert len(signal[True]) > 20 and len(signal[False]) > 10, {k: len(v) for k, v in signal.items()}
+    pos, neg = np.array(signal[True]), np.array(signal[False])
+    assert (pos[:, None] < neg[None]).mean() > 0.98, (pos, neg)
+    assert np.mean(on_fact) > 0.9, on_fact
+    held = {(id(p), str(i)) for p, i in wired_slices(model, found=True)}
+    assert (id(mlp.gate_proj.weight), str((slice(0, FOUND_UNITS),))) in held
+    assert (id(model.model.embed_tokens.weight), str((slice(None),))) in held
+    assert len(held) == len(wired_slices(model)) + 10  # + head 0's v (2), o, the MLP's 3, the embedding, 3 gains
 
 
 def test_held_slices_stay_at_their_first_values_for_the_hold_steps():

@@ -12,7 +12,7 @@ import torch
 
 from . import reasoner as rs
 from .optim import OPTIMIZERS
-from .tiny import wired_slices
+from .tiny import WIRED_PAIRS, wired_slices
 from .training import Trainer, bf16_fast, load_checkpoint, plot_curves, run_loop, save_pretrained_atomic
 from .utils import (
     MechprobeError,
@@ -76,8 +76,9 @@ class ReasonerSettings:
     rope_theta: float = 1e6
     position_heads: int = 3
     early_answer: float = 1.0
-    wired_lookup: int = 1
-    wired_hold: int = 2500
+    wired_lookup: int = 3
+    wired_hold: int = 4400
+    bos: int = 0
     compile: int = 1
     seed: int = 0
     autocast: str = "auto"
@@ -125,6 +126,7 @@ RESUME_KEYS = (
     "early_answer",
     "wired_lookup",
     "wired_hold",
+    "bos",
     "seed",
     "autocast",
 )
@@ -157,6 +159,7 @@ ADDED = {
     "early_answer": 0.0,
     "wired_lookup": 0,
     "wired_hold": 2500,
+    "bos": 0,
 }
 
 
@@ -236,7 +239,7 @@ def _trainer(a, model, dev, answer_ids):
     (answer_ids: the answer words' token ids, for the early answer loss)."""
     sched = (a.lr, a.weight_decay, a.warmup, a.max_steps, dev)
     losses = (a.lm_weight, a.decay_steps, a.recall, a.compile, a.recall_layer, a.optimizer)
-    hold = dict(held=wired_slices(model), hold_steps=a.wired_hold) if a.wired_lookup else {}
+    hold = dict(held=wired_slices(model, a.wired_lookup == 3), hold_steps=a.wired_hold) if a.wired_lookup else {}
     return Trainer(model, *sched, *losses, early_answer=a.early_answer, answer_ids=answer_ids, **hold)
 
 
@@ -246,7 +249,7 @@ def train(a):
     threads = a.threads
     seed_everything(a.seed)
     files, splits = _data(a)
-    tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
+    tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"], bool(a.bos))
     task = _task(a, tok, splits)
     model = _model(a, tok)
     dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -314,6 +317,11 @@ def _data_and_model_args(p):
     p.add_argument("--hidden", type=positive_int)
     p.add_argument("--heads", type=positive_int)
     _switch(p, "--tie", "1: the unembedding shares the input embedding's weights (W_U = W_E^T)")
+    _switch(
+        p,
+        "--bos",
+        '1: every prompt starts with "<s>", as a LLaMA tokenizer\'s do (a token without content for heads to rest on)',
+    )
     p.add_argument(
         "--rope-theta",
         type=positive_float,
@@ -467,16 +475,18 @@ def _circuit_args(p):
     p.add_argument(
         "--wired-lookup",
         type=int,
-        choices=[0, 1, 2],
+        choices=[0, 1, 2, 3],
         help="1: layer 1's head 0 starts as a lookup, wired in at init: at the attribute of a question 'E is a.' it "
         "attends to the fact 'E is a.' among the statements (needs --position-heads 3 and --heads 4); 2: the same, "
-        "each word matched in its own place, every word alike",
+        "each word matched in its own place, every word alike; 3: 2 that also says whether it found the fact "
+        "(layer 1's MLP: 'not found' on one direction) and reads 'E is not a.' as 'E is a.'",
     )
     p.add_argument(
         "--wired-hold",
         type=nonneg_int,
-        help="with --wired-lookup 1 or 2: the wired weights are put back to their initial values after each of the "
-        "first WIRED_HOLD steps (else training unlearns them before the answer learns to read them)",
+        help="with --wired-lookup 1, 2 or 3: the wired weights are put back to their initial values after each of the "
+        "first WIRED_HOLD steps (else training unlearns them before the answer learns to read them; >= MAX_STEPS: "
+        "fixed for the whole run, the default; with 3 the held weights include the embeddings and 3 RMSNorm gains)",
     )
 
 
@@ -503,6 +513,16 @@ def main(argv=None):
             f"WIRED_LOOKUP={a.wired_lookup} needs POSITION_HEADS=3, HEADS=4 and LAYERS >= 2 (layer 0's heads 0-2 "
             f"copy the 3 tokens before each token; layer 1's head 0 matches them): got {a.position_heads}, {a.heads}, "
             f"{a.layers}"
+        )
+    if a.wired_lookup == 3 and a.hidden // a.heads <= 2 * WIRED_PAIRS:
+        raise MechprobeError(
+            f"WIRED_LOOKUP=3 needs HIDDEN/HEADS > {2 * WIRED_PAIRS} (the found signal's direction lies beside the "
+            f"words' {2 * WIRED_PAIRS} code dimensions of a head): got {a.hidden}/{a.heads}"
+        )
+    if a.wired_lookup == 3 and a.tie:
+        raise MechprobeError(
+            "WIRED_LOOKUP=3 holds the word embeddings (the codes): with TIE=1 the unembedding would be held too; "
+            "set TIE=0"
         )
     if a.early_answer and not a.pack:
         raise MechprobeError(

@@ -314,10 +314,12 @@ def reverse_fact(ids, is_id):
     return [*ids[k + 1 : -1], is_id, *ids[:k], ids[-1]]
 
 
-def build_tokenizer(items):
+def build_tokenizer(items, bos=False):
+    """The word tokenizer of the questions `items`' words; with bos, prompts start with "<s>"."""
     from .tiny import word_tokenizer
 
-    return word_tokenizer([s for it in items for s in it["statements"] + [it["question"]]] + ["True or False ?"])
+    texts = [s for it in items for s in it["statements"] + [it["question"]]] + ["True or False ?"]
+    return word_tokenizer(texts, bos=bos)
 
 
 def build_model(tok, layers=4, hidden=128, heads=4, seed=0, max_positions=1024, **arch):
