@@ -717,6 +717,8 @@ def test_wired_lookup_3_says_whether_the_fact_is_there(trained):
     held = {(id(p), str(i)) for p, i in wired_slices(model, found=True)}
     assert (id(mlp.gate_proj.weight), str((slice(0, FOUND_UNITS),))) in held
     assert (id(model.model.embed_tokens.weight), str((slice(None),))) in held
+    with pytest.raises(ValueError, match="beyond the 16 code ones: got 16"):
+        rs.build_model(tok, 2, 64, 4, position_heads=3, wired_lookup=3)
     assert len(held) == len(wired_slices(model)) + 10  # + head 0's v (2), o, the MLP's 3, the embedding, 3 gains
 
 

@@ -146,6 +146,8 @@ def init_wired_lookup(
     D, d = model.config.hidden_size, a0.head_dim
     if D != 4 * d or a0.q_proj.out_features != D or a0.k_proj.out_features != D or a0.q_proj.bias is None:
         raise ValueError("a wired lookup needs 4 heads of hidden/4 dimensions (as many key heads), with biases")
+    if found and d <= 2 * pairs:
+        raise ValueError(f"a found detector needs head dimensions beyond the {2 * pairs} code ones: got {d}")
     g = torch.Generator().manual_seed(seed + 7)
     Q = torch.linalg.qr(torch.randn(D, D, generator=g))[0]  # (D, D) orthonormal columns
     B = [Q[:, i * d : (i + 1) * d] for i in range(4)]  # 4 blocks (D, d)
