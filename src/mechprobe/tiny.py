@@ -48,7 +48,8 @@ def llama_from_config(
     a prompt, where a query matches a key by content wherever it is). position_heads = K > 0: the
     attention projections get biases and layer 0's heads 0..K-1 start as positional heads (see
     `init_position_heads`); wired_lookup 1: then a lookup head is wired in (`init_wired_lookup`); 2: the
-    exact one (`init_wired_lookup(exact=True)`)."""
+    exact one (`init_wired_lookup(exact=True)`); 3: the exact one that also says whether it found the
+    fact (`init_wired_lookup(exact=True, found=True)`)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
