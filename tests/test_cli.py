@@ -79,3 +79,25 @@ def test_script_reports_not_found_model(tmp_path):
         env={**ENV, "MODELS": str(tmp_path / "m"), "DATA_DIRS": str(tmp_path / "d"), "OUT_DIR": str(tmp_path / "o")},
     )
     assert r.returncode == 2 and "model directory not found" in r.stderr
+
+
+def test_progress_writes_log_lines_when_not_a_terminal(caplog):
+    """Long work shows in the log (done/total and the rate) even when stderr is not a terminal."""
+    import logging
+
+    from mechprobe.utils import get_logger, progress
+
+    get_logger()
+    with caplog.at_level(logging.INFO, logger="mechprobe"):
+        bar = progress(total=10, desc="capture", unit="prompt", every=0.0)
+        for _ in range(4):
+            bar.update(2)
+        bar.close()
+        assert list(progress(range(3), desc="loop", every=0.0)) == [0, 1, 2]
+    lines = [r.getMessage() for r in caplog.records]
+    assert "capture: 8/10 prompts" in lines[3] and "/s" in lines[3], lines
+    assert lines[-1].startswith("loop: 3/3 its"), lines
+    with caplog.at_level(logging.INFO, logger="mechprobe"):
+        caplog.clear()
+        progress(total=5, desc="quiet", disable=True).update(5)
+    assert not caplog.records

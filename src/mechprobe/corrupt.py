@@ -273,7 +273,7 @@ def parser():
     p.add_argument("--n-subsets", type=positive_int, default=200)
     p.add_argument("--subset-size", type=positive_int, default=32)
     p.add_argument("--bins", type=positive_int, default=5)
-    add_model_args(p, limit=0, seeds=(0, 1), n_demos=0, probing=False)
+    add_model_args(p, limit=0, seeds=(0, 1), n_demos=None, probing=False)
     return p
 
 

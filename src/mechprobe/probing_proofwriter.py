@@ -71,7 +71,7 @@ def parser():
     p.add_argument(
         "--naf", action="store_true", help="generated theories get rules with negated conditions (negation as failure)"
     )
-    add_model_args(p, limit=0, n_demos=0)
+    add_model_args(p, limit=0, n_demos=None)
     return p
 
 

@@ -55,12 +55,56 @@ def cli_setup():
         disable_progress_bars()
 
 
-def progress(iterable=None, **kw):
-    """tqdm, shown only when stderr is a terminal (log files stay readable)."""
+PROGRESS_EVERY = 30.0  # seconds between progress lines in the log
+
+
+class _LoggedBar:
+    """A tqdm bar (shown only on a terminal) that also writes a log line every PROGRESS_EVERY seconds:
+    `<desc>: done/total <unit>s (rate/s, about N s left)`, so that a run's log shows long work."""
+
+    def __init__(self, bar, desc, unit, every, total, initial):
+        self.bar, self.desc, self.unit, self.every = bar, desc or "progress", unit or "it", every
+        self.total, self.initial, self.done = total, initial, initial  # counted here: a disabled tqdm counts nothing
+        self.t0 = self.last = time.time()
+
+    def __iter__(self):
+        for x in self.bar:
+            yield x
+            self._tick(1)
+
+    def update(self, n=1):
+        self.bar.update(n)
+        self._tick(n)
+
+    def _tick(self, n):
+        self.done += n
+        now = time.time()
+        if now - self.last >= self.every:
+            self.last = now
+            done, total = self.done, self.total
+            rate = (done - self.initial) / max(now - self.t0, 1e-9)
+            left = f", about {(total - done) / rate:.0f} s left" if total and rate > 0 else ""
+            of = f"/{total}" if total else ""
+            get_logger().info("%s: %d%s %ss (%.2f/s%s)", self.desc, done, of, self.unit, rate, left)
+
+    def close(self):
+        self.bar.close()
+
+    def __getattr__(self, name):
+        return getattr(self.bar, name)
+
+
+def progress(iterable=None, every=PROGRESS_EVERY, **kw):
+    """tqdm, shown only when stderr is a terminal (log files stay readable), plus a log line every
+    `every` seconds with done/total and the rate (unless disabled)."""
     from tqdm import tqdm
 
     off = kw.pop("disable", False)
-    return tqdm(iterable, disable=off or not sys.stderr.isatty(), dynamic_ncols=True, **kw)
+    bar = tqdm(iterable, disable=off or not sys.stderr.isatty(), dynamic_ncols=True, **kw)
+    if off:
+        return bar
+    total = kw.get("total", len(iterable) if hasattr(iterable, "__len__") else None)
+    return _LoggedBar(bar, kw.get("desc"), kw.get("unit"), every, total, kw.get("initial", 0))
 
 
 def seed_everything(seed):
