@@ -18,5 +18,5 @@ THREADS=${THREADS:-0}  # torch threads (0: all cores); lower it when another job
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 python -m mechprobe.attnvisual --models $MODELS ${PRETRAINED:+--pretrained "$PRETRAINED"} --data-dir "$DATA_DIR" \
-  --out-dir "$OUT_DIR" --n-examples "$N_EXAMPLES" --example "$EXAMPLE" --view-items "$VIEW_ITEMS" --device "$DEVICE" --threads "$THREADS"
+  --out-dir "$OUT_DIR" --n-examples "$N_EXAMPLES" --example "$EXAMPLE" --view-items "$VIEW_ITEMS" --device "$DEVICE" --threads "$THREADS" "$@"
 echo "outputs: $OUT_DIR (attention_rank.png/.pdf, attention_position.png/.pdf, tree_example.png, attention_view.html, attention_matrices.json, config.json)"

@@ -20,5 +20,5 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 python -m mechprobe.causal --model "$MODEL" --data-dir "$DATA_DIR" --out-dir "$OUT_DIR" --n-examples "$N_EXAMPLES" \
   --shares $SHARES --seeds $SEEDS --entropy-order "$ENTROPY_ORDER" --flow-mask-share "$FLOW_MASK_SHARE" \
-  ${FLOW_POSITIONS:+--flow-positions $FLOW_POSITIONS} --device "$DEVICE" --threads "$THREADS"
+  ${FLOW_POSITIONS:+--flow-positions $FLOW_POSITIONS} --device "$DEVICE" --threads "$THREADS" "$@"
 echo "outputs: $OUT_DIR (head_entropy.png, pruning.png, attention_flow.png, causal_results.json, config.json)"

@@ -24,6 +24,7 @@ BINS=${BINS:-5}                                      # S_P2 bins
 N_DEMOS=${N_DEMOS:-}                      # in-context demonstrations (empty: 4 as the paper, 0 for MODEL=reasoner)
 LIMIT=${LIMIT:-0}                         # first N questions (0: all)
 SEEDS=${SEEDS:-"0 1"}
+PROMPT_FORMAT=${PROMPT_FORMAT:-plain}     # plain: few-shot text as the paper | chat: the tokenizer's chat template
 DTYPE=${DTYPE:-float32}
 DEVICE=${DEVICE:-cpu}
 THREADS=${THREADS:-0}  # torch threads (0: all cores); lower it when another job shares the cores
@@ -45,5 +46,5 @@ if [ "$GENERATE" = 1 ]; then flags+=(--generate); else flags+=(--no-generate); f
 [ -n "$DEPTH_FOLDER" ] && flags+=(--depth-folder "$DEPTH_FOLDER")
 python -m mechprobe.corrupt --data "$DATA" --split "$SPLIT" --depths $DEPTHS --corruptions $CORRUPTIONS --negation "$NEGATION" \
   --n-subsets "$N_SUBSETS" --subset-size "$SUBSET_SIZE" --bins "$BINS" --model "$MODEL" ${N_DEMOS:+--n-demos "$N_DEMOS"} --limit "$LIMIT" \
-  --seeds $SEEDS --dtype "$DTYPE" --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" --batch-size "$BATCH_SIZE" --cache-dir "$CACHE_DIR" --out-dir "$OUT_DIR" "${flags[@]}"
+  --seeds $SEEDS --prompt-format "$PROMPT_FORMAT" --dtype "$DTYPE" --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" --batch-size "$BATCH_SIZE" --cache-dir "$CACHE_DIR" --out-dir "$OUT_DIR" "${flags[@]}" "$@"
 echo "outputs: $OUT_DIR (corrupt_results.json, config.json, corrupt_<corruption>.png)"

@@ -30,5 +30,5 @@ export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 python -m mechprobe.finetune --model "$MODEL" --k "$K" --vocab-size "$VOCAB_SIZE" --length "$LENGTH" --data-dir "$DATA_DIR" \
   --out-dir "$OUT_DIR" --epochs "$EPOCHS" --max-steps "$MAX_STEPS" ${LR:+--lr "$LR"} --batch-size "$BATCH_SIZE" \
   --warmup "$WARMUP" --eval-every "$EVAL_EVERY" --target-acc "$TARGET_ACC" --tuning "$TUNING" --seed "$SEED" \
-  --sizes $SIZES --device "$DEVICE" --threads "$THREADS" $([ "$RESTART" = 1 ] && echo --restart)
+  --sizes $SIZES --device "$DEVICE" --threads "$THREADS" $([ "$RESTART" = 1 ] && echo --restart) "$@"
 echo "outputs: $OUT_DIR (best/ and last/ models, results.json, config.json, curves.png)"

@@ -18,12 +18,12 @@ TIE=${TIE:-0}                                     # 1: tied embeddings (the unem
 BOS=${BOS:-0}                                     # 1: every prompt starts with "<s>", as a LLaMA tokenizer's do
 ROPE_THETA=${ROPE_THETA:-1000000}                 # RoPE's base (larger: more of each head's dimensions match words by content, not by distance)
 POSITION_HEADS=${POSITION_HEADS:-3}               # K: layer 0's heads 0..K-1 start attending 1..K tokens back (attention biases; 0: none)
-WIRED_LOOKUP=${WIRED_LOOKUP:-3}                   # 1: layer 1's head 0 starts as a lookup of the question's "E is a" among the facts (POSITION_HEADS=3, HEADS=4); 2: each word matched in its own place, every word alike; 3: 2 that also says whether it found the fact (README, session 17)
+WIRED_LOOKUP=${WIRED_LOOKUP:-3}                   # 1: layer 1's head 0 starts as a lookup of the question's "E is a" among the facts (POSITION_HEADS=3, HEADS=4); 2: each word matched in its own place, every word alike; 3: 2 that also says whether it found the fact (docs/reasoner.md)
 WIRED_HOLD=${WIRED_HOLD:-4400}                    # with WIRED_LOOKUP=1, 2 or 3: first steps after which the wired weights are put back to their initial values (>= MAX_STEPS: fixed for the whole run)
 EARLY_ANSWER=${EARLY_ANSWER:-1}                   # weight of the answer's loss read early too: at the question's last word and the tokens after it (PACK=1; 0: none)
 LR=${LR:-0.0005}
 BATCH_SIZE=${BATCH_SIZE:-64}
-MAX_STEPS=${MAX_STEPS:-4400}                      # 849-878 s measured on 2 cores, compiled, seeds 0-2 (README, session 17)
+MAX_STEPS=${MAX_STEPS:-4400}                      # 849-878 s measured on 2 cores, compiled, seeds 0-2 (docs/reasoner.md)
 WARMUP=${WARMUP:-100}
 DECAY_STEPS=${DECAY_STEPS:-0}                     # last steps over which the lr decays linearly to 0 (0: from the end of the warm-up)
 EVAL_EVERY=${EVAL_EVERY:-500}
@@ -58,5 +58,5 @@ flags=()
 python -m mechprobe.finetune_proofwriter --data-dir "$DATA_DIR" --out-dir "$OUT_DIR" --depth "$DEPTH" --sizes $SIZES \
   --groups $STATEMENTS --questions "$QUESTIONS" --layers "$LAYERS" --hidden "$HIDDEN" --heads "$HEADS" --tie "$TIE" --bos "$BOS" --rope-theta "$ROPE_THETA" --position-heads "$POSITION_HEADS" --early-answer "$EARLY_ANSWER" --wired-lookup "$WIRED_LOOKUP" --wired-hold "$WIRED_HOLD" --lr "$LR" \
   --batch-size "$BATCH_SIZE" --max-steps "$MAX_STEPS" --warmup "$WARMUP" --decay-steps "$DECAY_STEPS" --eval-every "$EVAL_EVERY" --curriculum "$CURRICULUM" --stage-steps "$STAGE_STEPS" --positive-steps "$POSITIVE_STEPS" --positive-batch "$POSITIVE_BATCH" --positive-words "$POSITIVE_WORDS" --lm-weight "$LM_WEIGHT" --balanced "$BALANCED" --binding-pairs "$BINDING_PAIRS" --train-more "$TRAIN_MORE" --prior-balance "$PRIOR_BALANCE" --pack "$PACK" --lm-question "$LM_QUESTION" --lm-statements "$LM_STATEMENTS" --binding-weight "$BINDING_WEIGHT" --recall "$RECALL" --recall-layer "$RECALL_LAYER" --recall-order "$RECALL_ORDER" --optimizer "$OPTIMIZER" --compile "$COMPILE" --seed "$SEED" \
-  --device "$DEVICE" --threads "$THREADS" "${flags[@]}"
+  --device "$DEVICE" --threads "$THREADS" "${flags[@]}" "$@"
 echo "outputs: $OUT_DIR (best/ and last/ models, results.json, config.json, curves.png, run.log)"

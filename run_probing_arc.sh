@@ -12,6 +12,7 @@ MAX_DEPTH=${MAX_DEPTH:-2}                                       # proof depth ke
 N_DEMOS=${N_DEMOS:-4}
 LIMIT=${LIMIT:-0}
 SEEDS=${SEEDS:-"0 1 2"}
+PROMPT_FORMAT=${PROMPT_FORMAT:-plain}     # plain: few-shot text as the paper | chat: the tokenizer's chat template
 QUERY_POOL=${QUERY_POOL:-mean}
 DTYPE=${DTYPE:-float32}
 DEVICE=${DEVICE:-cpu}
@@ -34,6 +35,6 @@ flags=()
 [ "$LOAD_IN_8BIT" = 1 ] && flags+=(--load-in-8bit)
 [ -n "$DEMO_DATA" ] && flags+=(--demo-data "$DEMO_DATA")
 python -m mechprobe.probing_arc --data "$DATA" --max-depth "$MAX_DEPTH" --model "$MODEL" --n-demos "$N_DEMOS" --limit "$LIMIT" \
-  --seeds $SEEDS --query-pool "$QUERY_POOL" --dtype "$DTYPE" --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" \
-  --batch-size "$BATCH_SIZE" --cache-dir "$CACHE_DIR" --head-map "$HEAD_MAP" --knockout-items "$KNOCKOUT_ITEMS" --knockout-folds "$KNOCKOUT_FOLDS" --view-items "$VIEW_ITEMS" --out-dir "$OUT_DIR" "${flags[@]}"
+  --seeds $SEEDS --query-pool "$QUERY_POOL" --prompt-format "$PROMPT_FORMAT" --dtype "$DTYPE" --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" \
+  --batch-size "$BATCH_SIZE" --cache-dir "$CACHE_DIR" --head-map "$HEAD_MAP" --knockout-items "$KNOCKOUT_ITEMS" --knockout-folds "$KNOCKOUT_FOLDS" --view-items "$VIEW_ITEMS" --out-dir "$OUT_DIR" "${flags[@]}" "$@"
 echo "outputs: $OUT_DIR (probe_results.json, config.json, probe_by_depth.png, probe_by_layer.png, probe_by_head.png, knockout*.png, attention_view.html)"

@@ -21,5 +21,5 @@ THREADS=${THREADS:-0}  # torch threads (0: all cores); lower it when another job
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 python -m mechprobe.probing_gpt2 --models $MODELS --data-dirs $DATA_DIRS ${PRETRAINED:+--pretrained "$PRETRAINED"} \
-  --out-dir "$OUT_DIR" --n-examples "$N_EXAMPLES" --seeds $SEEDS --folds "$FOLDS" --normalize "$NORMALIZE" --p2-labels "$P2_LABELS" --knockout "$KNOCKOUT" --device "$DEVICE" --threads "$THREADS"
+  --out-dir "$OUT_DIR" --n-examples "$N_EXAMPLES" --seeds $SEEDS --folds "$FOLDS" --normalize "$NORMALIZE" --p2-labels "$P2_LABELS" --knockout "$KNOCKOUT" --device "$DEVICE" --threads "$THREADS" "$@"
 echo "outputs: $OUT_DIR (probe_results.json, config.json, probe_by_layer.png, probe_by_k.png, probe_by_head_k<k>.png, knockout_k<k>.png, selectivity_k<k>.png, run.log)"

@@ -20,6 +20,7 @@ N_DEMOS=${N_DEMOS:-}                      # in-context demonstrations (empty: 4 
 LIMIT=${LIMIT:-0}                         # first N questions (0: all)
 SEEDS=${SEEDS:-"0 1 2"}
 FOLDS=${FOLDS:-2}                         # cross-validation folds, grouped by question
+PROMPT_FORMAT=${PROMPT_FORMAT:-plain}     # plain: few-shot text as the paper | chat: the tokenizer's chat template
 QUERY_POOL=${QUERY_POOL:-mean}            # pooling over question tokens: mean | max | last
 DTYPE=${DTYPE:-float32}                   # float32 | bfloat16 | float16
 DEVICE=${DEVICE:-cpu}                     # cpu | cuda | auto (shard over all GPUs)
@@ -27,7 +28,8 @@ THREADS=${THREADS:-0}                     # torch threads (0: all cores); lower 
 LOAD_IN_8BIT=${LOAD_IN_8BIT:-0}
 CONTROL_LAYERS=${CONTROL_LAYERS:-0}       # 0: the control has all the model's layers
 BATCH_SIZE=${BATCH_SIZE:-0}               # 0: sized to the free memory
-KNOCKOUT_ITEMS=${KNOCKOUT_ITEMS:-1024}    # attention knockout (is the tree used?) on at most this many questions (0: none)
+KNOCKOUT_ITEMS=${KNOCKOUT_ITEMS:-128}     # attention knockout (is the tree used?) on at most this many questions (0: none; the paper: 1024)
+MASKING_ITEMS=${MASKING_ITEMS:-128}       # head masking by attention entropy vs random heads, on at most this many questions (0: none)
 KNOCKOUT_FOLDS=${KNOCKOUT_FOLDS:-2}        # folds of the probe predictions the knockout blocks (apart from FOLDS: a rerun with other FOLDS reuses its passes)
 HEAD_MAP=${HEAD_MAP:-1}                   # 1: per-head map of S_P1 / S_P2 (probe_by_head.png; per-head features in the cache)
 VIEW_ITEMS=${VIEW_ITEMS:-4}               # questions in the interactive view attention_view.html (0: none)
@@ -44,6 +46,6 @@ if [ "$GENERATE" = 1 ]; then flags+=(--generate); else flags+=(--no-generate); f
 [ "$LOAD_IN_8BIT" = 1 ] && flags+=(--load-in-8bit)
 [ -n "$DEPTH_FOLDER" ] && flags+=(--depth-folder "$DEPTH_FOLDER")
 python -m mechprobe.probing_proofwriter --data "$DATA" --split "$SPLIT" --depths $DEPTHS --max-per-group "$MAX_PER_GROUP" \
-  --model "$MODEL" ${N_DEMOS:+--n-demos "$N_DEMOS"} --limit "$LIMIT" --seeds $SEEDS --folds "$FOLDS" --query-pool "$QUERY_POOL" --dtype "$DTYPE" \
-  --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" --batch-size "$BATCH_SIZE" --cache-dir "$CACHE_DIR" --knockout-items "$KNOCKOUT_ITEMS" --knockout-folds "$KNOCKOUT_FOLDS" --head-map "$HEAD_MAP" --view-items "$VIEW_ITEMS" --out-dir "$OUT_DIR" "${flags[@]}"
+  --model "$MODEL" ${N_DEMOS:+--n-demos "$N_DEMOS"} --limit "$LIMIT" --seeds $SEEDS --folds "$FOLDS" --query-pool "$QUERY_POOL" --prompt-format "$PROMPT_FORMAT" --dtype "$DTYPE" \
+  --device "$DEVICE" --threads "$THREADS" --control-layers "$CONTROL_LAYERS" --batch-size "$BATCH_SIZE" --cache-dir "$CACHE_DIR" --knockout-items "$KNOCKOUT_ITEMS" --masking-items "$MASKING_ITEMS" --knockout-folds "$KNOCKOUT_FOLDS" --head-map "$HEAD_MAP" --view-items "$VIEW_ITEMS" --out-dir "$OUT_DIR" "${flags[@]}" "$@"
 echo "outputs: $OUT_DIR (probe_results.json, config.json, accuracy_by_group.png, probe_by_group.png, probe_by_depth.png, probe_by_layer.png, knockout*.png, probe_by_head.png, selectivity.png, attention_view.html)"

@@ -4,7 +4,12 @@ tokenizer ("gpt2" model, as SmolLM2's), float32 tensors, random weights."""
 import numpy as np
 
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 MERGES = ["Ġ T", "ĠT r", "ĠTr u", "ĠTru e", "Ġ F", "a l", "ĠF al", "s e", "ĠFal se", "i s", "Ġ is"]
+MERGES += ["T r", "Tr u", "Tru e", "F al", "Fal se"]  # "True" / "False" after a chat header's newline
 
 
 def _byte_chars():
@@ -45,6 +50,7 @@ def write_tiny_gguf(path, layers=2, heads=4, kv_heads=2, hidden=32, ffn=64, cont
     w.add_unk_token_id(0)
     w.add_pad_token_id(2)
     w.add_add_bos_token(False)
+    w.add_chat_template(CHATML)
     rng = np.random.default_rng(seed)
     kv = kv_heads * hidden // heads
 

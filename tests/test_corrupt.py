@@ -30,13 +30,63 @@ def closed_world_answer(statements, question):
     return ((e, a) in closure) != bool(neg)
 
 
+RULE_WORDINGS = [
+    "If someone is red then they are big.",
+    "If something is red then it is big.",
+    "All red people are big.",
+    "Red things are big.",
+    "If Erin is red then Erin is big.",
+]
+
+
 def test_negate_text():
     assert corrupt.negate_text("The cat is red.") == "The cat is not red."
     assert corrupt.negate_text("The cat is red.", "that") == "That the cat is red is false."
-    assert (
-        corrupt.negate_text("If someone is red then they are big.")
-        == "That if someone is red then they are big is false."
+    for rule in RULE_WORDINGS:  # a rule is negated as a rule in every wording and style: never turned around
+        for style in ("grammatical", "that"):
+            assert corrupt.negate_text(rule, style) == f"That {rule[0].lower() + rule[1:-1]} is false.", rule
+
+
+def test_solver_reads_every_rule_wording_of_the_release():
+    from mechprobe import logic
+
+    for rule in RULE_WORDINGS:
+        assert logic.answer(["Erin is red.", rule], "Erin is big.") == "True", rule
+        assert logic.answer(["Erin is red.", rule, "Bob is kind."], "Bob is big.") == "False", rule
+        assert logic.answer(["Erin is red.", corrupt.negate_text(rule)], "Erin is big.") == "False", rule
+    two = ["Bob is smart.", "Bob is blue.", "Smart, blue people are green.", "All green, kind things are young."]
+    assert logic.answer(two, "Bob is green.") == "True" and logic.answer(two, "Bob is young.") == "False"
+    assert logic.answer(two + ["Bob is kind."], "Bob is young.") == "True"
+    assert logic.answer(["Erin is red.", "If Erin is red then Bob is big."], "Bob is big.") is None  # not guessed
+    assert logic.unreadable(["Bob is big.", "The cat eats the dog.", "x"]) == "The cat eats the dog."
+
+
+def test_generated_mixed_wordings_solved_and_corrupted(tmp_path):
+    """Theories in every wording (the generator's option): the solver reproduces every answer, and
+    every corruption applies to items; the skip reason names a sentence the solver cannot read."""
+    from mechprobe import logic
+
+    folder = generate(tmp_path / "mixed", max_depth=1, sizes=(0, 0, 40), seed=3, wording="mixed")
+    plain = generate(tmp_path / "plain", max_depth=1, sizes=(0, 0, 40), seed=3)
+    mixed_items = pw.read_meta(folder / "meta-test.jsonl", depths=(0, 1))
+    plain_items = pw.read_meta(plain / "meta-test.jsonl", depths=(0, 1))
+    assert [it["question"] for it in mixed_items] == [it["question"] for it in plain_items]  # same theories
+    texts = {s for it in mixed_items for s in it["statements"]}
+    assert any(t.startswith("All ") for t in texts) and any(
+        " things are " in t and not t.startswith("All ") for t in texts
     )
+    assert any(t.startswith("If something") for t in texts)
+    for it in mixed_items:
+        assert logic.answer(it["statements"], it["question"]) == it["answer"], it["statements"]
+    for name in corrupt.CORRUPTIONS:
+        keep, _, _ = corrupt.corrupt_all(mixed_items, name, 0)
+        assert len(keep) >= len(mixed_items) // 2, name
+    bad = [{**mixed_items[0], "statements": mixed_items[0]["statements"] + ["The cat eats the dog."]}]
+    bad[0]["useful"], bad[0]["step"] = bad[0]["useful"] + [False], bad[0]["step"] + [-1]
+    _, _, skipped = corrupt.corrupt_all(bad, "negate_unused", 0)
+    assert list(skipped) == ["the solver cannot read 'The cat eats the dog.'"]
+    keep, out, _ = corrupt.corrupt_all(bad, "shuffle", 0)  # the answer cannot change: no solver needed
+    assert keep == [0] and out[0]["answer"] == bad[0]["answer"]
 
 
 def test_negate_unused_keeps_answer(items):
@@ -181,3 +231,23 @@ def test_corrupt_experiment_end_to_end(tmp_path):
     assert nu["gold_answer_changed"] == 1.0 and len(nu["subsets"]) == 10
     assert saved["corruptions"]["shuffle"]["gold_answer_changed"] == 0.0
     assert (tmp_path / "o" / "corrupt_shuffle.png").stat().st_size > 1000
+
+
+def test_a_run_where_no_corruption_applies_fails_with_the_reason(tmp_path):
+    from mechprobe.utils import MechprobeError
+
+    line = {
+        "id": "T1",
+        "triples": {"triple1": {"text": "The cat eats the dog."}, "triple2": {"text": "The cat is red."}},
+        "rules": {},
+        "questions": {
+            "Q1": {"question": "The cat is red.", "answer": True, "QDep": 0, "QLen": 1, "proofs": "[(triple2)]"}
+        },
+    }
+    f = tmp_path / "meta-test.jsonl"
+    f.write_text(json.dumps(line) + "\n")
+    args = ["--data", str(f), "--model", "tiny", "--out-dir", str(tmp_path / "o"), "--depths", "0", "--n-demos", "0"]
+    with pytest.raises(
+        MechprobeError, match=r"no corruption applies to any of the 1 items .*cannot read 'The cat eats"
+    ):
+        corrupt.run(corrupt.parser().parse_args(args + ["--corruptions", "negate_unused", "negate_used"]))

@@ -101,3 +101,31 @@ def test_packaged_smollm2_answers_paris():
     with torch.no_grad():
         out = m.generate(**ids, max_new_tokens=2, do_sample=False)
     assert tok.decode(out[0, ids["input_ids"].shape[1] :]).strip().startswith("Paris")
+
+
+def test_chat_prompt_format_is_the_template_with_spans_on_the_statements(tiny_gguf):
+    from mechprobe.incontext import PromptBuilder, answer_ids, chat_pieces, encode_items
+
+    tok = models.load_tokenizer(str(tiny_gguf))
+    item = {"id": "q", "statements": ["Bob is big.", "Al is red."], "question": "Bob is big.", "answer": "True"}
+    demo = {"id": "d", "statements": ["Cy is kind."], "question": "Cy is red.", "answer": "False"}
+    b = PromptBuilder(chat=chat_pieces(tok))
+    text, spans, qspan = b.build(item, [demo])
+    ref = tok.apply_chat_template(
+        [
+            {"role": "user", "content": "Cy is kind. Cy is red. True or False?"},
+            {"role": "assistant", "content": "False"},
+            {"role": "user", "content": "Bob is big. Al is red. Bob is big. True or False?"},
+        ],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert text == ref and text.endswith("<|im_start|>assistant\n")
+    assert [text[a:c] for a, c in spans] == item["statements"] and text[qspan[0] : qspan[1]] == "Bob is big."
+    assert b.answer_lead == "\n"
+    (enc,) = encode_items(tok, [item], [[demo]], b)
+    assert tok.decode(enc["ids"][enc["spans"][1][0] : enc["spans"][1][1]]).strip() == "Al is red."
+    ids = answer_ids(tok, ["True", "False"], b.answer_lead)
+    assert tok.decode([ids[0]]) == "True" and tok.decode([ids[1]]) == "False"  # no leading space after the header
+    with pytest.raises(MechprobeError, match=r"answer word 'Truth' is not one token after '\\n'"):
+        answer_ids(tok, ["Truth"], "\n")

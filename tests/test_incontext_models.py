@@ -63,10 +63,20 @@ def test_answer_word_missing_errors():
         answer_ids(tok, ["True"])
 
 
-def test_pick_demos_excludes_self():
+def test_pick_demos_one_shared_set_never_the_item():
     items = [{"id": str(i)} for i in range(10)]
     demos = pick_demos(items, 4, seed=0)
     assert all(len(d) == 4 and all(x["id"] != it["id"] for x in d) for it, d in zip(items, demos))
+    sets = [tuple(x["id"] for x in d) for d in demos]
+    common = max(set(sets), key=sets.count)
+    assert sets.count(common) == 6  # the 4 items in the shared set get a substitute
+    assert all(len(set(s) & set(common)) == 3 for s in sets if s != common)  # one demonstration replaced
+    pool = [{"id": f"p{i}"} for i in range(5)]
+    assert len({tuple(x["id"] for x in d) for d in pick_demos(items, 4, 1, pool)}) == 1  # a separate pool: one set
+    with pytest.raises(MechprobeError, match="6 demonstrations asked for, but the pool holds 5 items"):
+        pick_demos(items, 6, 0, pool)
+    with pytest.raises(MechprobeError, match="never its own demonstration"):
+        pick_demos(items[:4], 4, 0)
 
 
 def test_tiny_model_dir_loads_and_runs(tmp_path):

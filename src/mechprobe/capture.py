@@ -66,6 +66,10 @@ def rows_attention(module, query, key, value, attention_mask, scaling=None, drop
     k, v = _repeat_kv(key, n), _repeat_kv(value, n)
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     mask = attention_mask[:, :, :, : k.shape[-2]] if attention_mask is not None else None
+    if mask is None and 1 < query.shape[2] < k.shape[-2]:  # queries after cached keys: SDPA's is_causal aligns wrongly
+        T, S = query.shape[2], k.shape[-2]
+        keep = torch.arange(S, device=query.device)[None, :] <= (S - T) + torch.arange(T, device=query.device)[:, None]
+        mask = torch.zeros(T, S, dtype=query.dtype, device=query.device).masked_fill(~keep, float("-inf"))[None, None]
     out = F.scaled_dot_product_attention(
         query, k, v, attn_mask=mask, dropout_p=dropout, scale=scale, is_causal=mask is None and query.shape[2] > 1
     )
@@ -81,8 +85,9 @@ def rows_attention(module, query, key, value, attention_mask, scaling=None, drop
             if mask is not None:
                 m = mask.expand(B, 1, T, k.shape[-2])
                 sc = sc + torch.gather(m, 2, idx.expand(B, 1, qp.shape[1], k.shape[-2])).float()
-            else:
-                causal = torch.arange(k.shape[-2], device=sc.device)[None, None, None, :] > qp[:, None, :, None]
+            else:  # causal; the query rows follow any cached keys (offset)
+                off = k.shape[-2] - T
+                causal = torch.arange(k.shape[-2], device=sc.device)[None, None, None, :] > off + qp[:, None, :, None]
                 sc = sc.masked_fill(causal, float("-inf"))
             rec.keep(layer, torch.softmax(sc, -1) * (qp >= 0)[:, None, :, None])
     return out.transpose(1, 2).contiguous(), None
@@ -219,11 +224,16 @@ class RowsRecorder(Recorder):
 
 
 @torch.no_grad()
-def capture(model, input_ids, attention_mask, query_positions, layers=None, return_logits=False, method="auto"):
+def capture(
+    model, input_ids, attention_mask, query_positions, layers=None, return_logits=False, method="auto", prefix=None
+):
     """One batch: Capture(rows (B, L, H, Q, T), logits (B, V) at each prompt's last token when
     return_logits, else None).
 
     method: "rows", "hooks", or "auto" (rows where supported, else hooks).
+    prefix: a prefix.PrefixKV of P tokens that every prompt starts with; input_ids, attention_mask and
+    query_positions are then the suffixes' (positions counted from the suffix's start), and the rows
+    cover all P + T keys (T: the suffixes' padded length), as a full pass would give them.
     """
     qp = torch.as_tensor(query_positions, dtype=torch.long)
     if qp.dim() != 2 or qp.shape[0] != input_ids.shape[0]:
@@ -240,7 +250,7 @@ def capture(model, input_ids, attention_mask, query_positions, layers=None, retu
     try:
         with (RowsRecorder if use_rows else AttentionRecorder)(model, layers) as rec:
             rec.query_positions = qp
-            logits = last_logits(model, input_ids.to(dev), attention_mask.to(dev))  # (B, V)
+            logits = last_logits(model, input_ids.to(dev), attention_mask.to(dev), prefix)  # (B, V)
             if use_rows and len(rec.rows) != len(rec.layers) and method == "auto":
                 use_rows = None  # this model's attention does not use the interface: fall back below
             else:
@@ -252,5 +262,5 @@ def capture(model, input_ids, attention_mask, query_positions, layers=None, retu
             ) from None
         use_rows = None
     if use_rows is None:
-        return capture(model, input_ids, attention_mask, query_positions, layers, return_logits, "hooks")
+        return capture(model, input_ids, attention_mask, query_positions, layers, return_logits, "hooks", prefix)
     return Capture(rows, logits.float().cpu() if return_logits else None)

@@ -24,7 +24,7 @@ from . import ksmallest as ks
 from . import plots
 from .capture import capture
 from .features import normalized_entropy
-from .masking import mask_heads
+from .masking import mask_heads, pruning_curves
 from .models import load_model, load_tokenizer
 from .utils import (
     MechprobeError,
@@ -57,43 +57,6 @@ def accuracy_masked(model, ids, answers, heads):
     """Test accuracy with `heads` masked (see masking.py)."""
     with mask_heads(model, heads):
         return ks.model_accuracy(model, ids, answers)
-
-
-def pruning_curves(model, ids, answers, entropies, shares, seeds):
-    """Accuracy with a growing share of heads masked: at random (one draw per seed), and for each
-    entropy order in `entropies` ({name: (L, H) array}) lowest-entropy first and highest first.
-    Every point records the heads it masked."""
-    L, H = next(iter(entropies.values())).shape
-    flat = [(l, h) for l in range(L) for h in range(H)]
-    res = {"random": [], **{o: {"low_entropy_first": [], "high_entropy_first": []} for o in entropies}}
-    for frac in shares:
-        n = int(round(frac * L * H))
-        accs = []
-        for s in seeds:
-            pick = np.random.default_rng(s).choice(L * H, n, replace=False)
-            accs.append(accuracy_masked(model, ids, answers, [flat[i] for i in pick]))
-        res["random"].append(
-            {"share": frac, "n_heads": n, "mean": float(np.mean(accs)), "std": float(np.std(accs)), "per_seed": accs}
-        )
-        line = [f"share {frac:.1f}: random {res['random'][-1]['mean']:.3f} ± {res['random'][-1]['std']:.3f}"]
-        for o, ent in entropies.items():
-            order = np.argsort(ent.ravel(), kind="stable")
-            for key, idx in (("low_entropy_first", order[:n]), ("high_entropy_first", order[::-1][:n])):
-                heads = [flat[i] for i in idx]
-                res[o][key].append(
-                    {
-                        "share": frac,
-                        "n_heads": n,
-                        "heads": heads,
-                        "accuracy": accuracy_masked(model, ids, answers, heads),
-                    }
-                )
-            line.append(
-                f"{o}: low-first {res[o]['low_entropy_first'][-1]['accuracy']:.3f}, high-first "
-                f"{res[o]['high_entropy_first'][-1]['accuracy']:.3f}"
-            )
-        log.info("; ".join(line))
-    return res
 
 
 def placed_lists(vocab, length, k, positions, n, seed):
@@ -226,7 +189,12 @@ def run(a):
     base_acc = ks.answer_accuracy(logits, answers)
     ent = entropy_maps(rows, records, out)
     log.info("accuracy %.4f; %d layers x %d heads", base_acc, L, H)
-    pruning = pruning_curves(model, ids, answers, {o: ent[o] for o in PRUNING_ORDERS}, a.shares, a.seeds)
+    pruning = pruning_curves(
+        lambda heads: accuracy_masked(model, ids, answers, heads),
+        {o: ent[o] for o in PRUNING_ORDERS},
+        a.shares,
+        a.seeds,
+    )
     plots.pruning_curves(
         pruning,
         out / "pruning.png",

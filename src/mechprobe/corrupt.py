@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import logic, plots
-from .incontext import PromptBuilder, pick_demos
+from .incontext import pick_demos
 from .llmprobe import (
     ProbeSettings,
     add_model_args,
@@ -41,6 +41,7 @@ from .llmprobe import (
     load_args,
     load_items_args,
     model_info,
+    prompt_builder,
 )
 from .probing import ProbeData, probe_f1, score
 from .utils import (
@@ -60,9 +61,12 @@ NEW_ENTITIES = ["The tiger", "The squirrel", "Gary", "Harry", "The cow", "The ba
 
 
 def negate_text(s, style="grammatical"):
-    """'X is a.' -> 'X is not a.' (grammatical); anything else, or style='that': 'That x is false.'"""
+    """A positive fact 'X is a.' -> 'X is not a.' (grammatical); a rule in any wording, any other
+    sentence, or style='that': 'That x is false.' (a rule is negated as a rule, the same way whatever
+    its wording: the solver then drops it; its conclusion is never turned around)."""
+    p = logic.parse_statement(s)
     m = _FACT.match(s)
-    if style == "grammatical" and m and " not " not in s:
+    if style == "grammatical" and p is not None and p[0] == "fact" and p[3] and m:
         return f"{m.group(1)} is not {m.group(2)}."
     body = s.rstrip(".")
     return f"That {body[0].lower() + body[1:]} is false."
@@ -108,8 +112,8 @@ def insert_irrelevant(it, rng, style=None):
     ents = [e for e in NEW_ENTITIES if e.lower() not in text.lower()]
     if not ents:
         return None
-    m = [_FACT.match(s) for s in it["statements"]]
-    attrs = [x.group(2) for x in m if x] or ["red"]
+    parsed = [logic.parse_statement(s) for s in it["statements"]]
+    attrs = [p[2] for p in parsed if p is not None and p[0] == "fact"] or ["red"]
     fact = f"{rng.choice(ents)} is {rng.choice(attrs)}."
     i = int(rng.integers(len(it["statements"]) + 1))
     new = _copy(it, corruption="insert_irrelevant", corrupted_index=i)
@@ -120,6 +124,9 @@ def insert_irrelevant(it, rng, style=None):
     return new
 
 
+# Corruptions that cannot change the gold answer (a new entity's fact touches no other entity; the
+# order of statements is no part of the logic): kept without the solver.
+SAME_ANSWER = ("shuffle", "insert_irrelevant")
 CORRUPTIONS = {
     "negate_unused": negate_unused,
     "negate_used": negate_used,
@@ -145,12 +152,21 @@ def corrupt_all(items, name, seed, style="grammatical", world="CWA", words=("Tru
         if c is None:
             skip("not applicable")
             continue
-        if logic.answer(it["statements"], it["question"], world) != it["answer"]:
+        if name in SAME_ANSWER:  # the answer cannot change: no solver needed
+            c["answer"], c["answer_changed"] = it["answer"], False
+            keep.append(i)
+            out.append(c)
+            continue
+        clean = logic.answer(it["statements"], it["question"], world)
+        if clean is None:
+            skip(f"the solver cannot read {logic.unreadable(it['statements'] + [it['question']])!r}")
+            continue
+        if clean != it["answer"]:
             skip(f"the solver does not reproduce the clean answer ({world})")
             continue
         gold = logic.answer(c["statements"], c["question"], world)
         if gold is None:
-            skip("the solver cannot read a statement")
+            skip(f"the solver cannot read {logic.unreadable(c['statements'])!r}")
             continue
         if gold not in words:
             skip(f"the corrupted answer is {gold}, not one of {'/'.join(words)}")
@@ -159,12 +175,14 @@ def corrupt_all(items, name, seed, style="grammatical", world="CWA", words=("Tru
         keep.append(i)
         out.append(c)
     if skipped:
+        top = sorted(skipped.items(), key=lambda kv: -kv[1])
         log.info(
-            "%s: %d of %d items skipped: %s",
+            "%s: %d of %d items skipped: %s%s",
             name,
             len(items) - len(keep),
             len(items),
-            ", ".join(f"{v} ({k})" for k, v in skipped.items()),
+            ", ".join(f"{v} ({k})" for k, v in top[:5]),
+            f", and {len(top) - 5} other reasons" if len(top) > 5 else "",
         )
     return keep, out, skipped
 
@@ -288,6 +306,7 @@ class Clean:
 
     items: list
     demos: list
+    builder: object  # the incontext.PromptBuilder of the clean prompts (the corrupted ones use it too)
     source: str
     words: list
     word_ids: list
@@ -308,13 +327,23 @@ def run(a):
             f"{source}: the robustness study needs ProofWriter items with proofs and True/False answers"
         )
     items = items[: a.limit] if a.limit else items
+    prepared = {n: corrupt_all(items, n, a.seeds[0], a.negation, a.setting, words) for n in a.corruptions}
+    if not any(keep for keep, _, _ in prepared.values()):
+        why = "; ".join(
+            f"{n}: " + ", ".join(f"{v} x {k}" for k, v in sorted(sk.items(), key=lambda kv: -kv[1])[:3])
+            for n, (_, _, sk) in prepared.items()
+        )
+        raise MechprobeError(f"{source}: no corruption applies to any of the {len(items)} items ({why})")
     demos = pick_demos(items, a.n_demos, a.seeds[0], pool)
     texts = [s for it in items + pool for s in it["statements"] + [it["question"]]]
     tok, model, mpath = load_args(a, texts + [" ".join(NEW_ENTITIES) + " not That is false"], out)
-    enc, wid = encode(st, tok, items, demos, PromptBuilder(), words, source)
+    builder = prompt_builder(a, tok)
+    enc, wid = encode(st, tok, items, demos, builder, words, source)
     feats, scores = features(st, model, enc, wid, layers=compared_layers(st, model), desc="clean")
     correct = scores.argmax(1) == np.array([words.index(it["answer"]) for it in items])
-    clean = Clean(items, demos, source, words, wid, feats, control_features(st, model, enc, wid), scores, correct)
+    clean = Clean(
+        items, demos, builder, source, words, wid, feats, control_features(st, model, enc, wid), scores, correct
+    )
     res = {
         "model": mpath,
         "data": source,
@@ -323,7 +352,7 @@ def run(a):
         "corruptions": {},
     }
     for name in a.corruptions:
-        res["corruptions"][name] = study_corruption(name, a, clean, tok, model, out)
+        res["corruptions"][name] = study_corruption(name, prepared[name], a, clean, tok, model, out)
     write_config(
         out,
         a,
@@ -342,14 +371,14 @@ def settings(a):
     return st
 
 
-def study_corruption(name, a, clean, tok, model, out):
-    """Corrupt every item one way, score the model on the corrupted prompts, relate the accuracy
-    change to S_P2 over random subsets; plot it. Returns that corruption's results."""
-    keep, cor, skipped = corrupt_all(clean.items, name, a.seeds[0], a.negation, a.setting, clean.words)
+def study_corruption(name, prepared, a, clean, tok, model, out):
+    """Score the model on the corrupted prompts (`prepared`: corrupt_all's result for this corruption),
+    relate the accuracy change to S_P2 over random subsets; plot it. Returns that corruption's results."""
+    keep, cor, skipped = prepared
     if not keep:
         return {"undefined": "applies to no item", "skipped": skipped}
     cenc, _ = encode(
-        settings(a), tok, cor, [clean.demos[i] for i in keep], PromptBuilder(), clean.words, f"{clean.source} ({name})"
+        settings(a), tok, cor, [clean.demos[i] for i in keep], clean.builder, clean.words, f"{clean.source} ({name})"
     )
     _, cscores = features(settings(a), model, cenc, clean.word_ids, desc=name)
     correct_corr = cscores.argmax(1) == np.array([clean.words.index(it["answer"]) for it in cor])

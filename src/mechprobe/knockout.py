@@ -32,36 +32,35 @@ log = get_logger()
 
 
 @contextmanager
-def knockout(model, query_mask, key_mask, layers=None):
+def knockout(model, query_mask, key_mask, layers=None, offset=0):
     """While active, the positions of query_mask (B, T) bool do not attend to those of key_mask
-    (B, T) bool, in `layers` (None: all). Every forward inside must have these B prompts of T tokens."""
+    (B, T) bool, in `layers` (None: all). Every forward inside must have these B prompts of T tokens,
+    or, with offset P > 0, their last T - P tokens run on a cache of the first P (prefix.py; the
+    queries must then lie among those last T - P)."""
     mods = attention_modules(model)
     layers = list(range(len(mods))) if layers is None else sorted(set(int(l) for l in layers))
     bad = [l for l in layers if not 0 <= l < len(mods)]
     if bad:
         raise MechprobeError(f"knockout layers {bad} do not exist (the model has {len(mods)} layers)")
-    qm, km = torch.as_tensor(query_mask, dtype=torch.bool), torch.as_tensor(key_mask, dtype=torch.bool)
-    if qm.shape != km.shape or qm.dim() != 2:
-        raise MechprobeError(f"query_mask {tuple(qm.shape)} and key_mask {tuple(km.shape)} must both be (B, T)")
+    qm, km = _checked_masks(query_mask, key_mask, offset)
     B, T = qm.shape
-    starved = starved_queries(qm, km)
-    if starved.any():
-        b, q = starved.nonzero()[0].tolist()
-        raise MechprobeError(f"knockout would block every key of query position {q} in prompt {b}")
-    causal = torch.ones(T, T, dtype=torch.bool).tril()  # (T, T) key t visible from query q
-    blocked = (qm[:, :, None] & km[:, None, :])[:, None]  # (B, 1, Tq, Tk)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()[offset:]  # (T - P, T) key t visible from query q
+    blocked = (qm[:, offset:, None] & km[:, None, :])[:, None]  # (B, 1, Tq, Tk)
     on_device = {}  # the blocked entries on each device the layers run on
+    Tq = T - offset
 
     def pre_hook(module, args, kwargs):
         h = kwargs.get("hidden_states", args[0] if args else None)
-        if h is None or h.shape[0] != B or h.shape[1] != T:
+        if h is None or h.shape[0] != B or h.shape[1] != Tq:
             raise MechprobeError(
-                f"knockout was set for {B} prompts of {T} tokens; the forward has {tuple(h.shape[:2])}"
+                f"knockout was set for {B} prompts of {Tq} tokens; the forward has {tuple(h.shape[:2])}"
             )
         m = kwargs.get("attention_mask")
         blk = on_device.setdefault(h.device, blocked.to(h.device))
         if m is None:  # SDPA's causal shortcut: build the causal mask it stands for
-            m = torch.zeros(B, 1, T, T, dtype=h.dtype, device=h.device).masked_fill(~causal.to(h.device), float("-inf"))
+            m = torch.zeros(B, 1, Tq, T, dtype=h.dtype, device=h.device).masked_fill(
+                ~causal.to(h.device), float("-inf")
+            )
         if m.shape[-1] > T:  # a key axis longer than the prompt (static cache): extend with False
             blk = torch.nn.functional.pad(blk, (0, m.shape[-1] - T))
         m = m.expand(B, *m.shape[1:])
@@ -76,6 +75,21 @@ def knockout(model, query_mask, key_mask, layers=None):
     finally:
         for h in handles:
             h.remove()
+
+
+def _checked_masks(query_mask, key_mask, offset):
+    """The two masks as bool tensors, checked: both (B, T), no query in the cached first `offset`
+    tokens, no query left with no key to see."""
+    qm, km = torch.as_tensor(query_mask, dtype=torch.bool), torch.as_tensor(key_mask, dtype=torch.bool)
+    if qm.shape != km.shape or qm.dim() != 2:
+        raise MechprobeError(f"query_mask {tuple(qm.shape)} and key_mask {tuple(km.shape)} must both be (B, T)")
+    if offset and qm[:, :offset].any():
+        raise MechprobeError(f"knockout queries lie in the first {offset} tokens, which run from a cache")
+    starved = starved_queries(qm, km)
+    if starved.any():
+        b, q = starved.nonzero()[0].tolist()
+        raise MechprobeError(f"knockout would block every key of query position {q} in prompt {b}")
+    return qm, km
 
 
 def starved_queries(query_mask, key_mask):
@@ -124,9 +138,11 @@ def knockout_scores(model, prompts, knocked, layers, scored=None, batch_size=64,
     scored (W of them; None: all, W = V); batch_size 0: sized to the free memory (incontext.auto_batch_size);
     "answer": (N, 1), the mean log-probability of the prompt's answer tokens (its "target" range).
     cache: a cache.FeatureCache (with model_id, the model's fingerprint) that keeps each prompt's row
-    per knocked set, so that only prompts not seen with these knocked statements are run."""
+    per knocked set, so that only prompts not seen with these knocked statements are run.
+    Prompts that share their first tokens run only the rest on the prefix's cache (prefix.py)."""
     if cache is not None and cache.enabled:
         return _cached_scores(model, prompts, knocked, layers, scored, batch_size, cache, model_id, stats)
+    from . import prefix
     from .incontext import auto_batch_size
     from .models import resolve
 
@@ -135,20 +151,28 @@ def knockout_scores(model, prompts, knocked, layers, scored=None, batch_size=64,
     dev = model_device(model)
     model.eval()
     out = [None] * len(prompts)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]["ids"]))
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
-        z = _batch_scores(model, [prompts[i] for i in idx], [knocked[i] for i in idx], layers, scored, dev)
-        for b, i in enumerate(idx):
-            out[i] = z[b]
+    if prefix.supported(model):
+        groups = prefix.group([p["ids"] for p in prompts], [min(p["queries"]) for p in prompts])
+    else:
+        groups = [prefix.Group(0, list(range(len(prompts))))]
+    for g in groups:
+        pkv = prefix.prefix_kv(model, prompts[g.members[0]]["ids"][: g.prefix]) if g.prefix else None
+        order = sorted(g.members, key=lambda i: len(prompts[i]["ids"]))
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            z = _batch_scores(model, [prompts[i] for i in idx], [knocked[i] for i in idx], layers, scored, dev, pkv)
+            for b, i in enumerate(idx):
+                out[i] = z[b]
     return torch.stack(out)
 
 
-def _batch_scores(model, batch, knocked, layers, scored, dev):
+def _batch_scores(model, batch, knocked, layers, scored, dev, pkv=None):
     """knockout_scores of one batch of prompts (right-padded): (b, W) rows, NaN for a prompt whose
-    every key the knocked statements would block."""
+    every key the knocked statements would block. pkv: a prefix.PrefixKV of the first P tokens that
+    every prompt of the batch starts with (only the rest runs)."""
     ids, mask = pad_batch([p["ids"] for p in batch], 0)
     T = ids.shape[1]
+    P = pkv.length if pkv is not None else 0
     qm = torch.zeros(len(batch), T, dtype=torch.bool)
     for b, p in enumerate(batch):
         qm[b, list(p["queries"])] = True
@@ -160,12 +184,13 @@ def _batch_scores(model, batch, knocked, layers, scored, dev):
     else:
         pos = (mask.sum(1) - 1)[:, None]  # the last token
     pos_ok = pos >= 0
+    sids, smask, spos = ids[:, P:].to(dev), mask[:, P:].to(dev), (pos.clamp(min=P) - P)  # the part that runs
     with fast_attention(model):
         if not km.any():
-            z = logits_at(model, ids.to(dev), mask.to(dev), pos.clamp(min=0)).float().cpu()  # (b, P, V)
+            z = logits_at(model, sids, smask, spos, pkv).float().cpu()  # (b, P, V)
         else:
-            with knockout(model, qm, km, layers):
-                z = logits_at(model, ids.to(dev), mask.to(dev), pos.clamp(min=0)).float().cpu()
+            with knockout(model, qm, km, layers, offset=P):
+                z = logits_at(model, sids, smask, spos, pkv).float().cpu()
     if isinstance(scored, str):  # mean log-probability of each prompt's answer tokens
         nxt = ids.gather(1, (pos.clamp(min=0) + 1).clamp(max=T - 1))  # (b, P) the tokens predicted
         lp = z.log_softmax(-1).gather(2, nxt[:, :, None])[:, :, 0]

@@ -62,6 +62,12 @@ def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True, knockou
         help="pooling over the question tokens (same for model and control)",
     )
     g.add_argument("--normalize", default="none", choices=["none", "max"])
+    g.add_argument(
+        "--prompt-format",
+        default="plain",
+        choices=["plain", "chat"],
+        help="plain: few-shot text as the paper; chat: the tokenizer's chat template (demonstrations as turns)",
+    )
     g.add_argument("--batch-size", type=nonneg_int, default=0, help="prompts per batch (0: sized to the free memory)")
     if probing:
         _probing_args(g, knockout_items)
@@ -208,7 +214,7 @@ def encode(st, tok, items, demos, builder, words, source):
         if hit is not None:
             return hit
     t = resolve_tokenizer(tok)
-    wid = answer_ids(t, words) if words else []
+    wid = answer_ids(t, words, builder.answer_lead) if words else []
     enc = encode_items(t, items, demos, builder, source)
     if k is not None:
         cache.put_prompts(k, enc, wid, {"what": "encoded prompts", "n_prompts": len(enc)})
@@ -221,6 +227,14 @@ def default_demos(a):
     if a.n_demos is None:
         a.n_demos = 0 if a.model == "reasoner" else 4
     return a.n_demos
+
+
+def prompt_builder(a, tok, **kw):
+    """The PromptBuilder of --prompt-format (chat: the tokenizer's template pieces; loads the tokenizer)."""
+    from .incontext import PromptBuilder, chat_pieces
+
+    chat = chat_pieces(resolve_tokenizer(tok)) if getattr(a, "prompt_format", "plain") == "chat" else None
+    return PromptBuilder(chat=chat, **kw)
 
 
 def load_items_args(a):
@@ -241,7 +255,7 @@ def load_items_args(a):
         a.generate,
         a.seeds[0],
         a.naf,
-        pool=a.n_demos > 0,
+        pool=True,
     )
 
 
@@ -316,11 +330,12 @@ def probe_device(model):
 
 
 def _probe_subset(feats, ctl_feats, items, idx, seeds, folds, device="cpu"):
-    data = ProbeData([feats[i] for i in idx], [items[i]["useful"] for i in idx], [items[i]["step"] for i in idx])
-    ctls = [
-        ProbeData([cf[i] for i in idx], [items[i]["useful"] for i in idx], [items[i]["step"] for i in idx])
-        for cf in ctl_feats
-    ]
+    """run_probe on the items `idx`: P1 over all of them, P2 over those of depth >= 1 (or without a
+    depth): P2 is never pooled with depth-0 items."""
+    lab = ([items[i]["useful"] for i in idx], [items[i]["step"] for i in idx])
+    deep = [items[i].get("depth") is None or items[i]["depth"] >= 1 for i in idx]
+    data = ProbeData([feats[i] for i in idx], *lab, p2_examples=deep)
+    ctls = [ProbeData([cf[i] for i in idx], *lab, p2_examples=deep) for cf in ctl_feats]
     return run_probe(data, ctls, seeds, folds, device=device)
 
 
@@ -358,7 +373,11 @@ def probe_items(st, tok, model, items, demos, builder, words, source, by=("group
         log.info(res["probe"]["undefined"])
     ctl = control_features(st, model, enc, wid, heads=True) if has_tree else []
     res["subsets"] = {}
-    for name, idx in item_subsets(items, by).items():
+    subsets = item_subsets(items, by)
+    if words:  # does the probe read the tree better where the model answers right?
+        subsets["answered right"] = [i for i in range(len(items)) if gold[i] >= 0 and correct[i]]
+        subsets["answered wrong"] = [i for i in range(len(items)) if gold[i] >= 0 and not correct[i]]
+    for name, idx in subsets.items():
         sub = {"n_items": len(idx), "accuracy": acc(idx)}
         if has_tree and len(idx) >= 4:
             sub.update(_probe_subset(feats, [c[0] for c in ctl], items, idx, st.seeds, st.folds, probe_device(model)))
@@ -468,6 +487,38 @@ def knockout_items(st, tok, model, items, demos, builder, words, source, feats, 
         subsets=subsets,
         cache=FeatureCache(st.cache_dir, bool(st.cache_dir)),
     )
+
+
+def masking_items(st, tok, model, items, demos, builder, words, source, entropy, n_items=128, shares=(0.1, 0.2, 0.3)):
+    """Head masking (masking.py): accuracy on a seeded sample of at most n_items questions with a
+    growing share of the model's heads masked, at random (one draw per seed) and by each head's
+    entropy of the question's attention over the statements (`entropy` (L, H), the head map's),
+    lowest and highest first (masking.pruning_curves). Returns its result with "base" (nothing
+    masked) and "n_items"."""
+    import torch
+
+    from .knockout import knockout_scores
+    from .masking import mask_heads, pruning_curves
+
+    keep = [i for i, it in enumerate(items) if it["answer"] in words]
+    if len(keep) > n_items:
+        keep = sorted(np.random.default_rng(st.seeds[0]).choice(keep, n_items, replace=False).tolist())
+    sel = [items[i] for i in keep]
+    enc, wid = encode(st, tok, sel, [demos[i] for i in keep], builder, words, source)
+    prompts = [{"ids": e["ids"], "spans": e["spans"], "queries": e["query"]} for e in enc]
+    gold = torch.tensor([words.index(it["answer"]) for it in sel])
+    m = resolve(model)
+
+    def accuracy(heads):
+        with mask_heads(m, heads):
+            z = knockout_scores(m, prompts, [[] for _ in prompts], None, scored=wid, batch_size=st.batch_size)
+        return float((z.argmax(1) == gold).float().mean())
+
+    res = pruning_curves(accuracy, {"statement": np.asarray(entropy)}, shares, st.seeds)
+    res.update(
+        {"base": accuracy([]), "n_items": len(sel), "entropy": "of the question's attention over the statements"}
+    )
+    return res
 
 
 def _knockout_prompts(enc, items, source, free):

@@ -2,10 +2,15 @@
 
 Statements (texts, as in the release's attribute theories and the generator):
     fact:  "<E> is [not] <a>."
-    rule:  "If someone|something is [not] <a1> [and [not] <a2> ...] then they are|it is [not] <c>."
-    "That <statement> is false." negates a fact (a rule said to be false contributes nothing).
-Any other sentence (e.g. relations "The cat eats the dog.") makes the solver answer None: a
-corruption's gold answer is then unknown, and the item is skipped and counted, never guessed.
+    rule, every wording of the release's attribute theories:
+           "If someone|something is [not] <a1> [and [not] <a2> ...] then they are|it is [not] <c>."
+           "All <a1>[, <a2> ...] people|things are [not] <c>."
+           "<A1>[, <a2> ...] people|things are [not] <c>."        ("Smart, blue people are green.")
+           "If <E> is [not] <a1> [and <E> is [not] <a2> ...] then <E> is [not] <c>."  (one entity's rule)
+    "That <statement> is false." negates a fact; a rule said to be false contributes nothing.
+Any other sentence (e.g. relations "The cat eats the dog.") makes the solver answer None
+(unreadable() names it): a corruption's gold answer is then unknown, and the item is skipped and
+counted, never guessed.
 
 Closed world with negation as failure (CWA, ProofWriter's semantics): the positive facts hold;
 a rule fires for an entity when its positive conditions hold and its negated conditions
@@ -25,11 +30,37 @@ _FACT = re.compile(r"^(?P<e>.+?) is (?P<neg>not )?(?P<a>[\w-]+)\.$")
 _RULE = re.compile(
     r"^If (?:someone|something) is (?P<conds>.+?) then (?:they are|it is) (?P<neg>not )?(?P<c>[\w-]+)\.$"
 )
+_ALL = re.compile(
+    r"^(?:All )?(?P<adjs>[\w-]+(?:,? (?:and )?[\w-]+)*) (?:people|things) are (?P<neg>not )?(?P<c>[\w-]+)\.$"
+)
+_ENTITY_RULE = re.compile(r"^If (?P<conds>.+) then (?P<e>.+?) is (?P<neg>not )?(?P<c>[\w-]+)\.$")
 _THAT = re.compile(r"^That (?P<body>.+) is false\.$")
+_WORD = re.compile(r"[\w-]+")
+
+
+def _condition(text):
+    """(attr, positive) of "a" / "not a", or None."""
+    text = text.strip()
+    neg = text.startswith("not ")
+    a = text[4:] if neg else text
+    return (a, not neg) if _WORD.fullmatch(a) else None
+
+
+def _entity_rule(m):
+    """("rule", conds, concl, entity) of "If E is a [and E is b] then E is c.", or None (another subject)."""
+    e = m.group("e").lower()
+    conds = []
+    for part in m.group("conds").split(" and "):
+        f = _FACT.match(part.strip() + ".")
+        if f is None or f.group("e").lower() != e:
+            return None
+        conds.append((f.group("a"), not f.group("neg")))
+    return ("rule", conds, (m.group("c"), not m.group("neg")), e)
 
 
 def parse_statement(s):
-    """("fact", entity, attr, positive) | ("rule", [(attr, positive)], (attr, positive)) | ("none",) | None."""
+    """("fact", entity, attr, positive) | ("rule", [(attr, positive)], (attr, positive), entity or None:
+    every entity) | ("none",) | None (unreadable)."""
     s = s.strip()
     m = _THAT.match(s)
     if m:
@@ -42,30 +73,35 @@ def parse_statement(s):
         return ("none",)  # a rule stated to be false: no rule
     m = _RULE.match(s)
     if m:
-        conds = []
-        for c in m.group("conds").split(" and "):
-            c = c.strip()
-            neg = c.startswith("not ")
-            a = c[4:] if neg else c
-            if not re.fullmatch(r"[\w-]+", a):
-                return None
-            conds.append((a, not neg))
-        return ("rule", conds, (m.group("c"), not m.group("neg")))
+        conds = [_condition(c) for c in m.group("conds").split(" and ")]
+        return None if None in conds else ("rule", conds, (m.group("c"), not m.group("neg")), None)
+    m = _ENTITY_RULE.match(s)
+    if m:
+        return _entity_rule(m)
     if s.startswith("If "):
         return None
+    m = _ALL.match(s)
+    if m:
+        adjs = [a for a in re.split(r",? (?:and )?|, ", m.group("adjs")) if a]
+        return ("rule", [(a.lower(), True) for a in adjs], (m.group("c"), not m.group("neg")), None)
     m = _FACT.match(s)
     if m:
         return ("fact", m.group("e").lower(), m.group("a"), not m.group("neg"))
     return None
 
 
+def unreadable(statements):
+    """The first sentence the solver cannot read, or None."""
+    return next((s for s in statements if parse_statement(s) is None), None)
+
+
 def _strata(rules):
     """Attribute -> stratum, or None when a cycle passes through a negated condition."""
-    attrs = {a for conds, (c, _) in rules for a, _ in conds} | {c for _, (c, _) in rules}
+    attrs = {a for conds, (c, _), _ in rules for a, _ in conds} | {c for _, (c, _), _ in rules}
     st = {a: 0 for a in attrs}
     for _ in range(len(attrs) + 1):
         changed = False
-        for conds, (c, _) in rules:
+        for conds, (c, _), _ in rules:
             for a, pos in conds:
                 need = st[a] + (0 if pos else 1)
                 if st[c] < need:
@@ -86,8 +122,8 @@ def closure_cwa(facts, rules, entities):
         changed = True
         while changed:
             changed = False
-            for conds, (c, _) in todo:
-                for e in entities:
+            for conds, (c, _), only in todo:
+                for e in entities if only is None else [only]:
                     if (e, c) not in known and all(((e, a) in known) == pos for a, pos in conds):
                         known.add((e, c))
                         changed = True
@@ -100,8 +136,8 @@ def closure_owa(facts, rules, entities):
     changed = True
     while changed:
         changed = False
-        for conds, (c, cpos) in rules:
-            for e in entities:
+        for conds, (c, cpos), only in rules:
+            for e in entities if only is None else [only]:
                 if (e, c, cpos) not in known and all((e, a, pos) in known for a, pos in conds):
                     known.add((e, c, cpos))
                     changed = True
@@ -116,11 +152,11 @@ def answer(statements, question, world="CWA"):
     if any(p is None for p in parsed) or q is None or q[0] != "fact":
         return None
     facts = [(p[1], p[2], p[3]) for p in parsed if p[0] == "fact"]
-    rules = [(p[1], p[2]) for p in parsed if p[0] == "rule"]
+    rules = [(p[1], p[2], p[3]) for p in parsed if p[0] == "rule"]
     _, e, a, qpos = q
-    entities = sorted({f[0] for f in facts} | {e})
+    entities = sorted({f[0] for f in facts} | {e} | {r[2] for r in rules if r[2] is not None})
     if world == "CWA":
-        if any(not cpos for _, (_, cpos) in rules):
+        if any(not cpos for _, (_, cpos), _ in rules):
             return None
         known = closure_cwa(facts, rules, entities)
         if known is None:

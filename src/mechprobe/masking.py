@@ -8,8 +8,10 @@ LLaMA/Mistral/Qwen o_proj, ...), whose input is the concatenation of the heads' 
 
 from contextlib import contextmanager
 
+import numpy as np
+
 from .models import attention_modules, num_heads, output_projection
-from .utils import MechprobeError
+from .utils import MechprobeError, get_logger
 
 
 @contextmanager
@@ -51,3 +53,31 @@ def mask_heads(model, heads):
     finally:
         for h in handles:
             h.remove()
+
+
+def pruning_curves(accuracy, entropies, shares, seeds):
+    """Accuracy with a growing share of heads masked: at random (one draw per seed), and for each
+    entropy order in `entropies` ({name: (L, H) array}) lowest-entropy first and highest first.
+    accuracy(heads) -> the accuracy with those (layer, head) pairs masked (mask_heads).
+    Every point records the heads it masked."""
+    L, H = np.asarray(next(iter(entropies.values()))).shape
+    flat = [(l, h) for l in range(L) for h in range(H)]
+    res = {"random": [], **{o: {"low_entropy_first": [], "high_entropy_first": []} for o in entropies}}
+    for frac in shares:
+        n = int(round(frac * L * H))
+        accs = [accuracy([flat[i] for i in np.random.default_rng(s).choice(L * H, n, replace=False)]) for s in seeds]
+        res["random"].append(
+            {"share": frac, "n_heads": n, "mean": float(np.mean(accs)), "std": float(np.std(accs)), "per_seed": accs}
+        )
+        line = [f"share {frac:.2f}: random {res['random'][-1]['mean']:.3f} ± {res['random'][-1]['std']:.3f}"]
+        for o, ent in entropies.items():
+            order = np.argsort(np.asarray(ent).ravel(), kind="stable")
+            for key, idx in (("low_entropy_first", order[:n]), ("high_entropy_first", order[::-1][:n])):
+                heads = [flat[i] for i in idx]
+                res[o][key].append({"share": frac, "n_heads": n, "heads": heads, "accuracy": accuracy(heads)})
+            line.append(
+                f"{o}: low-first {res[o]['low_entropy_first'][-1]['accuracy']:.3f}, high-first "
+                f"{res[o]['high_entropy_first'][-1]['accuracy']:.3f}"
+            )
+        get_logger().info("; ".join(line))
+    return res

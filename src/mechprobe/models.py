@@ -8,6 +8,8 @@ only implementation that returns attention weights.
 
 import hashlib
 import json
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -192,7 +194,8 @@ def load_model(path, dtype="float32", device="cpu", load_in_8bit=False, trust_re
     elif device == "auto":
         kw["device_map"] = "auto"
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, **kw, **gguf)
+        with _quiet_gguf_bar(bool(gguf)):
+            model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, **kw, **gguf)
     except Exception as e:  # noqa: BLE001
         raise MechprobeError(
             f"{path}: could not load the model ({type(e).__name__}: {str(e).splitlines()[0][:300]})"
@@ -203,6 +206,25 @@ def load_model(path, dtype="float32", device="cpu", load_in_8bit=False, trust_re
         model.to(device)
     model.eval()
     return model
+
+
+@contextmanager
+def _quiet_gguf_bar(on):
+    """transformers' GGUF reader draws a tqdm bar of its own: shown on a terminal only (a log file
+    stays readable)."""
+    if not on or sys.stderr.isatty():
+        yield
+        return
+    import functools
+
+    import transformers.modeling_gguf_pytorch_utils as g
+
+    old = g.tqdm
+    g.tqdm = functools.partial(old, disable=True)
+    try:
+        yield
+    finally:
+        g.tqdm = old
 
 
 def portable_config(cfg):
@@ -358,22 +380,28 @@ def model_device(model):
     return next(model.parameters()).device
 
 
-def last_logits(model, ids, mask=None):
-    """Logits (B, V) at each prompt's last real token (right padding, mask (B, T); None: no padding)."""
+def last_logits(model, ids, mask=None, prefix=None):
+    """Logits (B, V) at each prompt's last real token (right padding, mask (B, T); None: no padding).
+    prefix: a prefix.PrefixKV the prompts (then suffixes) follow."""
     last = mask.sum(1) - 1 if mask is not None else torch.full((len(ids),), ids.shape[1] - 1, device=ids.device)
-    return logits_at(model, ids, mask, last[:, None])[:, 0]
+    return logits_at(model, ids, mask, last[:, None], prefix)[:, 0]
 
 
-def logits_at(model, ids, mask, positions):
+def logits_at(model, ids, mask, positions, prefix=None):
     """Logits (B, P, V) at positions (B, P) of each prompt. Where the model takes `logits_to_keep`,
-    its LM head runs on those positions only (not on all T: (B, T, V) is large for a real vocabulary)."""
+    its LM head runs on those positions only (not on all T: (B, T, V) is large for a real vocabulary).
+    prefix: a prefix.PrefixKV that every prompt follows (ids, mask and positions are then the
+    suffixes', counted from the suffix's start)."""
     positions = positions.to(ids.device)
+    if mask is None:
+        mask = torch.ones_like(ids)
+    fw = prefix.batch(len(ids), mask) if prefix is not None else {"attention_mask": mask}
     if _accepts_logits_to_keep(model):
         keep = torch.unique(positions)
-        z = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits  # (B, K, V)
+        z = model(input_ids=ids, logits_to_keep=keep, **fw).logits  # (B, K, V)
         col = torch.searchsorted(keep, positions)
     else:
-        z, col = model(input_ids=ids, attention_mask=mask).logits, positions
+        z, col = model(input_ids=ids, **fw).logits, positions
     return z.gather(1, col.to(z.device)[:, :, None].expand(-1, -1, z.shape[-1]))
 
 

@@ -26,9 +26,12 @@ class ProbeData:
     p2_labels: "rank" keeps each useful statement's step as its P2 label; "answer" labels the
     statement of the last step of its example 1 and the other useful statements 0 (the
     original's two classes for the k-th smallest: the answer vs the smaller numbers).
+    p2_examples: per example, whether its useful statements enter P2 (default: all). P2 over a
+    mix of depths would pool depth-0 items (whose single useful statement is always step 0) with
+    deeper ones; the LLM probe keeps depth >= 1 only. `p2` (N,) marks the statements P2 reads.
     """
 
-    def __init__(self, feats, useful, steps, p2_labels="rank"):
+    def __init__(self, feats, useful, steps, p2_labels="rank", p2_examples=None):
         if p2_labels not in P2_LABELS:
             raise MechprobeError(f"P2_LABELS={p2_labels!r}: expected one of {', '.join(P2_LABELS)}")
         self.X = np.concatenate([np.asarray(f, dtype=np.float64) for f in feats])
@@ -37,6 +40,8 @@ class ProbeData:
             steps = [np.where(np.asarray(s) < 0, -1, (np.asarray(s) == np.max(s)).astype(int)) for s in steps]
         self.step = np.concatenate([np.asarray(s, dtype=int) for s in steps])
         self.group = np.concatenate([np.full(len(f), i) for i, f in enumerate(feats)])
+        keep = np.ones(len(feats), bool) if p2_examples is None else np.asarray(p2_examples, bool)
+        self.p2 = (self.useful == 1) & keep[self.group]
 
     def layers(self, sel):
         """Flattened features of the chosen layers: (N, len(sel) * H')."""
@@ -90,7 +95,7 @@ def head_map(model_data, control_data, seeds, n_folds=2, device="cpu", top=5):
     for key in ("s_p1", "s_p2"):
         per_seed = []
         for seed, ctl in zip(seeds, control_data):
-            pick = (lambda d: np.ones(len(d.useful), bool)) if key == "s_p1" else (lambda d: d.useful == 1)
+            pick = (lambda d: np.ones(len(d.useful), bool)) if key == "s_p1" else (lambda d: d.p2)
             lab = (lambda d: d.useful) if key == "s_p1" else (lambda d: d.step)
             m, c = model_data, ctl
             fm = single_f1(m.X[pick(m)].reshape(-1, L * H), lab(m)[pick(m)], m.group[pick(m)], n_folds, seed, device)
@@ -126,7 +131,7 @@ def selectivity(data, types, seeds, n_folds=2, device="cpu"):
     P1 and P2 (useful statements), per seed. High: the probe reads the task from the features, not
     the statement's surface type. Returns {"selectivity_p1", "control_task_f1_p1", ... P2} summaries."""
     types = np.asarray(types)
-    u = data.useful == 1
+    u = data.p2
     rows = {k: [] for k in ("selectivity_p1", "control_task_f1_p1", "selectivity_p2", "control_task_f1_p2")}
     for seed in seeds:
         for name, sel, y in (("p1", np.ones(len(u), bool), data.useful), ("p2", u, data.step)):
@@ -171,7 +176,7 @@ def knn_f1(X, y, groups, n_folds=2, seed=0, k=N_NEIGHBORS, device="cpu"):
 def probe_curves(data, n_folds=2, seed=0, curves=True, device="cpu"):
     """(P1, P2) curve_f1 results; P2 on the useful statements only."""
     p1 = curve_f1(data.X, data.useful, data.group, n_folds, seed, curves, device)
-    u = data.useful == 1
+    u = data.p2
     if u.any():
         p2 = curve_f1(data.X[u], data.step[u], data.group[u], n_folds, seed, curves, device)
     else:
@@ -184,7 +189,7 @@ def probe_f1(data, sel, n_folds=2, seed=0, device="cpu"):
     """(F1_P1, F1_P2) on the chosen layers. P2 uses useful statements only."""
     X = data.layers(sel)
     f1 = knn_f1(X, data.useful, data.group, n_folds, seed, device=device)
-    u = data.useful == 1
+    u = data.p2
     f2 = knn_f1(X[u], data.step[u], data.group[u], n_folds, seed, device=device) if u.any() else None
     return f1, f2
 
@@ -215,6 +220,8 @@ def _why(data, key):
         return "P1 labels have a single class (every statement is useful, or none is)"
     if not data.useful.any():
         return "P2 has no useful statement"
+    if not data.p2.any():
+        return "P2 has no item of depth >= 1 here (depth-0 items have one step)"
     return "P2 labels have a single class (every useful statement has the same step, e.g. k = 0)"
 
 

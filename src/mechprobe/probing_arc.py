@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from . import arc
-from .incontext import PromptBuilder, pick_demos
+from .incontext import pick_demos
 from .llmprobe import (
     ProbeSettings,
     add_model_args,
@@ -17,6 +17,7 @@ from .llmprobe import (
     load_args,
     model_info,
     probe_items,
+    prompt_builder,
     report,
     report_knockout,
     write_view,
@@ -84,7 +85,9 @@ def run(a):
     demos = pick_demos(items, a.n_demos, a.seeds[0], pool)
     texts = [s for it in items + pool for s in it["statements"] + [it["question"], it["answer"]]]
     tok, model, mpath = load_args(a, texts, out)
-    builder = PromptBuilder(suffix="", answer_in_query=True, question_prefix="Question: ", answer_prefix=" Answer: ")
+    builder = prompt_builder(
+        a, tok, suffix="", answer_in_query=True, question_prefix="Question: ", answer_prefix=" Answer: "
+    )
     st = ProbeSettings.from_args(a)
     res, feats, _ = probe_items(st, tok, model, items, demos, builder, [], a.data, by=("depth",))
     res.update(

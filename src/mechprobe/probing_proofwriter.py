@@ -9,21 +9,25 @@ processed file (a .json: accuracy only, it has no proofs).
 import argparse
 from pathlib import Path
 
-from .incontext import PromptBuilder, pick_demos
+from . import plots, shortcuts
+from .incontext import pick_demos
 from .llmprobe import (
     ProbeSettings,
     add_model_args,
+    item_subsets,
     knockout_items,
     load_args,
     load_items_args,
+    masking_items,
     model_info,
     probe_items,
+    prompt_builder,
     report,
     report_knockout,
     write_view,
 )
 from .proofwriter import statement_type
-from .utils import get_logger, run_driver, run_main, seed_everything, write_config, write_json
+from .utils import get_logger, nonneg_int, run_driver, run_main, seed_everything, write_config, write_json
 
 log = get_logger()
 
@@ -39,6 +43,7 @@ OUTPUTS = (
     "probe_by_head.png",
     "selectivity.png",
     "knockout*.png",
+    "masking.png",
     "attention_view.html",
 )
 
@@ -67,11 +72,18 @@ def parser():
     p.add_argument("--depths", type=int, nargs="+", default=[0, 1], help="question depths (QDep) kept")
     p.add_argument("--groups", type=int, nargs="*", default=None, help="numbers of statements kept (default: all)")
     p.add_argument("--max-per-group", type=int, default=1024)
+    p.add_argument(
+        "--masking-items",
+        type=nonneg_int,
+        default=128,
+        help="head masking (random heads vs lowest / highest attention entropy first; needs --head-map 1) on at "
+        "most this many questions (0: none)",
+    )
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) malformed questions instead of stopping")
     p.add_argument(
         "--naf", action="store_true", help="generated theories get rules with negated conditions (negation as failure)"
     )
-    add_model_args(p, limit=0, n_demos=None)
+    add_model_args(p, limit=0, n_demos=None, knockout_items=128)
     return p
 
 
@@ -90,12 +102,28 @@ def run(a):
     demos = pick_demos(items, a.n_demos, a.seeds[0], pool)
     texts = [s for it in items + pool for s in it["statements"] + [it["question"]]]
     tok, model, mpath = load_args(a, texts, out)
-    builder = PromptBuilder(suffix="True or False?" if words == ["True", "False"] else "True, False, or Unknown?")
+    builder = prompt_builder(
+        a, tok, suffix="True or False?" if words == ["True", "False"] else "True, False, or Unknown?"
+    )
     st = ProbeSettings.from_args(a)
     res, feats, _ = probe_items(st, tok, model, items, demos, builder, words, source, statement_type=statement_type)
     res.update({"model": mpath, "data": source})
+    train = pool if pool and {it["id"] for it in pool}.isdisjoint(it["id"] for it in items) else []
+    res["baselines"] = shortcuts.accuracies(train, items, item_subsets(items), words)
+    for name in ("all", "depth=0", "depth=1"):
+        if name in res["baselines"]:
+            acc = res["subsets"].get(name, {}).get("accuracy")
+            log.info(
+                "%s: accuracy %s; shortcuts on the same questions: %s",
+                name,
+                "-" if acc is None else f"{acc:.3f}",
+                ", ".join(f"{b} {v:.3f}" for b, v in res["baselines"][name].items()),
+            )
     if a.knockout_items:
         res["knockout"] = knockout_items(st, tok, model, items, demos, builder, words, source, feats, a.knockout_items)
+    if a.masking_items and res.get("head_map", {}).get("entropy") is not None:
+        ent = res["head_map"]["entropy"]
+        res["masking"] = masking_items(st, tok, model, items, demos, builder, words, source, ent, a.masking_items)
     write_config(
         out,
         a,
@@ -106,6 +134,9 @@ def run(a):
     report(res, out, "ProofWriter in-context accuracy")
     if "knockout" in res:
         report_knockout(res["knockout"], out, "ProofWriter attention knockout")
+    if "masking" in res:
+        title = f"ProofWriter, {res['masking']['n_items']} questions: heads masked by attention entropy"
+        plots.pruning_curves(res["masking"], out / "masking.png", orders=("statement",), title=title)
     write_view(a, st, tok, model, items, demos, builder, words, source, feats, f"ProofWriter: {mpath}")
     print(
         f"results: {out / 'probe_results.json'}  plots: {out}/accuracy_by_group.png, probe_by_group.png, "

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .utils import get_logger, run_main, write_jsonl
+from .utils import MechprobeError, get_logger, run_main, write_jsonl
 
 _FACT_Q = re.compile(r"^(.+) is (?:not )?(\w+)\.$")
 ENTITIES = [
@@ -63,8 +63,31 @@ def fact_text(e, a, neg=False):
     return f"{e} is {'not ' if neg else ''}{a}."
 
 
-def rule_text(conds, concl):
+# How a rule is written. "if" is the generator's default; "mixed" draws, per rule, among every wording
+# of the release's attribute theories that can say it (the "all" and adjective forms only for rules
+# without a negated condition).
+WORDINGS = ("if", "mixed")
+
+
+def rule_text(conds, concl, form="if"):
+    """A rule's sentence: form "if" ("If someone is a and b then they are c."), "something" ("If
+    something is a and b then it is c."), "all" ("All a, b people are c.") or "adjectives" ("A, b
+    things are c.")."""
+    if form == "something":
+        return f"If something is {' and '.join(conds)} then it is {concl}."
+    if form in ("all", "adjectives") and not any(_neg(c) for c in conds):
+        adjs = ", ".join(conds)
+        if form == "all":
+            return f"All {adjs} people are {concl}."
+        return f"{adjs[0].upper() + adjs[1:]} things are {concl}."
     return f"If someone is {' and '.join(conds)} then they are {concl}."
+
+
+def _forms(rules, wording, rng):
+    """{rule id: its form}: all "if", or (wording "mixed") drawn per rule from `rng`."""
+    if wording == "if" or rng is None:
+        return {r: "if" for r, _, _ in rules}
+    return {r: str(rng.choice(["if", "something", "all", "adjectives"])) for r, _, _ in rules}
 
 
 def _neg(c):
@@ -170,18 +193,30 @@ def _pick(rng, pool, n, derived_share=0.5):
 
 
 def make_theory(
-    rng, tid, n_statements, max_depth, n_questions=8, naf=False, balanced=False, more=0, pairs=0, prng=None
+    rng,
+    tid,
+    n_statements,
+    max_depth,
+    n_questions=8,
+    naf=False,
+    balanced=False,
+    more=0,
+    pairs=0,
+    prng=None,
+    wording="if",
+    wrng=None,
 ):
     """One theory of n_statements (facts and rules) with n_questions questions in the release's format,
     or None when its deepest derivation exceeds max_depth or it has no question (the caller draws again).
     After them: up to `more` other questions drawn as they were, then up to `pairs` binding pairs
     (_binding_pairs), both drawn with `prng`, so that `rng` draws the same theories and questions
-    with or without them."""
+    with or without them. wording "mixed": each rule's sentence in a form drawn with `wrng` (rule_text),
+    the same theories otherwise."""
     ents, attrs, facts, rules = _draw_statements(rng, n_statements, naf)
     known = closure(facts, rules, ents)
     if max(d for d, _ in known.values()) > max_depth:
         return None
-    th = _theory_record(tid, max_depth, facts, rules)
+    th = _theory_record(tid, max_depth, facts, rules, _forms(rules, wording, wrng))
     derived, cands = [], []
     for (e, a), (d, node) in known.items():
         for c in ((fact_text(e, a), True, "proof", d, node), (fact_text(e, a, True), False, "inv-proof", d, node)):
@@ -257,8 +292,10 @@ def _binding_pairs(rng, facts, rules, known, n, asked=()):
     return out
 
 
-def _theory_record(tid, max_depth, facts, rules):
-    """The theory's fields of the release's format (id, triples, rules, theory text), without questions."""
+def _theory_record(tid, max_depth, facts, rules, forms=None):
+    """The theory's fields of the release's format (id, triples, rules, theory text), without questions;
+    forms: {rule id: rule_text form} (default "if")."""
+    forms = forms or {}
     th = {
         "id": f"Synth-CWA-D{max_depth}-{tid}",
         "maxD": max_depth,
@@ -269,7 +306,7 @@ def _theory_record(tid, max_depth, facts, rules):
         },
         "rules": {
             r: {
-                "text": rule_text(c, k),
+                "text": rule_text(c, k, forms.get(r, "if")),
                 "representation": f"(({' '.join(_rep('someone', str(x)) for x in c)}) -> {_rep('someone', str(k))})",
             }
             for r, c, k in rules
@@ -339,21 +376,27 @@ def generate(
     balanced=False,
     binding_pairs=0,
     train_more=0,
+    wording="if",
 ):
     """Write `<out>/CWA/depth-<max_depth>/meta-{train,dev,test}.jsonl`; returns the folder.
+    wording: "if" (every rule "If someone is ... then they are ...") or "mixed" (each rule in one of the
+    release's wordings, drawn from its own stream: the same theories and questions).
     balanced: every theory gets as many questions of each of the four strategies (make_theory).
     train_more / binding_pairs: each training theory gets up to this many more questions (drawn as the
     others) / pairs of binding questions (_binding_pairs) besides, from their own random stream: every
     split's theories and other questions unchanged."""
+    if wording not in WORDINGS:
+        raise MechprobeError(f"wording {wording!r}: expected one of {', '.join(WORDINGS)}")
     rng = np.random.default_rng(seed)
     prng = np.random.default_rng([seed, 1])
+    wrng = np.random.default_rng([seed, 2])
     folder = Path(out) / "CWA" / f"depth-{max_depth}"
     for split, n in zip(("train", "dev", "test"), sizes):
         rows, tid = [], 0
         extra = (train_more, binding_pairs, prng) if split == "train" else (0, 0, None)
         while len(rows) < n:
             g = int(groups[len(rows) % len(groups)])
-            th = make_theory(rng, f"{split}{tid}", g, max_depth, n_questions, naf, balanced, *extra)
+            th = make_theory(rng, f"{split}{tid}", g, max_depth, n_questions, naf, balanced, *extra, wording, wrng)
             tid += 1
             if th is not None:
                 rows.append(th)
@@ -381,8 +424,16 @@ def main(argv=None):
     p.add_argument("--questions", type=int, default=8, help="questions per theory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--naf", action="store_true", help="rules with negated conditions (negation as failure)")
+    p.add_argument(
+        "--wording",
+        default="if",
+        choices=WORDINGS,
+        help="if: every rule 'If someone is ... then they are ...'; mixed: each rule in one of the release's wordings",
+    )
     a = p.parse_args(argv)
-    folder = generate(a.out, a.max_depth, tuple(a.sizes), tuple(a.groups), a.seed, a.questions, a.naf)
+    folder = generate(
+        a.out, a.max_depth, tuple(a.sizes), tuple(a.groups), a.seed, a.questions, a.naf, wording=a.wording
+    )
     get_logger().info("wrote %s", folder)
 
 

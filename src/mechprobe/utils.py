@@ -85,7 +85,8 @@ class _LoggedBar:
             rate = (done - self.initial) / max(now - self.t0, 1e-9)
             left = f", about {(total - done) / rate:.0f} s left" if total and rate > 0 else ""
             of = f"/{total}" if total else ""
-            get_logger().info("%s: %d%s %ss (%.2f/s%s)", self.desc, done, of, self.unit, rate, left)
+            units = self.unit + ("es" if self.unit.endswith("s") else "s")
+            get_logger().info("%s: %d%s %s (%.2f/s%s)", self.desc, done, of, units, rate, left)
 
     def close(self):
         self.bar.close()

@@ -1,0 +1,61 @@
+"""Shortcut baselines: what an answer rule that does not reason scores on the same test items.
+
+An accuracy means something only beside these, computed on the same items:
+  majority      the answer most frequent among the training items, for every item
+  not_rule      "False" when the question contains the word "not", else "True" (on ProofWriter's
+                proof-bearing CWA questions the positive facts make this rule exact)
+  bag_of_words  a logistic regression on word counts of the statements and the question (each
+                word prefixed with where it occurs: s: statement, q: question), trained on the
+                training items
+Each is reported over all items and per depth (the subsets of llmprobe.item_subsets).
+"""
+
+import re
+
+import numpy as np
+
+_NOT = re.compile(r"\bnot\b", re.I)
+
+
+def _words(text):
+    return re.findall(r"[a-z]+", text.lower())
+
+
+def _doc(it):
+    return " ".join(
+        ["s:" + w for s in it["statements"] for w in _words(s)] + ["q:" + w for w in _words(it["question"])]
+    )
+
+
+def predictions(train, items, words=("True", "False")):
+    """{baseline: predicted answer word per item}. train: items with answers (the demonstration pool or
+    the training split); with fewer than two answer classes there, the bag of words is left out."""
+    answers = [it["answer"] for it in train if it["answer"] in words]
+    out = {}
+    if answers:
+        top = max(words, key=answers.count)
+        out["majority"] = [top] * len(items)
+    if list(words) == ["True", "False"]:
+        out["not_rule"] = ["False" if _NOT.search(it["question"]) else "True" for it in items]
+    if len(set(answers)) > 1:
+        from sklearn.feature_extraction.text import CountVectorizer
+        from sklearn.linear_model import LogisticRegression
+
+        fit = [it for it in train if it["answer"] in words]
+        vec = CountVectorizer(token_pattern=r"\S+", lowercase=False)
+        X = vec.fit_transform([_doc(it) for it in fit])
+        clf = LogisticRegression(max_iter=2000).fit(X, [it["answer"] for it in fit])
+        out["bag_of_words"] = list(clf.predict(vec.transform([_doc(it) for it in items])))
+    return out
+
+
+def accuracies(train, items, subsets, words=("True", "False")):
+    """{subset name: {baseline: accuracy}} over the index lists of `subsets` ({name: indices})."""
+    preds = predictions(train, items, words)
+    gold = np.array([it["answer"] for it in items])
+    out = {}
+    for name, idx in subsets.items():
+        if not idx:
+            continue
+        out[name] = {b: round(float(np.mean(np.array(p)[idx] == gold[idx])), 4) for b, p in preds.items()}
+    return out

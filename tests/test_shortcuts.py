@@ -1,0 +1,25 @@
+"""Shortcut baselines (shortcuts.py) against hand counts."""
+
+from mechprobe.shortcuts import accuracies, predictions
+
+
+def item(q, a, stmts=("Bob is big.",)):
+    return {"statements": list(stmts), "question": q, "answer": a}
+
+
+def test_majority_and_not_rule_by_hand():
+    train = [item("Bob is big.", "True")] * 3 + [item("Bob is not big.", "False")]
+    items = [item("Al is red.", "True"), item("Al is not red.", "False"), item("Al is not kind.", "True")]
+    p = predictions(train, items)
+    assert p["majority"] == ["True"] * 3
+    assert p["not_rule"] == ["True", "False", "False"]
+    acc = accuracies(train, items, {"all": [0, 1, 2], "first": [0]})
+    assert acc["all"]["majority"] == round(2 / 3, 4) and acc["all"]["not_rule"] == round(2 / 3, 4)
+    assert acc["first"] == {"majority": 1.0, "not_rule": 1.0, "bag_of_words": acc["first"]["bag_of_words"]}
+
+
+def test_bag_of_words_learns_a_word_that_gives_the_answer_away():
+    train = [item("X is big.", "True", ["zap is here."])] * 20 + [item("X is big.", "False", ["zip is here."])] * 20
+    items = [item("Y is big.", "True", ["zap is there."]), item("Y is big.", "False", ["zip is there."])]
+    assert predictions(train, items)["bag_of_words"] == ["True", "False"]
+    assert "bag_of_words" not in predictions(train[:20], items)  # one class: no classifier
