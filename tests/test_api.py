@@ -101,3 +101,26 @@ def test_import_changes_no_environment_and_adds_only_a_null_handler():
         timeout=120,
     )
     assert r.returncode == 0, r.stderr
+
+
+def test_every_public_name_is_the_documented_object_even_after_its_submodule_is_imported():
+    """`from mechprobe import capture` is the function, also once mechprobe.capture was imported."""
+    import importlib
+    import pkgutil
+    import types
+
+    import mechprobe
+
+    for m in pkgutil.iter_modules(mechprobe.__path__):  # every library module and driver
+        importlib.import_module(f"mechprobe.{m.name}")
+    for name in mechprobe.__all__:
+        obj = getattr(mechprobe, name)
+        if name == "ksmallest":
+            assert isinstance(obj, types.ModuleType)
+            continue
+        assert not isinstance(obj, types.ModuleType), name
+        if name in mechprobe._API:
+            assert obj is getattr(importlib.import_module(f"mechprobe.{mechprobe._API[name]}"), name), name
+    from mechprobe import capture
+
+    assert callable(capture) and capture.__name__ == "capture"

@@ -94,3 +94,24 @@ def test_view_renders_tokens_and_colours_in_headless_chromium(tmp_path):
     assert red.sum() > 100, "no attention colour on the page"
     assert (img.sum(-1) < 200).sum() > 200, "no dark text on the page"
     assert ((r > 200) & (g > 200) & (b > 200)).mean() > 0.5  # and the page is not one colour
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_a_long_prompt_wraps_inside_the_page_and_the_sink_is_set_apart(tmp_path):
+    """An ARC-sized prompt (2,000 tokens, long unbroken words, newlines) stays within a 1,200-pixel
+    window; the first token's large weight is left out of the colour scale and its share is said."""
+    tokens = ["<s>"] + [
+        (" " if i % 7 else "") + "x" * (3 + i % 11) + ("\n\n" if i % 97 == 0 else "") for i in range(2000)
+    ]
+    att = np.full((1, 1, len(tokens)), 0.3 / len(tokens))
+    att[0, 0, 0], att[0, 0, 5] = 0.5, 0.2
+    ex = htmlview.example("long", tokens, att, [{"span": (1, 40), "useful": True, "step": 0}], queries=[1999])
+    p = htmlview.write_view(tmp_path / "long.html", [ex], "long prompt")
+    prof = f"--user-data-dir={tmp_path / 'profile'}"
+    dom = chromium(prof, "--window-size=1200,800", "--dump-dom", p.as_uri()).stdout
+    width = int(re.search(r'data-width="(\d+)"', dom).group(1))
+    assert width <= 1200, width
+    assert "the first token takes 0.500 of the attention" in dom
+    assert "background-color: rgb(214, 39, 40)" in dom  # token 5 (0.2) is the top of the scale, not the sink
+    dom_abs = chromium(prof, "--window-size=1200,800", "--dump-dom", p.as_uri() + "#scale=absolute").stdout
+    assert "rgba(214, 39, 40, 0.2)" in dom_abs and "left out of the scale" not in dom_abs

@@ -39,6 +39,10 @@ def test_group_finds_the_shared_prefix_and_keeps_queries_after_it():
     assert groups[-1] == prefix.Group(0, [3, 4])  # alone or too short: run whole, together
     capped = prefix.group(seqs[:2], [35, 40])
     assert capped[0].prefix == 35  # a query at 35 must run
+    demo = list(range(100, 400))  # ten prompts after the same 300 tokens, one whose demonstrations differ at 200
+    odd = demo[:200] + [5] * 120
+    many = [demo + [i, i + 1, i + 2] for i in range(10)] + [odd]
+    assert prefix.group(many, [len(s) - 2 for s in many]) == [prefix.Group(300, list(range(10))), prefix.Group(0, [10])]
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])

@@ -23,3 +23,12 @@ def test_bag_of_words_learns_a_word_that_gives_the_answer_away():
     items = [item("Y is big.", "True", ["zap is there."]), item("Y is big.", "False", ["zip is there."])]
     assert predictions(train, items)["bag_of_words"] == ["True", "False"]
     assert "bag_of_words" not in predictions(train[:20], items)  # one class: no classifier
+
+
+def test_answer_profile_by_hand():
+    from mechprobe.shortcuts import answer_profile
+
+    items = [item("A is b.", "True"), item("A is not b.", "False"), item("A is not c.", "True")]
+    prof = answer_profile(items, [[2.0, 1.0], [2.0, 1.0], [0.0, 1.0]])  # answers True, True, False
+    assert prof["share_True"] == round(2 / 3, 4) and prof["share_False"] == round(1 / 3, 4)
+    assert prof["accuracy_without_not"] == 1.0 and prof["accuracy_with_not"] == 0.0 and prof["n_with_not"] == 2

@@ -8,7 +8,10 @@ Importing the package changes no environment variable and attaches only a NullHa
 the log. Models and tokenizers are always loaded from local folders (local_files_only=True).
 """
 
+import importlib
 import logging
+import sys
+import types
 
 logging.getLogger("mechprobe").addHandler(logging.NullHandler())
 
@@ -53,9 +56,24 @@ _API = {
 __all__ = sorted(_API) + ["generate_proofwriter", "ksmallest", "view_example", "write_view"]
 
 
-def __getattr__(name):
-    import importlib
+class _Package(types.ModuleType):
+    """The package's module type. A public name that is also a submodule's (`capture`) stays the
+    documented object: importing the submodule binds it on the package, which is ignored here (the
+    submodule stays in sys.modules, where `from mechprobe.capture import ...` finds it)."""
 
+    @property
+    def capture(self):
+        return importlib.import_module(".capture", __name__).capture
+
+    @capture.setter
+    def capture(self, value):
+        pass
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name):
     if name in _API:
         return getattr(importlib.import_module(f".{_API[name]}", __name__), name)
     if name == "view_example":

@@ -18,7 +18,7 @@ from typing import Optional
 from .incontext import PromptBuilder, pick_demos
 from .llmprobe import ProbeSettings, probe_items, report
 from .models import ModelFolder, TokenizerFolder
-from .utils import MechprobeError, distinct_seeds, iter_jsonl, write_json
+from .utils import MechprobeError, distinct_seeds, iter_jsonl, provenance, write_json
 
 
 @dataclass
@@ -150,7 +150,7 @@ class ProbeResult:
         write_json(path, self.results)
         return Path(path)
 
-    def plot(self, folder, title="accuracy"):
+    def plot(self, folder, title="your items"):
         """probe_by_layer.png, probe_by_depth.png, probe_by_group.png (and accuracy plots) in `folder`."""
         Path(folder).mkdir(parents=True, exist_ok=True)
         report(self.results, folder, title)
@@ -158,8 +158,13 @@ class ProbeResult:
 
     def __repr__(self):
         f = lambda v: "undefined" if v is None else f"{v:.3f}"  # noqa: E731
+        null = self.results["subsets"]["all"].get("null", {})
+        p = lambda k: f" (p={null[k]['p_value']:.3f})" if "p_value" in null.get(k, {}) else ""  # noqa: E731
         n = self.results["n_items"]
-        return f"ProbeResult(n_items={n}, accuracy={f(self.accuracy)}, S_P1={f(self.s_p1)}, S_P2={f(self.s_p2)})"
+        return (
+            f"ProbeResult(n_items={n}, accuracy={f(self.accuracy)}, S_P1={f(self.s_p1)}{p('s_p1')}, "
+            f"S_P2={f(self.s_p2)}{p('s_p2')} over items of depth >= 1)"
+        )
 
 
 def probe(
@@ -197,4 +202,15 @@ def probe(
     demos = pick_demos(its, n_demos, st.seeds[0], pool)
     by = ("group", "depth") if all(it["depth"] is not None for it in its) else ("group",)
     res, _, _ = probe_items(st, tokenizer, model, its, demos, PromptBuilder(suffix=suffix), words, "items", by=by)
+    res["settings"] = {**asdict(st), "n_demos": n_demos, "answer_words": words, "suffix": suffix}
+    res.update(_model_record(model))
+    res["provenance"] = provenance()
     return ProbeResult(res)
+
+
+def _model_record(model):
+    """Where the model came from and its fingerprint (cache.model_fingerprint), as a script's config.json."""
+    from .cache import model_fingerprint
+
+    path = model.path if isinstance(model, ModelFolder) else getattr(model.config, "_name_or_path", None)
+    return {"model": path or type(model).__name__, "model_fingerprint": model_fingerprint(model)}

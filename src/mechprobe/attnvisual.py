@@ -23,6 +23,7 @@ from .utils import (
     run_driver,
     run_main,
     seed_everything,
+    seed_int,
     write_config,
     write_json,
 )
@@ -82,7 +83,7 @@ def parser():
         "--view-items", type=int, default=8, help="lists in the interactive view attention_view.html (0: no view)"
     )
     p.add_argument("--no-control", action="store_true", help="leave out the random-init control")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="cpu")
     add_threads_arg(p)
     return p

@@ -35,6 +35,7 @@ from .utils import (
     run_driver,
     run_main,
     seed_everything,
+    seed_int,
     share,
     write_config,
     write_json,
@@ -105,7 +106,7 @@ def parser():
     p.add_argument("--out-dir", required=True)
     p.add_argument("--n-examples", type=at_least_two, default=1000, help="test lists")
     p.add_argument("--shares", type=share, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds of random masking")
+    p.add_argument("--seeds", type=seed_int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds of random masking")
     p.add_argument(
         "--entropy-order",
         default="rank",
@@ -124,7 +125,7 @@ def parser():
         "default: spread over positions 3..T-4 (3 and 12 for k=1, 16 numbers)",
     )
     p.add_argument("--flow-lists", type=positive_int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--device", default="cpu")
     add_threads_arg(p)
     return p

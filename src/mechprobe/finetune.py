@@ -38,6 +38,7 @@ from .utils import (
     run_folder,
     run_main,
     seed_everything,
+    seed_int,
     write_config,
     write_json,
 )
@@ -256,7 +257,7 @@ def parser():
     p.add_argument("--eval-every", type=positive_int)
     p.add_argument("--target-acc", type=float, help="stop early once validation accuracy reaches this (0: never)")
     p.add_argument("--tuning", help="all | attn | mlp | ln")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=seed_int)
     p.add_argument("--vocab-size", type=positive_int, help="numbers in the vocabulary when the data must be generated")
     p.add_argument("--length", type=at_least_two, help="numbers per list when the data must be generated")
     p.add_argument("--sizes", type=positive_int, nargs=3, metavar=("TRAIN", "VAL", "TEST"))

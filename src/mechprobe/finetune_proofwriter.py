@@ -26,6 +26,7 @@ from .utils import (
     run_folder,
     run_main,
     seed_everything,
+    seed_int,
     write_config,
     write_json,
 )
@@ -293,7 +294,7 @@ def parser():
     p.add_argument("--out-dir")
     _data_and_model_args(p)
     _schedule_args(p)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=seed_int)
     p.add_argument("--autocast", choices=["auto", "bf16", "none"], help="bf16 autocast for the training forward")
     _switch(p, "--compile", "1: torch.compile the training forward (needs a C++ compiler on a CPU; same model)")
     p.add_argument("--device")

@@ -3,8 +3,11 @@
 One file, nothing fetched at view time: inline styles and script, the numbers inline as JSON.
 For each example the prompt's tokens are coloured by the query's attention
     w[t] = a[l, h, t]        (pooled over the query positions as the probe pools them)
-for the layer and head chosen in two selectors ("mean" averages over layers or heads), scaled
-by the largest weight shown (a link can choose them: `attention_view.html#ex=0&layer=1&head=mean`).
+for the layer and head chosen in two selectors ("mean" averages over layers or heads), scaled by
+the largest weight shown apart from the first token (real LLMs park much of their attention on it,
+an attention sink; its share is written beside the legend), or on an absolute 0-1 scale (a third
+selector; a link can choose them: `attention_view.html#ex=0&layer=1&head=mean&scale=absolute`).
+Long prompts wrap inside the page.
 The gold useful statements are boxed in green with their step
 (gold s0, s1, ...); the statements the probe predicts useful are underlined in dashed orange with
 its predicted step (probe s0, ...). The gold answer and the model's answer are shown above.
@@ -68,8 +71,9 @@ body { font-family: system-ui, sans-serif; margin: 16px; color: #222; background
 h1 { font-size: 18px; margin: 0 0 8px 0; }
 #controls { margin: 8px 0; display: flex; gap: 16px; flex-wrap: wrap; align-items: center; }
 #meta { margin: 6px 0 10px 0; font-size: 14px; }
-#tokens { font-family: ui-monospace, monospace; font-size: 16px; line-height: 2.6; max-width: 1100px; }
-.tok { white-space: pre; padding: 2px 0; }
+#tokens { font-family: ui-monospace, monospace; font-size: 16px; line-height: 2.6; max-width: 1100px;
+  overflow-wrap: anywhere; }
+.tok { white-space: pre-wrap; padding: 2px 0; }
 .query { outline: 2px solid #1f5fbf; }
 .stmt { display: inline; position: relative; padding: 3px 1px; border-radius: 3px; }
 .gold { border: 2px solid #1a9641; }
@@ -84,6 +88,7 @@ h1 { font-size: 18px; margin: 0 0 8px 0; }
 SCRIPT = """
 const DATA = JSON.parse(document.getElementById('data').textContent);
 const ex = document.getElementById('ex'), ly = document.getElementById('layer'), hd = document.getElementById('head');
+const sc = document.getElementById('scale_mode');
 DATA.examples.forEach((e, i) => ex.add(new Option(e.title, i)));
 function fill(sel, n, name) {
   const keep = sel.value; sel.innerHTML = '';
@@ -105,10 +110,14 @@ function badge(parent, cls, text) {
 function render() {
   const e = DATA.examples[Number(ex.value)];
   fill(ly, e.attention.length, 'layer'); fill(hd, e.attention[0].length, 'head');
-  const w = weights(e), mx = Math.max(...w, 1e-12);
+  const w = weights(e);
+  const mx = sc.value === 'absolute' ? 1 : Math.max(...w.slice(1), 1e-12);
   const meta = document.getElementById('meta');
   meta.textContent = (e.answer !== null ? 'gold answer: ' + e.answer : '') +
-    (e.prediction !== null ? '    model answer: ' + e.prediction : '') + '    max weight shown: ' + mx.toFixed(3);
+    (e.prediction !== null ? '    model answer: ' + e.prediction : '');
+  document.getElementById('scale-max').textContent = mx.toFixed(3);
+  document.getElementById('sink').textContent = sc.value === 'absolute' ? '' :
+    'the first token takes ' + w[0].toFixed(3) + ' of the attention and is left out of the scale';
   const box = document.getElementById('tokens'); box.innerHTML = '';
   const owner = new Array(e.tokens.length).fill(-1);
   e.statements.forEach((s, j) => { for (let t = s.span[0]; t < s.span[1]; t++) owner[t] = j; });
@@ -126,7 +135,7 @@ function render() {
       const sp = document.createElement('span');
       sp.className = 'tok' + (e.queries.includes(t) ? ' query' : '');
       sp.textContent = e.tokens[t];
-      sp.style.backgroundColor = 'rgba(214,39,40,' + (w[t] / mx).toFixed(3) + ')';
+      sp.style.backgroundColor = 'rgba(214,39,40,' + Math.min(1, w[t] / mx).toFixed(3) + ')';
       sp.title = 'token ' + t + ': weight ' + w[t].toFixed(4);
       parent.appendChild(sp);
       t++;
@@ -138,11 +147,13 @@ function render() {
     }
   }
   document.body.dataset.rendered = String(e.tokens.length);
+  document.body.dataset.width = String(document.documentElement.scrollWidth);
 }
-ex.onchange = render; ly.onchange = render; hd.onchange = render;
+ex.onchange = render; ly.onchange = render; hd.onchange = render; sc.onchange = render;
 // a link may choose the view: attention_view.html#ex=0&layer=1&head=mean
 const want = Object.fromEntries(location.hash.slice(1).split('&').filter(x => x).map(x => x.split('=')));
 if (want.ex) ex.value = want.ex;
+if (want.scale) sc.value = want.scale;
 render();
 if (want.layer) ly.value = want.layer;
 if (want.head) hd.value = want.head;
@@ -164,12 +175,15 @@ def render(examples, title):
   <label>example <select id="ex"></select></label>
   <label>layer <select id="layer"></select></label>
   <label>head <select id="head"></select></label>
+  <label>colour scale <select id="scale_mode"><option value="relative">largest weight shown (first token apart)</option>
+    <option value="absolute">absolute, 0 to 1</option></select></label>
 </div>
 <div id="meta"></div>
 <div id="tokens"></div>
-<div id="legend"><span id="scale"></span> attention of the query (blue outline) to each token, scaled by the
-largest weight shown &nbsp;|&nbsp; <span style="border:2px solid #1a9641;padding:0 3px">gold useful</span> (step)
-&nbsp;|&nbsp; <span style="text-decoration:underline dashed #f08c00 3px">probe's useful</span> (predicted step)</div>
+<div id="legend">0 <span id="scale"></span> <span id="scale-max"></span>: attention of the query (blue outline)
+to each token &nbsp;|&nbsp; <span style="border:2px solid #1a9641;padding:0 3px">gold useful</span> (step)
+&nbsp;|&nbsp; <span style="text-decoration:underline dashed #f08c00 3px">probe's useful</span> (predicted step)
+<div id="sink"></div></div>
 <script type="application/json" id="data">{data}</script>
 <script>{SCRIPT}</script>
 </body></html>

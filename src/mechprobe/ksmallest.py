@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .utils import MechprobeError, get_logger, iter_jsonl, read_json, run_main, write_json, write_jsonl
+from .utils import MechprobeError, get_logger, iter_jsonl, read_json, run_main, seed_int, write_json, write_jsonl
 
 SPECIALS = ["<pad>", "<unk>"]
 
@@ -353,7 +353,7 @@ def main(argv=None):
         help="a local tokenizer/model folder whose single-token numbers form the vocabulary, or 'scratch' for 0..N-1",
     )
     p.add_argument("--no-duplicates", action="store_true", help="draw without replacement")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--sizes", type=int, nargs=3, default=[100000, 2000, 2000], metavar=("TRAIN", "VAL", "TEST"))
     a = p.parse_args(argv)
     vocab, source = vocab_for(a.tokenizer, a.vocab_size)

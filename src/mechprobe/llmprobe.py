@@ -13,7 +13,15 @@ import numpy as np
 
 from . import plots
 from .cache import DEFAULT_DIR as DEFAULT_CACHE
-from .cache import FeatureCache, control_recipe, model_fingerprint, prompts_entry_key
+from .cache import (
+    FeatureCache,
+    control_recipe,
+    knockout_row_key,
+    knockout_store_key,
+    model_fingerprint,
+    prompt_key,
+    prompts_entry_key,
+)
 from .cache import key as cache_key
 from .features import statement_entropy, token_spans
 from .incontext import answer_ids, encode_items, run_items
@@ -30,7 +38,7 @@ from .models import (
     resolve_tokenizer,
 )
 from .probing import ProbeData, head_map, predicted_useful, run_probe, selectivity
-from .utils import MechprobeError, add_threads_arg, at_least_two, get_logger, nonneg_int
+from .utils import MechprobeError, add_threads_arg, at_least_two, get_logger, nonneg_int, seed_int
 
 log = get_logger()
 
@@ -52,7 +60,11 @@ def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True, knockou
         "--limit", type=nonneg_int, default=limit, help="use only the first N items (0: all) - try a few first"
     )
     g.add_argument(
-        "--seeds", type=int, nargs="+", default=list(seeds), help="random-init controls, fold splits, demonstrations"
+        "--seeds",
+        type=seed_int,
+        nargs="+",
+        default=list(seeds),
+        help="random-init controls, fold splits, demonstrations",
     )
     g.add_argument("--folds", type=at_least_two, default=2)
     g.add_argument(
@@ -62,12 +74,7 @@ def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True, knockou
         help="pooling over the question tokens (same for model and control)",
     )
     g.add_argument("--normalize", default="none", choices=["none", "max"])
-    g.add_argument(
-        "--prompt-format",
-        default="plain",
-        choices=["plain", "chat"],
-        help="plain: few-shot text as the paper; chat: the tokenizer's chat template (demonstrations as turns)",
-    )
+    _scoring_args(g)
     g.add_argument("--batch-size", type=nonneg_int, default=0, help="prompts per batch (0: sized to the free memory)")
     if probing:
         _probing_args(g, knockout_items)
@@ -84,6 +91,23 @@ def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True, knockou
     )
     g.add_argument("--out-dir", required=True)
     return p
+
+
+def _scoring_args(g):
+    """The prompt format and the null's draws."""
+    g.add_argument(
+        "--null-draws",
+        type=nonneg_int,
+        default=ProbeSettings.null_draws,
+        help="bootstrap draws over items: each S gets a 95%% interval, a null (a random init scored against the "
+        "other controls) and a p-value (0: none)",
+    )
+    g.add_argument(
+        "--prompt-format",
+        default="plain",
+        choices=["plain", "chat"],
+        help="plain: few-shot text as the paper; chat: the tokenizer's chat template (demonstrations as turns)",
+    )
 
 
 def _model_group(p):
@@ -152,6 +176,7 @@ class ProbeSettings:
     head_map: 1 = capture per-head features and add the per-head map (S_P1 / S_P2 of each head).
     knockout_folds: folds of the out-of-fold P1 predictions whose statements the knockout blocks (its
         own setting, not `folds`: a rerun that changes only the probe's folds reuses every knockout pass).
+    null_draws: bootstrap draws over items for each S's interval, null and p-value (null.py; 0: none).
     """
 
     seeds: tuple = (0, 1, 2)
@@ -163,6 +188,7 @@ class ProbeSettings:
     cache_dir: str = ""
     head_map: int = 1
     knockout_folds: int = 2
+    null_draws: int = 50
 
     @classmethod
     def from_args(cls, a):
@@ -282,6 +308,8 @@ def features(st, model, enc, word_ids, layers=None, desc="model", model_id=None,
     With st.head_map the capture is per head, (S, L, H) unnormalised, and the probe's features are
     its head average (head_average: equal to capturing the average); heads=True then also returns
     the per-head features (normalised per prompt as asked) as a third value (None without head_map)."""
+    if model is not None:
+        check_context(model, enc)
     cache = FeatureCache(st.cache_dir, bool(st.cache_dir))
     per_head = bool(st.head_map)
     norm = "none" if per_head else st.normalize
@@ -298,6 +326,27 @@ def features(st, model, enc, word_ids, layers=None, desc="model", model_id=None,
     if not heads:
         return avg, scores
     return avg, scores, ([_normalise(f, st.normalize) for f in feats] if per_head else None)
+
+
+def context_length(model):
+    """The most positions the model takes (max_position_embeddings / n_positions), None if unsaid."""
+    cfg = model.config() if isinstance(model, ModelFolder) else resolve(model).config.to_dict()
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        if cfg.get(key):
+            return int(cfg[key])
+    return None
+
+
+def check_context(model, enc):
+    """A clear error before any forward pass when the longest prompt exceeds the model's context."""
+    limit = context_length(model)
+    longest = max(range(len(enc)), key=lambda i: len(enc[i]["ids"]))
+    n = len(enc[longest]["ids"])
+    if limit is not None and n > limit:
+        raise MechprobeError(
+            f"prompt {longest} has {n} tokens, more than the model's {limit} positions (max_position_embeddings): "
+            "use fewer demonstrations (N_DEMOS), fewer statements, or a model with a longer context"
+        )
 
 
 def _normalise(f, normalize):
@@ -329,14 +378,16 @@ def probe_device(model):
     return str(dev) if dev.type == "cuda" else "cpu"
 
 
-def _probe_subset(feats, ctl_feats, items, idx, seeds, folds, device="cpu"):
-    """run_probe on the items `idx`: P1 over all of them, P2 over those of depth >= 1 (or without a
-    depth): P2 is never pooled with depth-0 items."""
+def _probe_subset(st, feats, ctl_feats, items, idx, model, name):
+    """run_probe on the items `idx` (the subset `name`): P1 over all of them, P2 over those of depth
+    >= 1 (or without a depth): P2 is never pooled with depth-0 items."""
+    if len(idx) < 4:
+        return {"probe": {"undefined": f"only {len(idx)} items"}}
     lab = ([items[i]["useful"] for i in idx], [items[i]["step"] for i in idx])
     deep = [items[i].get("depth") is None or items[i]["depth"] >= 1 for i in idx]
     data = ProbeData([feats[i] for i in idx], *lab, p2_examples=deep)
     ctls = [ProbeData([cf[i] for i in idx], *lab, p2_examples=deep) for cf in ctl_feats]
-    return run_probe(data, ctls, seeds, folds, device=device)
+    return run_probe(data, ctls, st.seeds, st.folds, device=probe_device(model), null_draws=st.null_draws, name=name)
 
 
 def probe_items(st, tok, model, items, demos, builder, words, source, by=("group", "depth"), statement_type=None):
@@ -372,22 +423,35 @@ def probe_items(st, tok, model, items, demos, builder, words, source, by=("group
         }
         log.info(res["probe"]["undefined"])
     ctl = control_features(st, model, enc, wid, heads=True) if has_tree else []
-    res["subsets"] = {}
+    res["warnings"] = same_as_control(feats, [c[0] for c in ctl], st.seeds)
     subsets = item_subsets(items, by)
     if words:  # does the probe read the tree better where the model answers right?
         subsets["answered right"] = [i for i in range(len(items)) if gold[i] >= 0 and correct[i]]
         subsets["answered wrong"] = [i for i in range(len(items)) if gold[i] >= 0 and not correct[i]]
+    res["subsets"] = {}
     for name, idx in subsets.items():
-        sub = {"n_items": len(idx), "accuracy": acc(idx)}
-        if has_tree and len(idx) >= 4:
-            sub.update(_probe_subset(feats, [c[0] for c in ctl], items, idx, st.seeds, st.folds, probe_device(model)))
-        elif has_tree:
-            sub["probe"] = {"undefined": f"only {len(idx)} items"}
-        res["subsets"][name] = sub
+        res["subsets"][name] = {"n_items": len(idx), "accuracy": acc(idx)}
+        if has_tree:
+            res["subsets"][name].update(_probe_subset(st, feats, [c[0] for c in ctl], items, idx, model, name))
     if has_tree:
         res.update(_deep_analyses(st, items, feats, head_feats, ctl, statement_type, probe_device(model)))
     res["seconds"] = round(time.time() - t0, 1)
     return res, feats, scores
+
+
+def same_as_control(feats, ctl_feats, seeds):
+    """Warnings (also logged) for a control whose features equal the model's on every item: the model
+    is that random initialisation (e.g. built after torch.manual_seed(seed)), and its S is 0 by
+    construction, not a finding."""
+    out = []
+    for s, cf in zip(seeds, ctl_feats):
+        if all(np.array_equal(a, b) for a, b in zip(feats, cf)):
+            out.append(
+                f"the model's features equal those of the random-init control of seed {s}: the model is that "
+                "random initialisation, so its S against it is 0 by construction"
+            )
+            log.warning("warning: %s", out[-1])
+    return out
 
 
 def item_subsets(items, by=("group", "depth")):
@@ -458,10 +522,11 @@ def knockout_items(st, tok, model, items, demos, builder, words, source, feats, 
         and any(it["useful"])
         and not all(it["useful"])
     ]
-    if not keep:
+    if len(keep) < st.knockout_folds:
         return {
-            "undefined": "no item has both useful and not-useful statements"
+            "undefined": f"{len(keep)} item(s) with both useful and not-useful statements"
             + ("" if free else " and a gold answer word")
+            + f": the probe's out-of-fold predictions need at least {st.knockout_folds}"
         }
     data = ProbeData([feats[i] for i in keep], [items[i]["useful"] for i in keep], [items[i]["step"] for i in keep])
     pred = predicted_useful(data, st.knockout_folds, st.seeds[0], probe_device(model))
@@ -489,7 +554,7 @@ def knockout_items(st, tok, model, items, demos, builder, words, source, feats, 
     )
 
 
-def masking_items(st, tok, model, items, demos, builder, words, source, entropy, n_items=128, shares=(0.1, 0.2, 0.3)):
+def masking_items(st, tok, model, items, demos, builder, words, source, entropy, n_items=128, shares=(0.02, 0.05, 0.1)):
     """Head masking (masking.py): accuracy on a seeded sample of at most n_items questions with a
     growing share of the model's heads masked, at random (one draw per seed) and by each head's
     entropy of the question's attention over the statements (`entropy` (L, H), the head map's),
@@ -507,11 +572,20 @@ def masking_items(st, tok, model, items, demos, builder, words, source, entropy,
     enc, wid = encode(st, tok, sel, [demos[i] for i in keep], builder, words, source)
     prompts = [{"ids": e["ids"], "spans": e["spans"], "queries": e["query"]} for e in enc]
     gold = torch.tensor([words.index(it["answer"]) for it in sel])
-    m = resolve(model)
+    cache = FeatureCache(st.cache_dir, bool(st.cache_dir))
+    base_id, rk = model_fingerprint(model), [knockout_row_key(prompt_key(p), []) for p in prompts]
 
     def accuracy(heads):
-        with mask_heads(m, heads):
-            z = knockout_scores(m, prompts, [[] for _ in prompts], None, scored=wid, batch_size=st.batch_size)
+        """Accuracy with `heads` masked; each prompt's scores kept in the cache per head set."""
+        k = knockout_store_key(f"{base_id}|masked:{sorted(map(list, heads))}", None, wid)
+        store = cache.get_rows(k) if cache.enabled else {}
+        if not all(r in store for r in rk):
+            m = resolve(model)
+            with mask_heads(m, heads):
+                z = knockout_scores(m, prompts, [[] for _ in prompts], None, scored=wid, batch_size=st.batch_size)
+            store = {**store, **dict(zip(rk, z.numpy()))}
+            cache.put_rows(k, store, {"what": "masking", "n_heads": len(heads)})
+        z = torch.from_numpy(np.stack([store[r] for r in rk]))
         return float((z.argmax(1) == gold).float().mean())
 
     res = pruning_curves(accuracy, {"statement": np.asarray(entropy)}, shares, st.seeds)
@@ -631,10 +705,16 @@ def report_knockout(study, out, title):
     plots.knockout_figure(rows, Path(out) / "knockout.png", title)
 
 
-def fmt(s):
+def fmt(s, null=None):
+    """mean±std over seeds, and with a null (null.bootstrap) its 95% interval over items and p-value."""
     if not isinstance(s, dict):
         return "-"
-    return f"{s['mean']:.3f}±{s['std']:.3f}" if "mean" in s else "undef."
+    if "mean" not in s:
+        return "undef."
+    out = f"{s['mean']:.3f}±{s['std']:.3f}"
+    if null and "interval95" in null:
+        out += f" [{null['interval95'][0]:.2f}, {null['interval95'][1]:.2f}] p={null['p_value']:.3f}"
+    return out
 
 
 def _plot_by_depth(res, out, title):
@@ -659,15 +739,17 @@ def report(res, out, title, key="group"):
     """Log a table, write plots of accuracy and S_P1/S_P2 by depth and by `key` for each depth."""
     for name, sub in res["subsets"].items():
         acc = "-" if sub["accuracy"] is None else f"{sub['accuracy']:.3f}"
+        null = sub.get("null", {})
         log.info(
             "%-22s n=%-5d acc=%s  S_P1=%s  S_P2=%s",
             name,
             sub["n_items"],
             acc,
-            fmt(sub.get("s_p1")),
-            fmt(sub.get("s_p2")),
+            fmt(sub.get("s_p1"), null.get("s_p1")),
+            fmt(sub.get("s_p2"), null.get("s_p2")),
         )
-    _plot_by_depth(res, out, title)
+    log.info("(S_P2 of a subset that mixes depths is over its items of depth >= 1 only)")
+    _plot_by_depth(res, out, f"{title}: in-context accuracy")
     per = {}  # depth -> [(group, subset)]
     for n, s in res["subsets"].items():
         if n.startswith(key + "=") and ",depth=" in n:
@@ -675,7 +757,7 @@ def report(res, out, title, key="group"):
             per.setdefault(int(d), []).append((int(g), s))
     if per:
         plots.by_group_per_depth(
-            per, Path(out) / f"probe_by_{key}.png", Path(out) / f"accuracy_by_{key}.png", key, title
+            per, Path(out) / f"probe_by_{key}.png", Path(out) / f"accuracy_by_{key}.png", key, f"{title}: accuracy"
         )
     if "selectivity_p1" in res:
         plots.selectivity_figure(res, Path(out) / "selectivity.png", f"{title}: control-task selectivity (depth >= 1)")
@@ -688,7 +770,7 @@ def report(res, out, title, key="group"):
         )
     if "s_p1" in res["subsets"]["all"]:
         plots.probe_curves(
-            [{**res["subsets"]["all"], "label": "all"}],
+            [{**res["subsets"]["all"], "label": "all items (S_P2: depth >= 1)"}],
             Path(out) / "probe_by_layer.png",
             label_key="label",
             label_fmt="{}",

@@ -15,20 +15,38 @@ def _mean_std(summaries):
     return m, sd
 
 
+def _low(values, floor=-0.2):
+    """A y-axis floor that shows every value: `floor`, or lower with a margin."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    return min(floor, float(v.min()) - 0.05) if v.size else floor
+
+
 def probe_curves(results, path, label_key="k", label_fmt="k={}"):
-    """S_P1 / S_P2 per layer (each layer alone, and layers 0..l), one line per result."""
+    """S_P1 / S_P2 per layer (each layer alone, and layers 0..l), one line per result (mean ± std
+    over seeds); in grey, where a result has "curves_null", the range of S of one random-init
+    control against another at that layer (null.pair_null): values above it stand out from chance."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True, layout="tight")
+    lows = {}
     for r in results:
         for row, mode in enumerate(("single", "cumulative")):
             for col, key in enumerate(("s_p1", "s_p2")):
                 m, sd = _mean_std(r["curves"][mode][key])
                 x = np.arange(len(m))
                 ax = axes[row, col]
+                band = r.get("curves_null", {}).get(mode, {}).get(key)
+                if band:
+                    lo = np.array([np.nan if b is None else b[0] for b in band])
+                    hi = np.array([np.nan if b is None else b[1] for b in band])
+                    ax.fill_between(x, lo, hi, color="grey", alpha=0.25, lw=0, label="control vs control (null)")
+                    lows.setdefault((row, col), []).extend(lo)
                 ax.plot(x, m, marker="o", ms=3, label=label_fmt.format(r[label_key]))
                 ax.fill_between(x, m - sd, m + sd, alpha=0.2)
+                lows.setdefault((row, col), []).extend(m - sd)
     for row, mode in enumerate(("layer l alone", "layers 0..l")):
         for col, key in enumerate(("S_P1 (useful?)", "S_P2 (which step?)")):
-            axes[row, col].set(title=f"{key}, {mode}", ylabel="probing score S", ylim=(-0.2, 1.05))
+            low = _low(lows.get((row, col), []))
+            axes[row, col].set(title=f"{key}, {mode}", ylabel="probing score S", ylim=(low, 1.05))
             axes[row, col].axhline(0, color="grey", lw=0.5)
     for ax in axes[1]:
         ax.set_xlabel("layer")
@@ -136,6 +154,8 @@ def pruning_curves(pruning, path, orders=("rank",), title=""):
                 color=c,
                 label=f"{lab} ({o} entropy)",
             )
+    if "base" in pruning:
+        ax.axhline(pruning["base"], color="grey", ls="--", lw=0.8, label=f"nothing masked ({pruning['base']:.3f})")
     ax.set(xlabel="share of heads masked", ylabel="test accuracy", ylim=(-0.02, 1.02), title=title)
     ax.legend(fontsize=7)
     save_figure(fig, path)
@@ -250,6 +270,8 @@ def by_group_per_depth(per, probe_path, acc_path, key="group", title=""):
     """per = {depth: [(group, subset result)]}: one line per depth of S_P1, S_P2 (depth >= 1 only:
     at depth 0 every useful statement is step 0) and accuracy against the group."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True, layout="tight")
+    colour = {d: f"C{i}" for i, d in enumerate(sorted(per))}  # one colour per depth in every panel
+    low, groups = [], sorted({g for rows in per.values() for g, _ in rows})
     for d, rows in sorted(per.items()):
         rows = sorted(rows)
         x = np.array([g for g, _ in rows])
@@ -257,9 +279,11 @@ def by_group_per_depth(per, probe_path, acc_path, key="group", title=""):
             if metric == "s_p2" and d == 0:
                 continue
             m, sd = _mean_std([s.get(metric, {}) for _, s in rows])
-            ax.errorbar(x, m, yerr=sd, marker="o", ms=3, capsize=3, label=f"depth {d}")
+            ax.errorbar(x, m, yerr=sd, marker="o", ms=3, capsize=3, color=colour[d], label=f"depth {d}")
+            low.extend(m - sd)
     for ax, t in zip(axes, ("S_P1 (useful?)", "S_P2 (which step?), depth >= 1")):
-        ax.set(title=t, xlabel=f"{key} (number of statements)", ylim=(-0.2, 1.05))
+        ax.set(title=t, xlabel=f"{key} (number of statements)", ylim=(_low(low), 1.05))
+        ax.set_xticks(groups)
         ax.axhline(0, color="grey", lw=0.5)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("probing score S")
@@ -273,8 +297,10 @@ def by_group_per_depth(per, probe_path, acc_path, key="group", title=""):
             [g for g, _ in rows],
             [np.nan if s["accuracy"] is None else s["accuracy"] for _, s in rows],
             marker="o",
+            color=colour[d],
             label=f"depth {d}",
         )
+    ax.set_xticks(groups)
     ax.set(xlabel=f"{key} (number of statements)", ylabel="accuracy", ylim=(0, 1.05), title=title)
     ax.axhline(0.5, color="grey", ls="--", lw=0.8)
     ax.legend(fontsize=8)
@@ -296,9 +322,9 @@ def knockout_figure(rows, path, title=""):
     fig, axes = plt.subplots(
         len(rows),
         len(metrics),
-        figsize=(4.4 * len(metrics) + 0.4, 3.4 * len(rows) + 0.4),
+        figsize=(4.4 * len(metrics) + 0.4, 3.4 * len(rows) + 1.2),
         squeeze=False,
-        layout="tight",
+        layout="constrained",
     )
     for r_i, (row_label, st) in enumerate(rows):
         x, rand = st["windows"], st.get("random not useful")
@@ -320,29 +346,59 @@ def knockout_figure(rows, path, title=""):
         if row_label:
             n = st.get("n_prompts")
             axes[r_i, 0].set_title(f"{row_label}" + (f" ({n} prompts)" if n else ""), loc="left", fontsize=10)
-        axes[r_i, 0].legend(fontsize=7)
+    handles, labels_ = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels_, loc="outside lower center", ncol=min(3, len(labels_)), fontsize=8)
     fig.suptitle(title or "attention knockout: queries blocked from the chosen statements")
     save_figure(fig, path)
 
 
 def head_map_figure(hm, path, suptitle):
-    """S_P1 and S_P2 of each head alone (probing.head_map): heads x layers heatmaps, and beside them
-    each head's normalised attention entropy when hm has "entropy" (1 = uniform, 0 = one key)."""
-    H = len(hm["s_p1"][0])
-    keys = [("s_p1", "S_P1 of each head alone"), ("s_p2", "S_P2 of each head alone")]
+    """S_P1 and S_P2 of each head alone (probing.head_map) as heads x layers maps and, when hm has
+    "entropy", each head's normalised attention entropy (1 = uniform, 0 = one key) with a colour bar
+    of its own. A head whose S exceeds every control-against-control S of that head (hm's
+    "null_high_*") is ringed. Maps with many layers are stacked one above the other; values are
+    written in the cells only where they fit."""
+    L, H = len(hm["s_p1"]), len(hm["s_p1"][0])
+    keys = [("s_p1", "S_P1 of each head alone", "null_high_p1"), ("s_p2", "S_P2 of each head alone", "null_high_p2")]
     if hm.get("entropy") is not None:
-        keys.append(("entropy", "attention entropy (normalised)"))
-    mats = [np.array([[np.nan if v is None else v for v in row] for row in hm[k]], dtype=float).T for k, _ in keys]
-    heatmap_grid(
-        mats,
-        [t for _, t in keys],
-        path,
-        ylabels=[f"h{h}" for h in range(H)],
-        ylabel="head",
-        vmin=-0.2,
-        vmax=1,
-        suptitle=suptitle,
+        keys.append(("entropy", "attention entropy (normalised)", None))
+    mats = [np.array([[np.nan if v is None else v for v in row] for row in hm[k]], dtype=float).T for k, _, _ in keys]
+    stacked = L > 12
+    n = len(keys)
+    cell = 0.3 if stacked else 0.45
+    size = (
+        (max(6.0, cell * L + 2.5), n * (0.3 * H + 1.1) + 1.0)
+        if stacked
+        else (max(cell * L, 2.2) * n + 3.0, 0.32 * H + 1.9)
     )
+    fig, axes = plt.subplots(
+        n if stacked else 1, 1 if stacked else n, figsize=size, squeeze=False, layout="constrained"
+    )
+    axes = axes[:, 0] if stacked else axes[0]
+    s_vals = np.concatenate([m[np.isfinite(m)] for m in mats[:2]] + [np.zeros(1)])
+    s_low = min(-0.2, float(s_vals.min()))
+    im_s = im_e = None
+    for ax, m, (key, title, null_key) in zip(axes, mats, keys):
+        ent = key == "entropy"
+        im = ax.imshow(m, aspect="auto", vmin=0 if ent else s_low, vmax=1, cmap="magma" if ent else "viridis")
+        im_e, im_s = (im, im_s) if ent else (im_e, im)
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.set_yticks(range(H), [f"h{h}" for h in range(H)], fontsize=7)
+        ax.set_xticks(range(0, L, 1 if L <= 16 else 2))
+        ax.set(xlabel="layer", ylabel="head")
+        if L * H <= 200:
+            _annotate(ax, m, ".2f", (s_low + 1) / 2 if not ent else 0.5)
+        if null_key and hm.get(null_key):
+            hi = np.array([[np.nan if v is None else v for v in row] for row in hm[null_key]], dtype=float).T
+            ys, xs = np.nonzero(np.nan_to_num(m, nan=-9) > np.nan_to_num(hi, nan=9))
+            ax.scatter(xs, ys, s=40, facecolors="none", edgecolors="red", linewidths=0.9)
+    s_axes = [ax for ax, (k, _, _) in zip(axes, keys) if k != "entropy"]
+    fig.colorbar(im_s, ax=s_axes, shrink=0.8, label="probing score S")
+    if im_e is not None:
+        fig.colorbar(im_e, ax=[axes[-1]], shrink=0.8, label="entropy")
+    note = "ringed: above every control-vs-control S of that head" if any(hm.get(k) for _, _, k in keys if k) else ""
+    fig.suptitle(suptitle + (f"\n{note}" if note else ""), fontsize=10)
+    save_figure(fig, path)
 
 
 def selectivity_figure(res, path, title=""):
@@ -364,6 +420,10 @@ def selectivity_figure(res, path, title=""):
             ax.bar(i + (j - 1) * w, v, w, color=c, label=lab if i == 0 else None)
         ax.text(i, real + 0.04, f"selectivity {sel['mean']:.3f} ± {sel['std']:.3f}", ha="center", fontsize=8)
     ax.set_xticks([0, 1], ["P1 (useful?)", "P2 (step)"])
-    ax.set(ylabel="macro F1 (all layers)", ylim=(0, 1.15), title=title or "control-task selectivity")
+    ax.set_xlim(-0.65, 1.65)
+    import textwrap
+
+    ax.set(ylabel="macro F1 (all layers)", ylim=(0, 1.15))
+    ax.set_title("\n".join(textwrap.wrap(title or "control-task selectivity", 60)), fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     save_figure(fig, path)

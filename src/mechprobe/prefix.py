@@ -27,33 +27,49 @@ class Group(NamedTuple):
     members: list
 
 
+def _lcp(a, b, limit):
+    n = 0
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def _split(seqs, first_needed, members, min_prefix):
+    """Groups of `members` (prompts that share their first min_prefix tokens): the prefix P that the
+    most tokens' worth of prompts share (P times the prompts sharing it, with a reference prompt from
+    the middle of their sorted order, so that a few odd prompts do not cut everyone's prefix), then
+    the others in the same way. Returns ([Group], prompts left to run whole)."""
+    if len(members) < 2:
+        return [], list(members)
+    order = sorted(members, key=lambda i: seqs[i])
+    ref = seqs[order[len(order) // 2]]
+    cap = {i: min(first_needed[i], len(seqs[i]) - 1) for i in members}
+    lcp = {i: _lcp(seqs[i], ref, min(cap[i], len(ref))) for i in members}
+    best = max(set(lcp.values()), key=lambda P: (P * sum(v >= P for v in lcp.values()), P))
+    inside = [i for i in members if lcp[i] >= best]
+    if best < min_prefix or len(inside) < 2:
+        return [], list(members)
+    groups, whole = _split(seqs, first_needed, [i for i in members if lcp[i] < best], min_prefix)
+    return [Group(best, sorted(inside))] + groups, whole
+
+
 def group(seqs, first_needed, min_prefix=MIN_PREFIX):
     """Split prompts into groups that share a prefix: [Group(P, indices)].
 
     seqs: token id lists; first_needed[i]: the first position of prompt i that must be run (its
     first query; at most its last token). Prompts are bucketed by their first min_prefix tokens;
-    a bucket of two or more prompts gets P = the longest common prefix of its members, capped so
-    that every member's needed positions follow it. The prompts left with P < min_prefix (or alone)
-    form one group with P = 0 (run whole, batched together)."""
+    in a bucket, the prompts that share the longest prefix with most of the others form a group
+    with P = that prefix (cut before every member's needed positions), and so on for the rest
+    (_split). The prompts left with P < min_prefix (or alone) form one group with P = 0 (run whole,
+    batched together)."""
     buckets = {}
     for i, s in enumerate(seqs):
         buckets.setdefault(tuple(s[:min_prefix]) if len(s) > min_prefix else ("short", i), []).append(i)
     out, whole = [], []
     for members in buckets.values():
-        P = 0
-        if len(members) > 1:
-            ref = seqs[members[0]]
-            P = min(min(first_needed[i], len(seqs[i]) - 1) for i in members)
-            for i in members[1:]:
-                s, n = seqs[i], 0
-                lim = min(P, len(s))
-                while n < lim and s[n] == ref[n]:
-                    n += 1
-                P = n
-        if P >= min_prefix:
-            out.append(Group(P, members))
-        else:
-            whole.extend(members)
+        g, w = _split(seqs, first_needed, members, min_prefix)
+        out += g
+        whole += w
     return out + ([Group(0, sorted(whole))] if whole else [])
 
 

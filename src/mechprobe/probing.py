@@ -89,11 +89,15 @@ def head_map(model_data, control_data, seeds, n_folds=2, device="cpu", top=5):
     """S_P1 / S_P2 of each (layer, head) alone: ProbeData with per-head features X (N, L, H); each
     head of the model against the same head of the random-init control, one control per seed.
     Returns {"s_p1", "s_p2": (L, H) means over seeds (None where undefined), "top_p1", "top_p2":
-    the `top` heads by S as [layer, head, S]}."""
+    the `top` heads by S as [layer, head, S], "null_high_p1", "null_high_p2": (L, H) the highest S of one
+    control's head against another's (null.pair_null; with 2 controls or more), which a head's S must
+    exceed to stand out}."""
+    from .null import pair_null
+
     N, L, H = model_data.X.shape
     out = {}
     for key in ("s_p1", "s_p2"):
-        per_seed = []
+        per_seed, fcs = [], []
         for seed, ctl in zip(seeds, control_data):
             pick = (lambda d: np.ones(len(d.useful), bool)) if key == "s_p1" else (lambda d: d.p2)
             lab = (lambda d: d.useful) if key == "s_p1" else (lambda d: d.step)
@@ -101,15 +105,12 @@ def head_map(model_data, control_data, seeds, n_folds=2, device="cpu", top=5):
             fm = single_f1(m.X[pick(m)].reshape(-1, L * H), lab(m)[pick(m)], m.group[pick(m)], n_folds, seed, device)
             fc = single_f1(c.X[pick(c)].reshape(-1, L * H), lab(c)[pick(c)], c.group[pick(c)], n_folds, seed, device)
             per_seed.append([score(a, b) for a, b in zip(fm, fc)])
-        mat = [
-            [
-                None
-                if any(s[l * H + h] is None for s in per_seed)
-                else float(np.mean([s[l * H + h] for s in per_seed]))
-                for h in range(H)
-            ]
-            for l in range(L)
-        ]
+            fcs.append(fc)
+        if len(fcs) > 1:
+            high = [None if b is None else b[1] for b in pair_null(fcs)]
+            out["null_high_" + key.split("_")[1]] = [high[l * H : (l + 1) * H] for l in range(L)]
+        cell = lambda i: None if any(s[i] is None for s in per_seed) else float(np.mean([s[i] for s in per_seed]))  # noqa: E731
+        mat = [[cell(l * H + h) for h in range(H)] for l in range(L)]
         out[key] = mat
         ranked = sorted(
             ((v, l, h) for l, row in enumerate(mat) for h, v in enumerate(row) if v is not None), reverse=True
@@ -154,6 +155,8 @@ def oof_tree(data, n_folds=2, seed=0, device="cpu"):
     pred = np.full(len(X), -1)
     for f in np.unique(folds):
         te, tr = folds == f, folds != f
+        if not tr.any():  # fewer examples than folds: nothing to fit on, no prediction (-1)
+            continue
         u, y1 = tr & (data.useful == 1), data.useful[tr]
         p1 = knn_predict(X[tr], y1, X[te], device=device) if len(np.unique(y1)) > 1 else np.full(te.sum(), y1[0])
         hit = np.flatnonzero(te)[p1 == 1]
@@ -225,11 +228,16 @@ def _why(data, key):
     return "P2 labels have a single class (every useful statement has the same step, e.g. k = 0)"
 
 
-def run_probe(model_data, control_data, seeds, n_folds=2, reference_data=None, curves=True, device="cpu"):
+def run_probe(
+    model_data, control_data, seeds, n_folds=2, reference_data=None, curves=True, device="cpu", null_draws=0, name=None
+):
     """Probe a model against its random-init controls (one ProbeData per seed).
 
     Returns F1s and scores over seeds (each seed's value kept in "per_seed"), plus per-layer
-    curves (each layer alone; layers 0..l) when `curves`.
+    curves (each layer alone; layers 0..l) when `curves`, with "curves_null": per layer the range of
+    S of one control against another (null.pair_null). null_draws > 0 (and two controls or more):
+    "null", the bootstrap interval, null distribution and p-value of S_P1 and S_P2 (null.bootstrap).
+    name: the subset's name, said in its warnings.
     """
     if len(set(seeds)) != len(seeds):
         raise MechprobeError(f"SEEDS={' '.join(map(str, seeds))}: a seed is repeated; give distinct seeds")
@@ -239,6 +247,7 @@ def run_probe(model_data, control_data, seeds, n_folds=2, reference_data=None, c
     if reference_data is not None:
         rows.update({"reference_f1_p1": [], "reference_f1_p2": [], "reference_s_p1": [], "reference_s_p2": []})
     curve = {m: {c: [[] for _ in range(L)] for c in ("s_p1", "s_p2")} for m in ("single", "cumulative")}
+    ctl_curves = {m: {"s_p1": [], "s_p2": []} for m in ("single", "cumulative")}
     for seed, ctl in zip(seeds, control_data):
         m1, m2 = probe_curves(model_data, n_folds, seed, curves, device)
         c1, c2 = probe_curves(ctl, n_folds, seed, curves, device)
@@ -248,35 +257,48 @@ def run_probe(model_data, control_data, seeds, n_folds=2, reference_data=None, c
         if reference_data is not None:
             r1, r2 = probe_curves(reference_data, n_folds, seed, False, device)
             rows["reference_f1_p1"].append(r1["all"]), rows["reference_f1_p2"].append(r2["all"])
-            (
-                rows["reference_s_p1"].append(score(r1["all"], c1["all"])),
-                rows["reference_s_p2"].append(score(r2["all"], c2["all"])),
-            )
-        if curves:
-            for mode in ("single", "cumulative"):
-                for l in range(L):
-                    curve[mode]["s_p1"][l].append(score(m1[mode][l], c1[mode][l]))
-                    curve[mode]["s_p2"][l].append(score(m2[mode][l], c2[mode][l]))
+            rows["reference_s_p1"].append(score(r1["all"], c1["all"]))
+            rows["reference_s_p2"].append(score(r2["all"], c2["all"]))
+        for mode in ("single", "cumulative") if curves else ():
+            ctl_curves[mode]["s_p1"].append(c1[mode]), ctl_curves[mode]["s_p2"].append(c2[mode])
+            for l in range(L):
+                curve[mode]["s_p1"][l].append(score(m1[mode][l], c1[mode][l]))
+                curve[mode]["s_p2"][l].append(score(m2[mode][l], c2[mode][l]))
     for key, vals in rows.items():
         out[key] = summarize(vals, _why(model_data, key))
     if curves:
         out["curves"] = {
             m: {c: [summarize(v, _why(model_data, c)) for v in per] for c, per in d.items()} for m, d in curve.items()
         }
-    out["n_statements"] = int(len(model_data.useful))
-    out["n_examples"] = int(len(np.unique(model_data.group)))
+    out.update(n_statements=len(model_data.useful), n_examples=len(np.unique(model_data.group)))
     out["n_useful"] = int(model_data.useful.sum())
-    out["warnings"] = trust_warnings(model_data, out)
+    _chance(out, model_data, control_data, ctl_curves if curves else None, seeds, n_folds, device, null_draws)
+    out["warnings"] = [f"{name}: {w}" if name else w for w in trust_warnings(model_data, out)]
     for w in out["warnings"]:
         get_logger().warning("warning: %s", w)
     return out
 
 
+def _chance(out, model_data, control_data, ctl_curves, seeds, n_folds, device, null_draws):
+    """Add to run_probe's `out` how far S moves by chance (null.py): "curves_null" from the controls'
+    curves, "null" (bootstrap interval, null, p-value) with null_draws > 0; both need 2 controls."""
+    from .null import bootstrap, pair_null  # null.py builds on this module
+
+    if len(control_data) < 2:
+        return
+    if ctl_curves is not None:
+        out["curves_null"] = {m: {c: pair_null(v) for c, v in d.items()} for m, d in ctl_curves.items()}
+    if null_draws:
+        obs = {k: out[k].get("mean") for k in ("s_p1", "s_p2")}
+        out["null"] = bootstrap(model_data, control_data, obs, n_folds, null_draws, seeds[0], device)
+
+
 def trust_warnings(data, res, min_class=10, control_max=0.95):
-    """Reasons not to trust the scores: a class with fewer than `min_class` examples, or a
-    random-init control that probes nearly perfectly (S then divides by almost nothing)."""
+    """Reasons not to trust the scores: a class with fewer than `min_class` examples, a random-init
+    control that probes nearly perfectly (S then divides by almost nothing), or a bootstrap interval
+    of S that includes 0."""
     out = []
-    u = data.useful == 1
+    u = data.p2
     for name, y in (("P1", data.useful), ("P2", data.step[u])):
         vals, counts = np.unique(y, return_counts=True)
         small = [f"{v} ({c})" for v, c in zip(vals, counts) if c < min_class]
@@ -288,5 +310,12 @@ def trust_warnings(data, res, min_class=10, control_max=0.95):
             out.append(
                 f"{key} = {m:.3f} >= {control_max}: the random-init control already separates the classes, so S is "
                 "unstable"
+            )
+    for key, nl in res.get("null", {}).items():
+        iv = nl.get("interval95")
+        if iv and iv[0] <= 0 <= iv[1]:
+            out.append(
+                f"{key.upper()}: its 95% interval over items [{iv[0]:.3f}, {iv[1]:.3f}] includes 0: too few items "
+                f"({res['n_examples']}) to tell it from no structure"
             )
     return out

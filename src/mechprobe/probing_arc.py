@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from . import arc
+from .data import check_present
 from .incontext import pick_demos
 from .llmprobe import (
     ProbeSettings,
@@ -72,6 +73,7 @@ def run(a):
     """The run described by the parsed arguments `a` (see main); returns its results."""
     seed_everything(a.seeds[0])
     out = Path(a.out_dir)
+    check_present(a.data)
     fmt = a.format
     if fmt == "auto":
         fmt = "street" if "reasoning_annotated" in Path(a.data).name else "entailment_bank"

@@ -31,6 +31,7 @@ from .utils import (
     run_folder,
     run_main,
     seed_everything,
+    seed_int,
     set_threads,
     write_config,
     write_json,
@@ -166,7 +167,7 @@ def parser():
     p.add_argument("--out-dir", required=True)
     p.add_argument("--split")
     p.add_argument("--n-examples", type=at_least_two, help="test lists to probe")
-    p.add_argument("--seeds", type=int, nargs="+", help="seeds of the random-init controls and the folds")
+    p.add_argument("--seeds", type=seed_int, nargs="+", help="seeds of the random-init controls and the folds")
     p.add_argument("--folds", type=at_least_two, help="cross-validation folds, grouped by example")
     p.add_argument(
         "--normalize",

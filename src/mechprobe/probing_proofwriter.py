@@ -92,6 +92,23 @@ def main(argv=None):
     return run_driver(a, OUTPUTS, run)
 
 
+def baselines(res, items, pool, words):
+    """The shortcut baselines (shortcuts.py) on the run's questions, trained on the demonstration pool
+    when it is apart from them; logged beside the model's accuracy for all items and each depth."""
+    train = pool if pool and {it["id"] for it in pool}.isdisjoint(it["id"] for it in items) else []
+    out = shortcuts.accuracies(train, items, item_subsets(items), words)
+    for name in ("all", "depth=0", "depth=1"):
+        if name in out:
+            acc = res["subsets"].get(name, {}).get("accuracy")
+            log.info(
+                "%s: accuracy %s; shortcuts on the same questions: %s",
+                name,
+                "-" if acc is None else f"{acc:.3f}",
+                ", ".join(f"{b} {v:.3f}" for b, v in out[name].items()),
+            )
+    return out
+
+
 def run(a):
     """The run described by the parsed arguments `a` (see main); returns its results."""
     seed_everything(a.seeds[0])
@@ -106,19 +123,13 @@ def run(a):
         a, tok, suffix="True or False?" if words == ["True", "False"] else "True, False, or Unknown?"
     )
     st = ProbeSettings.from_args(a)
-    res, feats, _ = probe_items(st, tok, model, items, demos, builder, words, source, statement_type=statement_type)
+    res, feats, scores = probe_items(
+        st, tok, model, items, demos, builder, words, source, statement_type=statement_type
+    )
     res.update({"model": mpath, "data": source})
-    train = pool if pool and {it["id"] for it in pool}.isdisjoint(it["id"] for it in items) else []
-    res["baselines"] = shortcuts.accuracies(train, items, item_subsets(items), words)
-    for name in ("all", "depth=0", "depth=1"):
-        if name in res["baselines"]:
-            acc = res["subsets"].get(name, {}).get("accuracy")
-            log.info(
-                "%s: accuracy %s; shortcuts on the same questions: %s",
-                name,
-                "-" if acc is None else f"{acc:.3f}",
-                ", ".join(f"{b} {v:.3f}" for b, v in res["baselines"][name].items()),
-            )
+    res["baselines"] = baselines(res, items, pool, words)
+    res["answers"] = shortcuts.answer_profile(items, scores, words)
+    log.info("answers: %s", ", ".join(f"{k} {v}" for k, v in res["answers"].items()))
     if a.knockout_items:
         res["knockout"] = knockout_items(st, tok, model, items, demos, builder, words, source, feats, a.knockout_items)
     if a.masking_items and res.get("head_map", {}).get("entropy") is not None:
@@ -131,7 +142,7 @@ def run(a):
         **model_info(model),
     )
     write_json(out / "probe_results.json", res)
-    report(res, out, "ProofWriter in-context accuracy")
+    report(res, out, "ProofWriter")
     if "knockout" in res:
         report_knockout(res["knockout"], out, "ProofWriter attention knockout")
     if "masking" in res:

@@ -287,6 +287,9 @@ def _release_files(path, setting, split, depth_folder, depths, generate, seed, n
         raise MechprobeError(f"{path}: is a file; expected a ProofWriter folder, a meta-*.jsonl or Logic-LLM's .json")
     if not (path / setting).is_dir():
         if not generate:
+            from .data import check_present
+
+            check_present(path)
             raise MechprobeError(
                 f"{path}: no {setting}/depth-N/ folder; point DATA at a ProofWriter release, or set GENERATE=1 "
                 "to write synthetic theories there"
@@ -353,7 +356,9 @@ def read_logic_llm(path):
     if not path.exists():
         raise MechprobeError(f"{path}: file not found")
     try:
-        rows = json.loads(path.read_text())
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise MechprobeError(f"{path}: byte {e.start}: not UTF-8 text; expected a JSON array of questions") from None
     except json.JSONDecodeError as e:
         raise MechprobeError(
             f"{path}: line {e.lineno}: not valid JSON ({e.msg}); expected a JSON array of questions"
@@ -362,9 +367,14 @@ def read_logic_llm(path):
         raise MechprobeError(f"{path}: expected a JSON array of questions")
     items = []
     for i, r in enumerate(rows):
+        if not isinstance(r, dict):
+            raise MechprobeError(f"{path}: item {i}: expected an object with id, context, question, answer")
         for key in ("id", "context", "question", "answer"):
             if key not in r:
                 raise MechprobeError(f"{path}: item {i}: missing field '{key}'")
+        for key in ("context", "question"):
+            if not isinstance(r[key], str):
+                raise MechprobeError(f"{path}: item {i}: field '{key}' must be a string, got {type(r[key]).__name__}")
         if r["answer"] not in _LL_ANSWER:
             raise MechprobeError(f"{path}: item {r['id']}: answer {r['answer']!r}, expected A, B or C")
         q = r["question"].split("?", 1)[-1].strip() if "?" in r["question"] else r["question"]

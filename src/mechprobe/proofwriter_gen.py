@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .utils import MechprobeError, get_logger, run_main, write_jsonl
+from .utils import MechprobeError, get_logger, run_main, seed_int, write_jsonl
 
 _FACT_Q = re.compile(r"^(.+) is (?:not )?(\w+)\.$")
 ENTITIES = [
@@ -422,7 +422,7 @@ def main(argv=None):
         "--groups", type=int, nargs="+", default=[2, 4, 8, 12, 16, 20, 24], help="numbers of statements per theory"
     )
     p.add_argument("--questions", type=int, default=8, help="questions per theory")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--naf", action="store_true", help="rules with negated conditions (negation as failure)")
     p.add_argument(
         "--wording",

@@ -59,3 +59,17 @@ def accuracies(train, items, subsets, words=("True", "False")):
             continue
         out[name] = {b: round(float(np.mean(np.array(p)[idx] == gold[idx])), 4) for b, p in preds.items()}
     return out
+
+
+def answer_profile(items, scores, words=("True", "False")):
+    """How the model answers, beside the rules above: the share of each answer word among its answers,
+    and its accuracy on the questions with and without "not" (the not rule's two halves)."""
+    pred = np.asarray(scores).argmax(1)
+    gold = np.array([list(words).index(it["answer"]) if it["answer"] in words else -1 for it in items])
+    neg = np.array([bool(_NOT.search(it["question"])) for it in items])
+    out = {f"share_{w}": round(float(np.mean(pred == i)), 4) for i, w in enumerate(words)}
+    for name, sel in (("with_not", neg), ("without_not", ~neg)):
+        ok = sel & (gold >= 0)
+        out[f"accuracy_{name}"] = round(float(np.mean(pred[ok] == gold[ok])), 4) if ok.any() else None
+        out[f"n_{name}"] = int(ok.sum())
+    return out

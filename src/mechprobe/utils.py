@@ -116,15 +116,25 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def umask():
+    """The process's umask (read without changing it for longer than two calls)."""
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path in the same folder; rename it onto `path` only on success."""
+    """Yield a temporary path in the same folder; rename it onto `path` only on success, with the
+    permissions a plain open() would give (0666 less the umask; mkstemp makes its files 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=".tmp" + path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        if os.path.isfile(tmp):
+            os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -237,6 +247,19 @@ def provenance(data_files=()):
         )
     except (OSError, subprocess.SubprocessError):
         commit = None
+    dirty = None
+    if commit:
+        try:
+            st = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                cwd=Path(__file__).resolve().parent,
+            )
+            dirty = bool(st.stdout.strip()) if st.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            dirty = None
     files = {}
     for f in data_files:
         f = Path(f)
@@ -245,6 +268,7 @@ def provenance(data_files=()):
     return {
         "versions": versions,
         "git_commit": commit,
+        "git_modified": dirty,  # tracked files changed since that commit: the code is not exactly the commit's
         "command": sys.argv,
         "time": time.strftime("%Y-%m-%d %H:%M:%S"),
         "data_sha256": files,
@@ -297,6 +321,7 @@ def _typed(cast, ok, what):
 
 positive_int = _typed(int, lambda v: v >= 1, "an integer >= 1")
 nonneg_int = _typed(int, lambda v: v >= 0, "an integer >= 0")
+seed_int = _typed(int, lambda v: 0 <= v < 2**32, "a seed from 0 to 4294967295")
 at_least_two = _typed(int, lambda v: v >= 2, "an integer >= 2")
 positive_float = _typed(float, lambda v: v > 0, "a number > 0")
 nonneg_float = _typed(float, lambda v: v >= 0, "a number >= 0")
@@ -337,6 +362,8 @@ def check_device(device):
     """A clear error for a CUDA device on a machine without one."""
     import torch
 
+    if not (str(device) in ("cpu", "auto") or str(device).startswith(("cuda", "mps", "xpu"))):
+        raise MechprobeError(f"DEVICE={device}: expected cpu, cuda, cuda:N or auto")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise MechprobeError(
             f"DEVICE={device}: this machine has no CUDA GPU (torch.cuda.is_available() is False); use DEVICE=cpu"
@@ -369,10 +396,19 @@ def prepare(a):
 
 
 def run_driver(a, outputs, run):
-    """prepare(a), then run(a) inside run_folder(a.out_dir, outputs); returns its results."""
+    """prepare(a), then run(a) inside run_folder(a.out_dir, outputs), owned by run's module (the
+    driver); returns its results."""
     prepare(a)
-    with run_folder(a.out_dir, outputs):
+    with run_folder(a.out_dir, outputs, owner=driver_name(run)):
         return run(a)
+
+
+def driver_name(fn):
+    """The name of the driver module that defines fn ("probing_proofwriter"), also when it runs as
+    `python -m mechprobe.probing_proofwriter` (then its module is __main__, its spec says the name)."""
+    mod = sys.modules.get(fn.__module__)
+    spec = getattr(mod, "__spec__", None)
+    return (spec.name if spec is not None and spec.name else fn.__module__).rsplit(".", 1)[-1]
 
 
 # ---------------------------------------------------------------- run folders
@@ -410,6 +446,40 @@ def _take_lock(out):
     return lock
 
 
+OWNER = ".mechprobe-run"  # names the driver whose runs a folder holds
+
+
+def _folder_owner(out):
+    """The driver whose run the folder holds: its OWNER file, or for a folder written before that file
+    existed, the module in its config.json's command line (None: no mechprobe run there)."""
+    if (out / OWNER).exists():
+        return (out / OWNER).read_text().strip() or None
+    if (out / "status.json").exists() and (out / "config.json").exists():
+        try:
+            cmd = json.loads((out / "config.json").read_text()).get("provenance", {}).get("command") or []
+        except (OSError, ValueError, AttributeError):
+            cmd = []
+        if cmd:
+            return Path(str(cmd[0])).stem
+    return None
+
+
+def _check_owner(out, owner):
+    """Refuse a folder that holds another driver's run, a model, or files no run wrote; then mark it."""
+    other = _folder_owner(out)
+    if other is None and any(out.iterdir()):
+        weights = (".safetensors", ".bin", ".gguf")
+        foreign = [f.name for f in out.iterdir() if f.name == "config.json" or f.suffix in weights]
+        if foreign:
+            raise MechprobeError(
+                f"{out}: holds {', '.join(sorted(foreign)[:3])} that no run of mechprobe wrote (a model folder?); "
+                "choose another OUT_DIR: a run clears its folder's earlier results"
+            )
+    if other is not None and other != owner:
+        raise MechprobeError(f"{out}: holds a run of {other}, not of {owner}; choose another OUT_DIR")
+    (out / OWNER).write_text(owner + "\n")
+
+
 def _clear(out, outputs, keep):
     """Remove leftovers of interrupted writes (.*.tmp*) and an earlier run's `outputs` (names or glob
     patterns; `keep` stays)."""
@@ -423,7 +493,7 @@ def _clear(out, outputs, keep):
 
 
 @contextmanager
-def run_folder(out, outputs=(), keep=()):
+def run_folder(out, outputs=(), keep=(), owner=None):
     """Own an output folder for one run: all-or-nothing outputs, one run at a time.
 
     * `out` must be a folder (created if missing); a file there is an error.
@@ -432,6 +502,8 @@ def run_folder(out, outputs=(), keep=()):
     * Leftovers of interrupted writes (`.*.tmp*`) and the stale `outputs` of an earlier run (file
       names or glob patterns; `keep` are never removed, e.g. a checkpoint to resume from) are removed at the start,
       so no file of an older run sits beside this run's.
+    * `owner` (the driver's name): a folder holding another driver's run (its `.mechprobe-run`
+      file), a model or files no run wrote is refused before anything is removed.
     * `run.log` holds the run's log lines.
     * `status.json` says "running" (with the run's id and pid) until the run ends, then
       "complete", or "failed" / "interrupted": a reader can tell whether the folder holds a
@@ -442,6 +514,12 @@ def run_folder(out, outputs=(), keep=()):
         raise MechprobeError(f"{out}: is a file; OUT_DIR must be a folder")
     out.mkdir(parents=True, exist_ok=True)
     lock = _take_lock(out)
+    if owner is not None:
+        try:
+            _check_owner(out, owner)
+        except BaseException:
+            lock.unlink(missing_ok=True)
+            raise
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     try:
         _clear(out, outputs, keep)
@@ -475,19 +553,37 @@ def run_folder(out, outputs=(), keep=()):
         lock.unlink(missing_ok=True)
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled as Ctrl-C is: the run folder says "interrupted" and is unlocked."""
+
+    def __init__(self, signum):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    raise Stopped(signum)
+
+
 def run_main(fn):
-    """Run a CLI main; user errors print one line (no traceback) and exit with status 2. After a
-    finished run the process ends at once (outputs are closed and renamed by then, streams and log
-    handlers flushed): the interpreter's own teardown would spend 0.5-1 s freeing torch's modules."""
+    """Run a CLI main; user errors print one line (no traceback) and exit with status 2; Ctrl-C,
+    SIGTERM and SIGHUP end the run as interrupted (status.json says so, the lock is released; exit
+    130, 143, 129). After a finished run the process ends at once (outputs are closed and renamed by
+    then, streams and log handlers flushed): the interpreter's own teardown would spend 0.5-1 s
+    freeing torch's modules."""
+    import signal
+
     cli_setup()
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
     try:
         fn()
     except MechprobeError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        print("interrupted" + (f" (signal {e.signum})" if isinstance(e, Stopped) else ""), file=sys.stderr)
+        sys.exit(128 + e.signum if isinstance(e, Stopped) else 130)
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()

@@ -1,0 +1,138 @@
+"""Runs that are stopped or shared: SIGTERM and SIGHUP end a run as Ctrl-C does, and results are
+readable by colleagues (the umask decides, not mkstemp's 0600)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mechprobe.utils import write_json
+
+from .conftest import ROOT
+from .test_finetune import args
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_stopped_run_says_interrupted_and_unlocks(tmp_path, sig, code):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mechprobe.finetune",
+        *args(tmp_path, "run", "--max-steps", "100000", "--threads", "1"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        st = out / "status.json"
+        while time.time() < deadline and not (st.exists() and json.loads(st.read_text())["status"] == "running"):
+            time.sleep(0.2)
+        time.sleep(1.0)  # well inside the run
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == code, err
+    assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
+    assert not (out / ".lock").exists() and f"interrupted (signal {int(sig)})" in err
+    assert (out / ".mechprobe-run").read_text().strip() == "finetune"  # the driver's name, also under -m
+
+
+def test_results_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+        os.umask(0o077)
+        write_json(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_any_forward(tmp_path):
+    """A LLaMA with 64 positions given prompts of 100+ tokens: a clear error, not a silent result."""
+    from mechprobe import probing_proofwriter
+    from mechprobe.tiny import tiny_llama_dir
+    from mechprobe.utils import MechprobeError
+
+    model = tiny_llama_dir(tmp_path / "tiny", ["Bob is big. If someone is big then they are red. True False"])
+    cfg = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**cfg, "max_position_embeddings": 64}))
+    argv = ["--data", str(tmp_path / "pw"), "--model", str(model), "--out-dir", str(tmp_path / "o"), "--limit", "8"]
+    with pytest.raises(MechprobeError, match=r"prompt \d+ has \d+ tokens, more than the model's 64 positions"):
+        probing_proofwriter.run(probing_proofwriter.parser().parse_args(argv + ["--n-demos", "2"]))
+
+
+def test_a_run_with_three_questions_ends_cleanly(tmp_path):
+    """LIMIT=3 (one question qualifies for the knockout, too few for folds): no traceback."""
+    from mechprobe import probing_proofwriter
+
+    argv = ["--data", str(tmp_path / "pw"), "--model", "tiny", "--out-dir", str(tmp_path / "o"), "--limit", "3"]
+    res = probing_proofwriter.run(
+        probing_proofwriter.parser().parse_args(argv + ["--n-demos", "1", "--null-draws", "0"])
+    )
+    assert res["n_items"] == 3
+    assert "undefined" in res["knockout"] or res["knockout"]["n_prompts"] >= 2
+
+
+def test_seeds_devices_and_logic_llm_records_are_checked(tmp_path):
+    from mechprobe import probing_proofwriter
+    from mechprobe.proofwriter import read_logic_llm
+    from mechprobe.utils import MechprobeError, check_device
+
+    p = probing_proofwriter.parser()
+    base = ["--data", "x", "--model", "tiny", "--out-dir", "o"]
+    for bad in ("-1", "4294967296"):
+        with pytest.raises(SystemExit):
+            p.parse_args(base + ["--seeds", bad])
+    with pytest.raises(MechprobeError, match="DEVICE=gpu: expected cpu, cuda, cuda:N or auto"):
+        check_device("gpu")
+    f = tmp_path / "dev.json"
+    for content, msg in (
+        (b"[\xff\xfe]", r"byte 1: not UTF-8 text"),
+        (b"[1, 2]", r"item 0: expected an object with id, context, question, answer"),
+        (
+            b'[{"id": "a", "context": ["x"], "question": "q", "answer": "A"}]',
+            r"item 0: field 'context' must be a string",
+        ),
+    ):
+        f.write_bytes(content)
+        with pytest.raises(MechprobeError, match=msg):
+            read_logic_llm(f)
+
+
+def test_a_run_never_clears_a_folder_it_does_not_own(tmp_path):
+    """OUT_DIR = a model folder, or another script's run: refused before anything is removed."""
+    from mechprobe.utils import MechprobeError, run_folder
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "gpt2"}')
+    (model / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(MechprobeError, match=r"model: holds config.json, model.safetensors that no run of mechprobe"):
+        with run_folder(model, outputs=("config.json",), owner="probing_gpt2"):
+            pass
+    assert (model / "config.json").read_text() == '{"model_type": "gpt2"}' and not (model / ".lock").exists()
+    run = tmp_path / "ft"
+    with run_folder(run, outputs=("config.json", "results.json"), owner="finetune"):
+        write_json(run / "config.json", {"lr": 1})
+        write_json(run / "results.json", {"acc": 1})
+    with pytest.raises(MechprobeError, match=r"ft: holds a run of finetune, not of probing_gpt2"):
+        with run_folder(run, outputs=("config.json",), owner="probing_gpt2"):
+            pass
+    assert json.loads((run / "results.json").read_text()) == {"acc": 1}
+    with run_folder(run, outputs=("config.json", "results.json"), owner="finetune"):  # its own: cleared, rerun
+        assert not (run / "results.json").exists()
+    legacy = tmp_path / "legacy"  # a folder written before the owner file: its config.json's command says
+    legacy.mkdir()
+    write_json(legacy / "config.json", {"provenance": {"command": ["/x/mechprobe/finetune.py", "--lr", "1"]}})
+    write_json(legacy / "status.json", {"status": "complete"})
+    with pytest.raises(MechprobeError, match="holds a run of finetune"):
+        with run_folder(legacy, owner="causal"):
+            pass
