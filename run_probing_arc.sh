@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 MODEL=${MODEL:-smollm2}                                         # smollm2 | tiny | a model folder | a .gguf file
-DATA=${DATA:-data/entailment_bank/task_2/dev.jsonl}             # task_2 adds distractors (P1 needs them); python -m mechprobe.data download entailment_bank
+DATA=${DATA:-data/entailment_bank/task_2/dev.jsonl}             # task_2 adds distractors (P1 needs them); data/README.md says how to download it
 DEMO_DATA=${DEMO_DATA:-}                                        # demonstrations from another file (default: same file, never the item)
 MAX_DEPTH=${MAX_DEPTH:-2}                                       # proof depth kept
 N_DEMOS=${N_DEMOS:-4}

@@ -24,7 +24,7 @@ def _byte_chars():
     return [chr(c) for c in cs]
 
 
-def write_tiny_gguf(path, layers=2, heads=4, kv_heads=2, hidden=32, ffn=64, context=512, seed=0):
+def write_tiny_gguf(path, layers=2, heads=4, kv_heads=2, hidden=32, ffn=64, context=4096, seed=0):
     import gguf
 
     tokens = SPECIALS + sorted(_byte_chars()) + ["".join(m.split()) for m in MERGES]

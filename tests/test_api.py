@@ -54,6 +54,15 @@ def test_readme_example_runs_as_written(tmp_path, monkeypatch):
     assert saved["n_items"] == len(items) and res.s_p1 == saved["subsets"]["all"]["s_p1"]["mean"]
     assert len(saved["subsets"]["all"]["s_p1"]["per_seed"]) == 3 and "depth=1" in saved["subsets"]
     assert (tmp_path / "runs" / "mine" / "probe_by_layer.png").stat().st_size > 1000
+    # the same settings and provenance as a script run
+    assert saved["settings"]["seeds"] == [0, 1, 2] and saved["settings"]["folds"] == 2
+    assert saved["settings"]["query_pool"] == "mean" and saved["model"].endswith("my-llm")
+    assert len(saved["model_fingerprint"]) == 64 and "git_modified" in saved["provenance"]
+    assert saved["provenance"]["versions"]["torch"]
+    # P2 is never pooled over depths: "all" reads P2 from its depth >= 1 items only, as "depth=1" does
+    if "mean" in saved["subsets"]["depth=1"].get("f1_p2", {}):
+        assert saved["subsets"]["all"]["n_items"] > saved["subsets"]["depth=1"]["n_items"]
+        assert "interval95" in saved["subsets"]["all"]["null"]["s_p1"]
 
 
 def test_items_from_dicts_and_datasets(tmp_path):
@@ -124,3 +133,18 @@ def test_every_public_name_is_the_documented_object_even_after_its_submodule_is_
     from mechprobe import capture
 
     assert callable(capture) and capture.__name__ == "capture"
+
+
+def test_a_model_equal_to_its_control_is_said(tmp_path):
+    """A model built as control seed 0 is: its S against that control is 0 by construction, said in a warning."""
+    from mechprobe import probe
+    from mechprobe.models import random_control
+    from mechprobe.tiny import llama_from_config, word_tokenizer
+
+    folder = generate(tmp_path / "pw", max_depth=1, sizes=(0, 0, 6), seed=1)
+    items = pw.read_meta(folder / "meta-test.jsonl")[:20]
+    tok = word_tokenizer([s for it in items for s in it["statements"] + [it["question"]]])
+    model = random_control(llama_from_config(tok, 2, 32, 4, 2, 64, 0, 512), seed=0)
+    res = probe(model, tok, items, seeds=[0, 1], null_draws=0).results
+    assert any("equal those of the random-init control of seed 0" in w for w in res["warnings"]), res["warnings"]
+    assert res["subsets"]["all"]["s_p1"]["per_seed"][0] == 0.0

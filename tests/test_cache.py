@@ -32,10 +32,12 @@ def test_rerun_with_other_folds_uses_the_cache(tmp_path, monkeypatch, caplog):
         "0",
     ]
     first = probing_proofwriter.main([*args, "--out-dir", str(tmp_path / "a")])
-    feats = [f for f in (tmp_path / "cache").glob("*.safetensors") if not f.name.startswith(("ko-", "enc-"))]
+    feats = [f for f in (tmp_path / "cache").glob("*.safetensors") if not f.name.startswith(("ko-", "enc-", "mask-"))]
     assert len(feats) == 3  # the model and two controls
     n_stores = 1 + 4  # knockout: one store of rows per layer set (the unablated pass, 4 windows)
     assert len(list((tmp_path / "cache").glob("ko-*.safetensors"))) == n_stores
+    # masking: one store per distinct set of masked heads (the rerun below reads them all, no forward pass)
+    assert len(list((tmp_path / "cache").glob("mask-*.safetensors"))) >= 2
     monkeypatch.setattr(llmprobe, "run_items", forbid)
     monkeypatch.setattr(llmprobe, "random_control", forbid)
     from transformers import LlamaForCausalLM
@@ -43,7 +45,7 @@ def test_rerun_with_other_folds_uses_the_cache(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(LlamaForCausalLM, "forward", forbid)  # nor a knockout pass
     caplog.clear()
     again = probing_proofwriter.main([*args, "--out-dir", str(tmp_path / "b")])
-    assert again["knockout"] == first["knockout"]
+    assert again["knockout"] == first["knockout"] and again["masking"] == first["masking"]
     monkeypatch.undo()
     monkeypatch.setattr(llmprobe, "run_items", forbid)
     monkeypatch.setattr(llmprobe, "random_control", forbid)

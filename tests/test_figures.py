@@ -1,6 +1,7 @@
 """Every figure of a small LLM run keeps its text on the canvas, and large head maps stay readable."""
 
 import matplotlib
+import matplotlib.text
 import numpy as np
 import pytest
 
@@ -17,13 +18,18 @@ def checked(monkeypatch):
         fig.canvas.draw()
         r = fig.canvas.get_renderer()
         W, H = fig.bbox.width, fig.bbox.height
+        tight = fig.get_tightbbox(r).transformed(fig.dpi_scale_trans)  # everything drawn, in pixels
         out = []
-        for t in fig.findobj(matplotlib.text.Text):
-            if not t.get_visible() or not t.get_text().strip():
-                continue
-            b = t.get_window_extent(r)
-            if b.x0 < -1 or b.y0 < -1 or b.x1 > W + 1 or b.y1 > H + 1:
-                out.append(t.get_text()[:60])
+        if tight.x0 < -1 or tight.y0 < -1 or tight.x1 > W + 1 or tight.y1 > H + 1:
+            for t in fig.findobj(matplotlib.text.Text):  # name the texts that leave the canvas
+                b = t.get_window_extent(r)
+                if (
+                    t.get_visible()
+                    and t.get_text().strip()
+                    and (b.x0 < -1 or b.x1 > W + 1 or b.y0 < -1 or b.y1 > H + 1)
+                ):
+                    out.append(t.get_text()[:60])
+            out = out or [f"drawn area {tight.bounds} outside {W} x {H}"]
         seen[path.name if hasattr(path, "name") else str(path)] = (out, (W, H))
         return real(fig, path, pdf)
 

@@ -69,7 +69,8 @@ def control_recipe(model, seed, num_layers):
     from .models import DTYPES, ModelFolder
 
     if isinstance(model, ModelFolder):
-        config = model.config()
+        # a GGUF file fixes its config: its hash stands for it (reading the config imports transformers)
+        config = {"gguf": model.fingerprint()} if model.gguf else model.config()
         dtype = torch.float16 if model.load_in_8bit else DTYPES[model.dtype]
     else:
         config, dtype = _config(model), next(model.parameters()).dtype
@@ -116,6 +117,11 @@ def knockout_store_key(model_id, layers, scored):
     scored token ids; its rows are keyed by knockout_row_key."""
     sc = scored if scored is None or isinstance(scored, str) else [int(i) for i in scored]
     return "ko-" + _h({"model": model_id, "layers": layers, "scored": sc})[:29]
+
+
+def masking_store_key(model_id, heads, scored):
+    """Key of the store of one masked-heads configuration's passes (llmprobe.masking_items)."""
+    return "mask-" + _h({"model": model_id, "heads": sorted(map(list, heads)), "scored": [int(i) for i in scored]})[:27]
 
 
 def prompt_key(p):

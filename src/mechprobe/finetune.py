@@ -189,7 +189,7 @@ def train(a):
     resume = load_checkpoint(ckpt, settings, dev) if ckpt.exists() and not a.restart else None
     tr = Trainer(model, lr, a.weight_decay, a.warmup, total, dev)
     use_bf16 = a.autocast == "bf16" or (a.autocast == "auto" and bf16_fast(dev))
-    with run_folder(out, outputs=("results.json", "config.json", "curves.png")):
+    with run_folder(out, outputs=("results.json", "config.json", "curves.png"), owner="finetune"):
         config = {
             **asdict(a),
             "lr": lr,

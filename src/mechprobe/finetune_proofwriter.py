@@ -260,7 +260,7 @@ def train(a):
     resume = load_checkpoint(ckpt, settings, dev, ADDED) if ckpt.exists() and not a.restart else None
     tr = _trainer(a, model, dev, task.word_ids)
     use_bf16 = a.autocast == "bf16" or (a.autocast == "auto" and bf16_fast(dev))
-    with run_folder(out, outputs=("results.json", "config.json", "curves.png")):
+    with run_folder(out, outputs=("results.json", "config.json", "curves.png"), owner="finetune_proofwriter"):
         write_config(
             out,
             asdict(a),

@@ -17,7 +17,7 @@ from .cache import (
     FeatureCache,
     control_recipe,
     knockout_row_key,
-    knockout_store_key,
+    masking_store_key,
     model_fingerprint,
     prompt_key,
     prompts_entry_key,
@@ -308,8 +308,6 @@ def features(st, model, enc, word_ids, layers=None, desc="model", model_id=None,
     With st.head_map the capture is per head, (S, L, H) unnormalised, and the probe's features are
     its head average (head_average: equal to capturing the average); heads=True then also returns
     the per-head features (normalised per prompt as asked) as a third value (None without head_map)."""
-    if model is not None:
-        check_context(model, enc)
     cache = FeatureCache(st.cache_dir, bool(st.cache_dir))
     per_head = bool(st.head_map)
     norm = "none" if per_head else st.normalize
@@ -319,6 +317,8 @@ def features(st, model, enc, word_ids, layers=None, desc="model", model_id=None,
     if hit is not None:
         feats, scores = hit
     else:
+        if model is not None:
+            check_context(model, enc)  # before any forward pass
         m = resolve(model) if model is not None else build()
         feats, scores = run_items(m, enc, word_ids, st.batch_size, st.query_pool, norm, per_head, layers, desc)
         cache.put(k, feats, scores, {"what": desc, **settings, "n_prompts": len(enc)})
@@ -545,7 +545,7 @@ def knockout_items(st, tok, model, items, demos, builder, words, source, feats, 
         prompts,
         None if free else [words.index(it["answer"]) for it in sel],
         conds,
-        ko.layer_windows(num_layers(model)),
+        ko.layer_windows(num_layers(model) if st.control_layers else feats[0].shape[1]),  # no config read
         scored="answer" if free else wid,
         batch_size=st.batch_size,
         desc="knockout",
@@ -577,7 +577,7 @@ def masking_items(st, tok, model, items, demos, builder, words, source, entropy,
 
     def accuracy(heads):
         """Accuracy with `heads` masked; each prompt's scores kept in the cache per head set."""
-        k = knockout_store_key(f"{base_id}|masked:{sorted(map(list, heads))}", None, wid)
+        k = masking_store_key(base_id, heads, wid)
         store = cache.get_rows(k) if cache.enabled else {}
         if not all(r in store for r in rk):
             m = resolve(model)

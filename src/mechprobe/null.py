@@ -35,11 +35,14 @@ def _resampled(data, pick):
     return data.X[rows].reshape(len(rows), -1), data.useful[rows], data.step[rows], data.group[rows], data.p2[rows]
 
 
+def _f1(X, y, group, n_folds, seed, device):
+    """knn_f1, or None (undefined on this draw) when the draw holds fewer distinct items than folds."""
+    return knn_f1(X, y, group, n_folds, seed, device=device) if len(np.unique(group)) >= n_folds else None
+
+
 def _f1s(data, pick, seed, n_folds, device):
     X, useful, step, group, p2 = _resampled(data, pick)
-    f1 = knn_f1(X, useful, group, n_folds, seed, device=device)
-    f2 = knn_f1(X[p2], step[p2], group[p2], n_folds, seed, device=device) if p2.any() else None
-    return f1, f2
+    return _f1(X, useful, group, n_folds, seed, device), _f1(X[p2], step[p2], group[p2], n_folds, seed, device)
 
 
 def _mean(vals):

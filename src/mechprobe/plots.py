@@ -15,6 +15,12 @@ def _mean_std(summaries):
     return m, sd
 
 
+def _interval(subsets, key):
+    """(low, high) arrays of each subset's bootstrap interval of S (null.py), NaN where none."""
+    iv = [s.get("null", {}).get(key, {}).get("interval95") or [np.nan, np.nan] for s in subsets]
+    return np.array([v[0] for v in iv], dtype=float), np.array([v[1] for v in iv], dtype=float)
+
+
 def _low(values, floor=-0.2):
     """A y-axis floor that shows every value: `floor`, or lower with a margin."""
     v = np.asarray(values, dtype=float)
@@ -67,6 +73,12 @@ def probe_by_k(results, path, label_key="k", xlabel="k (0-indexed rank of the an
         ax.bar(
             x + (j - 0.5) * 0.38, np.nan_to_num(m), 0.38, yerr=sd, capsize=3, label=key.upper().replace("S_P", "S_P")
         )
+        lo, hi = _interval(results, key)
+        ok = np.isfinite(lo) & np.isfinite(m)
+        if ok.any():
+            xs = (x + (j - 0.5) * 0.38)[ok]
+            ax.vlines(xs, lo[ok], hi[ok], color="black", lw=0.8, label="95% interval over items" if j == 0 else None)
+            low = min(low, float(np.nanmin(np.clip(lo[ok], -3, None))))
         for i, v in enumerate(m):
             if np.isnan(v):
                 ax.text(x[i] + (j - 0.5) * 0.38, 0.02, "undef.", ha="center", rotation=90, fontsize=8)
@@ -269,9 +281,9 @@ def corruption_figure(study, name, path):
 def by_group_per_depth(per, probe_path, acc_path, key="group", title=""):
     """per = {depth: [(group, subset result)]}: one line per depth of S_P1, S_P2 (depth >= 1 only:
     at depth 0 every useful statement is step 0) and accuracy against the group."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True, layout="tight")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="tight")
     colour = {d: f"C{i}" for i, d in enumerate(sorted(per))}  # one colour per depth in every panel
-    low, groups = [], sorted({g for rows in per.values() for g, _ in rows})
+    low, groups = {"s_p1": [], "s_p2": []}, sorted({g for rows in per.values() for g, _ in rows})
     for d, rows in sorted(per.items()):
         rows = sorted(rows)
         x = np.array([g for g, _ in rows])
@@ -280,9 +292,17 @@ def by_group_per_depth(per, probe_path, acc_path, key="group", title=""):
                 continue
             m, sd = _mean_std([s.get(metric, {}) for _, s in rows])
             ax.errorbar(x, m, yerr=sd, marker="o", ms=3, capsize=3, color=colour[d], label=f"depth {d}")
-            low.extend(m - sd)
-    for ax, t in zip(axes, ("S_P1 (useful?)", "S_P2 (which step?), depth >= 1")):
-        ax.set(title=t, xlabel=f"{key} (number of statements)", ylim=(_low(low), 1.05))
+            lo, hi = _interval([s for _, s in rows], metric)
+            if np.isfinite(lo).any():
+                ax.fill_between(x, lo, hi, color=colour[d], alpha=0.12, lw=0)
+            low[metric].extend(m - sd)
+            low[metric].extend(np.clip(lo, -3, None))
+    names = ("S_P1 (useful?)", "S_P2 (which step?), depth >= 1")
+    for ax, t, metric in zip(axes, names, ("s_p1", "s_p2")):
+        ax.set(
+            title=t + "\nbars: std over controls; band: 95% interval over items", xlabel=f"{key} (number of statements)"
+        )
+        ax.set_ylim(_low(low[metric]), 1.05)
         ax.set_xticks(groups)
         ax.axhline(0, color="grey", lw=0.5)
         ax.legend(fontsize=8)

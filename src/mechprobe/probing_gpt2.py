@@ -201,7 +201,7 @@ def main(argv=None):
     a.threads = set_threads(a.threads)
     if hasattr(a, "seeds"):
         distinct_seeds(a.seeds)
-    with run_folder(a.out_dir, OUTPUTS):
+    with run_folder(a.out_dir, OUTPUTS, owner="probing_gpt2"):
         return run(a)
 
 

@@ -221,10 +221,29 @@ def sha256_file(path):
     return h.hexdigest()
 
 
+def _git(*args):
+    """stdout of a git command in the package's folder, or None."""
+    import subprocess
+
+    try:
+        r = subprocess.run(
+            ["git", *args], capture_output=True, text=True, timeout=10, cwd=Path(__file__).resolve().parent
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout if r.returncode == 0 else None
+
+
+def _git_state():
+    """(the checkout's commit, whether tracked files changed since it), None where unknown."""
+    commit = (_git("rev-parse", "HEAD") or "").strip() or None
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return commit, None if status is None else bool(status.strip())
+
+
 def provenance(data_files=()):
     """Where a run's numbers come from: package versions, git commit, command line, data hashes."""
     import platform
-    import subprocess
 
     versions = {"python": platform.python_version()}
     for pkg in ("mechprobe", "torch", "transformers", "tokenizers", "numpy", "scikit-learn", "safetensors"):
@@ -234,32 +253,7 @@ def provenance(data_files=()):
             versions[pkg] = version(pkg)
         except Exception:  # noqa: BLE001 - not installed
             pass
-    try:
-        commit = (
-            subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                cwd=Path(__file__).resolve().parent,
-            ).stdout.strip()
-            or None
-        )
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    dirty = None
-    if commit:
-        try:
-            st = subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                cwd=Path(__file__).resolve().parent,
-            )
-            dirty = bool(st.stdout.strip()) if st.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError):
-            dirty = None
+    commit, dirty = _git_state()
     files = {}
     for f in data_files:
         f = Path(f)
@@ -480,6 +474,18 @@ def _check_owner(out, owner):
     (out / OWNER).write_text(owner + "\n")
 
 
+def _owned_lock(out, owner):
+    """_take_lock, then (with an owner) _check_owner; the lock is released when the folder is refused."""
+    lock = _take_lock(out)
+    if owner is not None:
+        try:
+            _check_owner(out, owner)
+        except BaseException:
+            lock.unlink(missing_ok=True)
+            raise
+    return lock
+
+
 def _clear(out, outputs, keep):
     """Remove leftovers of interrupted writes (.*.tmp*) and an earlier run's `outputs` (names or glob
     patterns; `keep` stays)."""
@@ -499,27 +505,19 @@ def run_folder(out, outputs=(), keep=(), owner=None):
     * `out` must be a folder (created if missing); a file there is an error.
     * A lock (`.lock`, holding the pid): a second run into the same folder stops at once naming
       the other's pid; a lock left by a dead process is taken over.
-    * Leftovers of interrupted writes (`.*.tmp*`) and the stale `outputs` of an earlier run (file
-      names or glob patterns; `keep` are never removed, e.g. a checkpoint to resume from) are removed at the start,
-      so no file of an older run sits beside this run's.
+    * Leftovers of interrupted writes (`.*.tmp*`) and the stale `outputs` of an earlier run (names or
+      globs; never `keep`, e.g. a checkpoint) are removed at the start: no older file beside this run's.
     * `owner` (the driver's name): a folder holding another driver's run (its `.mechprobe-run`
       file), a model or files no run wrote is refused before anything is removed.
     * `run.log` holds the run's log lines.
-    * `status.json` says "running" (with the run's id and pid) until the run ends, then
-      "complete", or "failed" / "interrupted": a reader can tell whether the folder holds a
-      finished run.
+    * `status.json` says "running" (with the run's id and pid) until the run ends, then "complete",
+      or "failed" / "interrupted": a reader can tell whether the folder holds a finished run.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise MechprobeError(f"{out}: is a file; OUT_DIR must be a folder")
     out.mkdir(parents=True, exist_ok=True)
-    lock = _take_lock(out)
-    if owner is not None:
-        try:
-            _check_owner(out, owner)
-        except BaseException:
-            lock.unlink(missing_ok=True)
-            raise
+    lock = _owned_lock(out, owner)
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     try:
         _clear(out, outputs, keep)
