@@ -66,6 +66,7 @@ def test_leftover_tmp_files_removed_and_garbage_checkpoint_named(tmp_path):
     (out / ".checkpoint.pt.abc123.tmp.pt").write_bytes(b"x" * 1000)  # what kill -9 during a save leaves
     (out / ".best.tmp").mkdir()
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (out / "status.json").write_text('{"status": "failed"}')  # not a complete run: the rerun resumes
     with pytest.raises(MechprobeError, match=r"checkpoint\.pt: unreadable checkpoint.*RESTART=1"):
         finetune.main(args(tmp_path, "run", "--max-steps", "2", "--eval-every", "2"))
     finetune.main(args(tmp_path, "run", "--max-steps", "2", "--eval-every", "2", "--restart"))

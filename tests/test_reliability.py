@@ -136,3 +136,20 @@ def test_a_run_never_clears_a_folder_it_does_not_own(tmp_path):
     with pytest.raises(MechprobeError, match="holds a run of finetune"):
         with run_folder(legacy, owner="causal"):
             pass
+
+
+def test_a_complete_finetune_is_left_alone(tmp_path, caplog):
+    """Rerunning a finished run with the same settings changes nothing; RESTART=1 trains it again."""
+    import logging
+
+    from mechprobe import finetune
+
+    run = args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2", "--target-acc", "0.01")
+    first = finetune.main(run)
+    before = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "run").iterdir() if f.is_file()}
+    with caplog.at_level(logging.INFO, logger="mechprobe"):
+        again = finetune.main(run)
+    assert again == first and "holds a complete run with these settings" in caplog.text
+    assert {f.name: f.stat().st_mtime_ns for f in (tmp_path / "run").iterdir() if f.is_file()} == before
+    finetune.main(run + ["--restart"])
+    assert (tmp_path / "run" / "results.json").stat().st_mtime_ns != before["results.json"]

@@ -30,6 +30,7 @@ from .utils import (
     MechprobeError,
     add_threads_arg,
     at_least_two,
+    finished_run,
     get_logger,
     nonneg_int,
     positive_float,
@@ -163,12 +164,26 @@ def load_splits(data_dir, tok):
     return {s: ks.encode_records(tok, ks.load_split(data_dir, s)) for s in ("train", "val", "test")}
 
 
+def _defining(a):
+    """The settings that define a training run (RESUME_KEYS), as config.json records them."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(a, k)) for k in RESUME_KEYS)}
+
+
+def _done(a, out):
+    """The results of a complete run with these settings in `out` (left alone), unless RESTART=1."""
+    done = None if a.restart else finished_run(out, _defining(a))
+    if done is not None:
+        log.info("%s holds a complete run with these settings (results.json); RESTART=1 trains it again", out)
+    return done
+
+
 def train(a):
     """Train or finetune (see the module docstring) with TrainSettings `a`; returns the results
     written to results.json."""
     a.sizes = list(a.sizes)
     out = prepare(a)
-    threads = a.threads
+    if (done := _done(a, out)) is not None:
+        return done
     seed_everything(a.seed)
     tok = None if a.model == "scratch" else load_tokenizer(_check_dir(a.model, "model"))
     meta = ensure_data(a.data_dir, a.model, a.k, a.vocab_size, a.seed, tuple(a.sizes), tok, a.length)
@@ -199,7 +214,7 @@ def train(a):
             "trainable_params": n_train,
             "params": sum(p.numel() for p in model.parameters()),
             "device": dev,
-            "threads": threads,
+            "threads": a.threads,
             "model_config": model.config.to_dict(),
         }
         write_config(

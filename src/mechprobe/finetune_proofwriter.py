@@ -17,6 +17,7 @@ from .training import Trainer, bf16_fast, load_checkpoint, plot_curves, run_loop
 from .utils import (
     MechprobeError,
     add_threads_arg,
+    finished_run,
     get_logger,
     nonneg_float,
     nonneg_int,
@@ -244,9 +245,18 @@ def _trainer(a, model, dev, answer_ids):
     return Trainer(model, *sched, *losses, early_answer=a.early_answer, answer_ids=answer_ids, **hold)
 
 
+def _defining(a):
+    """The settings that define a training run (RESUME_KEYS), as config.json records them."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(a, k)) for k in RESUME_KEYS)}
+
+
 def train(a):
     """Train (or resume) the reasoner with ReasonerSettings `a`; returns results.json's content."""
     out = prepare(a)
+    done = None if a.restart else finished_run(out, _defining(a))
+    if done is not None:
+        log.info("%s holds a complete run with these settings (results.json); RESTART=1 trains it again", out)
+        return done
     threads = a.threads
     seed_everything(a.seed)
     files, splits = _data(a)

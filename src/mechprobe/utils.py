@@ -389,6 +389,20 @@ def prepare(a):
     return out
 
 
+def finished_run(out, settings):
+    """The results.json of a complete run in `out` whose config.json holds these `settings` (a dict of
+    the settings that define the run), else None: rerunning a finished run leaves it alone."""
+    out = Path(out)
+    try:
+        status = json.loads((out / "status.json").read_text()).get("status")
+        config = json.loads((out / "config.json").read_text())
+        results = json.loads((out / "results.json").read_text())
+    except (OSError, ValueError, AttributeError):
+        return None
+    same = all(json.dumps(config.get(k), sort_keys=True) == json.dumps(v, sort_keys=True) for k, v in settings.items())
+    return results if status == "complete" and same else None
+
+
 def run_driver(a, outputs, run):
     """prepare(a), then run(a) inside run_folder(a.out_dir, outputs), owned by run's module (the
     driver); returns its results."""
