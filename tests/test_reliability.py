@@ -153,3 +153,41 @@ def test_a_complete_finetune_is_left_alone(tmp_path, caplog):
     assert {f.name: f.stat().st_mtime_ns for f in (tmp_path / "run").iterdir() if f.is_file()} == before
     finetune.main(run + ["--restart"])
     assert (tmp_path / "run" / "results.json").stat().st_mtime_ns != before["results.json"]
+
+
+def test_two_runs_generating_one_data_folder_share_it(tmp_path):
+    """Two processes that generate the same missing ProofWriter folder at once: one generates, the
+    other waits and reads the finished data; nothing half-written is left."""
+    code = (
+        "import sys; from mechprobe.proofwriter import load_items; "
+        "items = load_items(sys.argv[1], generate=True, pool=False)[0]; print(len(items))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    folder = tmp_path / "pw"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(folder)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in outs]
+    assert outs[0][0] == outs[1][0] and int(outs[0][0]) > 0
+    assert not [f for f in folder.rglob("*") if ".tmp" in f.name]
+    assert sorted(f.name for f in (folder / "CWA" / "depth-1").iterdir()) == [
+        "meta-dev.jsonl",
+        "meta-test.jsonl",
+        "meta-train.jsonl",
+    ]
+
+
+def test_a_place_where_no_lock_can_be_written_is_read_without_one(tmp_path):
+    from mechprobe.utils import data_lock
+
+    (tmp_path / "afile").write_text("x")  # its "folder" cannot hold a lock file (as a read-only one)
+    with data_lock(tmp_path / "afile" / "d") as f:
+        assert f == tmp_path / "afile" / "d"

@@ -30,6 +30,7 @@ from .utils import (
     MechprobeError,
     add_threads_arg,
     at_least_two,
+    data_lock,
     finished_run,
     get_logger,
     nonneg_int,
@@ -65,7 +66,12 @@ def numeric_init(model, tok, vocab, n_freq=6, scale=0.5):
 
 
 def ensure_data(data_dir, model_arg, k, vocab_size, seed, sizes, tok=None, length=16):
-    """Generate the dataset when `data_dir` holds none yet (and say so)."""
+    """Generate the dataset when `data_dir` holds none yet (and say so), one run at a time (data_lock)."""
+    with data_lock(data_dir):
+        return _ensure_data(data_dir, model_arg, k, vocab_size, seed, sizes, tok, length)
+
+
+def _ensure_data(data_dir, model_arg, k, vocab_size, seed, sizes, tok, length):
     if Path(data_dir).exists() and not Path(data_dir).is_dir():
         raise MechprobeError(f"{data_dir}: is a file; DATA_DIR must be a folder")
     if (Path(data_dir) / "meta.json").exists():

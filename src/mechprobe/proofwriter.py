@@ -285,24 +285,27 @@ def _release_files(path, setting, split, depth_folder, depths, generate, seed, n
     generating synthetic theories into an empty one when `generate`."""
     if path.exists() and not path.is_dir():
         raise MechprobeError(f"{path}: is a file; expected a ProofWriter folder, a meta-*.jsonl or Logic-LLM's .json")
-    if not (path / setting).is_dir():
-        if not generate:
-            from .data import check_present
+    from .utils import data_lock
 
-            check_present(path)
-            raise MechprobeError(
-                f"{path}: no {setting}/depth-N/ folder; point DATA at a ProofWriter release, or set GENERATE=1 "
-                "to write synthetic theories there"
+    with data_lock(path):  # a second run generating the same folder waits for the first
+        if not (path / setting).is_dir():
+            if not generate:
+                from .data import check_present
+
+                check_present(path)
+                raise MechprobeError(
+                    f"{path}: no {setting}/depth-N/ folder; point DATA at a ProofWriter release, or set GENERATE=1 "
+                    "to write synthetic theories there"
+                )
+            from .proofwriter_gen import generate as gen
+
+            log.info(
+                "%s holds no ProofWriter data: generating synthetic theories (max depth %d%s)",
+                path,
+                max(depths),
+                ", NAF rules" if naf else "",
             )
-        from .proofwriter_gen import generate as gen
-
-        log.info(
-            "%s holds no ProofWriter data: generating synthetic theories (max depth %d%s)",
-            path,
-            max(depths),
-            ", NAF rules" if naf else "",
-        )
-        gen(path, max(depths), seed=seed, naf=naf)
+            gen(path, max(depths), seed=seed, naf=naf)
     metas = find_metas(path, split, setting, depth_folder)
     trains = [t for t in (m.with_name("meta-train.jsonl") for m in metas if m.name != "meta-train.jsonl") if t.exists()]
     return metas, trains

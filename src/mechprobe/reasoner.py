@@ -86,10 +86,18 @@ def check_config(cfg):
 
 
 def ensure_data(folder, cfg):
-    """The split files of `folder` for configuration `cfg`, generated (atomically) when absent."""
-    from .proofwriter_gen import generate
+    """The split files of `folder` for configuration `cfg`, generated (atomically) when absent, one
+    run at a time (utils.data_lock)."""
+    from .utils import data_lock
 
     check_config(cfg)
+    with data_lock(folder):
+        return _ensure_data(folder, cfg)
+
+
+def _ensure_data(folder, cfg):
+    from .proofwriter_gen import generate
+
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise MechprobeError(f"{folder}: is a file; DATA_DIR must be a folder")

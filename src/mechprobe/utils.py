@@ -389,6 +389,31 @@ def prepare(a):
     return out
 
 
+@contextmanager
+def data_lock(folder):
+    """Hold `<parent>/.<name>.lock` (an exclusive flock) while a dataset folder is checked and
+    generated: a second run generating the same folder waits, then finds the finished data."""
+    import fcntl
+
+    folder = Path(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(folder.parent / f".{folder.name}.lock", "w")  # noqa: SIM115 - closed below
+    except OSError:  # a read-only place: nothing can be generated there, so nothing to wait for
+        yield folder
+        return
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            get_logger().info("waiting for another run that generates %s", folder)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield folder
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def finished_run(out, settings):
     """The results.json of a complete run in `out` whose config.json holds these `settings` (a dict of
     the settings that define the run), else None: rerunning a finished run leaves it alone."""
