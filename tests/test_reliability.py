@@ -191,3 +191,36 @@ def test_a_place_where_no_lock_can_be_written_is_read_without_one(tmp_path):
     (tmp_path / "afile").write_text("x")  # its "folder" cannot hold a lock file (as a read-only one)
     with data_lock(tmp_path / "afile" / "d") as f:
         assert f == tmp_path / "afile" / "d"
+
+
+def test_operating_system_errors_are_one_line(tmp_path):
+    """OUT_DIR below a file, a read-only place, a full disk: one line naming the path, exit 2."""
+    (tmp_path / "afile").write_text("x")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = tmp_path / "afile" / "run"
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mechprobe.finetune",
+            *args(tmp_path, "x", "--max-steps", "1")[:-2],
+            "--out-dir",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    last = p.stderr.strip().splitlines()[-1]  # after the run's own log lines
+    assert last.startswith("error: ") and "afile/run: Not a directory" in last, p.stderr
+
+    from mechprobe.utils import run_main
+
+    def full():
+        raise OSError(28, "No space left on device", str(tmp_path / "runs" / "results.json"))
+
+    with pytest.raises(SystemExit) as e:
+        run_main(full)
+    assert e.value.code == 2

@@ -513,6 +513,15 @@ def _check_owner(out, owner):
     (out / OWNER).write_text(owner + "\n")
 
 
+def _try_status(out, status):
+    """Write status.json, or, when that fails too (a full disk), leave it: the error that stopped the
+    run is the one to report."""
+    try:
+        write_json(out / "status.json", status)
+    except OSError:
+        pass
+
+
 def _owned_lock(out, owner):
     """_take_lock, then (with an owner) _check_owner; the lock is released when the folder is refused."""
     lock = _take_lock(out)
@@ -573,10 +582,10 @@ def run_folder(out, outputs=(), keep=(), owner=None):
         try:
             yield run_id
         except KeyboardInterrupt:
-            write_json(out / "status.json", {"status": "interrupted", "run_id": run_id})
+            _try_status(out, {"status": "interrupted", "run_id": run_id})
             raise
         except BaseException as e:
-            write_json(out / "status.json", {"status": "failed", "run_id": run_id, "error": str(e)[:500]})
+            _try_status(out, {"status": "failed", "run_id": run_id, "error": str(e)[:500]})
             raise
         write_json(
             out / "status.json",
@@ -617,6 +626,10 @@ def run_main(fn):
         fn()
     except MechprobeError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a full disk, a read-only or missing folder, a symlink loop: one line, no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e} (operating system error {e.errno})", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as e:
         print("interrupted" + (f" (signal {e.signum})" if isinstance(e, Stopped) else ""), file=sys.stderr)
