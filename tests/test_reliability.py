@@ -224,3 +224,27 @@ def test_operating_system_errors_are_one_line(tmp_path):
     with pytest.raises(SystemExit) as e:
         run_main(full)
     assert e.value.code == 2
+
+
+def test_street_and_entailment_bank_gaps_are_named(tmp_path):
+    """A STREET record that is a list, a unit that is not text, an empty answer list, unit ids that are
+    not numbers; an EntailmentBank sentence id without a number: one line each, naming what is wrong."""
+    from mechprobe import arc
+    from mechprobe.utils import MechprobeError
+
+    from .test_arc import STREET
+
+    f = tmp_path / "reasoning_annotated_dev.jsonl"
+    for record, msg in (
+        ([1, 2], r":1: expected a JSON object, got list"),
+        (dict(STREET, textual_logical_units={**STREET["textual_logical_units"], "2": ["b"]}), r"unit '2' is list"),
+        (dict(STREET, answer=[]), r"'answer' is an empty list"),
+        (dict(STREET, reasoning_graph_edges={"a": 1}), r"'reasoning_graph_edges' must be a list"),
+        (dict(STREET, textual_logical_units={**STREET["textual_logical_units"], "x": "z"}), r"id 'x': expected a name"),
+    ):
+        f.write_text(json.dumps(record) + "\n")
+        with pytest.raises(MechprobeError, match=msg):
+            arc.read_street(f)
+    assert arc._num("sent12") == 12
+    with pytest.raises(MechprobeError, match=r"id 'sentA': expected a name with a number"):
+        arc._num("sentA")

@@ -80,7 +80,11 @@ def steps_from_edges(edges, sentences, root=None):
 
 
 def _num(k):
-    return int(re.search(r"\d+", k).group())
+    """The number in a sentence or unit id (sent12 -> 12); a clear error when it has none."""
+    m = re.search(r"\d+", str(k))
+    if m is None:
+        raise MechprobeError(f"id {k!r}: expected a name with a number (sent1, int2, 3)")
+    return int(m.group())
 
 
 def read_entailment_bank(path, max_depth=None, report=True):
@@ -212,20 +216,38 @@ def read_street(path, max_depth=None):
     return items
 
 
+def _street_units(r):
+    """The textual logical units {id: text} of a STREET record, its edges' shape checked (TypeError)."""
+    tlus = {str(k): v for k, v in r["textual_logical_units"].items()}
+    bad = [k for k, v in tlus.items() if not isinstance(v, str)]
+    if bad:
+        raise TypeError(f"textual logical unit {bad[0]!r} is {type(tlus[bad[0]]).__name__}, expected text")
+    edges = r.get("reasoning_graph_edges")
+    if not isinstance(edges, list) or not all(isinstance(e, dict) for e in edges):
+        raise TypeError("'reasoning_graph_edges' must be a list of {antecedents, consequent} objects")
+    return tlus
+
+
 def _street_record(r, where):
     """(units {id: text}, premises, step per used premise, depth, question, answer, options) of one
     STREET record (see read_street); a one-line error naming `where` when malformed."""
+    if not isinstance(r, dict):
+        raise MechprobeError(f"{where}: expected a JSON object, got {type(r).__name__}")
     try:
         if not isinstance(r.get("textual_logical_units"), dict):
             raise TypeError(
                 f"'textual_logical_units' must be an object {{id: text}}, got "
                 f"{type(r.get('textual_logical_units')).__name__}"
             )
-        tlus = {str(k): v for k, v in r["textual_logical_units"].items()}
+        tlus = _street_units(r)
         edges = [([str(a) for a in e["antecedents"]], str(e["consequent"])) for e in r["reasoning_graph_edges"]]
+        if isinstance(r["answer"], list) and not r["answer"]:
+            raise TypeError("'answer' is an empty list, expected the answer text (or a list holding it)")
         answer = r["answer"][0] if isinstance(r["answer"], list) else r["answer"]
         question, options = r["question"], r.get("options", [])
-    except (KeyError, TypeError, IndexError, AttributeError) as e:
+    except TypeError as e:
+        raise MechprobeError(f"{where}: {e}") from None
+    except (KeyError, IndexError, AttributeError) as e:
         raise MechprobeError(
             f"{where}: missing or malformed field {e}; expected context, textual_logical_units, question, "
             "answer, reasoning_graph_edges"
