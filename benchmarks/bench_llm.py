@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_extract import peak_rss_mb, reset_peak, rss_mb  # noqa: E402
+from bench_extract import best_of, peak_rss_mb, reset_peak, rss_mb  # noqa: E402
 
 
 def prompts(n):
@@ -85,15 +85,6 @@ def variants(model, enc, bs):
     return {"forward": forward, "capture": ours, "capture_prefix": with_prefix, "output_attentions": attentions}
 
 
-def best_of(fn, repeat=3):
-    ts = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
-
-
 @torch.no_grad()
 def speed(n, bs):
     from mechprobe.models import load_model
@@ -106,7 +97,7 @@ def speed(n, bs):
         assert torch.allclose(x, y, atol=1e-4), "capture differs from output_attentions"
     lens = [len(e["ids"]) for e in enc]
     print(f"{len(enc)} prompts of {min(lens)}-{max(lens)} tokens, batches of {bs}, fp32")
-    return {name: best_of(fn) for name, fn in v.items()}
+    return {name: best_of(fn, 3) for name, fn in v.items()}
 
 
 @torch.no_grad()

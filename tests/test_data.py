@@ -1,4 +1,4 @@
-"""The download step (data.py) against a tiny archive served on 127.0.0.1 by the test itself."""
+"""The download step (downloads.py) against a tiny archive served on 127.0.0.1 by the test itself."""
 
 import hashlib
 import http.server
@@ -8,7 +8,7 @@ from functools import partial
 
 import pytest
 
-from mechprobe import data
+from mechprobe import downloads as data
 from mechprobe.utils import MechprobeError
 
 

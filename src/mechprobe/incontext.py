@@ -186,9 +186,7 @@ def prefix_groups(model, enc, share_prefix=True):
     cannot run on a cache or share_prefix is off), logged."""
     from . import prefix
 
-    if not (share_prefix and prefix.supported(model)):
-        return [prefix.Group(0, list(range(len(enc))))]
-    groups = prefix.group([e["ids"] for e in enc], [e["query"][0] for e in enc])
+    groups = prefix.model_groups(model, [e["ids"] for e in enc], [e["query"][0] for e in enc], share_prefix)
     shared = [g for g in groups if g.prefix]
     if shared:
         log.info(

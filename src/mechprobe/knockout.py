@@ -151,10 +151,7 @@ def knockout_scores(model, prompts, knocked, layers, scored=None, batch_size=64,
     dev = model_device(model)
     model.eval()
     out = [None] * len(prompts)
-    if prefix.supported(model):
-        groups = prefix.group([p["ids"] for p in prompts], [min(p["queries"]) for p in prompts])
-    else:
-        groups = [prefix.Group(0, list(range(len(prompts))))]
+    groups = prefix.model_groups(model, [p["ids"] for p in prompts], [min(p["queries"]) for p in prompts])
     for g in groups:
         pkv = prefix.prefix_kv(model, prompts[g.members[0]]["ids"][: g.prefix]) if g.prefix else None
         order = sorted(g.members, key=lambda i: len(prompts[i]["ids"]))

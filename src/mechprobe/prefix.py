@@ -136,3 +136,11 @@ def supported(model):
         "sliding" in str(t) for t in getattr(cfg, "layer_types", None) or []
     )
     return not sliding and not getattr(cfg, "is_encoder_decoder", False)
+
+
+def model_groups(model, seqs, first_needed, share=True):
+    """group() where the model can run on a prefix cache (supported) and sharing is asked for, else one
+    group of every prompt run whole."""
+    if not (share and supported(model)):
+        return [Group(0, list(range(len(seqs))))]
+    return group(seqs, first_needed)

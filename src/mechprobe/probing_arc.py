@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from . import arc
-from .data import check_present
+from .downloads import check_present
 from .incontext import pick_demos
 from .llmprobe import (
     ProbeSettings,

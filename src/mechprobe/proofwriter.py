@@ -290,7 +290,7 @@ def _release_files(path, setting, split, depth_folder, depths, generate, seed, n
     with data_lock(path):  # a second run generating the same folder waits for the first
         if not (path / setting).is_dir():
             if not generate:
-                from .data import check_present
+                from .downloads import check_present
 
                 check_present(path)
                 raise MechprobeError(
