@@ -17,18 +17,18 @@ HEADS=${HEADS:-4}
 TIE=${TIE:-0}                                     # 1: tied embeddings (the unembedding is the input embedding)
 BOS=${BOS:-0}                                     # 1: every prompt starts with "<s>", as a LLaMA tokenizer's do
 ROPE_THETA=${ROPE_THETA:-1000000}                 # RoPE's base (larger: more of each head's dimensions match words by content, not by distance)
-POSITION_HEADS=${POSITION_HEADS:-3}               # K: layer 0's heads 0..K-1 start attending 1..K tokens back (attention biases; 0: none)
-WIRED_LOOKUP=${WIRED_LOOKUP:-3}                   # 1: layer 1's head 0 starts as a lookup of the question's "E is a" among the facts (POSITION_HEADS=3, HEADS=4); 2: each word matched in its own place, every word alike; 3: 2 that also says whether it found the fact (docs/reasoner.md)
-WIRED_HOLD=${WIRED_HOLD:-4400}                    # with WIRED_LOOKUP=1, 2 or 3: first steps after which the wired weights are put back to their initial values (>= MAX_STEPS: fixed for the whole run)
-EARLY_ANSWER=${EARLY_ANSWER:-1}                   # weight of the answer's loss read early too: at the question's last word and the tokens after it (PACK=1; 0: none)
+POSITION_HEADS=${POSITION_HEADS:-0}               # K: layer 0's heads 0..K-1 start attending 1..K tokens back (attention biases; 0: none)
+WIRED_LOOKUP=${WIRED_LOOKUP:-0}                   # 1: layer 1's head 0 starts as a lookup of the question's "E is a" among the facts (POSITION_HEADS=3, HEADS=4); 2: each word matched in its own place, every word alike; 3: 2 that also says whether it found the fact (docs/reasoner.md)
+WIRED_HOLD=${WIRED_HOLD:-0}                    # with WIRED_LOOKUP=1, 2 or 3: first steps after which the wired weights are put back to their initial values (>= MAX_STEPS: fixed for the whole run)
+EARLY_ANSWER=${EARLY_ANSWER:-0}                   # weight of the answer's loss read early too: at the question's last word and the tokens after it (PACK=1; 0: none)
 LR=${LR:-0.0005}
 BATCH_SIZE=${BATCH_SIZE:-64}
-MAX_STEPS=${MAX_STEPS:-4400}                      # 849-878 s measured on 2 cores, compiled, seeds 0-2 (docs/reasoner.md)
+MAX_STEPS=${MAX_STEPS:-5000}                      # 849-878 s measured on 2 cores, compiled, seeds 0-2 (docs/reasoner.md)
 WARMUP=${WARMUP:-100}
 DECAY_STEPS=${DECAY_STEPS:-0}                     # last steps over which the lr decays linearly to 0 (0: from the end of the warm-up)
 EVAL_EVERY=${EVAL_EVERY:-500}
 LM_WEIGHT=${LM_WEIGHT:-1.0}                       # auxiliary next-token loss on the prompt's tokens (0: the answer's loss only)
-CURRICULUM=${CURRICULUM:-1}                       # epochs that go from the shortest prompts (smallest theories) to the longest
+CURRICULUM=${CURRICULUM:-0}                       # epochs that go from the shortest prompts (smallest theories) to the longest
 STAGE_STEPS=${STAGE_STEPS:-0}                     # first steps on the smallest theories only, larger groups let in one by one
 POSITIVE_STEPS=${POSITIVE_STEPS:-1400}            # first steps on the questions without "not" only
 POSITIVE_BATCH=${POSITIVE_BATCH:-0}                # questions per batch in the positive phase (0: BATCH_SIZE; 32: as many theories per step as later, cheaper steps)

@@ -85,8 +85,19 @@ def test_short_run_outputs_and_results(trained):
     saved = json.loads((d / "run" / "results.json").read_text())
     assert saved == res and saved["steps"] == 12
     t = saved["test"]
-    assert set(t["by_depth"]) == {"0", "1"} and set(t["by_strategy"]) <= set(rs.STRATEGIES)
+    assert set(t["by_depth"]) == {"0", "1"} and set(t["by_kind"]) == set(rs.KINDS.values()) | {rs.HARD}
     assert 0 <= t["accuracy"] <= 1 and "proof_by_depth" in t and saved["train_seconds"] > 0
+    kinds = [v["accuracy"] for k, v in t["by_kind"].items() if v and k != rs.HARD]
+    assert t["balanced_accuracy"] == pytest.approx(np.mean(kinds), abs=1e-4)
+    assert sum(t["by_kind"][k]["n"] for k in rs.KINDS.values() if t["by_kind"][k]) == t["n"]
+    # the baselines on the same questions: the "not" rule is exact on proofs and wrong on the unprovable
+    base = saved["baselines"]
+    assert set(base) == {"majority", "not_rule", "size_prior", "bag_of_words"}
+    rule = base["not_rule"]["by_kind"]
+    assert rule["proof"]["accuracy"] == rule["inverse proof"]["accuracy"] == 1.0
+    assert rule["CWA failure"]["accuracy"] == rule["NAF"]["accuracy"] == 0.0
+    assert base["not_rule"]["balanced_accuracy"] == 0.5 and base["not_rule"]["n"] == t["n"]
+    assert (d / "run" / "kinds.png").stat().st_size > 0
     ck = torch.load(d / "run" / "checkpoint.pt", weights_only=False)
     assert ck["settings"]["hidden"] == 32
     assert json.loads((d / "run" / "status.json").read_text())["status"] == "complete"
@@ -388,26 +399,26 @@ def test_positive_phase_draws_only_questions_without_not(pack, trained):
     assert [b.tolist() for b in steps[P:]] == [b.tolist() for b in plain[P - spe :]]  # after it: as before
 
 
-@pytest.mark.parametrize("part", ["question", "statements"])
-def test_next_token_loss_on_the_question_or_the_statements_only(part, trained):
-    """LM_QUESTION / LM_STATEMENTS: a packed batch's next-token targets are, prompt by prompt, the
-    words of the question (with "True or False ?") / of the statements, read back from the text."""
+def test_next_token_loss_ends_at_the_question(trained):
+    """A packed batch's next-token targets are, prompt by prompt, its words up to the question's "."
+    (read back from the text), never the answer choices "True or False ?" (whose fixed targets, "." ->
+    "True" and "or" -> "False", would disagree with the answer read there)."""
     from mechprobe.models import load_tokenizer
 
     d, _ = trained
     files = rs.split_files(d / "data", json.loads((d / "data" / "meta.json").read_text()))
     tok = load_tokenizer(d / "run" / "best")
     splits = {s: rs.read_questions(f) for s, f in files.items()}
-    task = rs.PromptTask(tok, splits, 16, 0, pack=True, **{f"lm_{part}": True})
+    task = rs.PromptTask(tok, splits, 16, 0, pack=True)
     idx = task.epoch_batches(1)[0]
     got = tok.convert_ids_to_tokens(task.batch(idx)[0].lm_tgt.tolist())
     want = []
     for i in idx.tolist():
-        text, _, (qc, _) = PromptBuilder().build(splits["train"][i], [])
-        own = tok.tokenize(text[qc:] if part == "question" else text[:qc])
-        want += own if part == "question" else own[1:]  # a prompt's first token is predicted from nothing
+        text, _, (_, qe) = PromptBuilder().build(splits["train"][i], [])
+        assert text[qe:] == " True or False?"
+        want += tok.tokenize(text[:qe])[1:]  # a prompt's first token is predicted from nothing
     assert got == want and len(want) > 16
-    assert {"True", "?"} <= set(got) if part == "question" else not {"True", "?"} & set(got)
+    assert not {"True", "or", "?"} & set(got) and "." in got
 
 
 def test_early_answer_positions_are_the_questions_last_word_and_after(trained):
@@ -738,3 +749,28 @@ def test_held_slices_stay_at_their_first_values_for_the_hold_steps():
         tr.train_step(ids, None, answers, use_bf16=False)
         held_same = torch.equal(w[:8], first[:8])
         assert held_same == (step <= 2) and not torch.equal(w[8:], first[8:]), step
+
+
+def test_unique_splits_share_no_theory_or_prompt(tmp_path):
+    """The reasoner's data (unique=True): no theory text, hence no theory + question, twice within or
+    across the splits; the same draw without it repeats small theories (what the option removes)."""
+    from mechprobe.proofwriter_gen import generate
+
+    def texts(folder):
+        cfg = {"depth": 1}
+        files = rs.split_files(folder.parent.parent, cfg)
+        items = {s: rs.read_questions(f) for s, f in files.items()}
+        theories = {
+            s: [" ".join(it["statements"]) for it in its if it["id"].endswith("/Q1")] for s, its in items.items()
+        }
+        prompts = {s: {" ".join(it["statements"]) + " " + it["question"] for it in its} for s, its in items.items()}
+        return theories, prompts
+
+    plain, _ = texts(generate(tmp_path / "plain", 1, (300, 60, 60), (2,), 0, 4))
+    assert len(set(sum(plain.values(), []))) < sum(map(len, plain.values()))  # duplicates without unique
+    th, prompts = texts(generate(tmp_path / "unique", 1, (300, 60, 60), (2,), 0, 4, unique=True))
+    every = sum(th.values(), [])
+    assert len(every) == len(set(every)) == 420
+    assert not prompts["train"] & prompts["test"] and not prompts["train"] & prompts["val"]
+    assert not prompts["val"] & prompts["test"]
+    assert rs.data_config(1, (1, 1, 1), (2,), 4, 0)["unique"] is True

@@ -32,3 +32,19 @@ def test_answer_profile_by_hand():
     prof = answer_profile(items, [[2.0, 1.0], [2.0, 1.0], [0.0, 1.0]])  # answers True, True, False
     assert prof["share_True"] == round(2 / 3, 4) and prof["share_False"] == round(1 / 3, 4)
     assert prof["accuracy_without_not"] == 1.0 and prof["accuracy_with_not"] == 0.0 and prof["n_with_not"] == 2
+
+
+def test_size_prior_by_hand():
+    """The majority answer of the training items of the same size and polarity; a cell without
+    training items falls back to the overall majority; left out when items carry no group."""
+
+    def g(q, a, n):
+        return {**item(q, a), "group": n}
+
+    train = [g("A is b.", "False", 2)] * 3 + [g("A is b.", "True", 2)] + [g("A is b.", "True", 8)] * 2
+    train += [g("A is not b.", "True", 2)] * 2 + [g("A is not b.", "False", 8)]
+    items = [g("C is d.", "True", 2), g("C is d.", "True", 8), g("C is not d.", "True", 2), g("C is not d.", "True", 4)]
+    p = predictions(train, items)
+    # overall majority: True 5 vs False 4; cells (2, +) False, (8, +) True, (2, not) True, (4, not) none
+    assert p["size_prior"] == ["False", "True", "True", "True"]
+    assert "size_prior" not in predictions([item("A is b.", "True")], [item("C is d.", "True")])

@@ -51,12 +51,12 @@ class ReasonerSettings:
     lr: float = 5e-4
     weight_decay: float = 1e-2
     batch_size: int = 64
-    max_steps: int = 4400
+    max_steps: int = 5000
     warmup: int = 100
     decay_steps: int = 0
     eval_every: int = 500
     target_acc: float = 0.0
-    curriculum: int = 1
+    curriculum: int = 0
     stage_steps: int = 0
     positive_steps: int = 1400
     positive_batch: int = 0
@@ -76,10 +76,10 @@ class ReasonerSettings:
     optimizer: str = "adamw"
     tie: int = 0
     rope_theta: float = 1e6
-    position_heads: int = 3
-    early_answer: float = 1.0
-    wired_lookup: int = 3
-    wired_hold: int = 4400
+    position_heads: int = 0
+    early_answer: float = 0.0
+    wired_lookup: int = 0
+    wired_hold: int = 0
     bos: int = 0
     compile: int = 1
     seed: int = 0
@@ -166,25 +166,33 @@ ADDED = {
 
 
 def _finish(tr, task, tok, out, dev):
-    """After training: last/ saved, the best checkpoint tested, results.json and curves.png written."""
+    """After training: last/ saved, the best checkpoint tested beside the shortcut baselines on the same
+    test questions, results.json, curves.png and kinds.png written."""
     from .models import load_model
+    from .plots import kinds_figure
 
     save_pretrained_atomic(tr.model, tok, out / "last")
     best = load_model(out / "best", device=dev)
+    test = task.breakdown(best, "test")
+    base = rs.baseline_reports(task.items["train"], task.items["test"])
     res = {
-        "test": {**task.breakdown(best, "test"), "lookup": rs.lookup_accuracy(best, tok, task.items["test"])},
+        "test": {**test, "lookup": rs.lookup_accuracy(best, tok, task.items["test"])},
+        "baselines": base,
         "test_last": task.breakdown(tr.model, "test")["accuracy"],
         "val_acc_best": tr.best,
+        "val": task.breakdown(best, "val"),
         "steps": tr.step,
         "train_seconds": round(tr.elapsed, 1),
     }
     write_json(out / "results.json", res)
     plot_curves(tr.history, out / "curves.png")
-    pd = res["test"]["proof_by_depth"]
+    kinds_figure({"reasoner": test, **base}, out / "kinds.png", title="test accuracy per question kind")
     log.info(
-        "test accuracy %.4f (best checkpoint); proof questions by depth: %s; %d steps in %.0f s",
-        res["test"]["accuracy"],
-        ", ".join(f"{d}: {v['accuracy']:.3f}" for d, v in pd.items() if v),
+        "test: balanced accuracy %.3f (%s); accuracy %.3f; %s; %d steps in %.0f s",
+        test["balanced_accuracy"],
+        ", ".join(f"{b} {r['balanced_accuracy']:.3f}" for b, r in base.items()),
+        test["accuracy"],
+        ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in test["by_kind"].items() if v),
         tr.step,
         tr.elapsed,
     )
@@ -270,7 +278,9 @@ def train(a):
     resume = load_checkpoint(ckpt, settings, dev, ADDED) if ckpt.exists() and not a.restart else None
     tr = _trainer(a, model, dev, task.word_ids)
     use_bf16 = a.autocast == "bf16" or (a.autocast == "auto" and bf16_fast(dev))
-    with run_folder(out, outputs=("results.json", "config.json", "curves.png"), owner="finetune_proofwriter"):
+    with run_folder(
+        out, outputs=("results.json", "config.json", "curves.png", "kinds.png"), owner="finetune_proofwriter"
+    ):
         write_config(
             out,
             asdict(a),

@@ -447,3 +447,25 @@ def selectivity_figure(res, path, title=""):
     ax.set_title("\n".join(textwrap.wrap(title or "control-task selectivity", 60)), fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     save_figure(fig, path)
+
+
+def kinds_figure(reports, path, title=""):
+    """Accuracy per question kind (grouped bars), one bar per model or baseline: reports {name: report}
+    (reasoner.report: by_kind and balanced_accuracy), the first drawn as the model; the number of
+    questions under each group."""
+    names = list(reports)
+    first = reports[names[0]]
+    kinds = [k for k, v in first["by_kind"].items() if v] + ["balanced"]
+    fig, ax = plt.subplots(figsize=(1.6 * len(kinds) + 2, 3.8), layout="constrained")
+    width = 0.8 / len(names)
+    colours = ["tab:blue"] + [plt.get_cmap("Greys")(0.35 + 0.5 * i / max(1, len(names) - 1)) for i in range(len(names))]
+    for j, name in enumerate(names):
+        r = reports[name]
+        vals = [r["by_kind"][k]["accuracy"] if k != "balanced" else r["balanced_accuracy"] for k in kinds]
+        ax.bar(np.arange(len(kinds)) + (j - (len(names) - 1) / 2) * width, vals, width, label=name, color=colours[j])
+    labels = [f"{k}\nn={first['by_kind'][k]['n']}" if k != "balanced" else "balanced\n(mean of kinds)" for k in kinds]
+    ax.set_xticks(np.arange(len(kinds)), labels, fontsize=8)
+    ax.axhline(0.5, color="grey", ls="--", lw=0.8)
+    ax.set(ylabel="test accuracy", ylim=(0, 1.05), title=title)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(names), fontsize=8, frameon=False)
+    save_figure(fig, path)

@@ -377,8 +377,11 @@ def generate(
     binding_pairs=0,
     train_more=0,
     wording="if",
+    unique=False,
 ):
     """Write `<out>/CWA/depth-<max_depth>/meta-{train,dev,test}.jsonl`; returns the folder.
+    unique: no theory text is drawn twice, within or across the splits (a drawn duplicate is drawn
+    again), so that no dev or test prompt occurs in train word for word.
     wording: "if" (every rule "If someone is ... then they are ...") or "mixed" (each rule in one of the
     release's wordings, drawn from its own stream: the same theories and questions).
     balanced: every theory gets as many questions of each of the four strategies (make_theory).
@@ -391,6 +394,7 @@ def generate(
     prng = np.random.default_rng([seed, 1])
     wrng = np.random.default_rng([seed, 2])
     folder = Path(out) / "CWA" / f"depth-{max_depth}"
+    seen = set()
     for split, n in zip(("train", "dev", "test"), sizes):
         rows, tid = [], 0
         extra = (train_more, binding_pairs, prng) if split == "train" else (0, 0, None)
@@ -398,8 +402,11 @@ def generate(
             g = int(groups[len(rows) % len(groups)])
             th = make_theory(rng, f"{split}{tid}", g, max_depth, n_questions, naf, balanced, *extra, wording, wrng)
             tid += 1
-            if th is not None:
+            if th is not None and not (unique and th["theory"] in seen):
+                seen.add(th["theory"])
                 rows.append(th)
+            elif tid > 100 * n + 1000:
+                raise MechprobeError(f"{split}: {len(rows)} of {n} distinct theories found in {tid} draws")
         write_jsonl(folder / f"meta-{split}.jsonl", rows)
     return folder
 

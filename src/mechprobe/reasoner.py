@@ -57,6 +57,7 @@ def data_config(depth, sizes, groups, questions, seed, naf=False, balanced=False
         "seed": int(seed),
         "naf": bool(naf),
         "setting": "CWA",
+        "unique": True,  # no theory text twice, within or across the splits (proofwriter_gen.generate)
     }
     if balanced:  # recorded only when set, so folders generated before the option still match
         cfg["balanced"] = True
@@ -136,6 +137,7 @@ def _ensure_data(folder, cfg):
         cfg.get("balanced", False),
         cfg.get("binding_pairs", 0),
         cfg.get("train_more", 0),
+        unique=cfg.get("unique", False),
     )
     write_json(tmp / "meta.json", cfg)
     if folder.exists():
@@ -281,6 +283,12 @@ def question_starts(offsets, chars):
     return np.array([next(t for t, (a, e) in enumerate(o) if a >= c and e > a) for o, c in zip(offsets, chars)])
 
 
+def question_ends(offsets, chars):
+    """Index of each prompt's first token after its question (the answer choices "True or False ?"
+    begin there): the first token that starts at or after the question's end character."""
+    return np.array([next(t for t, (a, e) in enumerate(o) if a >= c and e > a) for o, c in zip(offsets, chars)])
+
+
 def question_last_words(offsets, spans, texts):
     """Index of each prompt's question's last word: the last token inside the question's (start, end)
     character span that starts with a letter or digit (the "a" of "E is a ."; offsets: each prompt's
@@ -390,6 +398,7 @@ class PromptTask:
         self.positive = positive_pool(splits["train"], positive_words)
         self.word_ids = answer_ids(tok, WORDS)
         self.items, self.ids, self.qstart, self.qword, self.early_answer = splits, {}, {}, {}, early_answer
+        self.qend = {}
         for split, items in splits.items():
             self._encode(split, items)
         self.lengths = np.array([len(x) for x in self.ids["train"]])
@@ -406,6 +415,7 @@ class PromptTask:
         full = self.tok(texts, add_special_tokens=True, return_offsets_mapping=True)
         enc = full["input_ids"]
         self.qstart[split] = question_starts(full["offset_mapping"], [b[2][0] for b in built])
+        self.qend[split] = question_ends(full["offset_mapping"], [b[2][1] for b in built])
         if self.early_answer:  # only the early answer loss reads the questions' last words
             self.qword[split] = question_last_words(full["offset_mapping"], [b[2] for b in built], texts)
         unk = [i for i, e in enumerate(enc) if self.tok.unk_token_id in e]
@@ -516,7 +526,9 @@ class PromptTask:
 
             idx = np.asarray(idx, dtype=np.int64)
             lm_from = self.qstart[split][idx] if self.lm_question else None
-            lm_to = self.qstart[split][idx] if self.lm_statements else None
+            # the next-token loss ends at the question's last token: the answer choices "True or False ?"
+            # after it would train "." -> "True" and "or" -> "False" whatever the answer
+            lm_to = (self.qstart if self.lm_statements else self.qend)[split][idx]
             keys = self.theory[split][idx].tolist()
             recall = self._recall(idx, keys) if self.facts is not None and split == "train" else None
             early = self.qword[split][idx] if self.early_answer and split == "train" else None
@@ -579,24 +591,58 @@ class PromptTask:
         return float((self.predictions(model, split) == gold).mean())
 
     def breakdown(self, model, split):
-        """Accuracy overall, per question depth, per strategy, and on the proof-bearing questions per depth."""
-        its = self.items[split]
-        ok = self.predictions(model, split) == np.array([WORDS.index(it["answer"]) for it in its])
+        """The model's test report (report()) on a split, its answers read as predict() reads them."""
+        pred = [WORDS[k] for k in self.predictions(model, split)]
+        return report(self.items[split], pred)
 
-        def acc(sel):
-            sel = np.asarray(sel, bool)
-            return {"accuracy": float(ok[sel].mean()), "n": int(sel.sum())} if sel.any() else None
 
-        res = {"accuracy": float(ok.mean()), "n": len(its)}
-        res["by_depth"] = {str(d): acc([it["depth"] == d for it in its]) for d in sorted({it["depth"] for it in its})}
-        res["by_strategy"] = {
-            s: acc([it["strategy"] == s for it in its]) for s in sorted({it["strategy"] for it in its})
-        }
-        res["proof_by_depth"] = {
-            str(d): acc([it["depth"] == d and it["strategy"] in ("proof", "inv-proof") for it in its])
-            for d in sorted({it["depth"] for it in its})
-        }
-        res["by_group"] = {str(g): acc([it["group"] == g for it in its]) for g in sorted({it["group"] for it in its})}
-        words = [word_presence(it) if it["strategy"] in ("random", "inv-random") else None for it in its]
-        res["unprovable_by_words"] = {k: acc([w == k for w in words]) for k in sorted({w for w in words if w})}
-        return res
+KINDS = {"proof": "proof", "inv-proof": "inverse proof", "random": "CWA failure", "inv-random": "NAF"}
+HARD = "unprovable, both words in"  # CWA failures and NAF questions whose entity and attribute occur
+
+
+def question_kind(item):
+    """The kind of a question (KINDS, by its generator's strategy; None for another strategy)."""
+    return KINDS.get(item["strategy"])
+
+
+def is_hard(item):
+    """An unprovable question (CWA failure, NAF) whose entity and attribute both occur in the theory:
+    the words alone do not answer it (word_presence)."""
+    return item["strategy"] in ("random", "inv-random") and word_presence(item) == "entity in, attribute in"
+
+
+def report(items, pred):
+    """Accuracy of the answer words `pred` on `items`: overall; per question kind (proof, inverse
+    proof, CWA failure, NAF) and on the hard unprovable questions (HARD); the balanced accuracy, the
+    mean over the four kinds present (the "not" rule, exact on proofs and wrong on the rest, scores
+    0.5 there); per depth; on the proof-bearing questions per depth; per number of statements."""
+    ok = np.array([p == it["answer"] for p, it in zip(pred, items)])
+
+    def acc(sel):
+        sel = np.asarray(sel, bool)
+        return {"accuracy": round(float(ok[sel].mean()), 4), "n": int(sel.sum())} if sel.any() else None
+
+    kinds = [question_kind(it) for it in items]
+    by_kind = {k: acc([q == k for q in kinds]) for k in KINDS.values()}
+    by_kind[HARD] = acc([is_hard(it) for it in items])
+    present = [v["accuracy"] for k, v in by_kind.items() if v and k != HARD]
+    depths = sorted({it["depth"] for it in items})
+    return {
+        "accuracy": round(float(ok.mean()), 4),
+        "n": len(items),
+        "balanced_accuracy": round(float(np.mean(present)), 4) if present else None,
+        "by_kind": by_kind,
+        "by_depth": {str(d): acc([it["depth"] == d for it in items]) for d in depths},
+        "proof_by_depth": {
+            str(d): acc([it["depth"] == d and it["strategy"] in ("proof", "inv-proof") for it in items]) for d in depths
+        },
+        "by_group": {str(g): acc([it["group"] == g for it in items]) for g in sorted({it["group"] for it in items})},
+    }
+
+
+def baseline_reports(train, items):
+    """{baseline: report()} of the shortcut baselines (shortcuts.predictions: majority, the "not" rule,
+    the size prior, a bag of words on theory + question) fitted on `train`, on the same `items`."""
+    from .shortcuts import predictions
+
+    return {name: report(items, pred) for name, pred in predictions(train, items).items()}

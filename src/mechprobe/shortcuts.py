@@ -4,6 +4,9 @@ An accuracy means something only beside these, computed on the same items:
   majority      the answer most frequent among the training items, for every item
   not_rule      "False" when the question contains the word "not", else "True" (on ProofWriter's
                 proof-bearing CWA questions the positive facts make this rule exact)
+  size_prior    the answer most frequent among the training items of the same number of statements
+                and the same polarity (with or without "not"): the draw's size shortcut (items that
+                carry "group")
   bag_of_words  a logistic regression on word counts of the statements and the question (each
                 word prefixed with where it occurs: s: statement, q: question), trained on the
                 training items
@@ -37,6 +40,8 @@ def predictions(train, items, words=("True", "False")):
         out["majority"] = [top] * len(items)
     if list(words) == ["True", "False"]:
         out["not_rule"] = ["False" if _NOT.search(it["question"]) else "True" for it in items]
+    if answers and all("group" in it for it in list(train) + list(items)):
+        out["size_prior"] = _size_prior(train, items, words, out["majority"][0] if items else words[0])
     if len(set(answers)) > 1:
         from sklearn.feature_extraction.text import CountVectorizer
         from sklearn.linear_model import LogisticRegression
@@ -47,6 +52,22 @@ def predictions(train, items, words=("True", "False")):
         clf = LogisticRegression(max_iter=2000).fit(X, [it["answer"] for it in fit])
         out["bag_of_words"] = list(clf.predict(vec.transform([_doc(it) for it in items])))
     return out
+
+
+def _size_prior(train, items, words, fallback):
+    """The majority answer of the training items with the same (group, "not" or not), per item
+    (`fallback` for a cell without training items)."""
+    from collections import Counter
+
+    def cell(it):
+        return it["group"], bool(_NOT.search(it["question"]))
+
+    counts = {}
+    for it in train:
+        if it["answer"] in words:
+            counts.setdefault(cell(it), Counter())[it["answer"]] += 1
+    top = {k: max(words, key=lambda w: (c[w], -list(words).index(w))) for k, c in counts.items()}
+    return [top.get(cell(it), fallback) for it in items]
 
 
 def accuracies(train, items, subsets, words=("True", "False")):
