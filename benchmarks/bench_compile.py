@@ -30,11 +30,21 @@ WARM, STEPS, BLOCK = 10, 80, 10
 
 def main():
     splits, tok = small_splits()
-    task = rs.PromptTask(tok, splits, 64, 0, pack=True, recall=True)
+    task = rs.PromptTask(tok, splits, 64, 0, recall=True)
     batches = (task.epoch_batches(1) + task.epoch_batches(2))[: 1 + WARM + STEPS]
     bf16 = bf16_fast("cpu")
     trainers = {
-        c: Trainer(rs.build_model(tok, 4, 128, 4, seed=0), 5e-4, 0.01, 10, 10_000, "cpu", 1.0, 0, 1.0, compile=c)
+        c: Trainer(
+            rs.build_model(tok, 4, 128, 4, seed=0),
+            lr=5e-4,
+            weight_decay=0.01,
+            warmup=10,
+            total=10_000,
+            dev="cpu",
+            lm_weight=1.0,
+            recall_weight=1.0,
+            compile=c,
+        )
         for c in (False, True)
     }
     runs = {c: (trainers[c], task) for c in trainers}

@@ -1,4 +1,4 @@
-"""Shared by bench_pack.py and bench_compile.py: a small generated ProofWriter dataset and a timer
+"""Used by bench_compile.py: a small generated ProofWriter dataset and a timer
 that trains several copies of the reasoner on the same batches in alternating blocks of steps, so
 that every copy sees the same machine (not a benchmark itself)."""
 

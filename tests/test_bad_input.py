@@ -121,8 +121,8 @@ def test_finetune_numbers_out_of_range(capsys, tmp_path, flag, value):
     "module,flag,value,msg",
     [
         ("finetune_proofwriter", "--lm-weight", "-1", "expected a number >= 0"),
-        ("finetune_proofwriter", "--curriculum", "-1", "expected an integer >= 0"),
-        ("finetune_proofwriter", "--balanced", "2", "invalid choice"),
+        ("finetune_proofwriter", "--positive-steps", "-1", "expected an integer >= 0"),
+        ("finetune_proofwriter", "--compile", "2", "invalid choice"),
         ("probing_gpt2", "--knockout", "2", "invalid choice"),
         ("probing_proofwriter", "--knockout-items", "-1", "expected an integer >= 0"),
         ("probing_proofwriter", "--view-items", "-2", "expected an integer >= 0"),

@@ -52,10 +52,12 @@ def test_packed_logits_and_losses_equal_the_prompts_run_apart():
         terms = [-F.log_softmax(full[i, t], -1)[s[t + 1]] for i, s in enumerate(SEQS) for t in range(len(s) - 1)]
         assert p.lm_loss(z).item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
     answers = torch.tensor([3, 4, 5, 6, 7])
-    apart = Trainer(tiny_llama(vocab_size=20), 0.0, 0.0, 1, 10, "cpu", lm_weight=0.5)
-    packed = Trainer(tiny_llama(vocab_size=20), 0.0, 0.0, 1, 10, "cpu", lm_weight=0.5)
-    loss_apart = apart.train_step(ids, mask, answers, use_bf16=False)
-    assert packed.train_step(p, None, answers, use_bf16=False) == pytest.approx(loss_apart, rel=1e-5)
+    ans = F.cross_entropy(last_logits(model, ids, mask), answers).item()
+    apart = ans + 0.5 * torch.stack(terms).mean().item()  # the trainer's loss, run apart by hand
+    packed = Trainer(tiny_llama(vocab_size=20), lr=0.0, weight_decay=0.0, warmup=1, total=10, dev="cpu", lm_weight=0.5)
+    assert packed.train_step(p, None, answers, use_bf16=False) == pytest.approx(apart, rel=1e-5)
+    plain = Trainer(tiny_llama(vocab_size=20), lr=0.0, weight_decay=0.0, warmup=1, total=10, dev="cpu")
+    assert plain.train_step(ids, mask, answers, use_bf16=False) == pytest.approx(ans, rel=1e-5)
 
 
 def test_packed_batches_hold_whole_theories(tmp_path):
@@ -66,7 +68,7 @@ def test_packed_batches_hold_whole_theories(tmp_path):
     files = rs.split_files(tmp_path, {"depth": 1})
     splits = {s: rs.read_questions(f) for s, f in files.items()}
     tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
-    task = rs.PromptTask(tok, splits, 12, 0, curriculum=1, pack=True)
+    task = rs.PromptTask(tok, splits, 12, 0)
     th = task.theory["train"]
     for epoch in (0, 1):
         batches = task.epoch_batches(epoch)
@@ -79,8 +81,11 @@ def test_packed_batches_hold_whole_theories(tmp_path):
             for t in set(th[b.numpy()].tolist()):
                 where.setdefault(t, set()).add(k)
         assert max(len(v) for v in where.values()) <= 2  # cut at most once (6 questions, batches of 12)
-    plain = rs.PromptTask(tok, splits, 12, 0, pack=False)
-    np.testing.assert_array_equal(task.predictions(tiny_model(tok), "val"), plain.predictions(tiny_model(tok), "val"))
+    model = tiny_model(tok)  # predictions from packed rows equal each prompt's own last logits
+    ids, mask = pad_batch(task.ids["val"], tok.pad_token_id)
+    with torch.no_grad():
+        apart = last_logits(model, ids, mask)[:, task.word_ids].argmax(-1).numpy()
+    np.testing.assert_array_equal(task.predictions(model, "val"), apart)
 
 
 def test_early_answer_positions_and_loss_by_hand():
@@ -105,11 +110,22 @@ def test_early_answer_positions_and_loss_by_hand():
     ]
     early = torch.stack(terms).mean().item()
     assert p.early_answer_loss(z, answers, words).item() == pytest.approx(early, rel=1e-5)
-    plain = Trainer(tiny_llama(vocab_size=20), 0.0, 0.0, 1, 10, "cpu").train_step(p, None, answers, use_bf16=False)
-    both = Trainer(tiny_llama(vocab_size=20), 0.0, 0.0, 1, 10, "cpu", early_answer=0.5, answer_ids=words)
+    plain = Trainer(tiny_llama(vocab_size=20), lr=0.0, weight_decay=0.0, warmup=1, total=10, dev="cpu").train_step(
+        p, None, answers, use_bf16=False
+    )
+    both = Trainer(
+        tiny_llama(vocab_size=20),
+        lr=0.0,
+        weight_decay=0.0,
+        warmup=1,
+        total=10,
+        dev="cpu",
+        early_answer=0.5,
+        answer_ids=words,
+    )
     assert both.train_step(p, None, answers, use_bf16=False) == pytest.approx(plain + 0.5 * early, rel=1e-5)
     with pytest.raises(ValueError, match="early_answer needs answer_ids"):
-        Trainer(model, 0.0, 0.0, 1, 10, "cpu", early_answer=1.0)
+        Trainer(model, lr=0.0, weight_decay=0.0, warmup=1, total=10, dev="cpu", early_answer=1.0)
 
 
 def tiny_model(tok):
@@ -165,8 +181,10 @@ def test_recall_segment_by_hand_and_against_the_tokens_run_apart():
         assert p.recall_loss(z).item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
         assert p.last[[0, 1, 3, 4]].max() < 19 and p.last[2] == T + 4  # the recall segment is no prompt
     answers = torch.tensor([3, 4, 5, 6, 7])
-    base = Trainer(tiny_llama(vocab_size=20), 0.0, 0.0, 1, 10, "cpu").train_step(plain, None, answers, False)
-    tr = Trainer(tiny_llama(vocab_size=20), 0.0, 0.0, 1, 10, "cpu", recall_weight=0.5)
+    base = Trainer(tiny_llama(vocab_size=20), lr=0.0, weight_decay=0.0, warmup=1, total=10, dev="cpu").train_step(
+        plain, None, answers, False
+    )
+    tr = Trainer(tiny_llama(vocab_size=20), lr=0.0, weight_decay=0.0, warmup=1, total=10, dev="cpu", recall_weight=0.5)
     assert tr.train_step(p, None, answers, False) == pytest.approx(base + 0.5 * p.recall_loss(z).item(), rel=1e-5)
     with pytest.raises(ValueError, match=r"recall segment of 'A' sees 7 tokens: expected 1..6"):
         pack(SEQS, KEYS, pad_id=0, recall={"A": (seg, 7)})
@@ -180,9 +198,9 @@ def test_recall_segments_restate_the_theorys_facts(tmp_path):
     files = rs.split_files(tmp_path, {"depth": 1})
     splits = {s: rs.read_questions(f) for s, f in files.items()}
     tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
-    task = rs.PromptTask(tok, splits, 12, 0, pack=True, recall=True)
+    task = rs.PromptTask(tok, splits, 12, 0, recall=True)
     batch = task.epoch_batches(0)[0]
-    p, _ = task.pad("train", batch)
+    p = task.pad("train", batch)
     T, th = p.ids.shape[1], task.theory["train"][batch.numpy()]
     for r, t in enumerate(dict.fromkeys(th.tolist())):
         it = splits["train"][int(batch[th.tolist().index(t)])]
@@ -194,143 +212,7 @@ def test_recall_segments_restate_the_theorys_facts(tmp_path):
             k = next(k for k, f in enumerate(left) if seg[c : c + len(f)].tolist() == f)
             c += len(left.pop(k))
         assert c == len(seg)
-    assert task.pad("val", np.arange(4))[0].recall_src is None  # no recall in evaluation
-
-
-def test_bos_prompts_start_with_s_and_pack_as_run_apart(tmp_path):
-    """BOS=1: every prompt starts with "<s>" (offsets (0, 0), kept by save and load); the questions'
-    first and last words move one token on; packed rows and the recall segments keep "<s>" once, in
-    front, and the packed answers equal the prompts run apart."""
-    from mechprobe import reasoner as rs
-    from mechprobe.models import load_tokenizer
-    from mechprobe.proofwriter_gen import generate
-
-    generate(tmp_path / "d", 1, (12, 4, 4), (2, 4, 8), 0, 6)
-    files = rs.split_files(tmp_path / "d", {"depth": 1})
-    splits = {s: rs.read_questions(f) for s, f in files.items()}
-    items = splits["train"] + splits["val"] + splits["test"]
-    tok, plain_tok = rs.build_tokenizer(items, bos=True), rs.build_tokenizer(items)
-    s = tok.convert_tokens_to_ids("<s>")
-    enc = tok("Anne is big .", return_offsets_mapping=True)
-    assert enc["input_ids"] == [s] + plain_tok("Anne is big .")["input_ids"] and enc["offset_mapping"][0] == (0, 0)
-    assert tok("Anne is big .", add_special_tokens=False)["input_ids"] == plain_tok("Anne is big .")["input_ids"]
-    tok.save_pretrained(tmp_path / "tok")
-    assert load_tokenizer(tmp_path / "tok")("Anne")["input_ids"][0] == s
-    task = rs.PromptTask(tok, splits, 12, 0, pack=True, recall=True, early_answer=True)
-    plain = rs.PromptTask(plain_tok, splits, 12, 0, pack=True, recall=True, early_answer=True)
-    assert all(a == [s] + b for a, b in zip(task.ids["train"], plain.ids["train"]))
-    np.testing.assert_array_equal(task.qstart["train"], plain.qstart["train"] + 1)
-    np.testing.assert_array_equal(task.qword["train"], plain.qword["train"] + 1)
-    p, _ = task.pad("train", task.epoch_batches(0)[0])
-    T = p.ids.shape[1]
-    assert (p.ids[:, 0] == s).all() and (p.ids == s).sum() == p.ids.shape[0]  # "<s>" once, first in each row
-    seen = p.mask.view(-1, T, T)[p.recall_src // T, p.recall_src % T] == 0  # (M, T): what each recall token sees
-    assert seen[:, 0].all()  # the recall segments see "<s>" with the statements
-    unpacked = rs.PromptTask(tok, splits, 12, 0)
-    np.testing.assert_array_equal(
-        task.predictions(tiny_model(tok), "val"), unpacked.predictions(tiny_model(tok), "val")
-    )
-
-
-def test_rotated_recall_restates_the_facts_in_the_statements_order(tmp_path):
-    """RECALL_ORDER=rotated: each recall segment is the theory's facts in the statements' order from
-    some first fact, wrapping round (checked against the facts' tokens), and the same rows when the
-    batch is packed again (seeded: a resumed run packs the same); a shuffled segment holds the same
-    facts; an unknown order stops with one line."""
-    from mechprobe import reasoner as rs
-    from mechprobe.proofwriter_gen import generate
-
-    generate(tmp_path, 1, (12, 3, 3), (8, 12), 0, 6)
-    splits = {s: rs.read_questions(f) for s, f in rs.split_files(tmp_path, {"depth": 1}).items()}
-    tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
-    tasks = {o: rs.PromptTask(tok, splits, 12, 0, pack=True, recall=True, recall_order=o) for o in rs.RECALL_ORDERS}
-    batch = tasks["rotated"].epoch_batches(0)[0]
-    p, _ = tasks["rotated"].pad("train", batch)
-    T, th = p.ids.shape[1], tasks["rotated"].theory["train"][batch.numpy()]
-    shuffled, starts = tasks["shuffled"].pad("train", batch)[0], []
-    for r, t in enumerate(dict.fromkeys(th.tolist())):
-        it = splits["train"][int(batch[th.tolist().index(t)])]
-        facts = [tok(f, add_special_tokens=False)["input_ids"] for f in it["statements"][: it["facts"]]]
-        seg = p.ids[r, p.recall_src[p.recall_src // T == r][0] % T :][: sum(map(len, facts))].tolist()
-        rotations = [k for k in range(len(facts)) if seg == [x for f in facts[k:] + facts[:k] for x in f]]
-        assert len(rotations) >= 1 and len(facts) >= 2
-        starts.append(rotations[0])
-        assert sorted(shuffled.ids[r].tolist()) == sorted(p.ids[r].tolist())  # the same tokens, other order
-    assert len(set(starts)) > 1  # the first fact is drawn, not always the first statement
-    again, _ = tasks["rotated"].pad("train", batch)
-    assert torch.equal(again.ids, p.ids)
-    with pytest.raises(MechprobeError, match=r"^RECALL_ORDER='sorted': expected one of shuffled, rotated, reversed$"):
-        rs.PromptTask(tok, splits, 12, 0, pack=True, recall=True, recall_order="sorted")
-
-
-def test_reversed_recall_restates_each_fact_attribute_first(tmp_path):
-    """RECALL_ORDER=reversed: each recall segment is the shuffled segment's facts in the same order,
-    each "E is a." written "a is E." (checked against the facts' text, reworded here), at the same
-    positions of the same rows, with next-token targets on every segment token but the last."""
-    import re
-
-    from mechprobe import reasoner as rs
-    from mechprobe.proofwriter_gen import generate
-
-    generate(tmp_path, 1, (12, 3, 3), (8, 12), 0, 6)
-    splits = {s: rs.read_questions(f) for s, f in rs.split_files(tmp_path, {"depth": 1}).items()}
-    tok = rs.build_tokenizer(splits["train"] + splits["val"] + splits["test"])
-    tasks = {
-        o: rs.PromptTask(tok, splits, 12, 0, pack=True, recall=True, recall_order=o) for o in ("shuffled", "reversed")
-    }
-    batch = tasks["reversed"].epoch_batches(0)[0]
-    rev, shuf = (tasks[o].pad("train", batch)[0] for o in ("reversed", "shuffled"))
-    assert torch.equal(rev.recall_src, shuf.recall_src) and torch.equal(rev.positions, shuf.positions)
-    T, th, n = rev.ids.shape[1], tasks["reversed"].theory["train"][batch.numpy()], 0
-    for r, t in enumerate(dict.fromkeys(th.tolist())):
-        it = splits["train"][int(batch[th.tolist().index(t)])]
-        facts = {tuple(tok(f, add_special_tokens=False)["input_ids"]): f for f in it["statements"][: it["facts"]]}
-        c0 = int(shuf.recall_src[shuf.recall_src // T == r][0] % T)
-        seg, c = shuf.ids[r, c0:].tolist(), 0
-        for _ in facts:  # the shuffled segment, fact by fact, and the reversed one at the same columns
-            f = next(f for f in facts if tuple(seg[c : c + len(f)]) == f)
-            e, a = re.fullmatch(r"(.+) is (\w+)\.", facts[f]).groups()
-            assert (
-                rev.ids[r, c0 + c : c0 + c + len(f)].tolist()
-                == tok(f"{a} is {e} .", add_special_tokens=False)["input_ids"]
-            )
-            c, n = c + len(f), n + 1
-    assert n >= 4 and not torch.equal(rev.ids, shuf.ids)
-    assert torch.equal(rev.recall_tgt, rev.ids.flatten()[rev.recall_src + 1])
-
-
-def test_recall_read_at_an_inner_layer_by_hand():
-    """RECALL_LAYER=k: the recall loss is the next-token loss of the logit lens after layer k,
-    W_U RMSNorm(h_k), computed here by hand from a hook on layer k's output of the segment run alone;
-    k = the number of layers is the plain recall loss; out-of-range layers stop with one line."""
-    model = tiny_llama(vocab_size=20, layers=3)
-    seg, V = [17, 18, 19, 17], 4
-    p = pack(SEQS, KEYS, pad_id=0, recall={"A": (seg, V)})
-    plain = pack(SEQS, KEYS, pad_id=0)
-    grab = {}
-    hook = model.model.layers[0].register_forward_hook(
-        lambda m, i, o: grab.update(h=o[0] if isinstance(o, tuple) else o)
-    )
-    with torch.no_grad():
-        model(input_ids=torch.tensor([A[:V] + seg]))
-        hook.remove()
-        h = grab["h"][0, V : V + len(seg) - 1]  # (3, D): the segment's positions that predict a token
-        eps, w = model.config.rms_norm_eps, model.model.norm.weight
-        lens = (h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + eps) * w) @ model.lm_head.weight.T  # (3, V)
-        by_hand = F.cross_entropy(lens, torch.tensor(seg[1:])).item()
-        z_last = p.logits(model)
-    answers = torch.tensor([3, 4, 5, 6, 7])
-    base = Trainer(tiny_llama(vocab_size=20, layers=3), 0.0, 0.0, 1, 10, "cpu").train_step(plain, None, answers, False)
-    inner = Trainer(tiny_llama(vocab_size=20, layers=3), 0.0, 0.0, 1, 10, "cpu", recall_weight=0.5, recall_layer=1)
-    assert inner.train_step(p, None, answers, False) == pytest.approx(base + 0.5 * by_hand, rel=1e-5)
-    last = Trainer(tiny_llama(vocab_size=20, layers=3), 0.0, 0.0, 1, 10, "cpu", recall_weight=0.5, recall_layer=3)
-    assert last.train_step(p, None, answers, False) == pytest.approx(
-        base + 0.5 * p.recall_loss(z_last).item(), rel=1e-5
-    )
-    with pytest.raises(
-        MechprobeError, match=r"^RECALL_LAYER=4: expected 0 \(the last layer\) to 3 \(the model's layers\)$"
-    ):
-        Trainer(tiny_llama(vocab_size=20, layers=3), 0.0, 0.0, 1, 10, "cpu", recall_weight=0.5, recall_layer=4)
+    assert task.pad("val", np.arange(4)).recall_src is None  # no recall in evaluation
 
 
 def test_compiled_training_step_equals_the_eager_one(monkeypatch):
@@ -343,8 +225,19 @@ def test_compiled_training_step_equals_the_eager_one(monkeypatch):
         pytest.skip("no C++ compiler for torch.compile on a CPU")
     p = pack(SEQS, KEYS, pad_id=0, recall={"A": ([17, 18, 19, 17], 4)})
     answers = torch.tensor([3, 4, 5, 6, 7])
-    eager = Trainer(tiny_llama(vocab_size=20), 1e-3, 0.0, 1, 10, "cpu", recall_weight=0.5)
-    comp = Trainer(tiny_llama(vocab_size=20), 1e-3, 0.0, 1, 10, "cpu", recall_weight=0.5, compile=True)
+    eager = Trainer(
+        tiny_llama(vocab_size=20), lr=1e-3, weight_decay=0.0, warmup=1, total=10, dev="cpu", recall_weight=0.5
+    )
+    comp = Trainer(
+        tiny_llama(vocab_size=20),
+        lr=1e-3,
+        weight_decay=0.0,
+        warmup=1,
+        total=10,
+        dev="cpu",
+        recall_weight=0.5,
+        compile=True,
+    )
     assert comp.forward is not comp.model and type(comp.model).__name__ == "LlamaForCausalLM"
     for _ in range(2):
         assert comp.train_step(p, None, answers, False) == pytest.approx(
@@ -357,4 +250,4 @@ def test_compiled_training_step_equals_the_eager_one(monkeypatch):
         MechprobeError,
         match=r"^COMPILE=1 needs a C\+\+ compiler on a CPU \(g\+\+, c\+\+ or clang\+\+ on PATH\); use COMPILE=0$",
     ):
-        Trainer(tiny_llama(vocab_size=20), 1e-3, 0.0, 1, 10, "cpu", compile=True)
+        Trainer(tiny_llama(vocab_size=20), lr=1e-3, weight_decay=0.0, warmup=1, total=10, dev="cpu", compile=True)

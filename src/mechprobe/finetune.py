@@ -94,14 +94,15 @@ def _ensure_data(data_dir, model_arg, k, vocab_size, seed, sizes, tok, length):
 
 @dataclass
 class TrainSettings:
-    """One training run (the CLI's options; their defaults are these, the scripts' too).
+    """One training run (the CLI's options take these defaults).
 
-    lr None: 2e-3 from scratch, 2e-5 for a pretrained model. max_steps 0: epochs decide.
-    target_acc: stop once validation accuracy reaches it (0: never). threads 0: all cores.
+    data_dir / out_dir None: data/ksmallest/min0<k> / runs/finetune_gpt2_k<k>. lr None: 2e-3 from
+    scratch, 2e-5 for a pretrained model. max_steps 0: epochs decide. target_acc: stop once
+    validation accuracy reaches it (0: never). threads 0: all cores.
     """
 
-    data_dir: str
-    out_dir: str
+    data_dir: Optional[str] = None
+    out_dir: Optional[str] = None
     model: str = "scratch"
     k: int = 1
     epochs: int = 2
@@ -126,29 +127,14 @@ class TrainSettings:
     threads: int = 0
     restart: bool = False
 
+    def __post_init__(self):
+        self.data_dir = self.data_dir or f"data/ksmallest/min0{self.k}"
+        self.out_dir = self.out_dir or f"runs/finetune_gpt2_k{self.k}"
+
 
 # Settings a resumed run must share with its checkpoint (the others: where and how fast it runs).
-RESUME_KEYS = (
-    "model",
-    "k",
-    "data_dir",
-    "epochs",
-    "max_steps",
-    "lr",
-    "weight_decay",
-    "batch_size",
-    "warmup",
-    "tuning",
-    "seed",
-    "vocab_size",
-    "length",
-    "sizes",
-    "n_layer",
-    "n_head",
-    "n_embd",
-    "numeric_init",
-    "autocast",
-)
+NOT_DEFINING = ("out_dir", "eval_every", "target_acc", "device", "threads", "restart")
+RESUME_KEYS = tuple(f.name for f in fields(TrainSettings) if f.name not in NOT_DEFINING)
 
 
 def build_model(a, meta, tok):
@@ -208,7 +194,7 @@ def train(a):
     settings = {k: getattr(a, k) for k in RESUME_KEYS}
     ckpt = out / "checkpoint.pt"
     resume = load_checkpoint(ckpt, settings, dev) if ckpt.exists() and not a.restart else None
-    tr = Trainer(model, lr, a.weight_decay, a.warmup, total, dev)
+    tr = Trainer(model, lr=lr, weight_decay=a.weight_decay, warmup=a.warmup, total=total, dev=dev)
     use_bf16 = a.autocast == "bf16" or (a.autocast == "auto" and bf16_fast(dev))
     with run_folder(out, outputs=("results.json", "config.json", "curves.png"), owner="finetune"):
         config = {
@@ -267,8 +253,10 @@ def parser():
     )
     p.add_argument("--model", help="local pretrained GPT-2 folder, or 'scratch' for the embedded default")
     p.add_argument("--k", type=int)
-    p.add_argument("--data-dir", required=True, help="dataset folder; generated first when it holds no dataset")
-    p.add_argument("--out-dir", required=True)
+    p.add_argument(
+        "--data-dir", help="dataset folder; generated first when it holds no dataset (None: data/ksmallest/min0<K>)"
+    )
+    p.add_argument("--out-dir", help="the run's folder (None: runs/finetune_gpt2_k<K>)")
     p.add_argument("--epochs", type=nonneg_int)
     p.add_argument("--max-steps", type=nonneg_int, help="stop after this many steps (0: epochs decide)")
     p.add_argument("--lr", type=positive_float, help="default 2e-3 from scratch, 2e-5 for a pretrained model")

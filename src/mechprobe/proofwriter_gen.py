@@ -183,15 +183,6 @@ def _rep(e, a):
     return f'("{e}" "is" "{a[4:] if neg else a}" "{"-" if neg else "+"}")'
 
 
-def _pick(rng, pool, n, derived_share=0.5):
-    """n of pool (tuples whose 4th field is the proof depth), up to derived_share of them derived."""
-    der = [c for c in pool if c[3]]
-    chosen = [der[i] for i in rng.permutation(len(der))[: int(n * derived_share)]]
-    rest = [c for c in pool if c not in chosen]
-    chosen += [rest[i] for i in rng.permutation(len(rest))[: n - len(chosen)]]
-    return chosen
-
-
 def make_theory(
     rng,
     tid,
@@ -199,18 +190,12 @@ def make_theory(
     max_depth,
     n_questions=8,
     naf=False,
-    balanced=False,
-    more=0,
-    pairs=0,
-    prng=None,
     wording="if",
     wrng=None,
 ):
     """One theory of n_statements (facts and rules) with n_questions questions in the release's format,
     or None when its deepest derivation exceeds max_depth or it has no question (the caller draws again).
-    After them: up to `more` other questions drawn as they were, then up to `pairs` binding pairs
-    (_binding_pairs), both drawn with `prng`, so that `rng` draws the same theories and questions
-    with or without them. wording "mixed": each rule's sentence in a form drawn with `wrng` (rule_text),
+    wording "mixed": each rule's sentence in a form drawn with `wrng` (rule_text),
     the same theories otherwise."""
     ents, attrs, facts, rules = _draw_statements(rng, n_statements, naf)
     known = closure(facts, rules, ents)
@@ -226,15 +211,9 @@ def make_theory(
             if (e, a) not in known:
                 cands.append((fact_text(e, a), False, "random", None, None))
                 cands.append((fact_text(e, a, True), True, "inv-random", None, None))
-    chosen = _choose_questions(rng, derived, cands, n_questions, balanced)
+    chosen = _choose_questions(rng, derived, cands, n_questions)
     if not chosen:
         return None
-    if more:
-        asked = {c[0] for c in chosen}
-        left = [[c for c in x if c[0] not in asked] for x in (derived, cands)]
-        chosen += _choose_questions(prng, *left, more, balanced)
-    if pairs:
-        chosen += _binding_pairs(prng, facts, rules, known, pairs, {c[0] for c in chosen})
     th["questions"] = {f"Q{j + 1}": _question(*c, facts, rules, known) for j, c in enumerate(chosen)}
     return th
 
@@ -268,30 +247,6 @@ def _draw_statements(rng, n_statements, naf):
     return ents, attrs, facts, rules
 
 
-def _binding_pairs(rng, facts, rules, known, n, asked=()):
-    """Up to n pairs of questions on the same words, in one polarity: "E is a." not derivable though
-    E and a both occur in the statements (False by CWA; "E is not a." True), and a derivable "E2 is
-    a." that shares its attribute (else "E is b." sharing its entity; True; negated False). Within a
-    pair neither the words' presence nor "not" tells the answer, only whether E and a are bound.
-    Questions already `asked` are not repeated."""
-    ents = sorted({e for e, _ in facts})
-    words = sorted({a for _, a in facts} | {c.removeprefix("not ") for _, cs, k in rules for c in (*cs, k)})
-    hard = [(e, a) for e in ents for a in words if (e, a) not in known]
-    out, asked = [], set(asked)
-    for i in rng.permutation(len(hard))[:n]:
-        e, a = hard[i]
-        mates = [fa for fa in known if fa[1] == a and fa[0] != e] or [fa for fa in known if fa[0] == e]
-        neg = bool(rng.random() < 0.5)
-        m = mates[int(rng.integers(len(mates)))] if mates else None
-        texts = (fact_text(e, a, neg), fact_text(*m, neg)) if m else ()
-        if not texts or asked & set(texts):
-            continue
-        asked |= set(texts)
-        out.append((texts[0], neg, "inv-random" if neg else "random", None, None))
-        out.append((texts[1], not neg, "inv-proof" if neg else "proof", *known[m]))
-    return out
-
-
 def _theory_record(tid, max_depth, facts, rules, forms=None):
     """The theory's fields of the release's format (id, triples, rules, theory text), without questions;
     forms: {rule id: rule_text form} (default "if")."""
@@ -316,16 +271,8 @@ def _theory_record(tid, max_depth, facts, rules, forms=None):
     return th
 
 
-def _choose_questions(rng, derived, cands, n_questions, balanced):
+def _choose_questions(rng, derived, cands, n_questions):
     """The questions asked: candidates (text, answer, strategy, depth, proof node); derived need a rule."""
-    if balanced:
-        # as many questions of each strategy (proof, inv-proof, random, inv-random), so that neither
-        # the word "not" nor the theory's size tells the answer; up to half of the proof-bearing ones
-        # need a rule (depth >= 1)
-        by = {k: [c for c in derived + cands if c[2] == k] for k in ("proof", "inv-proof", "random", "inv-random")}
-        n = min([n_questions // 4] + [len(v) for v in by.values()])
-        chosen = [c for k in by for c in _pick(rng, by[k], n)]
-        return [chosen[i] for i in rng.permutation(len(chosen))]
     # up to half of the questions need a rule (depth >= 1), the rest are drawn from everything else
     chosen = [derived[i] for i in rng.permutation(len(derived))[: n_questions // 2]]
     return chosen + [cands[i] for i in rng.permutation(len(cands))[: n_questions - len(chosen)]]
@@ -373,9 +320,6 @@ def generate(
     seed=0,
     n_questions=8,
     naf=False,
-    balanced=False,
-    binding_pairs=0,
-    train_more=0,
     wording="if",
     unique=False,
 ):
@@ -383,24 +327,18 @@ def generate(
     unique: no theory text is drawn twice, within or across the splits (a drawn duplicate is drawn
     again), so that no dev or test prompt occurs in train word for word.
     wording: "if" (every rule "If someone is ... then they are ...") or "mixed" (each rule in one of the
-    release's wordings, drawn from its own stream: the same theories and questions).
-    balanced: every theory gets as many questions of each of the four strategies (make_theory).
-    train_more / binding_pairs: each training theory gets up to this many more questions (drawn as the
-    others) / pairs of binding questions (_binding_pairs) besides, from their own random stream: every
-    split's theories and other questions unchanged."""
+    release's wordings, drawn from its own stream: the same theories and questions)."""
     if wording not in WORDINGS:
         raise MechprobeError(f"wording {wording!r}: expected one of {', '.join(WORDINGS)}")
     rng = np.random.default_rng(seed)
-    prng = np.random.default_rng([seed, 1])
     wrng = np.random.default_rng([seed, 2])
     folder = Path(out) / "CWA" / f"depth-{max_depth}"
     seen = set()
     for split, n in zip(("train", "dev", "test"), sizes):
         rows, tid = [], 0
-        extra = (train_more, binding_pairs, prng) if split == "train" else (0, 0, None)
         while len(rows) < n:
             g = int(groups[len(rows) % len(groups)])
-            th = make_theory(rng, f"{split}{tid}", g, max_depth, n_questions, naf, balanced, *extra, wording, wrng)
+            th = make_theory(rng, f"{split}{tid}", g, max_depth, n_questions, naf, wording, wrng)
             tid += 1
             if th is not None and not (unique and th["theory"] in seen):
                 seen.add(th["theory"])

@@ -5,30 +5,16 @@ Data: theories from proofwriter_gen in the original release's format (CWA, quest
 every question kind kept: proof (True), inv-proof (False), CWA failure ("random": False) and negation
 as failure ("inv-random": True), drawn as proofwriter_gen draws them (up to half need a rule). That
 draw leaves two shortcuts: the theory's size (small theories hold few provable facts, so most of their
-questions are CWA failures) and the word "not". With balanced=True every theory gets as many
-questions of each kind, so True / False is balanced within every theory and for either polarity
-(README: a model trained on the default draw answers from those shortcuts; on the balanced draw the
-same recipe stays at chance within 15 minutes). `meta.json` records
-the configuration, so a folder holding another one is refused, not silently reused.
+questions are CWA failures) and the word "not" (report() puts the model beside these shortcuts).
+No theory text occurs twice, within or across the splits. `meta.json` records the configuration,
+so a folder holding another one is refused, not silently reused.
 
 Input: exactly the probe's prompt with zero demonstrations,
     "<statement> <statement> ... <question> True or False?"
 and the answer is read at the last position from the two answer tokens (" True", " False"),
 as the probe reads any LLM (incontext.py). The model is a LlamaForCausalLM built from a config,
-with a word-level fast tokenizer (offsets for the statement spans) saved beside it.
-
-Training batches are bucketed by length: each epoch's seeded permutation is cut into chunks of
-50 batches, each chunk sorted by prompt length and cut into batches, and the batches shuffled;
-the first `curriculum` epochs instead go through all prompts from the shortest to the longest
-(the smallest theories first: matching a question to one fact is learnt before searching 24);
-with stage_steps, the first stage_steps batches are drawn from the smallest theories only, the
-larger groups let in one at a time (equal shares); with positive_steps, the first positive_steps
-batches (of positive_batch questions, default batch_size) hold only questions without "not"
-(whether a statement holds is learnt apart from its negation: on the balanced draw the answer is
-the XOR of the two, with no signal in either alone);
-right padding with an attention mask, the loss at each prompt's last real token; with prior_balance
-each question's loss is weighted (prior_weights) so that the answer's prior given the theory's size
-and the word "not" is 1/2.
+with a word-level fast tokenizer (offsets for the statement spans) saved beside it. Training
+batches: PromptTask.
 """
 
 import json
@@ -48,42 +34,36 @@ MAX_DEPTH = 5
 STRATEGIES = ("proof", "inv-proof", "random", "inv-random")
 
 
-def data_config(depth, sizes, groups, questions, seed, naf=False, balanced=False, binding_pairs=0, train_more=0):
+def data_config(depth, sizes, groups, questions, seed):
+    """The generated data's configuration (meta.json): CWA theories without negation as failure,
+    no theory text twice within or across the splits."""
     cfg = {
         "depth": int(depth),
         "sizes": [int(x) for x in sizes],
         "groups": [int(g) for g in groups],
         "questions": int(questions),
         "seed": int(seed),
-        "naf": bool(naf),
+        "naf": False,
         "setting": "CWA",
-        "unique": True,  # no theory text twice, within or across the splits (proofwriter_gen.generate)
+        "unique": True,
     }
-    if balanced:  # recorded only when set, so folders generated before the option still match
-        cfg["balanced"] = True
-    if binding_pairs:
-        cfg["binding_pairs"] = int(binding_pairs)
-    if train_more:
-        cfg["train_more"] = int(train_more)
     return cfg
 
 
 def check_config(cfg):
+    """A clear error naming the field of a data configuration that is out of range."""
     if not 0 <= cfg["depth"] <= MAX_DEPTH:
-        raise MechprobeError(f"DEPTH={cfg['depth']}: expected a question depth between 0 and {MAX_DEPTH}")
+        raise MechprobeError(f"depth={cfg['depth']}: expected a question depth between 0 and {MAX_DEPTH}")
     if len(cfg["sizes"]) != 3 or min(cfg["sizes"]) < 1:
         raise MechprobeError(
-            f"SIZES={' '.join(map(str, cfg['sizes']))}: expected three positive numbers of theories (train dev test)"
+            f"sizes={' '.join(map(str, cfg['sizes']))}: expected three positive numbers of theories (train dev test)"
         )
     if not cfg["groups"] or min(cfg["groups"]) < 1 or max(cfg["groups"]) > 40:
         raise MechprobeError(
-            f"GROUPS={' '.join(map(str, cfg['groups']))}: expected numbers of statements between 1 and 40"
+            f"groups={' '.join(map(str, cfg['groups']))}: expected numbers of statements between 1 and 40"
         )
     if cfg["questions"] < 1:
-        raise MechprobeError(f"QUESTIONS={cfg['questions']}: expected at least 1 question per theory")
-    for key, most, what in (("binding_pairs", 20, "pairs of binding questions"), ("train_more", 40, "more questions")):
-        if not 0 <= cfg.get(key, 0) <= most:
-            raise MechprobeError(f"{key.upper()}={cfg[key]}: expected 0 to {most} {what} per training theory")
+        raise MechprobeError(f"questions={cfg['questions']}: expected at least 1 question per theory")
 
 
 def ensure_data(folder, cfg):
@@ -105,7 +85,7 @@ def _ensure_data(folder, cfg):
     meta = folder / "meta.json"
     if meta.exists():
         old = json.loads(meta.read_text())
-        diff = [f"{k.upper()} {old.get(k)!r} (folder) vs {v!r} (asked)" for k, v in cfg.items() if old.get(k) != v]
+        diff = [f"{k} {old.get(k)!r} (folder) vs {v!r} (asked)" for k, v in cfg.items() if old.get(k) != v]
         if diff:
             raise MechprobeError(
                 f"{folder} holds data of another configuration ({'; '.join(diff)}); "
@@ -134,10 +114,7 @@ def _ensure_data(folder, cfg):
         cfg["seed"],
         cfg["questions"],
         cfg["naf"],
-        cfg.get("balanced", False),
-        cfg.get("binding_pairs", 0),
-        cfg.get("train_more", 0),
-        unique=cfg.get("unique", False),
+        unique=cfg["unique"],
     )
     write_json(tmp / "meta.json", cfg)
     if folder.exists():
@@ -189,43 +166,9 @@ def is_negated(question):
     return " not " in f" {question} "
 
 
-def prior_weights(items):
-    """Loss weight of each training question so that, within each number of statements g, the four
-    cells (with or without "not") x (True, False) weigh the same: w = n_g / (c_g n_cell), c_g the
-    non-empty cells of g (the weights of a group sum to n_g). The answer's prior given the theory's
-    size and the word "not" is then 1/2: the draw's size shortcut is gone from the loss, not from
-    the data (unlike BALANCED, which draws other questions)."""
-    from collections import Counter
-
-    keys = [(it["group"], is_negated(it["question"]), it["answer"]) for it in items]
-    cell, n_g = Counter(keys), Counter(k[0] for k in keys)
-    cells_g = Counter(k[0] for k in cell)
-    return np.array([n_g[k[0]] / (cells_g[k[0]] * cell[k]) for k in keys], dtype=np.float64)
-
-
-def loss_weights(items, prior_balance=False, binding_weight=1.0):
-    """Per-question loss weights (N,) float32, or None when all are 1: prior_weights with
-    prior_balance, times binding_weight for the unprovable questions (CWA failure, NAF) whose entity
-    and attribute both occur in the theory (word_presence: where the words alone do not answer)."""
-    if not prior_balance and binding_weight == 1.0:
-        return None
-    w = prior_weights(items) if prior_balance else np.ones(len(items))
-    hard = [
-        it["strategy"] in ("random", "inv-random") and word_presence(it) == "entity in, attribute in" for it in items
-    ]
-    w = w * np.where(hard, binding_weight, 1.0)
-    return torch.from_numpy(w).float()
-
-
-def positive_pool(items, words=False):
-    """(N,) bool: the questions the positive phase draws from, those without "not"; with words, only
-    those whose entity and attribute both occur in the theory (word_presence), so that the words'
-    presence tells nothing there: true facts and rule conclusions against unprovable questions on
-    the same words (CWA failures whose words are bound to other words)."""
-    keep = [not is_negated(it["question"]) for it in items]
-    if words:
-        keep = [k and word_presence(it) == "entity in, attribute in" for k, it in zip(keep, items)]
-    return np.array(keep, dtype=bool)
+def positive_pool(items):
+    """(N,) bool: the questions the positive phase draws from, those without "not"."""
+    return np.array([not is_negated(it["question"]) for it in items], dtype=bool)
 
 
 FACT = re.compile(r"(.+?) is (\w+)\.")  # "Bob is big." (a CWA fact)
@@ -323,82 +266,43 @@ def fact_tokens(tok, items):
     return out
 
 
-def reverse_fact(ids, is_id):
-    """A fact's token ids "E is a ." -> "a is E ." (the words after the first "is", then "is", then the
-    words before it, then the final mark), e.g. "The cat is big ." -> "big is The cat ."."""
-    k = ids.index(is_id)
-    return [*ids[k + 1 : -1], is_id, *ids[:k], ids[-1]]
-
-
-def build_tokenizer(items, bos=False):
-    """The word tokenizer of the questions `items`' words; with bos, prompts start with "<s>"."""
+def build_tokenizer(items):
+    """The word tokenizer of the questions `items`' words."""
     from .tiny import word_tokenizer
 
     texts = [s for it in items for s in it["statements"] + [it["question"]]] + ["True or False ?"]
-    return word_tokenizer(texts, bos=bos)
+    return word_tokenizer(texts)
 
 
-def build_model(tok, layers=4, hidden=128, heads=4, seed=0, max_positions=1024, **arch):
-    """A LlamaForCausalLM from a config (intermediate size 4 x hidden), eager attention; arch: the
-    architecture options of `tiny.llama_from_config` (tie, rope_theta, position_heads, wired_lookup),
-    with its defaults."""
+def build_model(tok, layers=4, hidden=128, heads=4, seed=0, max_positions=1024, rope_theta=1e6):
+    """A randomly initialised LlamaForCausalLM from a config (intermediate size 4 x hidden, as many key
+    as query heads, RoPE base rope_theta), eager attention (tiny.llama_from_config)."""
     from .tiny import llama_from_config
 
-    return llama_from_config(tok, layers, hidden, heads, heads, 4 * hidden, seed, max_positions, **arch)
-
-
-RECALL_ORDERS = ("shuffled", "rotated", "reversed")
+    return llama_from_config(tok, layers, hidden, heads, heads, 4 * hidden, seed, max_positions, rope_theta)
 
 
 class PromptTask:
-    """ProofWriter questions as a training task (training.run_loop), length-bucketed.
+    """ProofWriter questions as a training task (training.run_loop): batches of whole theories, each
+    theory's questions packed into one row that holds its statements once (packing.pack).
 
-    recall_order (with recall): the order in which a recall segment restates its theory's facts;
-    "shuffled": a seeded permutation, so that only "E is" -> one of E's attributes can be predicted
-    (the lookup by entity); "rotated": the statements' order from a seeded first fact, wrapping
-    round, so that after each restated fact "E is a ." the next fact's words can be predicted too,
-    by finding "E is a ." among the statements (a match on the entity and the attribute together,
-    which a question's answer needs); "reversed": the shuffled order, each fact "E is a ." restated
-    as "a is E ." so that "a is" -> the entities said to be a is predicted (the lookup by attribute:
-    an occurrence of a must carry whose attribute it is, which a question "E is a." needs where it
-    meets a among the statements)."""
+    Each epoch's theories come in a seeded order, sorted by length within chunks of 50 batches, the
+    batches shuffled. The first positive_steps batches hold only questions without "not" (whether a
+    statement holds is learnt before its negation: on the generator's draw the word "not" alone
+    answers every proof-bearing question, and a model that settles on it first never learns the
+    rest). With recall, each training row ends with its theory's facts restated in a seeded order
+    (only "E is" -> one of E's attributes can be predicted: the lookup a question's answer needs).
+    With early_answer, each question's answer is read from its last word on too (packing.pack's
+    answer_from). The next-token loss covers each prompt's words up to its question's "." (not the
+    answer choices "True or False ?", whose fixed next tokens would contradict the early answer)."""
 
-    def __init__(
-        self,
-        tok,
-        splits,
-        batch_size,
-        seed,
-        curriculum=0,
-        stage_steps=0,
-        positive_steps=0,
-        positive_batch=0,
-        prior_balance=0,
-        pack=False,
-        lm_question=False,
-        lm_statements=False,
-        binding_weight=1.0,
-        recall=False,
-        positive_words=False,
-        recall_order="shuffled",
-        early_answer=False,
-    ):
-        if recall_order not in RECALL_ORDERS:
-            raise MechprobeError(f"RECALL_ORDER={recall_order!r}: expected one of {', '.join(RECALL_ORDERS)}")
-        self.recall_order = recall_order
-        self.tok, self.batch_size, self.seed, self.curriculum, self.pack = tok, batch_size, seed, curriculum, pack
-        self.lm_question, self.lm_statements = lm_question, lm_statements
+    def __init__(self, tok, splits, batch_size, seed, *, positive_steps=0, recall=False, early_answer=False):
+        self.tok, self.batch_size, self.seed = tok, batch_size, seed
         self.facts = fact_tokens(tok, splits["train"]) if recall else None
-        self.stage_steps, self.positive_steps = stage_steps, positive_steps
-        self.positive_batch = positive_batch or batch_size
-        self.weights = loss_weights(splits["train"], prior_balance, binding_weight)
-        train_groups = np.array([it["group"] for it in splits["train"]])
-        self.groups = sorted(set(train_groups.tolist()))
-        self.pools = {g: train_groups <= g for g in self.groups}  # theories of <= g statements
-        self.positive = positive_pool(splits["train"], positive_words)
+        self.positive_steps, self.early_answer = positive_steps, early_answer
+        self.positive = positive_pool(splits["train"])
         self.word_ids = answer_ids(tok, WORDS)
-        self.items, self.ids, self.qstart, self.qword, self.early_answer = splits, {}, {}, {}, early_answer
-        self.qend = {}
+        self.items, self.ids, self.qstart, self.qend, self.qword = splits, {}, {}, {}, {}
         for split, items in splits.items():
             self._encode(split, items)
         self.lengths = np.array([len(x) for x in self.ids["train"]])
@@ -408,8 +312,8 @@ class PromptTask:
         }
 
     def _encode(self, split, items):
-        """Token ids of the split's prompts, the index of each question's first token (and, with
-        early_answer, of its last word)."""
+        """Token ids of the split's prompts, the index of each question's first token, of its first
+        token after the question (and, with early_answer, of its last word)."""
         built = [PromptBuilder().build(it, []) for it in items]
         texts = [b[0] for b in built]
         full = self.tok(texts, add_special_tokens=True, return_offsets_mapping=True)
@@ -426,25 +330,16 @@ class PromptTask:
         self.ids[split] = enc
 
     def epoch_batches(self, epoch):
-        """The epoch's batches (index tensors): in length buckets (sorted within chunks of 50 batches,
-        then cut and shuffled), the first `curriculum` epochs fully sorted from the shortest prompts;
-        with `pack`, whole theories (a theory's questions together); the staged and positive phases'
-        steps replaced by draws from their pools."""
+        """The epoch's batches (index tensors of whole theories' questions), in length buckets (sorted
+        within chunks of 50 batches, then cut and shuffled); the positive phase's steps replaced by
+        draws from its pool."""
         n, bs = len(self.ids["train"]), self.batch_size
         rng = np.random.default_rng(self.seed * 1000 + epoch)
-        perm = rng.permutation(n)
-        sort = epoch < self.curriculum  # curriculum: the shortest prompts (smallest theories) first
-        if self.pack:
-            order = self._order(np.arange(n), rng, chunk=n if sort else None)
-        elif sort:
-            order = perm[np.argsort(self.lengths[perm], kind="stable")]
-        else:
-            chunks = [perm[c : c + 50 * bs] for c in range(0, n, 50 * bs)]
-            order = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")] for c in chunks])
+        rng.permutation(n)  # drawn and unused: the seeded order of every epoch stays that of earlier versions
+        order = self._order(np.arange(n), rng)
         batches = [torch.from_numpy(order[i : i + bs]) for i in range(0, n, bs)]
-        if not sort:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        return self._staged(epoch, batches)
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        return self._positive(epoch, batches)
 
     def _order(self, idx, rng, chunk=None):
         """Questions `idx` (training indices) ordered theory by theory (a theory's questions together,
@@ -461,129 +356,67 @@ class PromptTask:
         pos[ranked] = np.arange(len(names))
         return idx[np.argsort(pos[inv], kind="stable")]
 
-    def stage_group(self, step):
-        """The largest number of statements let in at this step of the staged phase (None after it):
-        the groups in turn, each for an equal share of the first stage_steps steps."""
-        if step >= self.stage_steps:
-            return None
-        return self.groups[step * len(self.groups) // self.stage_steps]
-
-    def _phase(self, step):
-        """(largest group let in or None, positive phase?) at this step."""
-        return self.stage_group(step), step < self.positive_steps
-
-    def pool(self, step):
-        """Training questions a batch of this step (in the staged or positive phase) is drawn from: the
-        theories let in by the staged phase, and only the questions without "not" in the positive phase."""
-        group, positive = self._phase(step)
-        sel = self.pools[group] if group is not None else np.ones(len(self.positive), bool)
-        return np.flatnonzero(sel & self.positive if positive else sel)
-
-    def _staged(self, epoch, batches):
-        """Batches of the staged and positive phases replaced by seeded draws from their step's pool,
-        bucketed by length: up to 50 steps with the same pool draw their questions together, sorted
-        by prompt length and cut into batches, in a seeded order."""
-        spe = len(batches)
-        end = min(spe, max(0, max(self.stage_steps, self.positive_steps) - epoch * spe))
-        i = 0
-        while i < end:
-            step = epoch * spe + i
-            key = self._phase(step)
-            j = i + 1
-            while j < end and j - i < 50 and self._phase(epoch * spe + j) == key:
-                j += 1
-            pool, n = self.pool(step), j - i
-            bs = min(self.positive_batch if key[1] else self.batch_size, len(pool))
+    def _positive(self, epoch, batches):
+        """Batches of the positive phase replaced by seeded draws of questions without "not", by
+        length: up to 50 steps draw their questions together (whole theories' positive questions,
+        as many passes over the pool as needed), sorted by length and cut into batches, in a seeded
+        order."""
+        spe, pool = len(batches), np.flatnonzero(self.positive)
+        end = min(spe, max(0, self.positive_steps - epoch * spe))
+        for i in range(0, end, 50):
+            step, n = epoch * spe + i, min(50, end - i)
+            bs = min(self.batch_size, len(pool))
             rng = np.random.default_rng([self.seed, step])
-            draw = self._draw(pool, n * bs, rng)
+            passes = [self._order(pool, rng, chunk=1) for _ in range(-(-n * bs // len(pool)))]
+            draw = np.concatenate(passes)[: n * bs]
+            draw = self._order(draw, rng, chunk=len(draw))  # theory by theory, by length
             for b, o in enumerate(rng.permutation(n)):
                 batches[i + b] = torch.from_numpy(draw[o * bs : (o + 1) * bs])
-            i = j
         return batches
 
-    def _draw(self, pool, m, rng):
-        """m questions of the pool (seeded), sorted by prompt length: with `pack`, whole theories in a
-        seeded order (as many passes over the pool as needed); else drawn without replacement (a
-        small pool: batches of batch_size drawn apart)."""
-        if self.pack:
-            passes = [self._order(pool, rng, chunk=1) for _ in range(-(-m // len(pool)))]
-            draw = np.concatenate(passes)[:m]
-            return self._order(draw, rng, chunk=len(draw))  # theory by theory, by length
-        if m <= len(pool):
-            draw = rng.choice(pool, m, replace=False)
-        else:  # a small pool (the smallest theories): each batch drawn apart
-            bs = min(self.batch_size, len(pool))
-            draw = np.concatenate([rng.choice(pool, bs, replace=False) for _ in range(m // bs)])
-        return draw[np.argsort(self.lengths[draw], kind="stable")]
-
     def pad(self, split, idx):
-        """(ids, mask) of the questions `idx` right-padded; with `pack`, (PackedPrompts, None): a row per theory."""
-        from .capture import pad_batch
+        """The questions `idx` of a split packed (PackedPrompts, a row per theory), with the training
+        split's recall segments and early answer positions."""
+        from .packing import pack
 
+        idx = np.asarray(idx, dtype=np.int64)
         seqs = [self.ids[split][int(i)] for i in idx]
-        if self.pack:
-            from .packing import pack
-
-            idx = np.asarray(idx, dtype=np.int64)
-            lm_from = self.qstart[split][idx] if self.lm_question else None
-            # the next-token loss ends at the question's last token: the answer choices "True or False ?"
-            # after it would train "." -> "True" and "or" -> "False" whatever the answer
-            lm_to = (self.qstart if self.lm_statements else self.qend)[split][idx]
-            keys = self.theory[split][idx].tolist()
-            recall = self._recall(idx, keys) if self.facts is not None and split == "train" else None
-            early = self.qword[split][idx] if self.early_answer and split == "train" else None
-            return pack(seqs, keys, self.tok.pad_token_id, lm_from, recall, lm_to, early), None
-        return pad_batch(seqs, self.tok.pad_token_id)
+        keys = self.theory[split][idx].tolist()
+        recall = self._recall(idx, keys) if self.facts is not None and split == "train" else None
+        early = self.qword[split][idx] if self.early_answer and split == "train" else None
+        return pack(seqs, keys, self.tok.pad_token_id, None, recall, self.qend[split][idx], early)
 
     def _recall(self, idx, keys):
         """{theory: (its facts restated in a seeded order, its statements' length)}: the recall
         segments of a packed training batch (the order seeded by the theory and the batch's first
         question, so that a resumed run packs the same rows)."""
-        out, is_id = {}, self.tok.convert_tokens_to_ids("is")
+        out = {}
         for i, k in zip(idx.tolist(), keys):
             if k not in out:
                 facts = self.facts[k]
                 order = np.random.default_rng([self.seed, k, int(idx[0])]).permutation(len(facts))
-                if self.recall_order == "rotated" and len(facts):  # statements' order from a drawn first fact
-                    order = (order[0] + np.arange(len(facts))) % len(facts)
-                seg = [facts[o] for o in order]
-                if self.recall_order == "reversed":
-                    seg = [reverse_fact(f, is_id) for f in seg]
-                out[k] = ([t for f in seg for t in f], int(self.qstart["train"][i]))
+                out[k] = ([t for o in order for t in facts[o]], int(self.qstart["train"][i]))
         return out
 
     def batch(self, idx):
-        """(ids, mask, answer token ids), and the questions' loss weights with prior_balance; with
-        `pack`, ids is a PackedPrompts and mask None."""
-        ids, mask = self.pad("train", idx)
-        if self.weights is None:
-            return ids, mask, self.answers["train"][idx]
-        return ids, mask, self.answers["train"][idx], self.weights[idx]
+        """(PackedPrompts, None, answer token ids) of the training questions `idx`."""
+        return self.pad("train", idx), None, self.answers["train"][idx]
 
     @torch.no_grad()
     def predictions(self, model, split, batch_size=128):
-        """Predicted answer index (0 True, 1 False) per question: argmax of the two answer tokens' logits."""
-        from .models import last_logits
-
+        """Predicted answer index (0 True, 1 False) per question: argmax of the two answer tokens'
+        logits at its last token (theories by length, a theory's questions packed together)."""
         model.eval()
         dev = next(model.parameters()).device
         lengths, th = np.array([len(x) for x in self.ids[split]]), self.theory[split]
-        if self.pack:  # theories by length, a theory's questions together
-            longest = np.zeros(th.max() + 1, dtype=np.int64)
-            np.maximum.at(longest, th, lengths)
-            order = np.lexsort((th, longest[th]))
-        else:
-            order = np.argsort(lengths, kind="stable")
+        longest = np.zeros(th.max() + 1, dtype=np.int64)
+        np.maximum.at(longest, th, lengths)
+        order = np.lexsort((th, longest[th]))
         pred = np.empty(len(order), dtype=int)
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            ids, mask = self.pad(split, idx)
-            if mask is None:
-                ids = ids.to(dev)
-                logits = ids.logits(model)[ids.last][:, self.word_ids]
-            else:
-                logits = last_logits(model, ids.to(dev), mask.to(dev))[:, self.word_ids]
-            pred[idx] = logits.argmax(-1).cpu().numpy()
+            ids = self.pad(split, idx).to(dev)
+            pred[idx] = ids.logits(model)[ids.last][:, self.word_ids].argmax(-1).cpu().numpy()
         return pred
 
     def accuracy(self, model, split):

@@ -7,14 +7,12 @@ schedule, step, best, history, RNG, and the settings the run must share to resum
 
 import shutil
 import time
-from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from .models import last_logits
-from .optim import make_optimizers
 from .packing import PackedPrompts
 from .utils import MechprobeError, atomic_path, get_logger, progress
 
@@ -68,17 +66,15 @@ def plot_curves(history, path):
     save_figure(fig, path)
 
 
-def warmup_linear_decay(warm, total, decay=0):
-    """Learning-rate factor at step s: (s + 1) / warm during the warm-up, then 1 until the last `decay`
-    steps, which go linearly to 0 at `total` (decay 0: the decay starts right after the warm-up)."""
-    start = warm if decay <= 0 else max(warm, total - decay)
-    return lambda s: (s + 1) / warm if s < warm else min(1.0, max(0.0, (total - s) / max(1, total - start)))
+def warmup_linear_decay(warm, total):
+    """Learning-rate factor at step s: (s + 1) / warm during the warm-up, then linearly down to 0 at
+    `total`."""
+    return lambda s: (s + 1) / warm if s < warm else min(1.0, max(0.0, (total - s) / max(1, total - warm)))
 
 
-def load_checkpoint(ckpt, settings, dev, added=None):
-    """The checkpoint's state when it can resume this run; a clear error when it cannot.
-    added: {setting: value} for settings introduced after the checkpoint was written (a checkpoint
-    that lacks one ran with that value)."""
+def load_checkpoint(ckpt, settings, dev):
+    """The checkpoint's state when it can resume this run (the same `settings`); a clear error when it
+    cannot."""
     try:
         st = torch.load(ckpt, map_location=dev, weights_only=False)
         old = st.get("settings")
@@ -91,7 +87,6 @@ def load_checkpoint(ckpt, settings, dev, added=None):
         raise MechprobeError(
             f"{ckpt}: the checkpoint records no settings (an older version wrote it); RESTART=1 starts the run over"
         )
-    old = {**(added or {}), **old}
     diff = [f"{k.upper()} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
     if diff:
         raise MechprobeError(
@@ -109,79 +104,50 @@ def compiled(model):
     return torch.compile(model, dynamic=True)
 
 
-def check_readout_layer(model, layer):
-    """layer (0: the last) for layer_readout, checked against the model: 0 <= layer <= its layers."""
-    n = model.config.num_hidden_layers
-    if not 0 <= layer <= n:
-        raise MechprobeError(f"RECALL_LAYER={layer}: expected 0 (the last layer) to {n} (the model's layers)")
-    if layer and not hasattr(getattr(model, "model", None), "norm"):
-        raise MechprobeError(
-            f"RECALL_LAYER={layer}: needs a LLaMA-family model (model.model.norm), not {type(model).__name__}"
-        )
-    return 0 if layer == n else layer
-
-
-def layer_readout(model, h):
-    """Next-token logits read from the residual stream h (..., D) after an inner layer with the model's
-    own final norm and unembedding (the logit lens): z = W_U RMSNorm(h), (..., V). A loss on z asks
-    the first layers to have computed the next token by then (LLaMA-family: model.model.norm)."""
-    return model.lm_head(model.model.norm(h))
-
-
 class Trainer:
     """The state of one training run: model, optimizer, schedule, step, best, history.
 
-    The loss is the cross-entropy of the logits at each prompt's last (real) token against the
-    answer token: L = -log softmax(z_last)[answer]. With lm_weight > 0 (right-padded batches with a
-    mask), the mean next-token cross-entropy over the prompt's own tokens is added:
-        L += lm_weight * mean_{t < last} -log softmax(z_t)[x_{t+1}]
-    (an auxiliary loss: copying a statement's words into the question is what a reasoner's
-    attention needs to learn, matching the question with the statements). With recall_weight > 0 and
-    packed prompts that carry recall segments, their mean next-token cross-entropy is added too:
-        L += recall_weight * mean_{recall tokens} -log softmax(z_t)[x_{t+1}]
-    where z_t is read after layer recall_layer when it is set (layer_readout; 0: the model's logits).
-    With early_answer > 0 and packed prompts that carry early positions (a question's last word and
-    the tokens after it), the answer is read there too, over the answer words' logits only:
+    AdamW (lr, weight_decay) with `warmup` steps of linear warm-up, then a linear decay to 0 at step
+    `total`. The loss is the cross-entropy of the logits at each prompt's last (real) token against the
+    answer token: L = -log softmax(z_last)[answer]. With packed prompts (packing.PackedPrompts):
+        L += lm_weight * mean_{t} -log softmax(z_t)[x_{t+1}]          (the prompts' own tokens)
+        L += recall_weight * mean_{recall t} -log softmax(z_t)[x_{t+1}] (the recall segments)
         L += early_answer * mean_{early t} -log softmax(z_t[answer_ids])[answer]
-    (deep supervision: the answer is asked for where the question's words meet the statements, not
-    only several tokens later). held: [(parameter, index)] slices put back to their values at the first
-    step after each of the first hold_steps optimizer steps (a wired-in circuit kept while the rest of
-    the model learns to use it; `tiny.wired_slices`).
-    With compile, the training forward is torch.compile'd (the same function; evaluation, checkpoints
-    and save_pretrained use the plain module). optimizer: "adamw", or "muon" (optim.make_optimizers:
-    Muon on the blocks' weight matrices, AdamW on the rest; one lr schedule drives both)."""
+    (the early answer: the answer read at a question's last word and the tokens after it too, over the
+    answer words' logits only; answer_ids: those words' token ids). With compile, the training forward
+    is torch.compile'd (the same function; evaluation, checkpoints and save_pretrained use the plain
+    module)."""
 
     def __init__(
         self,
         model,
+        *,
         lr,
         weight_decay,
         warmup,
         total,
         dev,
         lm_weight=0.0,
-        decay=0,
         recall_weight=0.0,
-        compile=False,
-        recall_layer=0,
-        optimizer="adamw",
         early_answer=0.0,
         answer_ids=None,
-        held=(),
-        hold_steps=0,
+        compile=False,
     ):
         if early_answer and answer_ids is None:
             raise ValueError("early_answer needs answer_ids (the answer words' token ids)")
-        self.early_answer, self.answer_ids = early_answer, answer_ids
-        self.held, self.hold_steps, self._kept = list(held), hold_steps, None
-        self.model, self.total, self.dev, self.lm_weight = model, total, dev, lm_weight
-        self.recall_layer = check_readout_layer(model, recall_layer) if recall_weight else 0
+        self.model, self.total, self.dev = model, total, dev
+        self.lm_weight, self.recall_weight, self.early_answer, self.answer_ids = (
+            lm_weight,
+            recall_weight,
+            early_answer,
+            answer_ids,
+        )
         self.forward = compiled(model) if compile else model  # the training forward; evaluation stays eager
-        self.recall_weight = recall_weight
-        self.opts = make_optimizers(model, lr, weight_decay, optimizer)
-        lam = warmup_linear_decay(min(warmup, total // 10 + 1), total, decay)
-        self.scheds = [torch.optim.lr_scheduler.LambdaLR(o, lam) for o in self.opts]
-        self.opt, self.sched = self.opts[0], self.scheds[0]  # AdamW (with "muon": over the rest)
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, warmup_linear_decay(min(warmup, total // 10 + 1), total)
+        )
         self.step, self.best, self.history, self.elapsed = 0, -1.0, {"train": [], "val": []}, 0.0
 
     def state(self, settings):
@@ -189,11 +155,6 @@ class Trainer:
             "model": self.model.state_dict(),
             "opt": self.opt.state_dict(),
             "sched": self.sched.state_dict(),
-            **(
-                {"muon": self.opts[1].state_dict(), "muon_sched": self.scheds[1].state_dict()}
-                if len(self.opts) > 1
-                else {}
-            ),
             "step": self.step,
             "best": self.best,
             "history": self.history,
@@ -206,67 +167,45 @@ class Trainer:
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["opt"])
         self.sched.load_state_dict(st["sched"])
-        if len(self.opts) > 1:
-            self.opts[1].load_state_dict(st["muon"])
-            self.scheds[1].load_state_dict(st["muon_sched"])
         self.step, self.best, self.history, self.elapsed = st["step"], st["best"], st["history"], st["elapsed"]
         torch.set_rng_state(st["rng"])
 
-    def train_step(self, ids, mask, answers, use_bf16, weights=None):
-        """One AdamW step; ids (B, T), mask (B, T) of right-padded prompts or None (or ids a PackedPrompts
-        of B prompts and mask None), answers (B,);
-        weights (B,): the answer loss is then the weighted mean sum_i w_i L_i / sum_i w_i."""
-        self.model.train()
-        if self._kept is None:  # the held slices' values before the first step of this process
-            self._kept = [(p, idx, p.data[idx].clone()) for p, idx in self.held]
-        ids, answers = ids.to(self.dev), answers.to(self.dev)
-        mask = None if mask is None else mask.to(self.dev)
+    def loss(self, ids, mask, answers, use_bf16):
+        """The loss of a batch: ids (B, T), mask (B, T) of right-padded prompts (or None), or ids a
+        PackedPrompts of B prompts and mask None; answers (B,)."""
         packed = isinstance(ids, PackedPrompts)
-        aux = bool(self.lm_weight) and (mask is not None or packed)
         with torch.autocast(torch.device(self.dev).type, dtype=torch.bfloat16, enabled=use_bf16):
             if packed:
-                z, h = ids.outputs(self.forward, self.recall_layer or None)  # (R * T, V), (R * T, D) or None
-                logits = z[ids.last]
-            elif aux:
-                z = self.forward(input_ids=ids, attention_mask=mask).logits  # (B, T, V)
-                last = mask.sum(1) - 1
-                logits = z[torch.arange(len(ids), device=ids.device), last]
+                z = ids.logits(self.forward)  # (R * T, V)
+                logits = z[ids.last]  # (B, V)
             else:
                 logits = last_logits(self.forward, ids, mask)  # (B, V)
-        loss = F.cross_entropy(logits.float(), answers, reduction="none")  # (B,)
-        loss = loss.mean() if weights is None else (loss * weights.to(loss.device)).sum() / weights.sum()
-        if packed and self.recall_weight:  # logits, or the inner layer's states read out at the recall positions
-            recall = ids.recall_loss(z, None) if h is None else ids.recall_loss(h, partial(layer_readout, self.model))
-            loss = loss if recall is None else loss + self.recall_weight * recall
-        if packed and self.early_answer:  # the answer read at the question's last word and after it too
-            early = ids.early_answer_loss(z, answers, self.answer_ids)
-            loss = loss if early is None else loss + self.early_answer * early
-        if aux and packed:
-            loss = loss + self.lm_weight * ids.lm_loss(z)
-        elif aux:
-            tgt = ids[:, 1:].masked_fill(torch.arange(1, ids.shape[1], device=ids.device) > last[:, None], -100)
-            lm = F.cross_entropy(z[:, :-1].float().reshape(-1, z.shape[-1]), tgt.reshape(-1), ignore_index=-100)
-            loss = loss + self.lm_weight * lm
-        for o in self.opts:
-            o.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(logits.float(), answers)
+        if not packed:
+            return loss
+        extra = (
+            (self.recall_weight, ids.recall_loss(z) if self.recall_weight else None),
+            (self.early_answer, ids.early_answer_loss(z, answers, self.answer_ids) if self.early_answer else None),
+            (self.lm_weight, ids.lm_loss(z) if self.lm_weight else None),
+        )
+        for w, x in extra:
+            loss = loss if x is None else loss + w * x
+        return loss
+
+    def train_step(self, ids, mask, answers, use_bf16):
+        """One AdamW step on a batch (loss()); returns the loss."""
+        self.model.train()
+        ids, answers = ids.to(self.dev), answers.to(self.dev)
+        mask = None if mask is None else mask.to(self.dev)
+        loss = self.loss(ids, mask, answers, use_bf16)
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        for o, sc in zip(self.opts, self.scheds):
-            o.step()
-            sc.step()
+        self.opt.step()
+        self.sched.step()
         self.step += 1
-        self._hold()
         self.history["train"].append((self.step, loss.item()))
         return loss.item()
-
-    @torch.no_grad()
-    def _hold(self):
-        """Put the held slices back to their values at this run's (or resumption's) first step, during
-        the first hold_steps steps (restored after every step, they are those at initialisation)."""
-        if self.step > self.hold_steps or not self.held:
-            return
-        for p, idx, v in self._kept:
-            p.data[idx] = v
 
 
 def run_loop(tr, task, tok, out, settings, use_bf16, eval_every, target_acc=0.0, validate_after=0):
@@ -284,8 +223,7 @@ def run_loop(tr, task, tok, out, settings, use_bf16, eval_every, target_acc=0.0,
         epoch, within = divmod(tr.step, steps_per_epoch)
         if epoch not in cache:
             cache = {0: cache[0], epoch: task.epoch_batches(epoch)}
-        b = task.batch(cache[epoch][within])  # (ids, mask, answers) or with the loss weights
-        loss = tr.train_step(*b[:3], use_bf16, weights=b[3] if len(b) > 3 else None)
+        loss = tr.train_step(*task.batch(cache[epoch][within]), use_bf16)  # (ids, mask, answers)
         bar.update(1)
         if tr.step % eval_every == 0 and tr.step <= validate_after and tr.step != tr.total:
             if bar.disable:
