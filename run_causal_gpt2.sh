@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
-# Head entropy, head pruning (random / lowest-entropy first / highest-entropy first) and the
-# attention-flow case study, on a GPT-2 finetuned on the k-th smallest task.
+# Causal analysis on the k-th smallest task: head entropy, head pruning by entropy against random heads,
+# and the attention flow with the lowest-entropy heads masked.
+# Set a variable below (or in the environment) to change it; empty: the module's default. Every option and
+# its default: PYTHONPATH=src python -m mechprobe.causal_gpt2 --help. Other options pass through:
+#   bash run_causal_gpt2.sh --entropy-order position --flow-positions 3 12
 set -euo pipefail
 cd "$(dirname "$0")"
 
-MODEL=${MODEL:-runs/finetune_gpt2_k1/best}
-DATA_DIR=${DATA_DIR:-data/ksmallest/min01}
-OUT_DIR=${OUT_DIR:-runs/causal_gpt2}
-N_EXAMPLES=${N_EXAMPLES:-1000}                # test lists
-SHARES=${SHARES:-"0 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9"}
-SEEDS=${SEEDS:-"0 1 2 3 4"}                   # random masking seeds
-ENTROPY_ORDER=${ENTROPY_ORDER:-rank}          # rank | position | per_list: which entropy orders heads
-FLOW_MASK_SHARE=${FLOW_MASK_SHARE:-0.4}       # lowest-entropy heads masked in the flow case study
-FLOW_POSITIONS=${FLOW_POSITIONS:-}            # where the k+1 useful numbers are put (smallest first); empty: spread (3 12 for k=1)
-DEVICE=${DEVICE:-cpu}
-THREADS=${THREADS:-0}  # torch threads (0: all cores); lower it when another job shares the cores
+MODEL=${MODEL:-}            # a finetuned model folder
+DATA_DIR=${DATA_DIR:-}
+OUT_DIR=${OUT_DIR:-}
+N_EXAMPLES=${N_EXAMPLES:-}  # test lists
+SEEDS=${SEEDS:-}            # random masking seeds (space-separated)
+DEVICE=${DEVICE:-}
+THREADS=${THREADS:-}        # torch threads (0: all cores)
 
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MECHPROBE_SCRIPT="${0##*/}"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
-python -m mechprobe.causal --model "$MODEL" --data-dir "$DATA_DIR" --out-dir "$OUT_DIR" --n-examples "$N_EXAMPLES" \
-  --shares $SHARES --seeds $SEEDS --entropy-order "$ENTROPY_ORDER" --flow-mask-share "$FLOW_MASK_SHARE" \
-  ${FLOW_POSITIONS:+--flow-positions $FLOW_POSITIONS} --device "$DEVICE" --threads "$THREADS" "$@"
-echo "outputs: $OUT_DIR (head_entropy.png, pruning.png, attention_flow.png, causal_results.json, config.json)"
+args=()
+opt() { [ -z "$2" ] || args+=("$1" "$2"); }
+opt --model "$MODEL"; opt --data-dir "$DATA_DIR"; opt --out-dir "$OUT_DIR"; opt --n-examples "$N_EXAMPLES"
+opt --device "$DEVICE"; opt --threads "$THREADS"
+[ -z "$SEEDS" ] || args+=(--seeds $SEEDS)
+python -m mechprobe.causal_gpt2 ${args[@]+"${args[@]}"} "$@"

@@ -20,9 +20,9 @@ LR=${LR:-}
 SEED=${SEED:-}              # the theories' draw and the initialisation (another seed needs another DATA_DIR)
 DEVICE=${DEVICE:-}          # auto | cpu | cuda
 THREADS=${THREADS:-}        # torch threads (0: all cores); lower it when another job shares the cores
-RESTART=${RESTART:-0}       # 1: ignore an existing checkpoint in OUT_DIR and start over
+RESTART=${RESTART:-}        # 1: ignore an existing checkpoint in OUT_DIR and start over
 
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MECHPROBE_SCRIPT="${0##*/}"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 args=()
 opt() { [ -z "$2" ] || args+=("$1" "$2"); }

@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
-# MechanisticProbe on GPT-2 models finetuned on the k-th smallest task.
-# MODELS and DATA_DIRS are space-separated lists, one data folder per model (k is read from its meta.json):
-#   MODELS="runs/finetune_gpt2_k0/best runs/finetune_gpt2_k1/best" DATA_DIRS="data/ksmallest/min00 data/ksmallest/min01" bash run_probing_gpt2.sh
+# The MechanisticProbe on GPT-2 models finetuned on the k-th smallest task (run_finetune_gpt2.sh first):
+# S_P1 / S_P2 against random-init controls, by layer, per head, and the attention knockout.
+# Set a variable below (or in the environment) to change it; empty: the module's default. Every option and
+# its default: PYTHONPATH=src python -m mechprobe.probing_gpt2 --help. Other options pass through:
+#   MODELS="runs/finetune_gpt2_k1/best runs/finetune_gpt2_k2/best" DATA_DIRS="data/ksmallest/min01 data/ksmallest/min02" \
+#     bash run_probing_gpt2.sh --p2-labels rank
 set -euo pipefail
 cd "$(dirname "$0")"
 
-MODELS=${MODELS:-runs/finetune_gpt2_k1/best}  # finetuned model folders
-DATA_DIRS=${DATA_DIRS:-data/ksmallest/min01}  # dataset of each model, same order
-PRETRAINED=${PRETRAINED:-}                    # optional pretrained-not-finetuned folder (second reference)
-OUT_DIR=${OUT_DIR:-runs/probing_gpt2}
-N_EXAMPLES=${N_EXAMPLES:-1024}                # test lists probed
-SEEDS=${SEEDS:-"0 1 2"}                       # random-init controls and fold splits
-FOLDS=${FOLDS:-2}                             # cross-validation folds grouped by example
-NORMALIZE=${NORMALIZE:-max}                   # max (divide each example by its max, as the paper) | none
-P2_LABELS=${P2_LABELS:-answer}                # answer (the answer vs the other useful numbers, the original) | rank (k+1 classes); same at k=1
-KNOCKOUT=${KNOCKOUT:-1}                       # 1: attention knockout (is the tree used?): gold / probe-predicted useful vs random not-useful numbers
-DEVICE=${DEVICE:-cpu}
-THREADS=${THREADS:-0}  # torch threads (0: all cores); lower it when another job shares the cores
+MODELS=${MODELS:-}          # finetuned model folders (space-separated, one per k)
+DATA_DIRS=${DATA_DIRS:-}    # the dataset of each model, in the same order
+PRETRAINED=${PRETRAINED:-}  # a pretrained-not-finetuned folder (a second reference; empty: none)
+OUT_DIR=${OUT_DIR:-}
+N_EXAMPLES=${N_EXAMPLES:-}  # test lists probed
+SEEDS=${SEEDS:-}            # random-init controls and fold splits (space-separated)
+DEVICE=${DEVICE:-}          # cpu | cuda
+THREADS=${THREADS:-}        # torch threads (0: all cores)
 
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MECHPROBE_SCRIPT="${0##*/}"
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
-python -m mechprobe.probing_gpt2 --models $MODELS --data-dirs $DATA_DIRS ${PRETRAINED:+--pretrained "$PRETRAINED"} \
-  --out-dir "$OUT_DIR" --n-examples "$N_EXAMPLES" --seeds $SEEDS --folds "$FOLDS" --normalize "$NORMALIZE" --p2-labels "$P2_LABELS" --knockout "$KNOCKOUT" --device "$DEVICE" --threads "$THREADS" "$@"
-echo "outputs: $OUT_DIR (probe_results.json, config.json, probe_by_layer.png, probe_by_k.png, probe_by_head_k<k>.png, knockout_k<k>.png, selectivity_k<k>.png, run.log)"
+args=()
+opt() { [ -z "$2" ] || args+=("$1" "$2"); }
+opt --pretrained "$PRETRAINED"; opt --out-dir "$OUT_DIR"; opt --n-examples "$N_EXAMPLES"; opt --device "$DEVICE"
+opt --threads "$THREADS"
+[ -z "$MODELS" ] || args+=(--models $MODELS)
+[ -z "$DATA_DIRS" ] || args+=(--data-dirs $DATA_DIRS)
+[ -z "$SEEDS" ] || args+=(--seeds $SEEDS)
+python -m mechprobe.probing_gpt2 ${args[@]+"${args[@]}"} "$@"

@@ -1,5 +1,5 @@
 """Eager vs torch.compile'd training steps of the ProofWriter reasoner (run_finetune_proofwriter.sh,
-COMPILE=0 / 1).
+--compile 0 / 1).
 
 The same packed batches (64 questions with their recall segments, as the default draws them) are
 trained on two copies of the default 4-layer, 128-wide model, one eager and one compiled

@@ -9,7 +9,7 @@ Part 1, capture against output_attentions and a bare forward: 48 prompts of the 
 Time: best of 3 in this process. Memory: growth of the peak resident set (VmHWM, reset before) over
 one batch, each variant in a fresh process.
 Part 2 (unless --no-study), the whole default study, timed from the shell: `run_probing_proofwriter.sh`
-with its defaults from an empty feature cache, then a rerun that changes only the probe (FOLDS=3).
+with its defaults from an empty feature cache, then a rerun that changes only the probe (--folds 3).
 
     python benchmarks/bench_llm.py              # about 15 minutes on 2 cores; alone on the machine
 Last line: capture_vs_forward=... prefix_vs_forward=... output_attentions_vs_forward=...
@@ -128,19 +128,19 @@ def memory(bs):
 
 
 def study():
-    """Seconds of the default study from an empty cache, and of a rerun with FOLDS=3."""
+    """Seconds of the default study from an empty cache, and of a rerun with --folds 3."""
     times = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label, folds in (("first", "2"), ("rerun", "3")):
-            env = {**os.environ, "CACHE_DIR": f"{tmp}/cache", "FOLDS": folds, "OUT_DIR": f"{tmp}/out{folds}"}
+            env = {**os.environ, "CACHE_DIR": f"{tmp}/cache", "OUT_DIR": f"{tmp}/out{folds}"}
             t = time.perf_counter()
             p = subprocess.run(
-                ["bash", str(ROOT / "run_probing_proofwriter.sh")], cwd=ROOT, env=env, capture_output=True, text=True
+                ["bash", str(ROOT / "run_probing_proofwriter.sh"), "--folds", folds], cwd=ROOT, env=env, capture_output=True, text=True
             )
             times[label] = time.perf_counter() - t
             if p.returncode:
                 sys.exit(f"run_probing_proofwriter.sh failed ({p.returncode}):\n{p.stderr[-2000:]}")
-            print(f"study, {label} (FOLDS={folds}): {times[label]:.1f} s")
+            print(f"study, {label} (--folds {folds}): {times[label]:.1f} s")
     return times
 
 

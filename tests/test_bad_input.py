@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from mechprobe import arc, corrupt, finetune, probing_gpt2
+from mechprobe import arc, corruptions, finetune_gpt2, probing_gpt2
 from mechprobe import ksmallest as ks
 from mechprobe import proofwriter as pw
 from mechprobe.tiny import tiny_llama_dir
@@ -41,35 +41,36 @@ def test_subset_size_not_below_the_items_is_refused():
     items = [{"useful": [1, 0], "step": [0, -1]}] * 10
     feats = [np.zeros((2, 3, 1))] * 10
     ok = np.ones(10, bool)
-    with pytest.raises(MechprobeError, match=r"SUBSET_SIZE=10: .*fewer than the 10 items"):
-        corrupt.subset_study(items, feats, [feats], ok, ok, list(range(10)), 5, 10, 0, 2, 3)
+    with pytest.raises(MechprobeError, match=r"subset_size=10: .*fewer than the 10 items"):
+        corruptions.subset_study(items, feats, [feats], ok, ok, list(range(10)), 5, 10, 0, 2, 3)
 
 
 # 3, 8, 12 ------------------------------------------------------------ resume
 def test_resume_with_other_settings_names_them_and_writes_nothing(tmp_path):
-    finetune.main(args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2"))
+    finetune_gpt2.main(args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2"))
     config = (tmp_path / "run" / "config.json").read_text()
     with pytest.raises(
-        MechprobeError, match=r"settings differ from the checkpoint's \(MAX_STEPS 4 -> 8; LR 0.003 -> 0.01\).*RESTART=1"
+        MechprobeError,
+        match=r"settings differ from the checkpoint.s \(max_steps=4 -> 8; lr=0.003 -> 0.01\).*restart=True",
     ):
-        finetune.main(args(tmp_path, "run", "--max-steps", "8", "--eval-every", "2", "--lr", "1e-2"))
-    with pytest.raises(MechprobeError, match=r"N_EMBD 16 -> 32"):
-        finetune.main(args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2", "--n-embd", "32"))
+        finetune_gpt2.main(args(tmp_path, "run", "--max-steps", "8", "--eval-every", "2", "--lr", "1e-2"))
+    with pytest.raises(MechprobeError, match=r"n_embd=16 -> 32"):
+        finetune_gpt2.main(args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2", "--n-embd", "32"))
     assert (tmp_path / "run" / "config.json").read_text() == config  # untouched
-    res = finetune.main(args(tmp_path, "run", "--max-steps", "6", "--eval-every", "2", "--restart"))
+    res = finetune_gpt2.main(args(tmp_path, "run", "--max-steps", "6", "--eval-every", "2", "--restart"))
     assert res["steps"] == 6 and json.loads((tmp_path / "run" / "config.json").read_text())["max_steps"] == 6
 
 
 def test_leftover_tmp_files_removed_and_garbage_checkpoint_named(tmp_path):
-    finetune.main(args(tmp_path, "run", "--max-steps", "2", "--eval-every", "2"))
+    finetune_gpt2.main(args(tmp_path, "run", "--max-steps", "2", "--eval-every", "2"))
     out = tmp_path / "run"
     (out / ".checkpoint.pt.abc123.tmp.pt").write_bytes(b"x" * 1000)  # what kill -9 during a save leaves
     (out / ".best.tmp").mkdir()
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
     (out / "status.json").write_text('{"status": "failed"}')  # not a complete run: the rerun resumes
-    with pytest.raises(MechprobeError, match=r"checkpoint\.pt: unreadable checkpoint.*RESTART=1"):
-        finetune.main(args(tmp_path, "run", "--max-steps", "2", "--eval-every", "2"))
-    finetune.main(args(tmp_path, "run", "--max-steps", "2", "--eval-every", "2", "--restart"))
+    with pytest.raises(MechprobeError, match=r"checkpoint\.pt: unreadable checkpoint.*restart=True"):
+        finetune_gpt2.main(args(tmp_path, "run", "--max-steps", "2", "--eval-every", "2"))
+    finetune_gpt2.main(args(tmp_path, "run", "--max-steps", "2", "--eval-every", "2", "--restart"))
     assert not [f.name for f in out.iterdir() if ".tmp" in f.name]
 
 
@@ -79,7 +80,7 @@ def test_meta_k_disagreeing_with_records(tmp_path):
     meta = json.loads((tmp_path / "d" / "meta.json").read_text())
     (tmp_path / "d" / "meta.json").write_text(json.dumps({**meta, "k": 2}))
     with pytest.raises(MechprobeError, match=r"train\.jsonl:1: k=1, but .*meta\.json says k=2"):
-        finetune.main(args(tmp_path, "r", "--data-dir", str(tmp_path / "d"), "--k", "2", "--max-steps", "1"))
+        finetune_gpt2.main(args(tmp_path, "r", "--data-dir", str(tmp_path / "d"), "--k", "2", "--max-steps", "1"))
 
 
 # 5, 11 ------------------------------------------------------------ numbers out of range
@@ -112,7 +113,7 @@ def test_probe_numbers_out_of_range(capsys, tmp_path, flag, value, msg):
     ],
 )
 def test_finetune_numbers_out_of_range(capsys, tmp_path, flag, value):
-    code, err = cli_error(capsys, finetune.main, [*args(tmp_path), flag, *value.split()])
+    code, err = cli_error(capsys, finetune_gpt2.main, [*args(tmp_path), flag, *value.split()])
     assert code == 2 and f"argument {flag}" in err
     assert not (tmp_path / "data").exists()
 
@@ -145,10 +146,10 @@ def test_new_options_out_of_range(capsys, tmp_path, module, flag, value, msg):
 
 
 def test_zero_steps_and_duplicate_seeds(tmp_path):
-    with pytest.raises(MechprobeError, match="nothing to train: MAX_STEPS=0 and EPOCHS=0"):
-        finetune.main(args(tmp_path, "r", "--max-steps", "0", "--epochs", "0"))
+    with pytest.raises(MechprobeError, match="nothing to train: max_steps=0 and epochs=0"):
+        finetune_gpt2.main(args(tmp_path, "r", "--max-steps", "0", "--epochs", "0"))
     assert not (tmp_path / "r" / "config.json").exists()
-    with pytest.raises(MechprobeError, match="SEEDS=0 0: a seed is repeated"):
+    with pytest.raises(MechprobeError, match="seeds=0 0: a seed is repeated"):
         probing_gpt2.main(["--models", "m", "--data-dirs", "d", "--out-dir", str(tmp_path / "o"), "--seeds", "0", "0"])
 
 
@@ -176,7 +177,7 @@ def test_tiny_model_never_reused_for_other_data(tmp_path):
 
 # 7 ------------------------------------------------------------ failed generation leaves nothing
 def test_failed_generation_leaves_no_dataset(tmp_path):
-    with pytest.raises(MechprobeError, match="SIZES=200 0 50: expected three positive numbers"):
+    with pytest.raises(MechprobeError, match="sizes=200 0 50: expected three positive numbers"):
         ks.write_dataset(tmp_path / "d", list(range(20)), 1, sizes=(200, 0, 50))
     assert not (tmp_path / "d").exists()
     ks.write_dataset(tmp_path / "d", list(range(20)), 1, sizes=(4, 4, 4))  # a rerun with good sizes works
@@ -207,21 +208,21 @@ def test_second_run_into_the_same_folder_stops_naming_the_first(tmp_path):
         (tmp_path / "o").mkdir()
         (tmp_path / "o" / ".lock").write_text(str(other.pid))
         with pytest.raises(MechprobeError, match=f"another run \\(pid {other.pid}\\) is writing into this folder"):
-            finetune.main(args(tmp_path, "o", "--max-steps", "1"))
+            finetune_gpt2.main(args(tmp_path, "o", "--max-steps", "1"))
     finally:
         other.kill()
         other.wait()
-    finetune.main(args(tmp_path, "o", "--max-steps", "1"))  # the lock of a dead process is taken over
+    finetune_gpt2.main(args(tmp_path, "o", "--max-steps", "1"))  # the lock of a dead process is taken over
     assert not (tmp_path / "o" / ".lock").exists()
 
 
 def test_out_dir_that_is_a_file(tmp_path):
     (tmp_path / "o").write_text("x")
-    with pytest.raises(MechprobeError, match="o: is a file; OUT_DIR must be a folder"):
-        finetune.main(args(tmp_path, "o", "--max-steps", "1"))
+    with pytest.raises(MechprobeError, match="o: is a file; out_dir must be a folder"):
+        finetune_gpt2.main(args(tmp_path, "o", "--max-steps", "1"))
     (tmp_path / "d").write_text("x")
     with pytest.raises(MechprobeError, match="d: is a file"):
-        finetune.main(args(tmp_path, "r", "--data-dir", str(tmp_path / "d"), "--max-steps", "1"))
+        finetune_gpt2.main(args(tmp_path, "r", "--data-dir", str(tmp_path / "d"), "--max-steps", "1"))
 
 
 # 12, 13 ------------------------------------------------------------ bytes, devices
@@ -234,11 +235,11 @@ def test_non_utf8_line_named(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda(tmp_path):
-    with pytest.raises(MechprobeError, match="DEVICE=cuda: this machine has no CUDA GPU"):
-        finetune.main(args(tmp_path, "r", "--device", "cuda", "--max-steps", "1"))
+    with pytest.raises(MechprobeError, match="device=cuda: this machine has no CUDA GPU"):
+        finetune_gpt2.main(args(tmp_path, "r", "--device", "cuda", "--max-steps", "1"))
     from mechprobe.models import load_model
 
-    with pytest.raises(MechprobeError, match="DEVICE=cuda:1: this machine has no CUDA GPU"):
+    with pytest.raises(MechprobeError, match="device=cuda:1: this machine has no CUDA GPU"):
         load_model(tmp_path, device="cuda:1")
 
 
@@ -308,16 +309,17 @@ def test_skip_bad_skips_a_proof_naming_a_missing_statement(tmp_path):
 
 
 def test_scripts_have_skip_bad_and_threads():
+    from mechprobe import corrupt_proofwriter, probing_proofwriter
+
     from .test_cli import ROOT
 
-    for script in ("run_probing_proofwriter.sh", "run_corrupt_proofwriter.sh"):
-        text = (ROOT / script).read_text()
-        assert "SKIP_BAD=${SKIP_BAD:-0}" in text and "--skip-bad" in text
+    for mod in (probing_proofwriter, corrupt_proofwriter):
+        assert "--skip-bad" in mod.parser().format_help()
     for script in ROOT.glob("run_*.sh"):
-        assert '--threads "$THREADS"' in script.read_text(), script.name
+        assert 'opt --threads "$THREADS"' in script.read_text(), script.name
 
 
 # 16 ------------------------------------------------------------ threads recorded
 def test_threads_logged_in_config(tmp_path):
-    finetune.main(args(tmp_path, "run", "--max-steps", "1"))
+    finetune_gpt2.main(args(tmp_path, "run", "--max-steps", "1"))
     assert json.loads((tmp_path / "run" / "config.json").read_text())["threads"] == 1  # TINY sets --threads 1

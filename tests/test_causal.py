@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from mechprobe import ksmallest as ks
-from mechprobe.causal import head_entropy, placed_lists
 from mechprobe.features import normalized_entropy, statement_entropy
-from mechprobe.ksmallest import rank_order
+from mechprobe.ksmallest import head_entropy, placed_lists, rank_order
 from mechprobe.masking import mask_heads
 from mechprobe.utils import MechprobeError
 

@@ -15,14 +15,16 @@ ENV = {
     "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
 }  # scripts call this python
 MODULES = [
-    "ksmallest",
-    "finetune",
+    "data",
+    "finetune_gpt2",
     "probing_gpt2",
-    "attnvisual",
-    "causal",
+    "attnvisual_gpt2",
+    "causal_gpt2",
+    "finetune_proofwriter",
     "probing_proofwriter",
     "probing_arc",
-    "corrupt",
+    "corrupt_proofwriter",
+    "calibrate_wired",
     "proofwriter_gen",
 ]
 
@@ -41,7 +43,7 @@ def test_help(module):
 
 def test_missing_model_is_one_line(tmp_path):
     r = run(
-        "mechprobe.finetune",
+        "mechprobe.finetune_gpt2",
         "--model",
         str(tmp_path / "nope"),
         "--data-dir",
@@ -59,7 +61,7 @@ def test_missing_model_is_one_line(tmp_path):
 
 def test_missing_data_dir_is_one_line(tmp_path):
     r = run(
-        "mechprobe.causal",
+        "mechprobe.causal_gpt2",
         "--model",
         str(tmp_path),
         "--data-dir",
@@ -101,3 +103,25 @@ def test_progress_writes_log_lines_when_not_a_terminal(caplog):
         caplog.clear()
         progress(total=5, desc="quiet", disable=True).update(5)
     assert not caplog.records
+
+
+def test_a_setting_the_script_does_not_read_is_refused(tmp_path):
+    """FOLDS=3 bash run_probing_gpt2.sh: FOLDS is an option of the module but not a variable of the
+    script: one line that says so and names the option (no run with the setting silently ignored); a
+    variable the script reads, or the option after the script's name, runs."""
+    env = {**ENV, "FOLDS": "3", "OUT_DIR": str(tmp_path / "o"), "MODELS": str(tmp_path / "none")}
+    r = subprocess.run(
+        ["bash", str(ROOT / "run_probing_gpt2.sh")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: FOLDS=3 is set, but run_probing_gpt2.sh does not read FOLDS: pass --folds 3 after the script's name "
+        "(its variables are at its top; --help lists every option)"
+    ]
+    r = subprocess.run(
+        ["bash", str(ROOT / "run_probing_gpt2.sh"), "--folds", "3"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "not found" in r.stderr and "FOLDS" not in r.stderr  # past the check: the model

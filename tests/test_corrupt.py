@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from mechprobe import corrupt
+from mechprobe import corrupt_proofwriter, corruptions
 from mechprobe import proofwriter as pw
 from mechprobe.proofwriter_gen import generate
 
@@ -40,11 +40,11 @@ RULE_WORDINGS = [
 
 
 def test_negate_text():
-    assert corrupt.negate_text("The cat is red.") == "The cat is not red."
-    assert corrupt.negate_text("The cat is red.", "that") == "That the cat is red is false."
+    assert corruptions.negate_text("The cat is red.") == "The cat is not red."
+    assert corruptions.negate_text("The cat is red.", "that") == "That the cat is red is false."
     for rule in RULE_WORDINGS:  # a rule is negated as a rule in every wording and style: never turned around
         for style in ("grammatical", "that"):
-            assert corrupt.negate_text(rule, style) == f"That {rule[0].lower() + rule[1:-1]} is false.", rule
+            assert corruptions.negate_text(rule, style) == f"That {rule[0].lower() + rule[1:-1]} is false.", rule
 
 
 def test_solver_reads_every_rule_wording_of_the_release():
@@ -53,7 +53,7 @@ def test_solver_reads_every_rule_wording_of_the_release():
     for rule in RULE_WORDINGS:
         assert logic.answer(["Erin is red.", rule], "Erin is big.") == "True", rule
         assert logic.answer(["Erin is red.", rule, "Bob is kind."], "Bob is big.") == "False", rule
-        assert logic.answer(["Erin is red.", corrupt.negate_text(rule)], "Erin is big.") == "False", rule
+        assert logic.answer(["Erin is red.", corruptions.negate_text(rule)], "Erin is big.") == "False", rule
     two = ["Bob is smart.", "Bob is blue.", "Smart, blue people are green.", "All green, kind things are young."]
     assert logic.answer(two, "Bob is green.") == "True" and logic.answer(two, "Bob is young.") == "False"
     assert logic.answer(two + ["Bob is kind."], "Bob is young.") == "True"
@@ -78,14 +78,14 @@ def test_generated_mixed_wordings_solved_and_corrupted(tmp_path):
     assert any(t.startswith("If something") for t in texts)
     for it in mixed_items:
         assert logic.answer(it["statements"], it["question"]) == it["answer"], it["statements"]
-    for name in corrupt.CORRUPTIONS:
-        keep, _, _ = corrupt.corrupt_all(mixed_items, name, 0)
+    for name in corruptions.CORRUPTIONS:
+        keep, _, _ = corruptions.corrupt_all(mixed_items, name, 0)
         assert len(keep) >= len(mixed_items) // 2, name
     bad = [{**mixed_items[0], "statements": mixed_items[0]["statements"] + ["The cat eats the dog."]}]
     bad[0]["useful"], bad[0]["step"] = bad[0]["useful"] + [False], bad[0]["step"] + [-1]
-    _, _, skipped = corrupt.corrupt_all(bad, "negate_unused", 0)
+    _, _, skipped = corruptions.corrupt_all(bad, "negate_unused", 0)
     assert list(skipped) == ["the solver cannot read 'The cat eats the dog.'"]
-    keep, out, _ = corrupt.corrupt_all(bad, "shuffle", 0)  # the answer cannot change: no solver needed
+    keep, out, _ = corruptions.corrupt_all(bad, "shuffle", 0)  # the answer cannot change: no solver needed
     assert keep == [0] and out[0]["answer"] == bad[0]["answer"]
 
 
@@ -94,7 +94,7 @@ def test_negate_unused_keeps_answer(items):
     idx = []
     for it in items:
         assert closed_world_answer(it["statements"], it["question"]) == (it["answer"] == "True")
-        c = corrupt.negate_unused(it, rng)
+        c = corruptions.negate_unused(it, rng)
         if c is None:
             continue
         i = c["corrupted_index"]
@@ -108,7 +108,7 @@ def test_negate_unused_keeps_answer(items):
 def test_negate_used_without_naf_flips_every_answer(items):
     """Without NAF rules a filtered (single) proof is the only one: negating a fact it uses makes
     the proved fact unprovable, so every derived gold answer flips; checked by the test's solver."""
-    keep, cor, skipped = corrupt.corrupt_all(items, "negate_used", 0, "that")
+    keep, cor, skipped = corruptions.corrupt_all(items, "negate_used", 0, "that")
     assert len(keep) == len(items) and not skipped
     for i, c in zip(keep, cor):
         assert items[i]["useful"][c["corrupted_index"]] and c["tree_valid"] is False
@@ -124,7 +124,7 @@ def naf_items(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["negate_used", "negate_unused", "insert_irrelevant"])
 def test_derived_answers_under_naf_match_an_independent_solver(naf_items, name):
-    keep, cor, _ = corrupt.corrupt_all(naf_items, name, 0)
+    keep, cor, _ = corruptions.corrupt_all(naf_items, name, 0)
     assert len(keep) > 20
     for c in cor:
         assert closed_world_answer(c["statements"], c["question"]) == (c["answer"] == "True")
@@ -150,7 +150,7 @@ def test_negate_used_rederived_by_naf_by_hand():
         "depth": 1,
         "group": 3,
     }
-    keep, cor, _ = corrupt.corrupt_all([it] * 8, "negate_used", 0)
+    keep, cor, _ = corruptions.corrupt_all([it] * 8, "negate_used", 0)
     for c in cor:
         if c["corrupted_index"] == 0:  # "The cat is not big." -> the NAF rule fires: still True
             assert c["answer"] == "True" and not c["answer_changed"]
@@ -173,7 +173,7 @@ def test_negate_used_rederived_by_naf_by_hand():
 def test_shuffle_and_insert(items):
     rng = np.random.default_rng(0)
     it = items[0]
-    s = corrupt.shuffle(it, rng)
+    s = corruptions.shuffle(it, rng)
     assert sorted(s["statements"]) == sorted(it["statements"])
     for j, p in enumerate(s["permutation"]):
         assert (s["statements"][j], s["useful"][j], s["step"][j]) == (
@@ -181,7 +181,7 @@ def test_shuffle_and_insert(items):
             it["useful"][p],
             it["step"][p],
         )
-    n = corrupt.insert_irrelevant(it, rng)
+    n = corruptions.insert_irrelevant(it, rng)
     i = n["corrupted_index"]
     assert len(n["statements"]) == len(it["statements"]) + 1 and n["useful"][i] is False and n["step"][i] == -1
     ent = FACT.match(n["statements"][i]).group(1)
@@ -191,17 +191,17 @@ def test_shuffle_and_insert(items):
 
 def test_pearson_ci_and_bins():
     x = np.arange(20.0)
-    c = corrupt.pearson_ci(x, 2 * x + 1)
+    c = corruptions.pearson_ci(x, 2 * x + 1)
     assert c["r"] == pytest.approx(1.0) and c["ci95"][0] > 0.99
-    c = corrupt.pearson_ci(x, np.r_[x[:10], -x[10:]])
+    c = corruptions.pearson_ci(x, np.r_[x[:10], -x[10:]])
     assert -1 < c["ci95"][0] < c["r"] < c["ci95"][1] < 1
-    assert corrupt.pearson_ci(x, np.zeros(20))["r"] is None
-    b = corrupt.binned(x, x, 4)
+    assert corruptions.pearson_ci(x, np.zeros(20))["r"] is None
+    b = corruptions.binned(x, x, 4)
     assert sum(r["n"] for r in b) == 20 and b[0]["delta_acc_mean"] < b[-1]["delta_acc_mean"]
 
 
 def test_corrupt_experiment_end_to_end(tmp_path):
-    corrupt.main(
+    corrupt_proofwriter.main(
         [
             "--data",
             str(tmp_path / "pw"),
@@ -250,4 +250,6 @@ def test_a_run_where_no_corruption_applies_fails_with_the_reason(tmp_path):
     with pytest.raises(
         MechprobeError, match=r"no corruption applies to any of the 1 items .*cannot read 'The cat eats"
     ):
-        corrupt.run(corrupt.parser().parse_args(args + ["--corruptions", "negate_unused", "negate_used"]))
+        corrupt_proofwriter.run(
+            corrupt_proofwriter.parser().parse_args(args + ["--corruptions", "negate_unused", "negate_used"])
+        )

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mechprobe import finetune, training
+from mechprobe import finetune_gpt2, training
 from mechprobe import ksmallest as ks
 from mechprobe.models import load_model
 from mechprobe.utils import MechprobeError
@@ -42,7 +42,7 @@ def args(tmp_path, out="run", *extra):
 
 
 def test_train_lowers_the_loss_it_records(tmp_path, monkeypatch):
-    """finetune.train's loss is the cross-entropy of the last-position logits: the first recorded
+    """finetune_gpt2.train's loss is the cross-entropy of the last-position logits: the first recorded
     value equals it recomputed by hand on the first batch with the initial weights, and 60 steps
     lower it."""
     seen = {}
@@ -53,7 +53,7 @@ def test_train_lowers_the_loss_it_records(tmp_path, monkeypatch):
         return real(logits, target, *a, **k)
 
     monkeypatch.setattr(training.F, "cross_entropy", spy)
-    finetune.main(
+    finetune_gpt2.main(
         args(tmp_path, "run", "--max-steps", "60", "--eval-every", "30", "--lr", "1e-2", "--autocast", "none")
     )
     hist = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["history"]["train"]
@@ -66,7 +66,7 @@ def test_train_lowers_the_loss_it_records(tmp_path, monkeypatch):
 
 
 def test_train_writes_outputs_and_generates_data(tmp_path, caplog):
-    res = finetune.main(args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2"))
+    res = finetune_gpt2.main(args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2"))
     out = tmp_path / "run"
     saved = json.loads((out / "results.json").read_text())
     assert saved == res and saved["steps"] == 4
@@ -80,7 +80,7 @@ def test_train_writes_outputs_and_generates_data(tmp_path, caplog):
 
 
 def test_resume_continues_from_saved_step(tmp_path, monkeypatch):
-    finetune.main(args(tmp_path, "ref", "--max-steps", "4", "--eval-every", "2"))
+    finetune_gpt2.main(args(tmp_path, "ref", "--max-steps", "4", "--eval-every", "2"))
     calls = {"n": 0}
     real = F.cross_entropy
 
@@ -92,11 +92,11 @@ def test_resume_continues_from_saved_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(training.F, "cross_entropy", flaky)
     with pytest.raises(KeyboardInterrupt):
-        finetune.main(args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2"))
+        finetune_gpt2.main(args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2"))
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 2
     assert not (tmp_path / "run" / "results.json").exists()
     monkeypatch.setattr(training.F, "cross_entropy", real)
-    res = finetune.main(args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2"))
+    res = finetune_gpt2.main(args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2"))
     assert res["steps"] == 4
     a = load_model(tmp_path / "ref" / "last").state_dict()
     b = load_model(tmp_path / "run" / "last").state_dict()
@@ -106,19 +106,19 @@ def test_resume_continues_from_saved_step(tmp_path, monkeypatch):
 
 def test_bad_inputs(tmp_path):
     with pytest.raises(MechprobeError, match="nope: model directory not found"):
-        finetune.main(args(tmp_path, "r", "--model", str(tmp_path / "nope")))
+        finetune_gpt2.main(args(tmp_path, "r", "--model", str(tmp_path / "nope")))
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "config.json").write_text("{oops")
     with pytest.raises(MechprobeError, match=r"config\.json: line 1: malformed config\.json"):
-        finetune.main(args(tmp_path, "r", "--model", str(bad)))
+        finetune_gpt2.main(args(tmp_path, "r", "--model", str(bad)))
     (bad / "config.json").write_text("{}")
     with pytest.raises(MechprobeError, match="no weights"):
-        finetune.main(args(tmp_path, "r", "--model", str(bad)))
-    with pytest.raises(MechprobeError, match="K=16 is outside the list"):
-        finetune.main(args(tmp_path, "r", "--k", "16"))
-    with pytest.raises(MechprobeError, match="TUNING='heads'"):
-        finetune.main(args(tmp_path, "r", "--tuning", "heads", "--max-steps", "1"))
+        finetune_gpt2.main(args(tmp_path, "r", "--model", str(bad)))
+    with pytest.raises(MechprobeError, match="k=16 is outside the list"):
+        finetune_gpt2.main(args(tmp_path, "r", "--k", "16"))
+    with pytest.raises(MechprobeError, match="tuning='heads'"):
+        finetune_gpt2.main(args(tmp_path, "r", "--tuning", "heads", "--max-steps", "1"))
     assert not (tmp_path / "r" / "results.json").exists()
 
 
@@ -131,7 +131,9 @@ def test_vocab_not_single_token_named(tmp_path):
     tok.save_pretrained(mdir)
     ks.write_dataset(tmp_path / "data", [1, 2, 2999, 4] * 4, 1, sizes=(4, 4, 4))
     with pytest.raises(MechprobeError, match="not a single known token.*2999"):
-        finetune.main(["--model", str(mdir), "--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "r")])
+        finetune_gpt2.main(
+            ["--model", str(mdir), "--data-dir", str(tmp_path / "data"), "--out-dir", str(tmp_path / "r")]
+        )
 
 
 def test_no_validation_before_validate_after_but_checkpoints(tmp_path):

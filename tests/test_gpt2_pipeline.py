@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mechprobe import attnvisual, causal, finetune, probing_gpt2
+from mechprobe import attnvisual_gpt2, causal_gpt2, finetune_gpt2, probing_gpt2
 from mechprobe import ksmallest as ks
 from mechprobe.models import load_model, load_tokenizer
 
@@ -16,7 +16,7 @@ from .test_finetune import TINY
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("gpt2")
-    finetune.main(
+    finetune_gpt2.main(
         [
             "--data-dir",
             str(d / "data"),
@@ -106,7 +106,7 @@ def test_probing_gpt2_outputs(trained, tmp_path):
 
 
 def test_probing_gpt2_k0_undefined(tmp_path):
-    finetune.main(
+    finetune_gpt2.main(
         ["--data-dir", str(tmp_path / "d0"), "--out-dir", str(tmp_path / "r0"), *TINY, "--max-steps", "1", "--k", "0"]
     )
     res = probing_gpt2.main(
@@ -130,7 +130,7 @@ def test_probing_gpt2_k0_undefined(tmp_path):
 
 
 def test_attnvisual_json_holds_drawn_numbers(trained, tmp_path):
-    attnvisual.main(
+    attnvisual_gpt2.main(
         [
             "--models",
             str(trained / "run" / "best"),
@@ -178,7 +178,7 @@ def view_data(path):
 
 
 def test_causal_outputs(trained, tmp_path):
-    res = causal.main(
+    res = causal_gpt2.main(
         [
             "--model",
             str(trained / "run" / "best"),
@@ -240,7 +240,7 @@ def test_real_gpt2_tokenizer_path_end_to_end(tmp_path):
     torch.manual_seed(0)
     GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=2, n_head=2, n_embd=16)).save_pretrained(mdir)
     tok.save_pretrained(mdir)
-    res = finetune.main(
+    res = finetune_gpt2.main(
         [
             "--model",
             str(mdir),

@@ -173,7 +173,7 @@ def test_probing_proofwriter_logic_llm_says_needs_proofs(tmp_path):
 def test_probing_proofwriter_missing_data(tmp_path):
     from mechprobe import probing_proofwriter
 
-    with pytest.raises(MechprobeError, match="no CWA/depth-N/ folder.*GENERATE=1"):
+    with pytest.raises(MechprobeError, match="no CWA/depth-N/ folder.*generate=True"):
         probing_proofwriter.main(
             ["--data", str(tmp_path / "none"), "--no-generate", "--model", "tiny", "--out-dir", str(tmp_path / "o")]
         )

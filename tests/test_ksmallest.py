@@ -53,7 +53,9 @@ def test_generator_reproducible(tmp_path):
 
 
 def test_cli_writes_dataset(tmp_path):
-    ks.main(["--out", str(tmp_path / "d"), "--k", "0", "--vocab-size", "20", "--sizes", "10", "3", "3"])
+    from mechprobe import data
+
+    data.main(["ksmallest", "--out", str(tmp_path / "d"), "--k", "0", "--vocab-size", "20", "--sizes", "10", "3", "3"])
     rows = ks.load_split(tmp_path / "d", "val")
     assert len(rows) == 3 and all(r["k"] == 0 for r in rows)
 

@@ -248,6 +248,6 @@ def test_compiled_training_step_equals_the_eager_one(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(
         MechprobeError,
-        match=r"^COMPILE=1 needs a C\+\+ compiler on a CPU \(g\+\+, c\+\+ or clang\+\+ on PATH\); use COMPILE=0$",
+        match=r"^compile=1 needs a C\+\+ compiler on a CPU \(g\+\+, c\+\+ or clang\+\+ on PATH\); use compile=0$",
     ):
         Trainer(tiny_llama(vocab_size=20), lr=1e-3, weight_decay=0.0, warmup=1, total=10, dev="cpu", compile=True)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from mechprobe import finetune, probing_gpt2
+from mechprobe import finetune_gpt2, probing_gpt2
 from mechprobe import ksmallest as ks
 from mechprobe.models import random_control
 from mechprobe.probing import ProbeData, curve_f1, run_probe
@@ -95,7 +95,7 @@ def test_model_against_itself_scores_zero_and_against_another_random_init_near_z
 
 def test_trained_default_gpt2_small_finds_the_tree(tmp_path):
     """The default architecture, smaller and briefly trained (300 steps, about 5 s): S_P1 > 0.3."""
-    finetune.main(
+    finetune_gpt2.main(
         [
             "--data-dir",
             str(tmp_path / "data"),

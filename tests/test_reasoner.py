@@ -134,7 +134,7 @@ def test_bad_configuration(tmp_path, trained):
         fp.main([*folders, *SMALL, "--depth", "7"])
     with pytest.raises(MechprobeError, match="groups=4 80: expected numbers of statements between 1 and 40"):
         fp.main([*folders, *SMALL[:5], "4", "80", *SMALL[7:]])
-    with pytest.raises(MechprobeError, match=r"^HIDDEN=30 is not a multiple of HEADS=4$"):
+    with pytest.raises(MechprobeError, match=r"^hidden=30 is not a multiple of heads=4$"):
         fp.main([*folders, *SMALL, "--hidden", "30", "--heads", "4"])
     assert not (tmp_path / "x").exists()
 
@@ -151,7 +151,7 @@ def test_options_run_and_resume_check(trained, tmp_path):
     assert cfg["model_config"]["rope_parameters"]["rope_theta"] == 1e4
     assert cfg["model_config"]["attention_bias"] is False and cfg["model_config"]["tie_word_embeddings"] is False
     (tmp_path / "p" / "status.json").unlink()  # an unfinished run: the checkpoint is read to resume
-    with pytest.raises(MechprobeError, match=r"RECALL 0.0 -> 1.0"):
+    with pytest.raises(MechprobeError, match=r"recall=0.0 -> 1.0"):
         fp.main([*args, "--early-answer", "0.5", "--rope-theta", "1e4", "--positive-steps", "3"])
 
 

@@ -22,7 +22,7 @@ def test_a_stopped_run_says_interrupted_and_unlocks(tmp_path, sig, code):
     cmd = [
         sys.executable,
         "-m",
-        "mechprobe.finetune",
+        "mechprobe.finetune_gpt2",
         *args(tmp_path, "run", "--max-steps", "100000", "--threads", "1"),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -40,7 +40,7 @@ def test_a_stopped_run_says_interrupted_and_unlocks(tmp_path, sig, code):
     assert p.returncode == code, err
     assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
     assert not (out / ".lock").exists() and f"interrupted (signal {int(sig)})" in err
-    assert (out / ".mechprobe-run").read_text().strip() == "finetune"  # the driver's name, also under -m
+    assert (out / ".mechprobe-run").read_text().strip() == "finetune_gpt2"  # the driver's name, also under -m
 
 
 def test_results_follow_the_umask(tmp_path):
@@ -91,7 +91,7 @@ def test_seeds_devices_and_logic_llm_records_are_checked(tmp_path):
     for bad in ("-1", "4294967296"):
         with pytest.raises(SystemExit):
             p.parse_args(base + ["--seeds", bad])
-    with pytest.raises(MechprobeError, match="DEVICE=gpu: expected cpu, cuda, cuda:N or auto"):
+    with pytest.raises(MechprobeError, match="device=gpu: expected cpu, cuda, cuda:N or auto"):
         check_device("gpu")
     f = tmp_path / "dev.json"
     for content, msg in (
@@ -120,38 +120,41 @@ def test_a_run_never_clears_a_folder_it_does_not_own(tmp_path):
             pass
     assert (model / "config.json").read_text() == '{"model_type": "gpt2"}' and not (model / ".lock").exists()
     run = tmp_path / "ft"
-    with run_folder(run, outputs=("config.json", "results.json"), owner="finetune"):
+    with run_folder(run, outputs=("config.json", "results.json"), owner="finetune_gpt2"):
         write_json(run / "config.json", {"lr": 1})
         write_json(run / "results.json", {"acc": 1})
-    with pytest.raises(MechprobeError, match=r"ft: holds a run of finetune, not of probing_gpt2"):
+    with pytest.raises(MechprobeError, match=r"ft: holds a run of finetune_gpt2, not of probing_gpt2"):
         with run_folder(run, outputs=("config.json",), owner="probing_gpt2"):
             pass
     assert json.loads((run / "results.json").read_text()) == {"acc": 1}
-    with run_folder(run, outputs=("config.json", "results.json"), owner="finetune"):  # its own: cleared, rerun
+    with run_folder(run, outputs=("config.json", "results.json"), owner="finetune_gpt2"):  # its own: cleared, rerun
         assert not (run / "results.json").exists()
     legacy = tmp_path / "legacy"  # a folder written before the owner file: its config.json's command says
     legacy.mkdir()
     write_json(legacy / "config.json", {"provenance": {"command": ["/x/mechprobe/finetune.py", "--lr", "1"]}})
     write_json(legacy / "status.json", {"status": "complete"})
-    with pytest.raises(MechprobeError, match="holds a run of finetune"):
-        with run_folder(legacy, owner="causal"):
+    with pytest.raises(MechprobeError, match="holds a run of finetune_gpt2"):  # finetune.py: the driver's old name
+        with run_folder(legacy, owner="causal_gpt2"):
             pass
+    (legacy / ".mechprobe-run").write_text("finetune\n")  # an owner file of the old name: the same driver's
+    with run_folder(legacy, owner="finetune_gpt2"):
+        pass
 
 
 def test_a_complete_finetune_is_left_alone(tmp_path, caplog):
     """Rerunning a finished run with the same settings changes nothing; RESTART=1 trains it again."""
     import logging
 
-    from mechprobe import finetune
+    from mechprobe import finetune_gpt2
 
     run = args(tmp_path, "run", "--max-steps", "4", "--eval-every", "2", "--target-acc", "0.01")
-    first = finetune.main(run)
+    first = finetune_gpt2.main(run)
     before = {f.name: f.stat().st_mtime_ns for f in (tmp_path / "run").iterdir() if f.is_file()}
     with caplog.at_level(logging.INFO, logger="mechprobe"):
-        again = finetune.main(run)
+        again = finetune_gpt2.main(run)
     assert again == first and "holds a complete run with these settings" in caplog.text
     assert {f.name: f.stat().st_mtime_ns for f in (tmp_path / "run").iterdir() if f.is_file()} == before
-    finetune.main(run + ["--restart"])
+    finetune_gpt2.main(run + ["--restart"])
     assert (tmp_path / "run" / "results.json").stat().st_mtime_ns != before["results.json"]
 
 
@@ -202,7 +205,7 @@ def test_operating_system_errors_are_one_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "mechprobe.finetune",
+            "mechprobe.finetune_gpt2",
             *args(tmp_path, "x", "--max-steps", "1")[:-2],
             "--out-dir",
             str(out),
@@ -248,3 +251,137 @@ def test_street_and_entailment_bank_gaps_are_named(tmp_path):
     assert arc._num("sent12") == 12
     with pytest.raises(MechprobeError, match=r"id 'sentA': expected a name with a number"):
         arc._num("sentA")
+
+
+def test_lists_longer_than_a_gpt2s_positions_are_refused_before_any_forward(tmp_path):
+    """A GPT-2 of 16 positions given lists of 20 numbers: one line naming the data and both lengths,
+    from the probing, causal and visualisation drivers alike, before any forward pass."""
+    from mechprobe import attnvisual_gpt2, causal_gpt2, data, probing_gpt2
+    from mechprobe import ksmallest as ks
+    from mechprobe.models import scratch_gpt2
+    from mechprobe.utils import MechprobeError
+
+    d = tmp_path / "d"
+    data.main(["ksmallest", "--out", str(d), "--length", "20", "--vocab-size", "30", "--sizes", "4", "4", "4"])
+    tok = ks.build_word_tokenizer(ks.load_meta(d)["vocab"])
+    model = scratch_gpt2(len(tok), n_positions=16, n_layer=1, n_head=2, n_embd=16)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    want = r"each list's prompt has 2\d tokens, more than the model's 16 positions .*use shorter lists"
+    common = ["--out-dir", str(tmp_path / "o"), "--threads", "1"]
+    with pytest.raises(MechprobeError, match=want):
+        probing_gpt2.main(["--models", str(tmp_path / "m"), "--data-dirs", str(d), *common])
+    with pytest.raises(MechprobeError, match=want):
+        causal_gpt2.main(["--model", str(tmp_path / "m"), "--data-dir", str(d), *common[:1], str(tmp_path / "c")])
+    with pytest.raises(MechprobeError, match=want):
+        attnvisual_gpt2.main(["--models", str(tmp_path / "m"), "--data-dir", str(d), "--out-dir", str(tmp_path / "v")])
+    with pytest.raises(MechprobeError, match=r"example=4: expected a test list among the 4 read \(0 to 3\)"):
+        attnvisual_gpt2.main(
+            ["--models", str(tmp_path / "m"), "--data-dir", str(d), "--out-dir", str(tmp_path / "w")]
+            + ["--example", "4"]
+        )
+
+
+def test_a_huge_record_or_statement_is_refused_before_tokenising(tmp_path):
+    """A 5 MB JSONL line (a tokenizer aborts the process on ~50 MB) and a 200,000-character statement:
+    one line naming the file and line, or the item and the statement, not a crash."""
+    from mechprobe import proofwriter as pw
+    from mechprobe.incontext import PromptBuilder, encode_items
+    from mechprobe.tiny import word_tokenizer
+    from mechprobe.utils import MechprobeError
+
+    f = tmp_path / "meta-test.jsonl"
+    f.write_text(json.dumps({"id": "x", "theory": "Bob is big. " * 450_000}) + "\n")
+    with pytest.raises(
+        MechprobeError, match=r"meta-test.jsonl:1: a line of 5,400,\d+ bytes; expected records of at most"
+    ):
+        pw.read_meta(f)
+    item = {"id": "q1", "statements": ["Bob is big.", "big " * 50_000], "question": "Bob is big.", "answer": "True"}
+    with pytest.raises(
+        MechprobeError, match=r"items: question q1: statement 1 has 200,000 characters; expected at most"
+    ):
+        encode_items(word_tokenizer(["Bob is big"]), [item], [[]], PromptBuilder())
+
+
+def test_a_cache_dir_that_cannot_be_written_ends_in_one_line(tmp_path, monkeypatch):
+    """CACHE_DIR below a file, in a place no one can write (/proc), or on a full disk: one line naming
+    the path and the error (exit 2), status.json failed, no result file."""
+    from mechprobe import probing_proofwriter
+    from mechprobe.utils import run_main
+
+    (tmp_path / "afile").write_text("x")
+    base = ["--model", "tiny", "--data", str(tmp_path / "pw"), "--limit", "3", "--n-demos", "1", "--seeds", "0"]
+    base += ["--null-draws", "0", "--threads", "1", "--knockout-items", "0", "--masking-items", "0"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    for cache, says in ((tmp_path / "afile" / "cache", "afile/cache: Not a directory"), ("/proc/mechprobe", "/proc")):
+        out = tmp_path / f"o{len(says)}"
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mechprobe.probing_proofwriter",
+                *base,
+                "--out-dir",
+                str(out),
+                "--cache-dir",
+                str(cache),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        last = p.stderr.strip().splitlines()[-1]
+        assert p.returncode == 2 and "Traceback" not in p.stderr and last.startswith("error: ") and says in last, (
+            p.stderr
+        )
+        assert json.loads((out / "status.json").read_text())["status"] == "failed"
+        assert not (out / "probe_results.json").exists()
+
+    import safetensors.numpy
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device", str(tmp_path / "cache" / "x.safetensors"))
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", full)
+    out = tmp_path / "full"
+    argv = [*base, "--out-dir", str(out), "--cache-dir", str(tmp_path / "cache")]
+    monkeypatch.setattr(sys, "argv", ["probing_proofwriter", *argv])
+    with pytest.raises(SystemExit) as e:
+        run_main(probing_proofwriter.main)
+    assert e.value.code == 2
+    assert json.loads((out / "status.json").read_text())["status"] == "failed"
+    assert not (out / "probe_results.json").exists()
+
+
+def test_generated_theories_never_go_into_a_folder_holding_other_data(tmp_path):
+    """--data naming a folder with other files and no CWA/ folder: refused (nothing written), as the k-th
+    smallest generator refuses; an empty folder is generated into."""
+    from mechprobe.proofwriter import load_items
+    from mechprobe.utils import MechprobeError
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    with pytest.raises(
+        MechprobeError, match=r"mine: holds notes.txt but no CWA/depth-N/ folder; .*new or empty folder"
+    ):
+        load_items(tmp_path / "mine", generate=True)
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    (tmp_path / "empty").mkdir()
+    assert load_items(tmp_path / "empty", generate=True)
+
+
+def test_unused_generation_settings_are_not_recorded_as_used(tmp_path, caplog):
+    """A finetune on existing lists of 16 numbers asked for LENGTH 20 and VOCAB_SIZE 99: config.json
+    records the lists it used (16, the data's vocabulary) and the log says the others apply only when
+    generating."""
+    from mechprobe import finetune_gpt2
+
+    import logging
+
+    finetune_gpt2.main(args(tmp_path, "a", "--max-steps", "1"))
+    with caplog.at_level(logging.INFO, logger="mechprobe"):
+        finetune_gpt2.main(args(tmp_path, "b", "--max-steps", "1", "--length", "20", "--vocab-size", "99"))
+    a, b = (json.loads((tmp_path / r / "config.json").read_text()) for r in ("a", "b"))
+    assert b["length"] == a["length"] == 16 and b["vocab_size"] == a["vocab_size"] != 99
+    assert "apply only when generating" in caplog.text

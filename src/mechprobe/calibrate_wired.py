@@ -15,6 +15,7 @@ from pathlib import Path
 from . import reasoner as rs
 from . import wired
 from .utils import (
+    DefaultsHelp,
     MechprobeError,
     add_threads_arg,
     get_logger,
@@ -33,7 +34,7 @@ OUTPUTS = ("calibration.json", "config.json")
 def parser():
     p = argparse.ArgumentParser(
         description="Build the hand-wired lookup (a model whose depth-0 mechanism is known) and calibrate on it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
     p.add_argument(
         "--data-dir", default="data/proofwriter/reasoner", help="the reasoner's data (run_finetune_proofwriter.sh)"

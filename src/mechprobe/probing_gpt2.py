@@ -21,6 +21,7 @@ from .features import normalized_entropy
 from .models import attention_modules, load_model, load_tokenizer, random_control
 from .probing import ProbeData, head_map, predicted_useful, run_probe, selectivity
 from .utils import (
+    DefaultsHelp,
     MechprobeError,
     add_threads_arg,
     at_least_two,
@@ -103,6 +104,7 @@ def probe_one(model_dir, data_dir, a, pretrained=None):
     meta = ks.load_meta(data_dir)
     records = ks.load_split(data_dir, a.split)[: a.n_examples]
     ids, answers = ks.encode_records(tok, records)
+    ks.check_fits(model, ids, data_dir)
     data, heads, rows, logits = probe_inputs(
         model, ids, records, a.batch_size, a.normalize, a.per_head, f"capture {Path(model_dir).name}", a.p2_labels
     )
@@ -155,16 +157,21 @@ OUTPUTS = (
 
 
 def parser():
-    p = argparse.ArgumentParser(description="MechanisticProbe on GPT-2 models finetuned on the k-th smallest task.")
-    p.add_argument("--models", nargs="+", required=True, help="finetuned model folders (one per k)")
+    p = argparse.ArgumentParser(
+        description="MechanisticProbe on GPT-2 models finetuned on the k-th smallest task.",
+        formatter_class=DefaultsHelp,
+    )
+    p.add_argument(
+        "--models", nargs="+", default=["runs/finetune_gpt2_k1/best"], help="finetuned model folders (one per k)"
+    )
     p.add_argument(
         "--data-dirs",
         nargs="+",
-        required=True,
+        default=["data/ksmallest/min01"],
         help="dataset folder of each model (same order); k is read from its meta.json",
     )
     p.add_argument("--pretrained", default="", help="optional pretrained-not-finetuned model folder (second reference)")
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--out-dir", default="runs/probing_gpt2")
     p.add_argument("--split")
     p.add_argument("--n-examples", type=at_least_two, help="test lists to probe")
     p.add_argument("--seeds", type=seed_int, nargs="+", help="seeds of the random-init controls and the folds")

@@ -27,7 +27,7 @@ from .llmprobe import (
     write_view,
 )
 from .proofwriter import statement_type
-from .utils import get_logger, nonneg_int, run_driver, run_main, seed_everything, write_config, write_json
+from .utils import DefaultsHelp, get_logger, nonneg_int, run_driver, run_main, seed_everything, write_config, write_json
 
 log = get_logger()
 
@@ -49,11 +49,14 @@ OUTPUTS = (
 
 
 def parser():
-    p = argparse.ArgumentParser(description="ProofWriter: in-context accuracy and the MechanisticProbe on a causal LM.")
+    p = argparse.ArgumentParser(
+        description="ProofWriter: in-context accuracy and the MechanisticProbe on a causal LM.",
+        formatter_class=DefaultsHelp,
+    )
     p.add_argument(
         "--data",
-        required=True,
-        help="ProofWriter folder (with CWA/depth-N/), one meta-*.jsonl, or Logic-LLM's dev.json",
+        help="ProofWriter folder (with CWA/depth-N/), one meta-*.jsonl, or Logic-LLM's dev.json (default: "
+        "data/proofwriter/reasoner for --model reasoner, else data/proofwriter/synthetic)",
     )
     p.add_argument(
         "--generate",
@@ -83,7 +86,7 @@ def parser():
     p.add_argument(
         "--naf", action="store_true", help="generated theories get rules with negated conditions (negation as failure)"
     )
-    add_model_args(p, limit=0, n_demos=None, knockout_items=128)
+    add_model_args(p, "runs/probing_proofwriter", limit=0, n_demos=None, knockout_items=128)
     return p
 
 

@@ -294,8 +294,14 @@ def _release_files(path, setting, split, depth_folder, depths, generate, seed, n
 
                 check_present(path)
                 raise MechprobeError(
-                    f"{path}: no {setting}/depth-N/ folder; point DATA at a ProofWriter release, or set GENERATE=1 "
+                    f"{path}: no {setting}/depth-N/ folder; point data at a ProofWriter release, or set generate=True "
                     "to write synthetic theories there"
+                )
+            other = sorted(f.name for f in path.iterdir() if not f.name.startswith(".")) if path.exists() else []
+            if other:
+                raise MechprobeError(
+                    f"{path}: holds {', '.join(other[:3])}{' ...' if len(other) > 3 else ''} but no {setting}/depth-N/ "
+                    "folder; synthetic theories are generated only into a new or empty folder: choose another data"
                 )
             from .proofwriter_gen import generate as gen
 

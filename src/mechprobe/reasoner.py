@@ -81,7 +81,7 @@ def _ensure_data(folder, cfg):
 
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise MechprobeError(f"{folder}: is a file; DATA_DIR must be a folder")
+        raise MechprobeError(f"{folder}: is a file; data_dir must be a folder")
     meta = folder / "meta.json"
     if meta.exists():
         old = json.loads(meta.read_text())
@@ -89,13 +89,13 @@ def _ensure_data(folder, cfg):
         if diff:
             raise MechprobeError(
                 f"{folder} holds data of another configuration ({'; '.join(diff)}); "
-                "choose another DATA_DIR or delete it"
+                "choose another data_dir or delete it"
             )
         log.info("using the existing data in %s", folder)
         return split_files(folder, cfg)
     if folder.exists() and any(folder.iterdir()):
         raise MechprobeError(
-            f"{folder}: holds files but no meta.json (an incomplete dataset?); delete it or choose another DATA_DIR"
+            f"{folder}: holds files but no meta.json (an incomplete dataset?); delete it or choose another data_dir"
         )
     tmp = folder.with_name("." + folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

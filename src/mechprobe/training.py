@@ -1,4 +1,4 @@
-"""The training loop shared by the GPT-2 task (finetune.py) and the ProofWriter reasoner
+"""The training loop shared by the GPT-2 task (finetune_gpt2.py) and the ProofWriter reasoner
 (finetune_proofwriter.py): AdamW with linear warm-up and decay, cross-entropy of the answer token
 at each prompt's last position, validation every `eval_every` steps, the best checkpoint by
 validation accuracy (save_pretrained), and resume from `<out>/checkpoint.pt` (model, optimizer,
@@ -30,12 +30,12 @@ def select_trainable(model, tuning):
     """all | attn | mlp | ln : which parameters train."""
     keys = {"attn": ("attn", "self_attn"), "mlp": ("mlp",), "ln": ("ln_", "norm")}
     if tuning not in ("all", *keys):
-        raise MechprobeError(f"TUNING={tuning!r}: expected one of all, attn, mlp, ln")
+        raise MechprobeError(f"tuning={tuning!r}: expected one of all, attn, mlp, ln")
     for name, p in model.named_parameters():
         p.requires_grad = tuning == "all" or any(k in name for k in keys[tuning])
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if n == 0:
-        raise MechprobeError(f"TUNING={tuning}: no parameter of {type(model).__name__} matches")
+        raise MechprobeError(f"tuning={tuning}: no parameter of {type(model).__name__} matches")
     return n
 
 
@@ -81,17 +81,17 @@ def load_checkpoint(ckpt, settings, dev):
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file raises many kinds
         raise MechprobeError(
             f"{ckpt}: unreadable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:150]}); "
-            "RESTART=1 starts the run over"
+            "restart=True starts the run over"
         ) from None
     if old is None:
         raise MechprobeError(
-            f"{ckpt}: the checkpoint records no settings (an older version wrote it); RESTART=1 starts the run over"
+            f"{ckpt}: the checkpoint records no settings (an older version wrote it); restart=True starts the run over"
         )
-    diff = [f"{k.upper()} {old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
+    diff = [f"{k}={old.get(k)!r} -> {v!r}" for k, v in settings.items() if old.get(k) != v]
     if diff:
         raise MechprobeError(
             f"{ckpt}: this run's settings differ from the checkpoint's ({'; '.join(diff)}); "
-            "use the checkpoint's settings to resume, or RESTART=1 to start over"
+            "use the checkpoint's settings to resume, or restart=True to start over"
         )
     return st
 
@@ -100,7 +100,7 @@ def compiled(model):
     """torch.compile(model) with dynamic shapes (batches differ in length): the same function, fused
     kernels. On a CPU, inductor builds its kernels with a C++ compiler; without one this stops here."""
     if next(model.parameters()).device.type == "cpu" and not any(map(shutil.which, ("g++", "c++", "clang++"))):
-        raise MechprobeError("COMPILE=1 needs a C++ compiler on a CPU (g++, c++ or clang++ on PATH); use COMPILE=0")
+        raise MechprobeError("compile=1 needs a C++ compiler on a CPU (g++, c++ or clang++ on PATH); use compile=0")
     return torch.compile(model, dynamic=True)
 
 

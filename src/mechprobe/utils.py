@@ -179,9 +179,13 @@ def read_json(path, what="JSON file"):
         raise MechprobeError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
 
 
+MAX_LINE_BYTES = 4 << 20  # a JSONL record longer than this is refused (a tokenizer aborts on ~50 MB of text)
+
+
 def iter_jsonl(path, on_error=None):
-    """Yield (line_number, object) for each non-blank line; a bad line raises naming file and line,
-    or, given on_error(line_number, message), is reported to it and skipped."""
+    """Yield (line_number, object) for each non-blank line; a bad line (not UTF-8, not JSON, longer than
+    MAX_LINE_BYTES) raises naming file and line, or, given on_error(line_number, message), is reported
+    to it and skipped."""
     path = Path(path)
     if not path.exists():
         raise MechprobeError(f"{path}: file not found")
@@ -189,6 +193,12 @@ def iter_jsonl(path, on_error=None):
         raise MechprobeError(f"{path}: is a folder; expected a JSONL file")
     with open(path, "rb") as f:
         for i, raw in enumerate(f, 1):
+            if len(raw) > MAX_LINE_BYTES:
+                msg = f"{path}:{i}: a line of {len(raw):,} bytes; expected records of at most {MAX_LINE_BYTES:,} bytes"
+                if on_error is None:
+                    raise MechprobeError(msg)
+                on_error(i, msg)
+                continue
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -325,7 +335,7 @@ share = _typed(float, lambda v: 0 <= v <= 1, "a number between 0 and 1")
 def distinct_seeds(seeds):
     if len(set(seeds)) != len(seeds):
         raise MechprobeError(
-            f"SEEDS={' '.join(map(str, seeds))}: a seed is repeated; give distinct seeds (the spread over seeds "
+            f"seeds={' '.join(map(str, seeds))}: a seed is repeated; give distinct seeds (the spread over seeds "
             "would be wrong)"
         )
     return seeds
@@ -357,12 +367,21 @@ def check_device(device):
     import torch
 
     if not (str(device) in ("cpu", "auto") or str(device).startswith(("cuda", "mps", "xpu"))):
-        raise MechprobeError(f"DEVICE={device}: expected cpu, cuda, cuda:N or auto")
+        raise MechprobeError(f"device={device}: expected cpu, cuda, cuda:N or auto")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise MechprobeError(
-            f"DEVICE={device}: this machine has no CUDA GPU (torch.cuda.is_available() is False); use DEVICE=cpu"
+            f"device={device}: this machine has no CUDA GPU (torch.cuda.is_available() is False); use device=cpu"
         )
     return device
+
+
+class DefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """--help that shows every option's default, also of options without a help text."""
+
+    def _format_action(self, action):
+        if not action.help and action.option_strings and action.default not in (None, argparse.SUPPRESS, False, ""):
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
 
 
 def add_threads_arg(p):
@@ -376,7 +395,7 @@ def add_threads_arg(p):
 
 def prepare(a):
     """What every run checks and sets first: the device (unless "auto"), torch's threads (a.threads
-    becomes the number in use), distinct seeds where there are seeds, an OUT_DIR that is no file.
+    becomes the number in use), distinct seeds where there are seeds, an out_dir that is no file.
     Returns the output folder."""
     if a.device != "auto":
         check_device(a.device)
@@ -385,7 +404,7 @@ def prepare(a):
         distinct_seeds(list(a.seeds))
     out = Path(a.out_dir)
     if out.exists() and not out.is_dir():
-        raise MechprobeError(f"{out}: is a file; OUT_DIR must be a folder")
+        raise MechprobeError(f"{out}: is a file; out_dir must be a folder")
     return out
 
 
@@ -470,7 +489,7 @@ def _take_lock(out):
             other = 0
         if other and other != os.getpid() and _pid_alive(other):
             raise MechprobeError(
-                f"{out}: another run (pid {other}) is writing into this folder; wait for it or choose another OUT_DIR"
+                f"{out}: another run (pid {other}) is writing into this folder; wait for it or choose another out_dir"
             ) from None
         lock.unlink(missing_ok=True)
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -482,18 +501,28 @@ def _take_lock(out):
 OWNER = ".mechprobe-run"  # names the driver whose runs a folder holds
 
 
+# drivers whose module had another name: their folders stay theirs
+RENAMED = {
+    "finetune": "finetune_gpt2",
+    "attnvisual": "attnvisual_gpt2",
+    "causal": "causal_gpt2",
+    "corrupt": "corrupt_proofwriter",
+}
+
+
 def _folder_owner(out):
     """The driver whose run the folder holds: its OWNER file, or for a folder written before that file
     existed, the module in its config.json's command line (None: no mechprobe run there)."""
     if (out / OWNER).exists():
-        return (out / OWNER).read_text().strip() or None
+        name = (out / OWNER).read_text().strip() or None
+        return RENAMED.get(name, name)
     if (out / "status.json").exists() and (out / "config.json").exists():
         try:
             cmd = json.loads((out / "config.json").read_text()).get("provenance", {}).get("command") or []
         except (OSError, ValueError, AttributeError):
             cmd = []
         if cmd:
-            return Path(str(cmd[0])).stem
+            return RENAMED.get(Path(str(cmd[0])).stem, Path(str(cmd[0])).stem)
     return None
 
 
@@ -506,10 +535,10 @@ def _check_owner(out, owner):
         if foreign:
             raise MechprobeError(
                 f"{out}: holds {', '.join(sorted(foreign)[:3])} that no run of mechprobe wrote (a model folder?); "
-                "choose another OUT_DIR: a run clears its folder's earlier results"
+                "choose another out_dir: a run clears its folder's earlier results"
             )
     if other is not None and other != owner:
-        raise MechprobeError(f"{out}: holds a run of {other}, not of {owner}; choose another OUT_DIR")
+        raise MechprobeError(f"{out}: holds a run of {other}, not of {owner}; choose another out_dir")
     (out / OWNER).write_text(owner + "\n")
 
 
@@ -563,7 +592,7 @@ def run_folder(out, outputs=(), keep=(), owner=None):
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise MechprobeError(f"{out}: is a file; OUT_DIR must be a folder")
+        raise MechprobeError(f"{out}: is a file; out_dir must be a folder")
     out.mkdir(parents=True, exist_ok=True)
     lock = _owned_lock(out, owner)
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -611,6 +640,44 @@ def _stop(signum, frame):
     raise Stopped(signum)
 
 
+def cli_names(msg, fn):
+    """A library error in the command line's words: each `name=` of a parameter that is an option of the
+    driver's parser (its module's parser()) becomes `--name=` (`restart=True` of a flag: `--restart`),
+    as the scripts pass them (DATA_DIR -> --data-dir)."""
+    import re
+
+    make = getattr(sys.modules.get(fn.__module__), "parser", None)
+    if make is None:
+        return msg
+    flags = {a.dest: a for a in make()._actions if any(o.startswith("--") for o in a.option_strings)}
+
+    def name(m):
+        a = flags.get(m.group(1))
+        if a is None:
+            return m.group(0)
+        opt = next(o for o in a.option_strings if o.startswith("--"))
+        return opt if a.nargs == 0 and m.group(2) in ("True", "1") else f"{opt}={m.group(2)}"
+
+    return re.sub(r"(?<![\w.-])([a-z][a-z0-9_]*)=(\S*)", name, msg)
+
+
+def unread_environment(fn, argv, environ):
+    """Variables a script does not read, set in the environment as if it did (FOLDS=3 bash run_x.sh): the
+    `NAME`s of the driver's options (NAME = the option's name, upper case) that are set while that option
+    is not on the command line. Checked only under a script (MECHPROBE_SCRIPT set): a silently ignored
+    setting would be a wrong result."""
+    make = getattr(sys.modules.get(fn.__module__), "parser", None)
+    if make is None or not environ.get("MECHPROBE_SCRIPT"):
+        return []
+    given = {a.split("=")[0] for a in argv if a.startswith("--")}
+    out = []
+    for a in make()._actions:
+        opts = [o for o in a.option_strings if o.startswith("--")]
+        if opts and environ.get(a.dest.upper()) and not given & set(a.option_strings):
+            out.append((a.dest.upper(), environ[a.dest.upper()], opts[0]))
+    return out
+
+
 def run_main(fn):
     """Run a CLI main; user errors print one line (no traceback) and exit with status 2; Ctrl-C,
     SIGTERM and SIGHUP end the run as interrupted (status.json says so, the lock is released; exit
@@ -622,10 +689,19 @@ def run_main(fn):
     cli_setup()
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _stop)
+    unread = unread_environment(fn, sys.argv[1:], os.environ)
+    if unread:
+        name, value, opt = unread[0]
+        print(
+            f"error: {name}={value} is set, but {os.environ['MECHPROBE_SCRIPT']} does not read {name}: pass {opt} "
+            f"{value} after the script's name (its variables are at its top; --help lists every option)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     try:
         fn()
     except MechprobeError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {cli_names(str(e), fn)}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:  # a full disk, a read-only or missing folder, a symlink loop: one line, no traceback
         where = f"{e.filename}: " if e.filename else ""

@@ -18,16 +18,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from . import ksmallest as ks
 from . import plots
-from .capture import capture
-from .features import normalized_entropy
-from .masking import mask_heads, pruning_curves
+from .masking import flow_attention, mask_heads, pruning_curves
 from .models import load_model, load_tokenizer
 from .utils import (
-    MechprobeError,
+    DefaultsHelp,
     add_threads_arg,
     at_least_two,
     get_logger,
@@ -45,65 +42,23 @@ log = get_logger()
 PRUNING_ORDERS = ("rank", "position")  # the original pruned by both entropies
 
 
-def head_entropy(rows, records):
-    """rows (N, L, H, T) -> dict of (L, H) arrays: position, rank, per_list."""
-    return {
-        "position": normalized_entropy(rows.mean(0)).numpy(),
-        "rank": normalized_entropy(ks.rank_order(rows, records).mean(0)).numpy(),
-        "per_list": normalized_entropy(rows).mean(0).numpy(),
-    }
-
-
 def accuracy_masked(model, ids, answers, heads):
     """Test accuracy with `heads` masked (see masking.py)."""
     with mask_heads(model, heads):
         return ks.model_accuracy(model, ids, answers)
 
 
-def placed_lists(vocab, length, k, positions, n, seed):
-    """Lists whose k+1 smallest numbers (distinct) sit at `positions` (in rank order)."""
-    if len(positions) != k + 1 or any(not 0 <= p < length for p in positions) or len(set(positions)) != len(positions):
-        raise MechprobeError(
-            f"FLOW_POSITIONS={positions}: expected {k + 1} distinct positions in 0..{length - 1} (one per useful "
-            "number)"
-        )
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        vals = np.sort(rng.choice(vocab, length, replace=False))
-        rest = list(vals[k + 1 :])
-        rng.shuffle(rest)
-        nums = [None] * length
-        for r, p in enumerate(positions):
-            nums[p] = int(vals[r])
-        it = iter(rest)
-        nums = [x if x is not None else int(next(it)) for x in nums]
-        out.append(ks.make_record(nums, k))
-    return out
-
-
-@torch.no_grad()
-def flow_attention(model, ids, masked):
-    """Attention (L, T, T) averaged over lists and over the heads NOT in `masked`, with them masked."""
-    N, T = ids.shape
-    with mask_heads(model, masked):
-        rows = capture(model, ids, torch.ones_like(ids), torch.arange(T).expand(N, T)).rows  # (N, L, H, T, T)
-    L, H = rows.shape[1:3]
-    keep = torch.ones(L, H, dtype=torch.bool)
-    for l, h in masked:
-        keep[l, h] = False
-    m = rows.mean(0)  # (L, H, T, T)
-    return torch.stack([m[l, keep[l]].mean(0) if keep[l].any() else torch.zeros(T, T) for l in range(L)])
-
-
 OUTPUTS = ("causal_results.json", "config.json", "head_entropy.png", "pruning.png", "attention_flow.png")
 
 
 def parser():
-    p = argparse.ArgumentParser(description="Head entropy, head pruning and attention flow on the k-th smallest task.")
-    p.add_argument("--model", required=True, help="finetuned model folder")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--out-dir", required=True)
+    p = argparse.ArgumentParser(
+        description="Head entropy, head pruning and attention flow on the k-th smallest task.",
+        formatter_class=DefaultsHelp,
+    )
+    p.add_argument("--model", default="runs/finetune_gpt2_k1/best", help="finetuned model folder")
+    p.add_argument("--data-dir", default="data/ksmallest/min01")
+    p.add_argument("--out-dir", default="runs/causal_gpt2")
     p.add_argument("--n-examples", type=at_least_two, default=1000, help="test lists")
     p.add_argument("--shares", type=share, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     p.add_argument("--seeds", type=seed_int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds of random masking")
@@ -138,7 +93,7 @@ def main(argv=None):
 
 def entropy_maps(rows, records, out):
     """head_entropy of the captured rows, logged and drawn as head_entropy.png (position and rank order)."""
-    ent = head_entropy(rows, records)
+    ent = ks.head_entropy(rows, records)
     H = rows.shape[2]
     log.info(
         "heads with rank entropy < 0.5: %d; position entropy < 0.2: %d",
@@ -165,7 +120,7 @@ def flow_study(model, tok, meta, entropy, a, out):
     L, H = entropy.shape
     T, k = meta["length"], meta["k"]
     positions = a.flow_positions or [int(x) for x in np.linspace(3, T - 4, k + 1)]
-    fids, fans = ks.encode_records(tok, placed_lists(meta["vocab"], T, k, positions, a.flow_lists, a.seed))
+    fids, fans = ks.encode_records(tok, ks.placed_lists(meta["vocab"], T, k, positions, a.flow_lists, a.seed))
     order = np.argsort(entropy.ravel(), kind="stable")
     masked = [(int(i) // H, int(i) % H) for i in order[: int(round(a.flow_mask_share * L * H))]]
     flow = flow_attention(model, fids, masked)
@@ -185,6 +140,7 @@ def run(a):
     meta = ks.load_meta(a.data_dir)
     records = ks.load_split(a.data_dir, "test")[: a.n_examples]
     ids, answers = ks.encode_records(tok, records)
+    ks.check_fits(model, ids, a.data_dir)
     rows, logits = ks.last_token_attention(model, ids, desc="capture")
     L, H, T = rows.shape[1:]
     base_acc = ks.answer_accuracy(logits, answers)

@@ -15,11 +15,13 @@ import numpy as np
 from . import htmlview, plots
 from . import ksmallest as ks
 from .models import load_model, load_tokenizer, random_control
-from .probing import ProbeData, oof_tree
 from .utils import (
+    DefaultsHelp,
+    MechprobeError,
     add_threads_arg,
     at_least_two,
     get_logger,
+    nonneg_int,
     run_driver,
     run_main,
     seed_everything,
@@ -29,34 +31,6 @@ from .utils import (
 )
 
 log = get_logger()
-
-
-def mean_matrices(rows, records):
-    """rows (N, L, H, T) -> position-order and rank-order (T, L) means of the head average."""
-    avg = rows.mean(2)  # (N, L, T)
-    return avg.mean(0).T.numpy(), ks.rank_order(avg, records).mean(0).T.numpy()
-
-
-def probe_trees(rows, records, seed=0):
-    """The tree the probe predicts for every list, out of fold (probing.oof_tree, 2 folds)."""
-    data = ProbeData(ks.features_from_rows(rows), [r["useful"] for r in records], [r["step"] for r in records])
-    return [t.tolist() for t in oof_tree(data, 2, seed)]
-
-
-def view_examples(tok, ids, rows, records, trees, logits, n):
-    """The first n lists for the HTML view: numbers coloured by the last token's attention."""
-    out = []
-    for i in range(min(n, len(records))):
-        toks = [(" " if j else "") + tok.decode([int(t)]).strip() for j, t in enumerate(ids[i])]  # the prompt's words
-        st = [
-            {"span": (t, t + 1), "useful": bool(records[i]["useful"][t]), "step": records[i]["step"][t], "pred_step": p}
-            for t, p in enumerate(trees[i])
-        ]
-        pred = tok.decode([int(logits[i].argmax())]).strip()
-        out.append(
-            htmlview.example(f"list {i}", toks, rows[i], st, records[i]["answer"], pred, queries=[len(toks) - 1])
-        )
-    return out
 
 
 OUTPUTS = (
@@ -72,13 +46,16 @@ OUTPUTS = (
 
 
 def parser():
-    p = argparse.ArgumentParser(description="Heatmaps of the last token's attention to each number, per layer.")
-    p.add_argument("--models", nargs="+", required=True, help="finetuned model folders")
+    p = argparse.ArgumentParser(
+        description="Heatmaps of the last token's attention to each number, per layer.",
+        formatter_class=DefaultsHelp,
+    )
+    p.add_argument("--models", nargs="+", default=["runs/finetune_gpt2_k1/best"], help="finetuned model folders")
     p.add_argument("--pretrained", default="", help="optional pretrained-not-finetuned folder")
-    p.add_argument("--data-dir", required=True)
-    p.add_argument("--out-dir", required=True)
+    p.add_argument("--data-dir", default="data/ksmallest/min01")
+    p.add_argument("--out-dir", default="runs/attnvisual_gpt2")
     p.add_argument("--n-examples", type=at_least_two, default=1000)
-    p.add_argument("--example", type=int, default=0, help="test list drawn as a tree")
+    p.add_argument("--example", type=nonneg_int, default=0, help="test list drawn as a tree (0: the first)")
     p.add_argument(
         "--view-items", type=int, default=8, help="lists in the interactive view attention_view.html (0: no view)"
     )
@@ -136,6 +113,7 @@ def _capture_models(named, records, a):
     for name, path in named:
         model, tok = load_model(path, device=a.device), load_tokenizer(path)
         ids, answers = ks.encode_records(tok, records)
+        ks.check_fits(model, ids, a.data_dir)
         todo = [(name, model)] + (
             [("random-init control", random_control(model, a.seed))]
             if not a.no_control and name != "pretrained" and "random-init control" not in mats
@@ -143,16 +121,16 @@ def _capture_models(named, records, a):
         )
         for nm, m in todo:
             rows, logits = ks.last_token_attention(m, ids, desc=f"capture {nm}")
-            pos, rank = mean_matrices(rows, records)
+            pos, rank = ks.mean_matrices(rows, records)
             mats[nm] = {
                 "position": pos.tolist(),
                 "rank": rank.tolist(),
                 "accuracy": ks.answer_accuracy(logits, answers),
             }
             if tree is None and nm == named[-1][0]:
-                trees = probe_trees(rows, records, a.seed)
+                trees = ks.probe_trees(rows, records, a.seed)
                 tree = example_tree(nm, rows, records, trees, a.example)
-                view = view_examples(tok, ids, rows, records, trees, logits, a.view_items)
+                view = htmlview.list_examples(tok, ids, rows, records, trees, logits, a.view_items)
     return mats, tree, view
 
 
@@ -161,6 +139,10 @@ def run(a):
     seed_everything(a.seed)
     out = Path(a.out_dir)
     records = ks.load_split(a.data_dir, "test")[: a.n_examples]
+    if a.example >= len(records):
+        raise MechprobeError(
+            f"example={a.example}: expected a test list among the {len(records)} read (0 to {len(records) - 1})"
+        )
     named = ([("pretrained", a.pretrained)] if a.pretrained else []) + [
         (Path(m).parent.name if Path(m).name in ("best", "last") else Path(m).name, m) for m in a.models
     ]

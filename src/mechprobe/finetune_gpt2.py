@@ -16,7 +16,7 @@ from typing import Optional
 import torch
 
 from . import ksmallest as ks
-from .models import _check_dir, load_model, load_tokenizer, scratch_gpt2
+from .models import _check_dir, load_model, load_tokenizer, numeric_init, scratch_gpt2
 from .training import (
     Trainer,
     bf16_fast,
@@ -27,10 +27,10 @@ from .training import (
     select_trainable,
 )
 from .utils import (
+    DefaultsHelp,
     MechprobeError,
     add_threads_arg,
     at_least_two,
-    data_lock,
     finished_run,
     get_logger,
     nonneg_int,
@@ -46,50 +46,6 @@ from .utils import (
 )
 
 log = get_logger()
-
-
-def numeric_init(model, tok, vocab, n_freq=6, scale=0.5):
-    """Add a value encoding to the input/output embeddings of the number tokens (scratch model only).
-
-    For the number of rank i among the N numbers, v = i / (N - 1) and the first 1 + 2*n_freq
-    dimensions get scale * [v - 1/2, sin(pi 2^j v), cos(pi 2^j v) for j < n_freq]. This gives
-    the untrained model the numeracy a pretrained GPT-2 brings (which number is bigger), so it
-    only has to learn the comparison circuit; it changes the initialisation, not the architecture.
-    """
-    order = sorted(int(x) for x in vocab)
-    N = len(order)
-    wte = model.get_input_embeddings().weight
-    for i, x in enumerate(order):
-        v = i / max(1, N - 1)
-        enc = [v - 0.5] + [f(torch.pi * 2**j * v) for j in range(n_freq) for f in (math.sin, math.cos)]
-        wte[ks.answer_token_id(tok, x), : len(enc)] += scale * torch.tensor(enc)
-
-
-def ensure_data(data_dir, model_arg, k, vocab_size, seed, sizes, tok=None, length=16):
-    """Generate the dataset when `data_dir` holds none yet (and say so), one run at a time (data_lock)."""
-    with data_lock(data_dir):
-        return _ensure_data(data_dir, model_arg, k, vocab_size, seed, sizes, tok, length)
-
-
-def _ensure_data(data_dir, model_arg, k, vocab_size, seed, sizes, tok, length):
-    if Path(data_dir).exists() and not Path(data_dir).is_dir():
-        raise MechprobeError(f"{data_dir}: is a file; DATA_DIR must be a folder")
-    if (Path(data_dir) / "meta.json").exists():
-        meta = ks.load_meta(data_dir)
-        log.info("using the existing dataset in %s (sizes %s; delete it to regenerate)", data_dir, meta.get("sizes"))
-        return meta
-    log.info(
-        "data directory %s has no dataset yet: generating it (k=%d, %d numbers, sizes %s)",
-        data_dir,
-        k,
-        vocab_size,
-        sizes,
-    )
-    if model_arg == "scratch":
-        vocab, source = list(range(vocab_size)), "range"
-    else:
-        vocab, source = ks.single_token_numbers(tok, vocab_size), f"single-token numbers of {model_arg}"
-    return ks.write_dataset(data_dir, vocab, k, length=length, sizes=sizes, seed=seed, source=source)
 
 
 @dataclass
@@ -151,21 +107,16 @@ def build_model(a, meta, tok):
     return load_model(a.model), tok, a.lr or 2e-5
 
 
-def load_splits(data_dir, tok):
-    """{split: (ids (N, n), answer ids (N,))} for train / val / test."""
-    return {s: ks.encode_records(tok, ks.load_split(data_dir, s)) for s in ("train", "val", "test")}
-
-
 def _defining(a):
     """The settings that define a training run (RESUME_KEYS), as config.json records them."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(a, k)) for k in RESUME_KEYS)}
 
 
 def _done(a, out):
-    """The results of a complete run with these settings in `out` (left alone), unless RESTART=1."""
+    """The results of a complete run with these settings in `out` (left alone), unless a.restart."""
     done = None if a.restart else finished_run(out, _defining(a))
     if done is not None:
-        log.info("%s holds a complete run with these settings (results.json); RESTART=1 trains it again", out)
+        log.info("%s holds a complete run with these settings (results.json); restart=True trains it again", out)
     return done
 
 
@@ -178,25 +129,36 @@ def train(a):
         return done
     seed_everything(a.seed)
     tok = None if a.model == "scratch" else load_tokenizer(_check_dir(a.model, "model"))
-    meta = ensure_data(a.data_dir, a.model, a.k, a.vocab_size, a.seed, tuple(a.sizes), tok, a.length)
+    meta = ks.ensure_data(a.data_dir, a.model, a.k, a.vocab_size, a.seed, tuple(a.sizes), tok, a.length)
     if meta["k"] != a.k:
-        raise MechprobeError(f"{a.data_dir}/meta.json: dataset has k={meta['k']} but K={a.k} was asked")
+        raise MechprobeError(f"{a.data_dir}/meta.json: dataset has k={meta['k']} but k={a.k} was asked")
+    sizes = meta.get("sizes", {})
+    used = {
+        "length": meta.get("length", a.length),
+        "vocab_size": len(meta.get("vocab", [])) or a.vocab_size,
+        "sizes": [sizes[s] for s in ("train", "val", "test")] if isinstance(sizes, dict) and sizes else a.sizes,
+    }
+    if any(getattr(a, key) != v for key, v in used.items()):  # config.json records what the run used
+        log.info("%s: the existing lists are used (%s); those settings apply only when generating", a.data_dir, used)
+        a.length, a.vocab_size, a.sizes = used["length"], used["vocab_size"], used["sizes"]
     model, tok, lr = build_model(a, meta, tok)
     dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev)
     n_train = select_trainable(model, a.tuning)
-    data = load_splits(a.data_dir, tok)
+    data = ks.load_splits(a.data_dir, tok)
+    for split, (ids, _) in data.items():
+        ks.check_fits(model, ids, f"{a.data_dir} ({split})")
     task = ks.ListTask(data, a.batch_size, a.seed)
     steps_per_epoch = math.ceil(len(data["train"][0]) / a.batch_size)
     total = a.max_steps or a.epochs * steps_per_epoch
     if total <= 0:
-        raise MechprobeError("nothing to train: MAX_STEPS=0 and EPOCHS=0; give one of them a positive value")
+        raise MechprobeError("nothing to train: max_steps=0 and epochs=0; give one of them a positive value")
     settings = {k: getattr(a, k) for k in RESUME_KEYS}
     ckpt = out / "checkpoint.pt"
     resume = load_checkpoint(ckpt, settings, dev) if ckpt.exists() and not a.restart else None
     tr = Trainer(model, lr=lr, weight_decay=a.weight_decay, warmup=a.warmup, total=total, dev=dev)
     use_bf16 = a.autocast == "bf16" or (a.autocast == "auto" and bf16_fast(dev))
-    with run_folder(out, outputs=("results.json", "config.json", "curves.png"), owner="finetune"):
+    with run_folder(out, outputs=("results.json", "config.json", "curves.png"), owner="finetune_gpt2"):
         config = {
             **asdict(a),
             "lr": lr,
@@ -249,7 +211,7 @@ def finish(tr, data, tok, out, lr, dev, k):
 def parser():
     p = argparse.ArgumentParser(
         description="Finetune GPT-2 (or train the embedded scratch GPT-2) on the k-th smallest task.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
     p.add_argument("--model", help="local pretrained GPT-2 folder, or 'scratch' for the embedded default")
     p.add_argument("--k", type=int)
@@ -295,7 +257,7 @@ def parser():
 def main(argv=None):
     a = TrainSettings(**vars(parser().parse_args(argv)))
     if not 0 <= a.k < a.length and not (Path(a.data_dir) / "meta.json").exists():
-        raise MechprobeError(f"K={a.k} is outside the list: expected 0 <= K < {a.length}")
+        raise MechprobeError(f"k={a.k} is outside the list: expected 0 <= k < {a.length}")
     return train(a)
 
 
