@@ -135,7 +135,11 @@ def study():
             env = {**os.environ, "CACHE_DIR": f"{tmp}/cache", "OUT_DIR": f"{tmp}/out{folds}"}
             t = time.perf_counter()
             p = subprocess.run(
-                ["bash", str(ROOT / "run_probing_proofwriter.sh"), "--folds", folds], cwd=ROOT, env=env, capture_output=True, text=True
+                ["bash", str(ROOT / "run_probing_proofwriter.sh"), "--folds", folds],
+                cwd=ROOT,
+                env=env,
+                capture_output=True,
+                text=True,
             )
             times[label] = time.perf_counter() - t
             if p.returncode:

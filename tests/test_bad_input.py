@@ -11,8 +11,9 @@ import torch
 from mechprobe import arc, corruptions, finetune_gpt2, probing_gpt2
 from mechprobe import ksmallest as ks
 from mechprobe import proofwriter as pw
+from mechprobe.runs import run_folder
 from mechprobe.tiny import tiny_llama_dir
-from mechprobe.utils import MechprobeError, iter_jsonl, run_folder
+from mechprobe.utils import MechprobeError, iter_jsonl
 
 from .test_finetune import args
 from .test_proofwriter import theory_line

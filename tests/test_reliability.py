@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from mechprobe.utils import write_json
+from mechprobe.runs import write_json
 
 from .conftest import ROOT
 from .test_finetune import args
@@ -109,7 +109,8 @@ def test_seeds_devices_and_logic_llm_records_are_checked(tmp_path):
 
 def test_a_run_never_clears_a_folder_it_does_not_own(tmp_path):
     """OUT_DIR = a model folder, or another script's run: refused before anything is removed."""
-    from mechprobe.utils import MechprobeError, run_folder
+    from mechprobe.runs import run_folder
+    from mechprobe.utils import MechprobeError
 
     model = tmp_path / "model"
     model.mkdir()
@@ -189,7 +190,7 @@ def test_two_runs_generating_one_data_folder_share_it(tmp_path):
 
 
 def test_a_place_where_no_lock_can_be_written_is_read_without_one(tmp_path):
-    from mechprobe.utils import data_lock
+    from mechprobe.runs import data_lock
 
     (tmp_path / "afile").write_text("x")  # its "folder" cannot hold a lock file (as a read-only one)
     with data_lock(tmp_path / "afile" / "d") as f:
@@ -219,7 +220,7 @@ def test_operating_system_errors_are_one_line(tmp_path):
     last = p.stderr.strip().splitlines()[-1]  # after the run's own log lines
     assert last.startswith("error: ") and "afile/run: Not a directory" in last, p.stderr
 
-    from mechprobe.utils import run_main
+    from mechprobe.cli import run_main
 
     def full():
         raise OSError(28, "No space left on device", str(tmp_path / "runs" / "results.json"))
@@ -307,7 +308,7 @@ def test_a_cache_dir_that_cannot_be_written_ends_in_one_line(tmp_path, monkeypat
     """CACHE_DIR below a file, in a place no one can write (/proc), or on a full disk: one line naming
     the path and the error (exit 2), status.json failed, no result file."""
     from mechprobe import probing_proofwriter
-    from mechprobe.utils import run_main
+    from mechprobe.cli import run_main
 
     (tmp_path / "afile").write_text("x")
     base = ["--model", "tiny", "--data", str(tmp_path / "pw"), "--limit", "3", "--n-demos", "1", "--seeds", "0"]
@@ -375,9 +376,9 @@ def test_unused_generation_settings_are_not_recorded_as_used(tmp_path, caplog):
     """A finetune on existing lists of 16 numbers asked for LENGTH 20 and VOCAB_SIZE 99: config.json
     records the lists it used (16, the data's vocabulary) and the log says the others apply only when
     generating."""
-    from mechprobe import finetune_gpt2
-
     import logging
+
+    from mechprobe import finetune_gpt2
 
     finetune_gpt2.main(args(tmp_path, "a", "--max-steps", "1"))
     with caplog.at_level(logging.INFO, logger="mechprobe"):

@@ -13,12 +13,13 @@ the answer words' next-token scores. See llmprobe.py for the probe on such items
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from .incontext import PromptBuilder, pick_demos
 from .llmprobe import ProbeSettings, probe_items, report
 from .models import ModelFolder, TokenizerFolder
-from .utils import MechprobeError, distinct_seeds, iter_jsonl, provenance, write_json
+from .runs import provenance, write_json
+from .utils import MechprobeError, distinct_seeds, iter_jsonl
 
 
 @dataclass
@@ -95,7 +96,7 @@ class Item:
         return d
 
 
-def read_items(path):
+def read_items(path: Union[str, Path]) -> List["Item"]:
     """Items from a JSONL file (one Item object per line); errors name the file and the line."""
     items = []
     for line, d in iter_jsonl(path):
@@ -105,7 +106,7 @@ def read_items(path):
     return items
 
 
-def as_items(items):
+def as_items(items: Iterable[Union["Item", Mapping[str, Any]]]) -> List["Item"]:
     """A list of Items from Items, mappings, or a datasets.Dataset (any iterable of rows)."""
     out = []
     for i, it in enumerate(items):
@@ -123,7 +124,7 @@ class ProbeResult:
     and the per-layer curves; other subsets are per depth and per (group, depth).
     """
 
-    def __init__(self, results):
+    def __init__(self, results: Dict[str, Any]):
         self.results = results
 
     def _mean(self, key):
@@ -131,26 +132,26 @@ class ProbeResult:
         return v.get("mean")
 
     @property
-    def s_p1(self):
+    def s_p1(self) -> Optional[float]:
         return self._mean("s_p1")
 
     @property
-    def s_p2(self):
+    def s_p2(self) -> Optional[float]:
         return self._mean("s_p2")
 
     @property
-    def accuracy(self):
+    def accuracy(self) -> Optional[float]:
         return self.results["accuracy"]
 
     @property
-    def curves(self):
+    def curves(self) -> Optional[Dict[str, Any]]:
         return self.results["subsets"]["all"].get("curves")
 
-    def to_json(self, path):
+    def to_json(self, path: Union[str, Path]) -> Path:
         write_json(path, self.results)
         return Path(path)
 
-    def plot(self, folder, title="your items"):
+    def plot(self, folder: Union[str, Path], title: str = "your items") -> Path:
         """probe_by_layer.png, probe_by_depth.png, probe_by_group.png (and accuracy plots) in `folder`."""
         Path(folder).mkdir(parents=True, exist_ok=True)
         report(self.results, folder, title)
@@ -168,16 +169,16 @@ class ProbeResult:
 
 
 def probe(
-    model,
-    tokenizer,
-    items,
-    answer_words=("True", "False"),
-    suffix="True or False?",
-    n_demos=0,
-    demo_pool=None,
-    settings=None,
-    **settings_kw,
-):
+    model: Any,
+    tokenizer: Any,
+    items: Iterable[Union["Item", Mapping[str, Any]]],
+    answer_words: Sequence[str] = ("True", "False"),
+    suffix: str = "True or False?",
+    n_demos: int = 0,
+    demo_pool: Optional[Iterable[Union["Item", Mapping[str, Any]]]] = None,
+    settings: Optional[ProbeSettings] = None,
+    **settings_kw: Any,
+) -> ProbeResult:
     """The MechanisticProbe of `model` on `items` against random-init controls of its architecture.
 
     model, tokenizer: objects, or a local model folder (str / Path) for either (loaded on first use).

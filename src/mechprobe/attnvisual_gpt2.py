@@ -14,21 +14,10 @@ import numpy as np
 
 from . import htmlview, plots
 from . import ksmallest as ks
+from .cli import DefaultsHelp, add_threads_arg, at_least_two, nonneg_int, run_driver, run_main, seed_int
 from .models import load_model, load_tokenizer, random_control
-from .utils import (
-    DefaultsHelp,
-    MechprobeError,
-    add_threads_arg,
-    at_least_two,
-    get_logger,
-    nonneg_int,
-    run_driver,
-    run_main,
-    seed_everything,
-    seed_int,
-    write_config,
-    write_json,
-)
+from .runs import write_config, write_json
+from .utils import MechprobeError, get_logger, seed_everything
 
 log = get_logger()
 

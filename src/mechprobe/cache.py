@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .utils import atomic_path, get_logger
+from .runs import atomic_path
+from .utils import get_logger
 
 log = get_logger()
 DEFAULT_DIR = "runs/feature_cache"

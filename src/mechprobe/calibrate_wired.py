@@ -14,18 +14,9 @@ from pathlib import Path
 
 from . import reasoner as rs
 from . import wired
-from .utils import (
-    DefaultsHelp,
-    MechprobeError,
-    add_threads_arg,
-    get_logger,
-    run_driver,
-    run_main,
-    seed_everything,
-    seed_int,
-    write_config,
-    write_json,
-)
+from .cli import DefaultsHelp, add_threads_arg, run_driver, run_main, seed_int
+from .runs import write_config, write_json
+from .utils import MechprobeError, get_logger, seed_everything
 
 log = get_logger()
 OUTPUTS = ("calibration.json", "config.json")

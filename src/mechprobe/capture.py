@@ -19,7 +19,7 @@ Batches are right-padded: real tokens keep their positions, and under the causal
 query never sees a pad key, so a padded batch gives the same rows as one prompt at a time.
 """
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -225,8 +225,15 @@ class RowsRecorder(Recorder):
 
 @torch.no_grad()
 def capture(
-    model, input_ids, attention_mask, query_positions, layers=None, return_logits=False, method="auto", prefix=None
-):
+    model: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    query_positions: Any,
+    layers: Optional[Sequence[int]] = None,
+    return_logits: bool = False,
+    method: str = "auto",
+    prefix: Any = None,
+) -> Capture:
     """One batch: Capture(rows (B, L, H, Q, T), logits (B, V) at each prompt's last token when
     return_logits, else None).
 

@@ -21,22 +21,11 @@ import numpy as np
 
 from . import ksmallest as ks
 from . import plots
+from .cli import DefaultsHelp, add_threads_arg, at_least_two, positive_int, run_driver, run_main, seed_int, share
 from .masking import flow_attention, mask_heads, pruning_curves
 from .models import load_model, load_tokenizer
-from .utils import (
-    DefaultsHelp,
-    add_threads_arg,
-    at_least_two,
-    get_logger,
-    positive_int,
-    run_driver,
-    run_main,
-    seed_everything,
-    seed_int,
-    share,
-    write_config,
-    write_json,
-)
+from .runs import write_config, write_json
+from .utils import get_logger, seed_everything
 
 log = get_logger()
 PRUNING_ORDERS = ("rank", "position")  # the original pruned by both entropies

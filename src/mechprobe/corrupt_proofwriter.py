@@ -8,31 +8,25 @@ from pathlib import Path
 import numpy as np
 
 from . import plots
+from .cli import DefaultsHelp, positive_int, run_driver, run_main
 from .corruptions import CORRUPTIONS, NEW_ENTITIES, corrupt_all, subset_study
 from .incontext import pick_demos
-from .llmprobe import (
-    ProbeSettings,
+from .llmcli import (
     add_model_args,
+    load_args,
+    load_items_args,
+    probe_settings,
+    prompt_builder,
+)
+from .llmprobe import (
     compared_layers,
     control_features,
     encode,
     features,
-    load_args,
-    load_items_args,
     model_info,
-    prompt_builder,
 )
-from .utils import (
-    DefaultsHelp,
-    MechprobeError,
-    get_logger,
-    positive_int,
-    run_driver,
-    run_main,
-    seed_everything,
-    write_config,
-    write_json,
-)
+from .runs import write_config, write_json
+from .utils import MechprobeError, get_logger, seed_everything
 
 log = get_logger()
 
@@ -157,7 +151,7 @@ def run(a):
 
 def settings(a):
     """The probe settings of the study: no per-head map (it is the probing scripts' job)."""
-    st = ProbeSettings.from_args(a)
+    st = probe_settings(a)
     st.head_map = 0
     return st
 

@@ -9,8 +9,9 @@ python -m mechprobe.data ksmallest --out data/ksmallest/min01 --k 1   # the k-th
 
 import argparse
 
+from .cli import run_main, seed_int
 from .downloads import DATA_DIR, DATASETS, download
-from .utils import get_logger, run_main, seed_int
+from .utils import get_logger
 
 
 def main(argv=None):

@@ -11,6 +11,8 @@ mean and give f_s[l, h]. With normalize='max' (the GPT-2 experiments), every exa
 (statements x layers) matrix is divided by its maximum.
 """
 
+from typing import Optional, Sequence, Tuple
+
 import torch
 
 from .utils import MechprobeError
@@ -59,7 +61,14 @@ def pool_queries(rows, query_pool, n_queries=None):
     raise MechprobeError(f"query pool {query_pool!r}: expected one of {', '.join(QUERY_POOLS)}")
 
 
-def statement_features(rows, spans, query_pool="last", per_head=False, normalize="none", n_queries=None):
+def statement_features(
+    rows: torch.Tensor,
+    spans: Sequence[Tuple[int, int]],
+    query_pool: str = "last",
+    per_head: bool = False,
+    normalize: str = "none",
+    n_queries: Optional[int] = None,
+) -> torch.Tensor:
     """Features of one example: (S, L, 1) head-averaged, or (S, L, H) per head.
 
     rows: (L, H, Q, T) captured attention of one example; spans: list of (start, end) token ranges.

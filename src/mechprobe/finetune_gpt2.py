@@ -16,7 +16,19 @@ from typing import Optional
 import torch
 
 from . import ksmallest as ks
+from .cli import (
+    DefaultsHelp,
+    add_threads_arg,
+    at_least_two,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    prepare,
+    run_main,
+    seed_int,
+)
 from .models import _check_dir, load_model, load_tokenizer, numeric_init, scratch_gpt2
+from .runs import finished_run, run_folder, write_config, write_json
 from .training import (
     Trainer,
     bf16_fast,
@@ -26,24 +38,7 @@ from .training import (
     save_pretrained_atomic,
     select_trainable,
 )
-from .utils import (
-    DefaultsHelp,
-    MechprobeError,
-    add_threads_arg,
-    at_least_two,
-    finished_run,
-    get_logger,
-    nonneg_int,
-    positive_float,
-    positive_int,
-    prepare,
-    run_folder,
-    run_main,
-    seed_everything,
-    seed_int,
-    write_config,
-    write_json,
-)
+from .utils import MechprobeError, get_logger, seed_everything
 
 log = get_logger()
 
@@ -120,16 +115,10 @@ def _done(a, out):
     return done
 
 
-def train(a):
-    """Train or finetune (see the module docstring) with TrainSettings `a`; returns the results
-    written to results.json."""
-    a.sizes = list(a.sizes)
-    out = prepare(a)
-    if (done := _done(a, out)) is not None:
-        return done
-    seed_everything(a.seed)
-    tok = None if a.model == "scratch" else load_tokenizer(_check_dir(a.model, "model"))
-    meta = ks.ensure_data(a.data_dir, a.model, a.k, a.vocab_size, a.seed, tuple(a.sizes), tok, a.length)
+def _record_used_data(a, meta):
+    """The dataset's k must be the one asked. Existing lists are used as they are: `a` takes their
+    length, vocabulary size and sizes (so that config.json records what the run used), and the log
+    says so when they differ from what was asked."""
     if meta["k"] != a.k:
         raise MechprobeError(f"{a.data_dir}/meta.json: dataset has k={meta['k']} but k={a.k} was asked")
     sizes = meta.get("sizes", {})
@@ -141,13 +130,25 @@ def train(a):
     if any(getattr(a, key) != v for key, v in used.items()):  # config.json records what the run used
         log.info("%s: the existing lists are used (%s); those settings apply only when generating", a.data_dir, used)
         a.length, a.vocab_size, a.sizes = used["length"], used["vocab_size"], used["sizes"]
+
+
+def train(a):
+    """Train or finetune (see the module docstring) with TrainSettings `a`; returns the results
+    written to results.json."""
+    a.sizes = list(a.sizes)
+    out = prepare(a)
+    if (done := _done(a, out)) is not None:
+        return done
+    seed_everything(a.seed)
+    tok = None if a.model == "scratch" else load_tokenizer(_check_dir(a.model, "model"))
+    meta = ks.ensure_data(a.data_dir, a.model, a.k, a.vocab_size, a.seed, tuple(a.sizes), tok, a.length)
+    _record_used_data(a, meta)
     model, tok, lr = build_model(a, meta, tok)
     dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev)
     n_train = select_trainable(model, a.tuning)
     data = ks.load_splits(a.data_dir, tok)
-    for split, (ids, _) in data.items():
-        ks.check_fits(model, ids, f"{a.data_dir} ({split})")
+    ks.check_fits(model, max((ids for ids, _ in data.values()), key=lambda x: x.shape[1]), a.data_dir)
     task = ks.ListTask(data, a.batch_size, a.seed)
     steps_per_epoch = math.ceil(len(data["train"][0]) / a.batch_size)
     total = a.max_steps or a.epochs * steps_per_epoch

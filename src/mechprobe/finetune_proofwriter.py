@@ -12,25 +12,20 @@ from dataclasses import MISSING, asdict, dataclass, fields
 import torch
 
 from . import reasoner as rs
-from .training import Trainer, bf16_fast, load_checkpoint, plot_curves, run_loop, save_pretrained_atomic
-from .utils import (
+from .cli import (
     DefaultsHelp,
-    MechprobeError,
     add_threads_arg,
-    finished_run,
-    get_logger,
     nonneg_float,
     nonneg_int,
     positive_float,
     positive_int,
     prepare,
-    run_folder,
     run_main,
-    seed_everything,
     seed_int,
-    write_config,
-    write_json,
 )
+from .runs import finished_run, run_folder, write_config, write_json
+from .training import Trainer, bf16_fast, load_checkpoint, plot_curves, run_loop, save_pretrained_atomic
+from .utils import MechprobeError, get_logger, seed_everything
 
 log = get_logger()
 

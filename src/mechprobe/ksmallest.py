@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .features import normalized_entropy
-from .utils import MechprobeError, data_lock, get_logger, iter_jsonl, read_json, write_json, write_jsonl
+from .runs import data_lock, write_json, write_jsonl
+from .utils import MechprobeError, get_logger, iter_jsonl, read_json
 
 log = get_logger()
 SPECIALS = ["<pad>", "<unk>"]

@@ -11,7 +11,7 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, Optional, Union
 
 import torch
 
@@ -138,7 +138,7 @@ def _check_dir(path, what="model"):
     return p
 
 
-def load_tokenizer(path):
+def load_tokenizer(path: Union[str, Path]) -> Any:
     """The tokenizer of a local model folder, or the one stored inside a .gguf file."""
     from transformers import AutoTokenizer
 
@@ -159,7 +159,28 @@ def load_tokenizer(path):
     return tok
 
 
-def load_model(path, dtype="float32", device="cpu", load_in_8bit=False, trust_remote_code=False):
+def _placement(load_in_8bit, device):
+    """from_pretrained's 8-bit quantisation and device map (device "auto": shard over the GPUs)."""
+    if load_in_8bit:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise MechprobeError(
+                "8-bit loading needs the bitsandbytes package (pip install bitsandbytes) and a CUDA GPU"
+            ) from None
+        from transformers import BitsAndBytesConfig
+
+        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "device_map": "auto"}
+    return {"device_map": "auto"} if device == "auto" else {}
+
+
+def load_model(
+    path: Union[str, Path],
+    dtype: str = "float32",
+    device: str = "cpu",
+    load_in_8bit: bool = False,
+    trust_remote_code: bool = False,
+) -> Any:
     """Load a local causal LM with eager attention: a model folder, a .gguf file (de-quantised to
     `dtype`; its config without the quantization entry, so that it is a plain model), or a short name
     (locate).
@@ -180,19 +201,7 @@ def load_model(path, dtype="float32", device="cpu", load_in_8bit=False, trust_re
     if dtype not in DTYPES:
         raise MechprobeError(f"dtype {dtype!r} not supported; expected one of float32, bfloat16, float16")
     kw = dict(dtype=DTYPES[dtype], attn_implementation="eager", trust_remote_code=trust_remote_code)
-    if load_in_8bit:
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise MechprobeError(
-                "8-bit loading needs the bitsandbytes package (pip install bitsandbytes) and a CUDA GPU"
-            ) from None
-        from transformers import BitsAndBytesConfig
-
-        kw["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-        kw["device_map"] = "auto"
-    elif device == "auto":
-        kw["device_map"] = "auto"
+    kw.update(_placement(load_in_8bit, device))
     try:
         with _quiet_gguf_bar(bool(gguf)):
             model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, **kw, **gguf)
@@ -440,7 +449,7 @@ def scratch_gpt2(vocab_size, **overrides):
     return GPT2LMHeadModel(cfg)
 
 
-def random_control(model, seed=0, num_layers=None):
+def random_control(model: Any, seed: int = 0, num_layers: Optional[int] = None) -> Any:
     """A randomly initialised model of the same architecture (its config), built without loading weights.
 
     num_layers: build only the first layers (for a model too big to duplicate); the caller must

@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .utils import save_figure  # noqa: E402
+from .runs import save_figure  # noqa: E402
 
 
 def _mean_std(summaries):

@@ -9,30 +9,25 @@ import argparse
 from pathlib import Path
 
 from . import arc
+from .cli import DefaultsHelp, run_driver, run_main
 from .downloads import check_present
 from .incontext import pick_demos
-from .llmprobe import (
-    ProbeSettings,
+from .llmcli import (
     add_model_args,
-    knockout_items,
     load_args,
-    model_info,
-    probe_items,
+    probe_settings,
     prompt_builder,
-    report,
-    report_knockout,
     write_view,
 )
-from .utils import (
-    DefaultsHelp,
-    MechprobeError,
-    get_logger,
-    run_driver,
-    run_main,
-    seed_everything,
-    write_config,
-    write_json,
+from .llmprobe import (
+    knockout_items,
+    model_info,
+    probe_items,
+    report,
+    report_knockout,
 )
+from .runs import write_config, write_json
+from .utils import MechprobeError, get_logger, seed_everything
 
 log = get_logger()
 
@@ -98,7 +93,7 @@ def run(a):
     builder = prompt_builder(
         a, tok, suffix="", answer_in_query=True, question_prefix="Question: ", answer_prefix=" Answer: "
     )
-    st = ProbeSettings.from_args(a)
+    st = probe_settings(a)
     res, feats, _ = probe_items(st, tok, model, items, demos, builder, [], a.data, by=("depth",))
     res.update(
         {

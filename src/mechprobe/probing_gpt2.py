@@ -17,26 +17,12 @@ import torch
 from . import knockout as ko
 from . import ksmallest as ks
 from . import plots
+from .cli import DefaultsHelp, add_threads_arg, at_least_two, positive_int, run_main, seed_int
 from .features import normalized_entropy
 from .models import attention_modules, load_model, load_tokenizer, random_control
 from .probing import ProbeData, head_map, predicted_useful, run_probe, selectivity
-from .utils import (
-    DefaultsHelp,
-    MechprobeError,
-    add_threads_arg,
-    at_least_two,
-    check_device,
-    distinct_seeds,
-    get_logger,
-    positive_int,
-    run_folder,
-    run_main,
-    seed_everything,
-    seed_int,
-    set_threads,
-    write_config,
-    write_json,
-)
+from .runs import run_folder, write_config, write_json
+from .utils import MechprobeError, check_device, distinct_seeds, get_logger, seed_everything, set_threads
 
 log = get_logger()
 

@@ -10,24 +10,28 @@ import argparse
 from pathlib import Path
 
 from . import plots, shortcuts
+from .cli import DefaultsHelp, nonneg_int, run_driver, run_main
 from .incontext import pick_demos
-from .llmprobe import (
-    ProbeSettings,
+from .llmcli import (
     add_model_args,
-    item_subsets,
-    knockout_items,
     load_args,
     load_items_args,
+    probe_settings,
+    prompt_builder,
+    write_view,
+)
+from .llmprobe import (
+    item_subsets,
+    knockout_items,
     masking_items,
     model_info,
     probe_items,
-    prompt_builder,
     report,
     report_knockout,
-    write_view,
 )
 from .proofwriter import statement_type
-from .utils import DefaultsHelp, get_logger, nonneg_int, run_driver, run_main, seed_everything, write_config, write_json
+from .runs import write_config, write_json
+from .utils import get_logger, seed_everything
 
 log = get_logger()
 
@@ -125,7 +129,7 @@ def run(a):
     builder = prompt_builder(
         a, tok, suffix="True or False?" if words == ["True", "False"] else "True, False, or Unknown?"
     )
-    st = ProbeSettings.from_args(a)
+    st = probe_settings(a)
     res, feats, scores = probe_items(
         st, tok, model, items, demos, builder, words, source, statement_type=statement_type
     )

@@ -285,7 +285,7 @@ def _release_files(path, setting, split, depth_folder, depths, generate, seed, n
     generating synthetic theories into an empty one when `generate`."""
     if path.exists() and not path.is_dir():
         raise MechprobeError(f"{path}: is a file; expected a ProofWriter folder, a meta-*.jsonl or Logic-LLM's .json")
-    from .utils import data_lock
+    from .runs import data_lock
 
     with data_lock(path):  # a second run generating the same folder waits for the first
         if not (path / setting).is_dir():

@@ -24,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .utils import MechprobeError, get_logger, run_main, seed_int, write_jsonl
+from .cli import run_main, seed_int
+from .runs import write_jsonl
+from .utils import MechprobeError, get_logger
 
 _FACT_Q = re.compile(r"^(.+) is (?:not )?(\w+)\.$")
 ENTITIES = [

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from .incontext import PromptBuilder, answer_ids
-from .utils import MechprobeError, get_logger, iter_jsonl, write_json
+from .runs import write_json
+from .utils import MechprobeError, get_logger, iter_jsonl
 
 log = get_logger()
 WORDS = ["True", "False"]
@@ -68,8 +69,8 @@ def check_config(cfg):
 
 def ensure_data(folder, cfg):
     """The split files of `folder` for configuration `cfg`, generated (atomically) when absent, one
-    run at a time (utils.data_lock)."""
-    from .utils import data_lock
+    run at a time (runs.data_lock)."""
+    from .runs import data_lock
 
     check_config(cfg)
     with data_lock(folder):

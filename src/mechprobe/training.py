@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from .models import last_logits
 from .packing import PackedPrompts
-from .utils import MechprobeError, atomic_path, get_logger, progress
+from .runs import atomic_path
+from .utils import MechprobeError, get_logger, progress
 
 log = get_logger()
 
@@ -56,7 +57,7 @@ def plot_curves(history, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .utils import save_figure
+    from .runs import save_figure
 
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5), layout="tight")
     ax[0].plot([h[0] for h in history["train"]], [h[1] for h in history["train"]], lw=0.8)
