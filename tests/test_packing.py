@@ -88,46 +88,6 @@ def test_packed_batches_hold_whole_theories(tmp_path):
     np.testing.assert_array_equal(task.predictions(model, "val"), apart)
 
 
-def test_early_answer_positions_and_loss_by_hand():
-    """answer_from[i] = f: prompt i's answer is also read at its tokens f .. len - 2 (each in its own place in
-    the packed rows); the loss is the cross-entropy over the answer words' logits there, as run apart; the
-    trainer adds it times early_answer."""
-    model = tiny_llama(vocab_size=20)
-    p = pack(SEQS, KEYS, pad_id=0, answer_from=[6, 7, 2, 6, 6])
-    T = p.ids.shape[1]
-    assert p.early_src.tolist() == [6, 7, 10, 11, T + 2, T + 3, 13, 14, 16, 17]
-    assert p.early_of.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
-    assert pack(SEQS, KEYS, pad_id=0).early_src is None
-    words, answers = (3, 4), torch.tensor([3, 4, 4, 3, 3])
-    ids, mask = pad_batch(SEQS, 0)
-    with torch.no_grad():
-        full = model(input_ids=ids, attention_mask=mask).logits
-        z = p.logits(model)
-    terms = [
-        -F.log_softmax(full[i, t, list(words)], -1)[words.index(int(answers[i]))]
-        for i, f in enumerate([6, 7, 2, 6, 6])
-        for t in range(f, len(SEQS[i]) - 1)
-    ]
-    early = torch.stack(terms).mean().item()
-    assert p.early_answer_loss(z, answers, words).item() == pytest.approx(early, rel=1e-5)
-    plain = Trainer(tiny_llama(vocab_size=20), lr=0.0, weight_decay=0.0, warmup=1, total=10, dev="cpu").train_step(
-        p, None, answers, use_bf16=False
-    )
-    both = Trainer(
-        tiny_llama(vocab_size=20),
-        lr=0.0,
-        weight_decay=0.0,
-        warmup=1,
-        total=10,
-        dev="cpu",
-        early_answer=0.5,
-        answer_ids=words,
-    )
-    assert both.train_step(p, None, answers, use_bf16=False) == pytest.approx(plain + 0.5 * early, rel=1e-5)
-    with pytest.raises(ValueError, match="early_answer needs answer_ids"):
-        Trainer(model, lr=0.0, weight_decay=0.0, warmup=1, total=10, dev="cpu", early_answer=1.0)
-
-
 def tiny_model(tok):
     from mechprobe import reasoner as rs
 

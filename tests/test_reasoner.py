@@ -1,7 +1,6 @@
 """The ProofWriter reasoner: data, the training prompt (= the probe's), a short run, bad input."""
 
 import json
-import re
 
 import numpy as np
 import pytest
@@ -140,19 +139,19 @@ def test_bad_configuration(tmp_path, trained):
 
 
 def test_options_run_and_resume_check(trained, tmp_path):
-    """A run with the early answer loss, no recall and another RoPE base trains and records its settings;
+    """A run without recall, with another RoPE base and positive phase trains and records its settings;
     its checkpoint does not resume under other settings (the batches and losses would differ)."""
     d, _ = trained
     args = ["--data-dir", str(d / "data"), "--out-dir", str(tmp_path / "p"), *SMALL]
-    res = fp.main([*args, "--early-answer", "0.5", "--recall", "0", "--rope-theta", "1e4", "--positive-steps", "3"])
+    res = fp.main([*args, "--recall", "0", "--rope-theta", "1e4", "--positive-steps", "3"])
     assert res["steps"] == 12 and 0 <= res["test"]["accuracy"] <= 1
     cfg = json.loads((tmp_path / "p" / "config.json").read_text())
-    assert cfg["early_answer"] == 0.5 and cfg["recall"] == 0 and cfg["positive_steps"] == 3
+    assert cfg["recall"] == 0 and cfg["positive_steps"] == 3
     assert cfg["model_config"]["rope_parameters"]["rope_theta"] == 1e4
     assert cfg["model_config"]["attention_bias"] is False and cfg["model_config"]["tie_word_embeddings"] is False
     (tmp_path / "p" / "status.json").unlink()  # an unfinished run: the checkpoint is read to resume
     with pytest.raises(MechprobeError, match=r"recall=0.0 -> 1.0"):
-        fp.main([*args, "--early-answer", "0.5", "--rope-theta", "1e4", "--positive-steps", "3"])
+        fp.main([*args, "--rope-theta", "1e4", "--positive-steps", "3"])
 
 
 def test_positive_phase_draws_only_questions_without_not(trained):
@@ -201,27 +200,6 @@ def test_next_token_loss_ends_at_the_question(trained):
         want += tok.tokenize(text[:qe])[1:]  # a prompt's first token is predicted from nothing
     assert got == want and len(want) > 16
     assert not {"True", "or", "?"} & set(got) and "." in got
-
-
-def test_early_answer_positions_are_the_questions_last_word_and_after(trained):
-    """EARLY_ANSWER: a packed training batch reads each question's answer from its last word ("E is a .":
-    at a; "E is not a .": at a) to the token before "?", read back from the text; other splits carry none."""
-    from mechprobe.models import load_tokenizer
-
-    d, _ = trained
-    files = rs.split_files(d / "data", json.loads((d / "data" / "meta.json").read_text()))
-    tok = load_tokenizer(d / "run" / "best")
-    splits = {s: rs.read_questions(f) for s, f in files.items()}
-    task = rs.PromptTask(tok, splits, 16, 0, early_answer=True)
-    idx = task.epoch_batches(1)[0]
-    p = task.batch(idx)[0]
-    flat = p.ids.reshape(-1)
-    for j, i in enumerate(idx.tolist()):
-        q = splits["train"][i]["question"]
-        got = tok.convert_ids_to_tokens(flat[p.early_src[p.early_of == j]].tolist())
-        assert got == [re.findall(r"\w+", q)[-1], ".", "True", "or", "False"], q
-    assert len(p.early_src) == 5 * len(idx)
-    assert task.pad("val", np.arange(4)).early_src is None
 
 
 def test_learning_rate_schedule_by_hand():

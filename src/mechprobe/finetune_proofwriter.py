@@ -54,7 +54,6 @@ class ReasonerSettings:
     positive_steps: int = 1400
     lm_weight: float = 1.0
     recall: float = 1.0
-    early_answer: float = 0.0
     compile: int = 1
     seed: int = 0
     autocast: str = "auto"
@@ -111,7 +110,6 @@ def _task(a, tok, splits):
         a.seed,
         positive_steps=a.positive_steps,
         recall=a.recall > 0,
-        early_answer=a.early_answer > 0,
     )
 
 
@@ -122,8 +120,8 @@ def _data(a):
     return files, {s: rs.read_questions(f) for s, f in files.items()}
 
 
-def _trainer(a, model, dev, answer_ids):
-    """The Trainer of settings `a` (answer_ids: the answer words' token ids, for the early answer loss)."""
+def _trainer(a, model, dev):
+    """The Trainer of settings `a`."""
     return Trainer(
         model,
         lr=a.lr,
@@ -133,8 +131,6 @@ def _trainer(a, model, dev, answer_ids):
         dev=dev,
         lm_weight=a.lm_weight,
         recall_weight=a.recall,
-        early_answer=a.early_answer,
-        answer_ids=answer_ids,
         compile=bool(a.compile),
     )
 
@@ -162,7 +158,7 @@ def train(a):
     settings = _defining(a)
     ckpt = out / "checkpoint.pt"
     resume = load_checkpoint(ckpt, settings, dev) if ckpt.exists() and not a.restart else None
-    tr = _trainer(a, model, dev, task.word_ids)
+    tr = _trainer(a, model, dev)
     use_bf16 = a.autocast == "bf16" or (a.autocast == "auto" and bf16_fast(dev))
     with run_folder(
         out, outputs=("results.json", "config.json", "curves.png", "kinds.png"), owner="finetune_proofwriter"
@@ -243,12 +239,6 @@ def _training_args(p):
         type=nonneg_float,
         help="weight of a next-token loss on the theory's facts restated in a shuffled order after its statements "
         "('Bob is' completed from what the statements say of Bob; 0: none)",
-    )
-    p.add_argument(
-        "--early-answer",
-        type=nonneg_float,
-        help="weight of the answer's loss read early too: at the question's last word and the tokens after it "
-        "(0: at the last token only)",
     )
 
 

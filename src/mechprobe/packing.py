@@ -31,8 +31,7 @@ class PackedPrompts:
     index (row * T + column) of each prompt's last token, in the prompts' order; lm_src (M,) and
     lm_tgt (M,): flat index of each position that predicts a next token of its prompt, and that token
     (the same M = sum_i (len_i - 1) pairs as the prompts run apart); recall_src / recall_tgt: the
-    same for the recall segments; early_src (K,), early_of (K,): flat index of each position where a
-    prompt's answer is also read (early_answer_loss), and that prompt's index."""
+    same for the recall segments."""
 
     ids: torch.Tensor
     positions: torch.Tensor
@@ -42,8 +41,6 @@ class PackedPrompts:
     lm_tgt: torch.Tensor
     recall_src: torch.Tensor = None
     recall_tgt: torch.Tensor = None
-    early_src: torch.Tensor = None
-    early_of: torch.Tensor = None
 
     def to(self, dev):
         fields = (getattr(self, f) for f in self.__dataclass_fields__)
@@ -78,17 +75,6 @@ class PackedPrompts:
         x = z[self.recall_src]
         return F.cross_entropy((x if readout is None else readout(x)).float(), self.recall_tgt)
 
-    def early_answer_loss(self, z, answers, answer_ids):
-        """Mean cross-entropy of each prompt's answer read early: at each early position t of prompt i
-        (early_src, early_of), over the answer words' logits only, -log softmax(z_t[answer_ids])[k_i]
-        with answer_ids[k_i] = answers[i] (a loss that leaves the next-token prediction at t free).
-        None without early positions."""
-        if self.early_src is None or len(self.early_src) == 0:
-            return None
-        w = torch.as_tensor(answer_ids, device=z.device)
-        k = (answers[:, None] == w[None]).int().argmax(1)  # (B,) the answer's index among answer_ids
-        return F.cross_entropy(z[self.early_src][:, w].float(), k[self.early_of])
-
 
 def common_prefix(seqs):
     """Length of the longest common prefix of token lists, kept below the shortest one's length (so
@@ -111,7 +97,7 @@ def _layout(seqs, keys):
     return [(common_prefix([seqs[i] for i in idx]), idx) for idx in rows.values()]
 
 
-def pack(seqs, keys, pad_id, lm_from=None, recall=None, lm_to=None, answer_from=None):
+def pack(seqs, keys, pad_id, lm_from=None, recall=None, lm_to=None):
     """Pack token lists `seqs` (prompts with the same key share a prefix; one row per key).
     lm_from / lm_to: per prompt, the first token its next-token loss predicts (default 1: every token
     but the first; e.g. the question's first token, for a loss on the question alone) / the end
@@ -119,9 +105,7 @@ def pack(seqs, keys, pad_id, lm_from=None, recall=None, lm_to=None, answer_from=
     a loss on the statements alone).
     recall: {key: (tokens, V)}: a recall segment at the end of that key's row, seeing its first V
     tokens (V <= the row's shared prefix) and itself (a segment of fewer than 2 tokens predicts
-    nothing and is left out).
-    answer_from: per prompt, the first of its tokens (e.g. the question's last word) from which to its
-    last-but-one token the answer is read early too (early_src / early_of; default: none)."""
+    nothing and is left out)."""
     layout = _layout(seqs, keys)
     tails = _recall_tails(layout, keys, recall or {})
     lengths = [P + sum(len(seqs[i]) - P for i in idx) + len(r) for (P, idx), (r, _) in zip(layout, tails)]
@@ -153,18 +137,7 @@ def pack(seqs, keys, pad_id, lm_from=None, recall=None, lm_to=None, answer_from=
     mask.masked_fill_(~torch.from_numpy(allow)[:, None], torch.finfo(torch.float32).min)
     last = np.array([w[-1] for w in where], dtype=np.int64)
     cat = [torch.from_numpy(np.concatenate(x)) if x else None for x in (src, tgt, rsrc, rtgt)]
-    early = _early(where, answer_from)
-    return PackedPrompts(torch.from_numpy(ids), torch.from_numpy(pos), mask, torch.from_numpy(last), *cat, *early)
-
-
-def _early(where, answer_from):
-    """(early_src, early_of): the flat index of each prompt's tokens answer_from[i] .. len_i - 2 (where[i]:
-    the flat index of each of its tokens) and the prompt each belongs to; (None, None) without answer_from."""
-    if answer_from is None:
-        return None, None
-    spans = [w[int(f) : len(w) - 1] for w, f in zip(where, answer_from)]
-    of = np.concatenate([np.full(len(s), i, dtype=np.int64) for i, s in enumerate(spans)])
-    return torch.from_numpy(np.concatenate(spans).astype(np.int64)), torch.from_numpy(of)
+    return PackedPrompts(torch.from_numpy(ids), torch.from_numpy(pos), mask, torch.from_numpy(last), *cat)
 
 
 def _recall_tails(layout, keys, recall):

@@ -293,17 +293,17 @@ class PromptTask:
     answers every proof-bearing question, and a model that settles on it first never learns the
     rest). With recall, each training row ends with its theory's facts restated in a seeded order
     (only "E is" -> one of E's attributes can be predicted: the lookup a question's answer needs).
-    With early_answer, each question's answer is read from its last word on too (packing.pack's
-    answer_from). The next-token loss covers each prompt's words up to its question's "." (not the
-    answer choices "True or False ?", whose fixed next tokens would contradict the early answer)."""
+    The next-token loss covers each prompt's words up to its question's ".", not the answer choices
+    "True or False ?" (whose fixed next tokens, "." -> "True" and "or" -> "False", say nothing of the
+    answer and would train the logits the answer is read from at "." and "or")."""
 
-    def __init__(self, tok, splits, batch_size, seed, *, positive_steps=0, recall=False, early_answer=False):
+    def __init__(self, tok, splits, batch_size, seed, *, positive_steps=0, recall=False):
         self.tok, self.batch_size, self.seed = tok, batch_size, seed
         self.facts = fact_tokens(tok, splits["train"]) if recall else None
-        self.positive_steps, self.early_answer = positive_steps, early_answer
+        self.positive_steps = positive_steps
         self.positive = positive_pool(splits["train"])
         self.word_ids = answer_ids(tok, WORDS)
-        self.items, self.ids, self.qstart, self.qend, self.qword = splits, {}, {}, {}, {}
+        self.items, self.ids, self.qstart, self.qend = splits, {}, {}, {}
         for split, items in splits.items():
             self._encode(split, items)
         self.lengths = np.array([len(x) for x in self.ids["train"]])
@@ -314,15 +314,13 @@ class PromptTask:
 
     def _encode(self, split, items):
         """Token ids of the split's prompts, the index of each question's first token, of its first
-        token after the question (and, with early_answer, of its last word)."""
+        token after the question."""
         built = [PromptBuilder().build(it, []) for it in items]
         texts = [b[0] for b in built]
         full = self.tok(texts, add_special_tokens=True, return_offsets_mapping=True)
         enc = full["input_ids"]
         self.qstart[split] = question_starts(full["offset_mapping"], [b[2][0] for b in built])
         self.qend[split] = question_ends(full["offset_mapping"], [b[2][1] for b in built])
-        if self.early_answer:  # only the early answer loss reads the questions' last words
-            self.qword[split] = question_last_words(full["offset_mapping"], [b[2] for b in built], texts)
         unk = [i for i, e in enumerate(enc) if self.tok.unk_token_id in e]
         if unk:
             raise MechprobeError(
@@ -377,15 +375,14 @@ class PromptTask:
 
     def pad(self, split, idx):
         """The questions `idx` of a split packed (PackedPrompts, a row per theory), with the training
-        split's recall segments and early answer positions."""
+        split's recall segments."""
         from .packing import pack
 
         idx = np.asarray(idx, dtype=np.int64)
         seqs = [self.ids[split][int(i)] for i in idx]
         keys = self.theory[split][idx].tolist()
         recall = self._recall(idx, keys) if self.facts is not None and split == "train" else None
-        early = self.qword[split][idx] if self.early_answer and split == "train" else None
-        return pack(seqs, keys, self.tok.pad_token_id, None, recall, self.qend[split][idx], early)
+        return pack(seqs, keys, self.tok.pad_token_id, None, recall, self.qend[split][idx])
 
     def _recall(self, idx, keys):
         """{theory: (its facts restated in a seeded order, its statements' length)}: the recall

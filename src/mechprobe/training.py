@@ -113,9 +113,7 @@ class Trainer:
     answer token: L = -log softmax(z_last)[answer]. With packed prompts (packing.PackedPrompts):
         L += lm_weight * mean_{t} -log softmax(z_t)[x_{t+1}]          (the prompts' own tokens)
         L += recall_weight * mean_{recall t} -log softmax(z_t)[x_{t+1}] (the recall segments)
-        L += early_answer * mean_{early t} -log softmax(z_t[answer_ids])[answer]
-    (the early answer: the answer read at a question's last word and the tokens after it too, over the
-    answer words' logits only; answer_ids: those words' token ids). With compile, the training forward
+    With compile, the training forward
     is torch.compile'd (the same function; evaluation, checkpoints and save_pretrained use the plain
     module)."""
 
@@ -130,19 +128,10 @@ class Trainer:
         dev,
         lm_weight=0.0,
         recall_weight=0.0,
-        early_answer=0.0,
-        answer_ids=None,
         compile=False,
     ):
-        if early_answer and answer_ids is None:
-            raise ValueError("early_answer needs answer_ids (the answer words' token ids)")
         self.model, self.total, self.dev = model, total, dev
-        self.lm_weight, self.recall_weight, self.early_answer, self.answer_ids = (
-            lm_weight,
-            recall_weight,
-            early_answer,
-            answer_ids,
-        )
+        self.lm_weight, self.recall_weight = lm_weight, recall_weight
         self.forward = compiled(model) if compile else model  # the training forward; evaluation stays eager
         params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
@@ -186,7 +175,6 @@ class Trainer:
             return loss
         extra = (
             (self.recall_weight, ids.recall_loss(z) if self.recall_weight else None),
-            (self.early_answer, ids.early_answer_loss(z, answers, self.answer_ids) if self.early_answer else None),
             (self.lm_weight, ids.lm_loss(z) if self.lm_weight else None),
         )
         for w, x in extra:
