@@ -209,11 +209,12 @@ def prefix_groups(model, enc, share_prefix=True):
     groups = prefix.model_groups(model, [e["ids"] for e in enc], [e["query"][0] for e in enc], share_prefix)
     shared = [g for g in groups if g.prefix]
     if shared:
+        lens = sorted(g.prefix for g in shared)
         log.info(
-            "%d of %d prompts run on a shared prefix of %s tokens",
+            "%d of %d prompts run on a shared prefix (%s)",
             sum(len(g.members) for g in shared),
             len(enc),
-            "/".join(str(g.prefix) for g in shared),
+            f"{lens[0]} tokens" if len(lens) == 1 else f"{len(lens)} prefixes of {lens[0]}-{lens[-1]} tokens",
         )
     return groups
 
