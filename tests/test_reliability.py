@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -198,7 +199,8 @@ def test_a_place_where_no_lock_can_be_written_is_read_without_one(tmp_path):
 
 
 def test_operating_system_errors_are_one_line(tmp_path):
-    """OUT_DIR below a file, a read-only place, a full disk: one line naming the path, exit 2."""
+    """OUT_DIR below a file, in a place no one can write (/proc), through a symlink loop, a full disk:
+    one line naming the path, exit 2."""
     (tmp_path / "afile").write_text("x")
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     out = tmp_path / "afile" / "run"
@@ -219,6 +221,18 @@ def test_operating_system_errors_are_one_line(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     last = p.stderr.strip().splitlines()[-1]  # after the run's own log lines
     assert last.startswith("error: ") and "afile/run: Not a directory" in last, p.stderr
+
+    for bad, says in ((Path("/proc/mechprobe-run"), "/proc/mechprobe-run"), (tmp_path / "loop" / "run", "loop")):
+        if says == "loop":  # a symlink loop
+            (tmp_path / "loop").symlink_to(tmp_path / "loop")
+        argv = [*args(tmp_path, "x", "--max-steps", "1")[:-2], "--out-dir", str(bad)]
+        p = subprocess.run(
+            [sys.executable, "-m", "mechprobe.finetune_gpt2", *argv], env=env, capture_output=True, text=True
+        )
+        last = p.stderr.strip().splitlines()[-1]
+        assert p.returncode == 2 and "Traceback" not in p.stderr and last.startswith("error: ") and says in last, (
+            p.stderr
+        )
 
     from mechprobe.cli import run_main
 
