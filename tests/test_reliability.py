@@ -400,3 +400,44 @@ def test_unused_generation_settings_are_not_recorded_as_used(tmp_path, caplog):
     a, b = (json.loads((tmp_path / r / "config.json").read_text()) for r in ("a", "b"))
     assert b["length"] == a["length"] == 16 and b["vocab_size"] == a["vocab_size"] != 99
     assert "apply only when generating" in caplog.text
+
+
+def test_a_run_killed_mid_training_and_rerun_equals_a_clean_run(tmp_path):
+    """kill -9 after the first checkpoint of a finetune, then the same command again: it resumes and its
+    results equal those of a run never interrupted (all but the seconds)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    common = ["--max-steps", "300", "--eval-every", "20"]
+    cmd = [sys.executable, "-m", "mechprobe.finetune_gpt2"]
+    subprocess.run([*cmd, *args(tmp_path, "clean", *common)], env=env, check=True, capture_output=True, timeout=300)
+    killed = args(tmp_path, "killed", *common)
+    p = subprocess.Popen([*cmd, *killed], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt, t0 = tmp_path / "killed" / "checkpoint.pt", time.time()
+    while not ckpt.exists() and p.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.02)
+    p.kill()
+    p.wait()
+    status = json.loads((tmp_path / "killed" / "status.json").read_text())["status"]
+    assert status == "running"  # killed mid-run: nothing marked it otherwise
+    subprocess.run([*cmd, *killed], env=env, check=True, capture_output=True, timeout=300)
+    clean, resumed = (json.loads((tmp_path / r / "results.json").read_text()) for r in ("clean", "killed"))
+    for r in (clean, resumed):
+        r.pop("train_seconds")
+    assert resumed == clean and resumed["steps"] == 300
+
+
+def test_two_runs_sharing_one_feature_cache_give_the_results_of_one_alone(tmp_path):
+    """Two probing runs at once into one CACHE_DIR (different OUT_DIRs), and a run without the cache:
+    the same results (all but the seconds)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    base = [sys.executable, "-m", "mechprobe.probing_proofwriter", "--model", "tiny", "--data", str(tmp_path / "pw")]
+    base += ["--limit", "6", "--n-demos", "1", "--seeds", "0", "1", "--null-draws", "0", "--threads", "1"]
+    base += ["--knockout-items", "0", "--masking-items", "0", "--view-items", "0"]
+    subprocess.run([*base, "--out-dir", str(tmp_path / "alone"), "--no-cache"], env=env, check=True, timeout=300)
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    runs = [subprocess.Popen([*base, *cache, "--out-dir", str(tmp_path / o)], env=env) for o in ("a", "b")]
+    assert [p.wait(timeout=300) for p in runs] == [0, 0]
+    res = {o: json.loads((tmp_path / o / "probe_results.json").read_text()) for o in ("alone", "a", "b")}
+    for r in res.values():
+        r.pop("seconds")
+        r.pop("model", None)
+    assert res["a"] == res["b"] == res["alone"]
