@@ -125,3 +125,17 @@ def test_a_setting_the_script_does_not_read_is_refused(tmp_path):
         timeout=120,
     )
     assert r.returncode == 2 and "not found" in r.stderr and "FOLDS" not in r.stderr  # past the check: the model
+
+
+def test_library_errors_are_said_in_the_command_lines_words():
+    """cli_names: a `name=` that is an option of the driver becomes `--name=`, a flag's `name=True` the
+    flag alone; names that are no option (or parts of paths and words) are left as they are."""
+    from mechprobe import finetune_gpt2, probing_proofwriter
+    from mechprobe.cli import cli_names
+
+    msg = "max_steps=0 and epochs=0; restart=True starts over; seeds=0 0 repeated; x.k=1 and no_such=2"
+    assert cli_names(msg, finetune_gpt2.main) == (
+        "--max-steps=0 and --epochs=0; --restart starts over; seeds=0 0 repeated; x.k=1 and no_such=2"
+    )
+    assert cli_names("folds=1: at least 2; n_demos=3", probing_proofwriter.main) == "--folds=1: at least 2; --n-demos=3"
+    assert cli_names("folds=1", len) == "folds=1"  # a function of a module without parser()

@@ -130,22 +130,32 @@ def _stop(signum, frame):
     raise Stopped(signum)
 
 
+def _long_options(fn):
+    """{dest: (its first --option, the action)} of the driver's parser (the parser() of fn's module);
+    {} for a function without one."""
+    make = getattr(sys.modules.get(fn.__module__), "parser", None)
+    if make is None:
+        return {}
+    out = {}
+    for a in make()._actions:
+        opts = [o for o in a.option_strings if o.startswith("--")]
+        if opts:
+            out[a.dest] = (opts[0], a)
+    return out
+
+
 def cli_names(msg, fn):
     """A library error in the command line's words: each `name=` of a parameter that is an option of the
     driver's parser (its module's parser()) becomes `--name=` (`restart=True` of a flag: `--restart`),
     as the scripts pass them (DATA_DIR -> --data-dir)."""
     import re
 
-    make = getattr(sys.modules.get(fn.__module__), "parser", None)
-    if make is None:
-        return msg
-    flags = {a.dest: a for a in make()._actions if any(o.startswith("--") for o in a.option_strings)}
+    flags = _long_options(fn)
 
     def name(m):
-        a = flags.get(m.group(1))
-        if a is None:
+        if m.group(1) not in flags:
             return m.group(0)
-        opt = next(o for o in a.option_strings if o.startswith("--"))
+        opt, a = flags[m.group(1)]
         return opt if a.nargs == 0 and m.group(2) in ("True", "1") else f"{opt}={m.group(2)}"
 
     return re.sub(r"(?<![\w.-])([a-z][a-z0-9_]*)=(\S*)", name, msg)
@@ -156,16 +166,14 @@ def unread_environment(fn, argv, environ):
     `NAME`s of the driver's options (NAME = the option's name, upper case) that are set while that option
     is not on the command line. Checked only under a script (MECHPROBE_SCRIPT set): a silently ignored
     setting would be a wrong result."""
-    make = getattr(sys.modules.get(fn.__module__), "parser", None)
-    if make is None or not environ.get("MECHPROBE_SCRIPT"):
+    if not environ.get("MECHPROBE_SCRIPT"):
         return []
     given = {a.split("=")[0] for a in argv if a.startswith("--")}
-    out = []
-    for a in make()._actions:
-        opts = [o for o in a.option_strings if o.startswith("--")]
-        if opts and environ.get(a.dest.upper()) and not given & set(a.option_strings):
-            out.append((a.dest.upper(), environ[a.dest.upper()], opts[0]))
-    return out
+    return [
+        (dest.upper(), environ[dest.upper()], opt)
+        for dest, (opt, a) in _long_options(fn).items()
+        if environ.get(dest.upper()) and not given & set(a.option_strings)
+    ]
 
 
 def run_main(fn):

@@ -28,7 +28,7 @@ from .cli import (
     seed_int,
 )
 from .models import _check_dir, load_model, load_tokenizer, numeric_init, scratch_gpt2
-from .runs import finished_run, run_folder, write_config, write_json
+from .runs import defining_settings, finished_run, run_folder, write_config, write_json
 from .training import (
     Trainer,
     bf16_fast,
@@ -102,14 +102,9 @@ def build_model(a, meta, tok):
     return load_model(a.model), tok, a.lr or 2e-5
 
 
-def _defining(a):
-    """The settings that define a training run (RESUME_KEYS), as config.json records them."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(a, k)) for k in RESUME_KEYS)}
-
-
 def _done(a, out):
     """The results of a complete run with these settings in `out` (left alone), unless a.restart."""
-    done = None if a.restart else finished_run(out, _defining(a))
+    done = None if a.restart else finished_run(out, defining_settings(a, RESUME_KEYS))
     if done is not None:
         log.info("%s holds a complete run with these settings (results.json); restart=True trains it again", out)
     return done
@@ -154,7 +149,7 @@ def train(a):
     total = a.max_steps or a.epochs * steps_per_epoch
     if total <= 0:
         raise MechprobeError("nothing to train: max_steps=0 and epochs=0; give one of them a positive value")
-    settings = {k: getattr(a, k) for k in RESUME_KEYS}
+    settings = defining_settings(a, RESUME_KEYS)
     ckpt = out / "checkpoint.pt"
     resume = load_checkpoint(ckpt, settings, dev) if ckpt.exists() and not a.restart else None
     tr = Trainer(model, lr=lr, weight_decay=a.weight_decay, warmup=a.warmup, total=total, dev=dev)

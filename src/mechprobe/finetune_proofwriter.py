@@ -23,7 +23,7 @@ from .cli import (
     run_main,
     seed_int,
 )
-from .runs import finished_run, run_folder, write_config, write_json
+from .runs import defining_settings, finished_run, run_folder, write_config, write_json
 from .training import Trainer, bf16_fast, load_checkpoint, plot_curves, run_loop, save_pretrained_atomic
 from .utils import MechprobeError, get_logger, seed_everything
 
@@ -135,15 +135,10 @@ def _trainer(a, model, dev):
     )
 
 
-def _defining(a):
-    """The settings that define a training run (RESUME_KEYS), as config.json records them."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(a, k)) for k in RESUME_KEYS)}
-
-
 def train(a):
     """Train (or resume) the reasoner with ReasonerSettings `a`; returns results.json's content."""
     out = prepare(a)
-    done = None if a.restart else finished_run(out, _defining(a))
+    done = None if a.restart else finished_run(out, defining_settings(a, RESUME_KEYS))
     if done is not None:
         log.info("%s holds a complete run with these settings (results.json); restart=True trains it again", out)
         return done
@@ -155,7 +150,7 @@ def train(a):
     model = rs.build_model(tok, a.layers, a.hidden, a.heads, a.seed, rope_theta=a.rope_theta)
     dev = a.device if a.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(dev)
-    settings = _defining(a)
+    settings = defining_settings(a, RESUME_KEYS)
     ckpt = out / "checkpoint.pt"
     resume = load_checkpoint(ckpt, settings, dev) if ckpt.exists() and not a.restart else None
     tr = _trainer(a, model, dev)

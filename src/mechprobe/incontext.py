@@ -166,7 +166,7 @@ def encode_items(tokenizer, items, demos, builder, source="items"):
     """Token ids, statement token spans, question token positions, text and offset mapping of every prompt
     (texts longer than MAX_TEXT_CHARS refused first)."""
     check_text_lengths(items, source)
-    check_text_lengths([d for ds in demos for d in ds], source + " (demonstrations)")
+    check_text_lengths({id(d): d for ds in demos for d in ds}.values(), source + " (demonstrations)")
     enc = []
     for it, ds in zip(items, demos):
         text, spans, qspan = builder.build(it, ds)

@@ -149,7 +149,7 @@ def probe_settings(a):
     return st
 
 
-def default_demos(a):
+def resolve_defaults(a):
     """--n-demos left empty: 4 demonstrations as the paper for a pretrained model, none for the reasoner
     (trained on single prompts); --data left empty (the ProofWriter drivers): the reasoner's theories for
     the reasoner, generated synthetic theories otherwise."""
@@ -170,10 +170,10 @@ def prompt_builder(a, tok, **kw):
 
 def load_items_args(a):
     """proofwriter.load_items with the data options of the ProofWriter drivers (an empty --n-demos
-    resolved first: default_demos)."""
+    resolved first: resolve_defaults)."""
     from .proofwriter import load_items
 
-    default_demos(a)
+    resolve_defaults(a)
     return load_items(
         a.data,
         a.setting,

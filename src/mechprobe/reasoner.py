@@ -221,15 +221,10 @@ def lookup_accuracy(model, tok, items):
     return {"accuracy": float(np.mean(hits)), "n": len(hits), "chance": float(np.mean(chance))}
 
 
-def question_starts(offsets, chars):
-    """Index of each prompt's first question token: the first token that starts at or after the
-    question's first character (offsets: each prompt's (start, end) per token; special tokens (0, 0))."""
-    return np.array([next(t for t, (a, e) in enumerate(o) if a >= c and e > a) for o, c in zip(offsets, chars)])
-
-
-def question_ends(offsets, chars):
-    """Index of each prompt's first token after its question (the answer choices "True or False ?"
-    begin there): the first token that starts at or after the question's end character."""
+def first_token_at(offsets, chars):
+    """Index, per prompt, of the first token that starts at or after character chars[i] (the question's
+    first character: its first token; its end: the first token of the answer choices); offsets: each
+    prompt's (start, end) per token, special tokens (0, 0)."""
     return np.array([next(t for t, (a, e) in enumerate(o) if a >= c and e > a) for o, c in zip(offsets, chars)])
 
 
@@ -319,8 +314,8 @@ class PromptTask:
         texts = [b[0] for b in built]
         full = self.tok(texts, add_special_tokens=True, return_offsets_mapping=True)
         enc = full["input_ids"]
-        self.qstart[split] = question_starts(full["offset_mapping"], [b[2][0] for b in built])
-        self.qend[split] = question_ends(full["offset_mapping"], [b[2][1] for b in built])
+        self.qstart[split] = first_token_at(full["offset_mapping"], [b[2][0] for b in built])
+        self.qend[split] = first_token_at(full["offset_mapping"], [b[2][1] for b in built])
         unk = [i for i, e in enumerate(enc) if self.tok.unk_token_id in e]
         if unk:
             raise MechprobeError(

@@ -179,6 +179,12 @@ def data_lock(folder):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def defining_settings(a, keys):
+    """{key: a.key} for the settings that define a run (`keys`), tuples as lists, as config.json records
+    them (finished_run, a checkpoint's settings)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(a, k)) for k in keys)}
+
+
 def finished_run(out, settings):
     """The results.json of a complete run in `out` whose config.json holds these `settings` (a dict of
     the settings that define the run), else None: rerunning a finished run leaves it alone."""
